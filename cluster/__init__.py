@@ -1,0 +1,1 @@
+"""Where tasks run: a LocalCluster we start, or a scheduler we connect to."""

@@ -1,0 +1,77 @@
+"""Start or connect to a Dask cluster, and shut down only what we started."""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+from pipeline.config import ClusterConfig
+from tasks.errors import InputError
+
+
+def default_workers() -> int:
+    """One single-threaded worker per CPU this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _dashboard_address() -> str | None:
+    try:
+        import bokeh  # noqa: F401  (the dashboard needs it)
+    except ImportError:
+        return None
+    return "127.0.0.1:0"
+
+
+@contextmanager
+def _quiet_shutdown() -> Iterator[None]:
+    # Closing a cluster logs benign "stream closed" noise from its comms; users should not see it.
+    names = ("distributed", "tornado", "asyncio")
+    levels = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+@contextmanager
+def cluster_client(config: ClusterConfig) -> Iterator:
+    """A distributed Client for `config`; closes the client (and cluster) it created."""
+    from distributed import Client, LocalCluster
+
+    if config.scheduler:
+        try:
+            client = Client(config.scheduler, timeout=config.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            msg = (
+                f"could not reach the Dask scheduler at {config.scheduler} within {config.connect_timeout:g} s "
+                f"({type(exc).__name__}); check the address and that the scheduler is running"
+            )
+            raise InputError(msg) from None
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+
+    cluster = LocalCluster(
+        n_workers=config.workers or default_workers(),
+        threads_per_worker=config.threads_per_worker,
+        processes=True,
+        dashboard_address=_dashboard_address(),
+        silence_logs=logging.ERROR,
+    )
+    client = Client(cluster)
+    try:
+        yield client
+    finally:
+        with _quiet_shutdown():
+            client.close()
+            cluster.close()

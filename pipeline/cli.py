@@ -1,0 +1,82 @@
+"""The `dask-quant` command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from tasks.errors import DaskQuantError, InputError
+
+EXIT_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def _split(values: tuple[str, ...]) -> tuple[str, ...]:
+    """Accept repeated options and comma-separated lists alike."""
+    return tuple(item.strip() for value in values for item in value.split(",") if item.strip())
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"dask-quant: error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group()
+@click.version_option(package_name="dask-quant")
+def main() -> None:
+    """Post-training quantization of ONNX models as a Dask task graph."""
+
+
+@main.command()
+@click.argument("model", required=False, type=click.Path(path_type=Path))
+@click.option("--calib", type=click.Path(path_type=Path), help="Calibration data: .npz (one array per input) or .npy.")
+@click.option("--val", type=click.Path(path_type=Path), help="Validation data (.npz may hold 'labels').")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("dask-quant-runs"), show_default=True)
+@click.option("--chunk-size", type=int, default=64, show_default=True, help="Rows per task.")
+@click.option("--workers", type=int, default=None, help="LocalCluster workers [default: one per CPU].")
+@click.option("--threads-per-worker", type=int, default=1, show_default=True)
+@click.option("--scheduler", default=None, help="Connect to this scheduler instead of starting a LocalCluster.")
+@click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight quantization granularity.")
+@click.option("--activation-type", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True)
+@click.option("--exclude-nodes", multiple=True, help="Node names to leave in FP32 (comma-separated or repeated).")
+@click.option("--op-types", multiple=True, help="Only quantize these op types (comma-separated or repeated).")
+def run(model, calib, val, out, chunk_size, workers, threads_per_worker, scheduler, per_channel, activation_type, exclude_nodes, op_types):
+    """Quantize MODEL (default: the built-in digits CNN) to INT8 and validate it."""
+    from pipeline.config import ClusterConfig, QuantConfig, RunConfig
+
+    try:
+        if model is None:
+            if calib is not None or val is not None:
+                raise InputError("--calib/--val need a MODEL argument; run without them for the built-in default")
+            from pipeline.builtin import CALIB, MODEL, VAL, builtin_path
+
+            model, calib, val = builtin_path(MODEL), builtin_path(CALIB), builtin_path(VAL)
+        elif calib is None:
+            raise InputError(f"{model}: --calib is required with a MODEL; pass a .npz or .npy of calibration samples")
+        config = RunConfig(
+            model=model,
+            calib=calib,
+            val=val,
+            out=out,
+            chunk_size=chunk_size,
+            quant=QuantConfig(
+                per_channel=per_channel,
+                activation_type=activation_type,
+                exclude_nodes=_split(exclude_nodes),
+                op_types=_split(op_types),
+            ),
+            cluster=ClusterConfig(scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker),
+        )
+        from pipeline.run import run as run_job
+        from pipeline.summary import format_summary
+
+        result = run_job(config, log=lambda line: click.echo(f"dask-quant: {line}", err=True))
+        click.echo(format_summary(result))
+    except InputError as exc:
+        _fail(str(exc), EXIT_INPUT)
+    except KeyboardInterrupt:
+        _fail("interrupted; nothing was written", EXIT_INTERRUPTED)
+    except DaskQuantError as exc:
+        _fail(str(exc), 1)

@@ -1,0 +1,109 @@
+"""Typed, validated configuration of a run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from tasks.errors import InputError
+
+CONFIG_VERSION = 1
+
+
+class ActivationType(str, Enum):
+    UINT8 = "uint8"
+    INT8 = "int8"
+
+
+class Method(str, Enum):
+    MINMAX = "minmax"
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """What the quantizer is asked to do. Defaults: int8 per-channel symmetric
+    weights, uint8 asymmetric activations, every operator ORT can quantize."""
+
+    method: Method = Method.MINMAX
+    per_channel: bool = True
+    activation_type: ActivationType = ActivationType.UINT8
+    op_types: tuple[str, ...] = ()
+    exclude_nodes: tuple[str, ...] = ()
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        for name, enum in (("method", Method), ("activation_type", ActivationType)):
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, enum(value))
+            except ValueError:
+                choices = ", ".join(e.value for e in enum)
+                msg = f"unknown {name.replace('_', ' ')} {value!r}; choose one of: {choices}"
+                raise InputError(msg) from None
+        object.__setattr__(self, "op_types", tuple(self.op_types))
+        object.__setattr__(self, "exclude_nodes", tuple(self.exclude_nodes))
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Where tasks run: an existing scheduler, or a LocalCluster we start."""
+
+    scheduler: str | None = None
+    workers: int | None = None  # None: one per CPU this process may use
+    threads_per_worker: int = 1
+    connect_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("workers", "threads_per_worker"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                msg = f"--{name.replace('_', '-')} must be at least 1, got {value}"
+                raise InputError(msg)
+        if self.connect_timeout <= 0:
+            msg = f"connect timeout must be positive seconds, got {self.connect_timeout}"
+            raise InputError(msg)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One quantization job: model, data, options, and where results go."""
+
+    model: Path
+    calib: Path
+    val: Path | None = None
+    out: Path = Path("dask-quant-runs")
+    chunk_size: int = 64
+    split_every: int = 8
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("model", "calib", "val", "out"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, Path(value))
+        if self.chunk_size < 1:
+            msg = f"--chunk-size must be a positive number of rows, got {self.chunk_size}"
+            raise InputError(msg)
+        if self.split_every < 2:
+            msg = f"split_every must be at least 2, got {self.split_every}"
+            raise InputError(msg)
+
+
+def config_dict(config: RunConfig) -> dict:
+    """JSON-ready view of a RunConfig (paths as strings, enums as values)."""
+    from dataclasses import asdict
+
+    def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, Enum):
+            return value.value
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    return plain(asdict(config))

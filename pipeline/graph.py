@@ -1,0 +1,34 @@
+"""Lazy task graphs: calibration statistics and validation.
+
+Nothing here computes; `pipeline.run` computes each graph once.
+"""
+
+from __future__ import annotations
+
+from tasks.calibrate import chunk_range_stats
+from tasks.chunks import ChunkRef
+from tasks.range_stats import merge_all
+from tasks.sessions import ModelRef
+from tasks.validate import validate_chunk
+
+
+def calibration_graph(
+    chunks: list[ChunkRef], model: ModelRef, tensors: tuple[tuple[str, int], ...], split_every: int = 8
+):
+    """Statistics of every chunk, merged in a tree of fan-in `split_every`.
+
+    One chunk per partition, so each task holds one chunk's activations; the
+    tree means no task (and not the client) ever holds all the partials.
+    """
+    import dask.bag as db
+
+    bag = db.from_sequence(chunks, npartitions=len(chunks))
+    per_chunk = bag.map(chunk_range_stats, model=model, tensors=tensors)
+    return per_chunk.reduction(merge_all, merge_all, split_every=split_every)
+
+
+def validation_graph(chunks: list[ChunkRef], fp32: ModelRef, int8: ModelRef):
+    """One ChunkValidation per chunk (they become the rows of validation.parquet)."""
+    import dask.bag as db
+
+    return db.from_sequence(chunks, npartitions=len(chunks)).map(validate_chunk, fp32=fp32, int8=int8)

@@ -1,0 +1,88 @@
+"""From merged statistics to a QDQ model written by ONNX Runtime's quantizer.
+
+`tensors_data` is a pure function of (statistics, config). The model is
+written by `quantize_static` reading our ranges from its own calibration-cache
+format, so the quantization itself is exactly the reference's code path.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from pipeline.config import ActivationType, QuantConfig
+from pipeline.selection import default_op_types
+from tasks.range_stats import RangeStats
+
+
+def tensors_data(stats: RangeStats, config: QuantConfig):
+    """ORT TensorsData holding each tensor's (lowest, highest) as float32[1], as its MinMax calibrator does."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+
+    del config  # MinMax ranges do not depend on options; histogram methods will.
+    data = {
+        name: TensorData(lowest=np.array([r.min], np.float32), highest=np.array([r.max], np.float32))
+        for name, r in stats.ranges
+    }
+    return TensorsData(CalibrationMethod.MinMax, data)
+
+
+def quantize_kwargs(config: QuantConfig) -> dict:
+    """Options for onnxruntime.quantization.quantize_static matching `config`."""
+    from onnxruntime.quantization import QuantFormat, QuantType
+
+    activation = {ActivationType.UINT8: QuantType.QUInt8, ActivationType.INT8: QuantType.QInt8}[config.activation_type]
+    return {
+        "quant_format": QuantFormat.QDQ,
+        "op_types_to_quantize": list(config.op_types or default_op_types()),
+        "per_channel": config.per_channel,
+        "reduce_range": False,
+        "activation_type": activation,
+        "weight_type": QuantType.QInt8,
+        "nodes_to_exclude": list(config.exclude_nodes),
+    }
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def _captured_warnings() -> Iterator[list[str]]:
+    """ORT's quantizer logs advice on the root logger; keep it for run.json instead of stderr."""
+    handler = _Collect()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        root.removeHandler(handler)
+
+
+def write_quantized_model(model_proto, stats: RangeStats, config: QuantConfig, out_path: Path) -> list[str]:
+    """Write the QDQ model to out_path; return the quantizer's warnings."""
+    from onnxruntime.quantization import CalibrationMethod, quantize_static
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    with tempfile.TemporaryDirectory(prefix="dask-quant-") as tmp, _captured_warnings() as messages:
+        cache = Path(tmp) / "calibration.json"
+        save_tensors_data(tensors_data(stats, config), cache)
+        quantize_static(
+            model_proto,
+            str(out_path),
+            calibration_data_reader=None,
+            calibrate_method=CalibrationMethod.MinMax,
+            calibration_cache_path=str(cache),
+            **quantize_kwargs(config),
+        )
+    return list(messages)

@@ -1,0 +1,135 @@
+"""Run directories and their files: explicit Parquet schemas, atomic publication.
+
+A run is written into a hidden temporary directory beside its final place and
+renamed into place only when complete: a failed or interrupted run leaves
+nothing behind, and earlier runs are never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+from types import TracebackType
+
+from tasks.errors import InputError
+
+QPARAMS_FILE = "qparams.parquet"
+VALIDATION_FILE = "validation.parquet"
+RUN_FILE = "run.json"
+MODEL_FILE = "model.int8.onnx"
+
+
+def qparams_schema():
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("tensor", pa.string()),
+            ("kind", pa.string()),
+            ("rmin", pa.float32()),
+            ("rmax", pa.float32()),
+            ("elements", pa.int64()),
+            ("scale", pa.float32()),
+            ("zero_point", pa.int32()),
+            ("channel_scales", pa.list_(pa.float32())),
+            ("channel_zero_points", pa.list_(pa.int32())),
+            ("axis", pa.int32()),
+            ("dtype", pa.string()),
+            ("method", pa.string()),
+        ]
+    )
+
+
+def validation_schema():
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("chunk_index", pa.int32()),
+            ("row_start", pa.int64()),
+            ("row_stop", pa.int64()),
+            ("samples", pa.int64()),
+            ("labelled", pa.int64()),
+            ("fp32_correct", pa.int64()),
+            ("int8_correct", pa.int64()),
+            ("top1_agree", pa.int64()),
+            ("max_abs_error", pa.float64()),
+            ("mean_cosine", pa.float64()),
+        ]
+    )
+
+
+def write_parquet(rows: list[dict], schema, path: Path, run_id: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist([{"run_id": run_id, **row} for row in rows], schema=schema)
+    pq.write_table(table, path)
+
+
+def write_json(data: dict, path: Path) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def new_run_id(model: Path) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return f"{model.stem}-{stamp}-{secrets.token_hex(3)}"
+
+
+def _first_existing(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+class RunDirectory:
+    """Context manager: a temporary run directory, published by `publish()`.
+
+    On any exception (KeyboardInterrupt included) the temporary directory is
+    removed, and so are any parent directories this run created.
+    """
+
+    def __init__(self, out: Path, run_id: str) -> None:
+        self.out = out.absolute()
+        self.run_id = run_id
+        self.final = self.out / run_id
+        self.tmp = self.out / f".{run_id}.tmp"
+        self._created: Path | None = None
+
+    def check(self) -> None:
+        """Fail early, before any work, if results could not be written."""
+        existing = _first_existing(self.out)
+        if not existing.is_dir():
+            msg = f"--out {self.out}: {existing} is a file, not a directory; choose a directory for results"
+            raise InputError(msg)
+        if not os.access(existing, os.W_OK | os.X_OK):
+            msg = f"--out {self.out}: {existing} is not writable; choose a directory you can write to"
+            raise InputError(msg)
+
+    def __enter__(self) -> RunDirectory:
+        self.check()
+        if not self.out.exists():
+            self._created = self.out
+            while not self._created.parent.exists():
+                self._created = self._created.parent
+        self.tmp.mkdir(parents=True)
+        return self
+
+    def publish(self) -> Path:
+        os.rename(self.tmp, self.final)
+        return self.final
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if kind is None:
+            return
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        if self._created is not None and not any(self.out.iterdir()):
+            shutil.rmtree(self._created, ignore_errors=True)

@@ -1,0 +1,219 @@
+"""One quantization job: check inputs, calibrate, quantize, validate, publish."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import reduce
+from pathlib import Path
+
+from pipeline import results
+from pipeline.config import RunConfig, config_dict
+from pipeline.graph import calibration_graph, validation_graph
+from pipeline.inputs import DatasetSpec, describe_dataset, load_model, model_inputs
+from pipeline.qparams import QParam, qparam_rows, read_qparams
+from pipeline.quantize import write_quantized_model
+from pipeline.selection import tensors_to_calibrate
+from pipeline.versions import package_versions
+from tasks.chunks import ChunkRef, chunk_refs
+from tasks.digest import sha256_file
+from tasks.errors import InputError
+from tasks.range_stats import RangeStats
+from tasks.sessions import ModelRef
+from tasks.validate import ChunkValidation, ValidationStats
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run produced; `run_dir` holds the files."""
+
+    run_id: str
+    run_dir: Path
+    stats: RangeStats
+    qparams: list[QParam]
+    validation: ValidationStats | None
+    fp32_bytes: int
+    int8_bytes: int
+    dashboard: str | None
+    workers: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything checked on the client before any work is submitted."""
+
+    proto: object
+    model: ModelRef
+    tensors: tuple[tuple[str, int], ...]
+    calib: DatasetSpec
+    val: DatasetSpec | None
+
+
+def prepare(config: RunConfig) -> Prepared:
+    """Check model and data (headers only); raise InputError on the first problem."""
+    proto = load_model(config.model)
+    if any(init.data_location == 1 for init in proto.graph.initializer):  # TensorProto.EXTERNAL
+        msg = f"{config.model}: weights are stored as external data, which dask-quant does not read yet; save the model as one file"
+        raise InputError(msg)
+    inputs = model_inputs(proto)
+    calib = describe_dataset(config.calib, "--calib", inputs, labels_allowed=False)
+    val = None if config.val is None else describe_dataset(config.val, "--val", inputs, labels_allowed=True)
+    tensors = tensors_to_calibrate(proto, config.quant.op_types)
+    if not tensors:
+        msg = f"{config.model}: no operator that ONNX Runtime can quantize (op types: {config.quant.op_types or 'default'})"
+        raise InputError(msg)
+    return Prepared(proto, ModelRef(str(config.model.resolve()), sha256_file(config.model)), tensors, calib, val)
+
+
+def dataset_chunks(spec: DatasetSpec, chunk_size: int) -> list[ChunkRef]:
+    return chunk_refs(spec.path, spec.members, spec.rows, chunk_size, spec.labels)
+
+
+@contextmanager
+def _client_scope(config: RunConfig, client) -> Iterator:
+    if client is not None:
+        yield client  # the caller's client: never closed here
+        return
+    from cluster.connect import cluster_client
+
+    with cluster_client(config.cluster) as own:
+        yield own
+
+
+def _worker_count(client) -> int:
+    return len(client.scheduler_info(n_workers=-1)["workers"])
+
+
+def _data_record(spec: DatasetSpec | None, chunk_size: int) -> dict | None:
+    if spec is None:
+        return None
+    chunks = -(-spec.rows // chunk_size)
+    return {"path": spec.path, "sha256": spec.sha256, "rows": spec.rows, "chunks": chunks, "labels": spec.labels}
+
+
+def _summary_record(stats: ValidationStats | None) -> dict | None:
+    if stats is None:
+        return None
+    return {
+        "samples": stats.samples,
+        "fp32_accuracy": stats.fp32_accuracy,
+        "int8_accuracy": stats.int8_accuracy,
+        "top1_agreement": stats.agreement,
+        "mean_cosine": stats.mean_cosine,
+        "max_abs_error": stats.max_abs_error,
+    }
+
+
+def _validation_rows(chunks: list[ChunkValidation]) -> list[dict]:
+    return [
+        {
+            "chunk_index": c.index,
+            "row_start": c.start,
+            "row_stop": c.stop,
+            "samples": c.stats.samples,
+            "labelled": c.stats.labelled,
+            "fp32_correct": c.stats.fp32_correct,
+            "int8_correct": c.stats.int8_correct,
+            "top1_agree": c.stats.top1_agree,
+            "max_abs_error": c.stats.max_abs_error,
+            "mean_cosine": c.stats.mean_cosine,
+        }
+        for c in chunks
+    ]
+
+
+def run(config: RunConfig, client=None, log: Callable[[str], None] = lambda _: None) -> RunResult:
+    """Quantize `config.model` on a Dask cluster and publish a run directory.
+
+    Pass a distributed `Client` to use an existing cluster (it is never
+    closed); otherwise a cluster is started from `config.cluster` and shut
+    down at the end. `log` receives one line per stage.
+    """
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[stage] = round(now - clock, 4)
+        clock = now
+
+    prepared = prepare(config)
+    run_dir = results.RunDirectory(config.out, results.new_run_id(config.model))
+    with run_dir, _client_scope(config, client) as dask_client:
+        lap("prepare")
+        workers = _worker_count(dask_client)
+        dashboard = dask_client.dashboard_link if _has_dashboard(dask_client) else None
+        if dashboard:
+            log(f"dashboard: {dashboard}")
+        calib_chunks = dataset_chunks(prepared.calib, config.chunk_size)
+        log(f"calibrating {len(prepared.tensors)} tensors over {len(calib_chunks)} chunks on {workers} workers")
+        graph = calibration_graph(calib_chunks, prepared.model, prepared.tensors, config.split_every)
+        stats: RangeStats = dask_client.compute(graph).result()
+        lap("calibrate")
+
+        int8_path = run_dir.tmp / results.MODEL_FILE
+        warnings = write_quantized_model(prepared.proto, stats, config.quant, int8_path)
+        import onnx
+
+        qparams = read_qparams(onnx.load(str(int8_path)))
+        lap("quantize")
+
+        validation = None
+        chunk_results: list[ChunkValidation] = []
+        if prepared.val is not None:
+            val_chunks = dataset_chunks(prepared.val, config.chunk_size)
+            log(f"validating FP32 against INT8 over {len(val_chunks)} chunks")
+            int8_ref = ModelRef(str(int8_path), sha256_file(int8_path))
+            graph = validation_graph(val_chunks, prepared.model, int8_ref)
+            chunk_results = sorted(dask_client.compute(graph).result(), key=lambda c: c.index)
+            validation = reduce(ValidationStats.merge, (c.stats for c in chunk_results), ValidationStats())
+        lap("validate")
+
+        method = config.quant.method.value
+        results.write_parquet(
+            qparam_rows(qparams, stats, method), results.qparams_schema(), run_dir.tmp / results.QPARAMS_FILE, run_dir.run_id
+        )
+        if prepared.val is not None:
+            results.write_parquet(
+                _validation_rows(chunk_results),
+                results.validation_schema(),
+                run_dir.tmp / results.VALIDATION_FILE,
+                run_dir.run_id,
+            )
+        fp32_bytes, int8_bytes = config.model.stat().st_size, int8_path.stat().st_size
+        lap("write")
+        results.write_json(
+            {
+                "run_id": run_dir.run_id,
+                "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "config": config_dict(config),
+                "versions": package_versions(),
+                "model": {"path": prepared.model.path, "sha256": prepared.model.sha256, "bytes": fp32_bytes},
+                "int8_model": {"file": results.MODEL_FILE, "sha256": sha256_file(int8_path), "bytes": int8_bytes},
+                "data": {
+                    "calib": _data_record(prepared.calib, config.chunk_size),
+                    "val": _data_record(prepared.val, config.chunk_size),
+                },
+                "cluster": {"scheduler": dask_client.scheduler.address, "workers": workers},
+                "tensors_calibrated": len(prepared.tensors),
+                "summary": _summary_record(validation),
+                "timings_s": timings,
+                "quantizer_warnings": warnings,
+            },
+            run_dir.tmp / results.RUN_FILE,
+        )
+        final = run_dir.publish()
+    return RunResult(
+        run_dir.run_id, final, stats, qparams, validation, fp32_bytes, int8_bytes, dashboard, workers, timings
+    )
+
+
+def _has_dashboard(client) -> bool:
+    try:
+        return bool(client.scheduler_info().get("services", {}).get("dashboard"))
+    except (OSError, AttributeError):
+        return False

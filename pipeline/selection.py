@@ -1,0 +1,40 @@
+"""Which activations get statistics: the ones ONNX Runtime would calibrate.
+
+Mirrors the reference rule (onnxruntime.quantization.calibrate,
+CalibraterBase.select_tensors_to_calibrate) so our ranges cover exactly the
+tensors its MinMax calibrator reports: float/float16 inputs and outputs of
+nodes whose op type is quantizable, initializers excluded.
+"""
+
+from __future__ import annotations
+
+from itertools import chain
+
+
+def default_op_types() -> tuple[str, ...]:
+    """Every op type ORT's static quantizer handles (what quantize_static uses by default)."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return tuple(sorted(set(QLinearOpsRegistry) | set(QDQRegistry)))
+
+
+def tensors_to_calibrate(proto, op_types: tuple[str, ...] = ()) -> tuple[tuple[str, int], ...]:
+    """Sorted (tensor name, ONNX elem type) pairs to collect statistics for."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    typed = {v.name: v for v in chain(inferred.graph.value_info, inferred.graph.output, inferred.graph.input)}
+    initializers = {init.name for init in inferred.graph.initializer}
+    wanted_types = set(op_types or default_op_types())
+    float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
+    selected = {}
+    for node in inferred.graph.node:
+        if node.op_type not in wanted_types:
+            continue
+        for name in chain(node.input, node.output):
+            value = typed.get(name)
+            if value is None or name in initializers or not value.type.HasField("tensor_type"):
+                continue
+            if value.type.tensor_type.elem_type in float_types:
+                selected[name] = value.type.tensor_type.elem_type
+    return tuple(sorted(selected.items()))

@@ -1,0 +1,38 @@
+"""The short summary a run prints."""
+
+from __future__ import annotations
+
+from pipeline.run import RunResult
+
+
+def _pct(value: float | None) -> str:
+    return "n/a (no labels)" if value is None else f"{100 * value:.2f}%"
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
+
+
+def format_summary(result: RunResult) -> str:
+    lines = [f"run {result.run_id}"]
+    v = result.validation
+    if v is None:
+        lines.append("  validation       skipped (no --val)")
+    else:
+        lines += [
+            f"  FP32 accuracy    {_pct(v.fp32_accuracy)}",
+            f"  INT8 accuracy    {_pct(v.int8_accuracy)}",
+            f"  top-1 agreement  {100 * v.agreement:.2f}%  ({v.top1_agree}/{v.samples} samples)",
+            f"  mean cosine      {v.mean_cosine:.5f}",
+        ]
+    ratio = result.fp32_bytes / result.int8_bytes if result.int8_bytes else float("nan")
+    activations = sum(p.kind == "activation" for p in result.qparams)
+    lines += [
+        f"  model size       FP32 {_size(result.fp32_bytes)} -> INT8 {_size(result.int8_bytes)} ({ratio:.2f}x smaller)",
+        f"  quantized        {activations} activations, {len(result.qparams) - activations} weights",
+        f"  workers          {result.workers}; {sum(result.timings.values()):.1f} s",
+        f"  written to       {result.run_dir}",
+    ]
+    if result.dashboard:
+        lines.append(f"  dashboard        {result.dashboard}")
+    return "\n".join(lines)

@@ -1,0 +1,61 @@
+"""Chunk references: which rows of which file a task reads.
+
+A chunk travels as a reference (path, array names, row range), never as the
+arrays: workers read their own rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tasks.npy_io import read_rows
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    """Rows [start, stop) of a dataset file.
+
+    `members` pairs each model input name with the array name in the file
+    (NPY_MEMBER for a plain .npy); `labels` names the label array, if any.
+    """
+
+    path: str
+    members: tuple[tuple[str, str], ...]
+    start: int
+    stop: int
+    index: int
+    labels: str | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+
+def chunk_refs(
+    path: str,
+    members: tuple[tuple[str, str], ...],
+    n_rows: int,
+    chunk_size: int,
+    labels: str | None = None,
+) -> list[ChunkRef]:
+    """Split n_rows into consecutive chunks of at most chunk_size rows."""
+    if chunk_size < 1:
+        msg = f"chunk size must be a positive number of rows, got {chunk_size}"
+        raise ValueError(msg)
+    return [
+        ChunkRef(path, members, start, min(start + chunk_size, n_rows), index, labels)
+        for index, start in enumerate(range(0, n_rows, chunk_size))
+    ]
+
+
+def read_feeds(chunk: ChunkRef) -> dict[str, np.ndarray]:
+    """The model inputs of one chunk, keyed by model input name."""
+    return {name: read_rows(chunk.path, member, chunk.start, chunk.stop) for name, member in chunk.members}
+
+
+def read_labels(chunk: ChunkRef) -> np.ndarray | None:
+    if chunk.labels is None:
+        return None
+    return read_rows(chunk.path, chunk.labels, chunk.start, chunk.stop)

@@ -1,0 +1,95 @@
+"""Read array headers and row slices from .npy and .npz files.
+
+Only the requested rows are read: a worker's memory is bounded by its chunk,
+never by the file. Nothing is unpickled (object arrays are refused).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Iterator
+
+import numpy as np
+
+from tasks.errors import InputError
+
+NPY_MEMBER = ""  # the member name used for a plain .npy file
+
+
+@dataclass(frozen=True)
+class ArrayInfo:
+    """Shape and dtype of one stored array, read from its header only."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    fortran_order: bool
+
+
+@contextmanager
+def _open_member(path: str, member: str) -> Iterator[IO[bytes]]:
+    if member == NPY_MEMBER:
+        with Path(path).open("rb") as handle:
+            yield handle
+        return
+    with zipfile.ZipFile(path) as archive, archive.open(f"{member}.npy") as handle:
+        yield handle
+
+
+def _read_header(handle: IO[bytes], where: str) -> tuple[ArrayInfo, int]:
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(handle)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(handle)
+        else:
+            shape, fortran, dtype = fmt.read_array_header_2_0(handle)
+    except ValueError as exc:
+        msg = f"{where}: not a valid .npy array ({exc}); save it with numpy.save or numpy.savez"
+        raise InputError(msg) from exc
+    if dtype.hasobject:
+        msg = f"{where}: holds Python objects ({dtype}); only numeric arrays are read (nothing is unpickled)"
+        raise InputError(msg)
+    return ArrayInfo(tuple(int(d) for d in shape), dtype.str, bool(fortran)), handle.tell()
+
+
+def member_names(path: str) -> list[str]:
+    """Array names in a .npz, or [NPY_MEMBER] for a .npy file."""
+    if Path(path).suffix == ".npy":
+        return [NPY_MEMBER]
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return sorted(n[: -len(".npy")] for n in archive.namelist() if n.endswith(".npy"))
+    except zipfile.BadZipFile as exc:
+        msg = f"{path}: not a .npz archive ({exc}); save it with numpy.savez"
+        raise InputError(msg) from exc
+
+
+def array_info(path: str, member: str) -> ArrayInfo:
+    where = f"{path}[{member}]" if member else path
+    with _open_member(path, member) as handle:
+        return _read_header(handle, where)[0]
+
+
+def read_rows(path: str, member: str, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) along axis 0, reading only those bytes."""
+    where = f"{path}[{member}]" if member else path
+    with _open_member(path, member) as handle:
+        info, offset = _read_header(handle, where)
+        if info.fortran_order and len(info.shape) > 1:
+            msg = f"{where}: stored in Fortran order; save it C-contiguous (numpy.ascontiguousarray) to read by rows"
+            raise InputError(msg)
+        dtype = np.dtype(info.dtype)
+        row_items = int(np.prod(info.shape[1:], dtype=np.int64))
+        row_bytes = row_items * dtype.itemsize
+        stop = min(stop, info.shape[0])
+        # Seeking a deflated zip member decompresses forward without keeping it.
+        handle.seek(offset + start * row_bytes)
+        wanted = (stop - start) * row_bytes
+        raw = handle.read(wanted)
+        if len(raw) != wanted:
+            msg = f"{where}: file is truncated (rows {start}..{stop} not all present); write it again"
+            raise InputError(msg)
+        return np.frombuffer(raw, dtype=dtype).reshape((stop - start, *info.shape[1:])).copy()

@@ -1,0 +1,96 @@
+"""ONNX Runtime sessions, built once per worker process and cached.
+
+Models travel as a path plus sha256. The bytes a worker reads are checked
+against that hash, so a file changed mid-run is an error, not a silent mix.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tasks.digest import sha256_bytes
+from tasks.errors import ModelChangedError
+
+_CACHE_SIZE = 8  # a nightly zoo run visits many models; keep the cache bounded
+_sessions: OrderedDict[tuple, Any] = OrderedDict()
+_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model file and the sha256 its bytes must have."""
+
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """How to build a session.
+
+    `extra_outputs` are (tensor name, ONNX elem type) pairs exposed as graph
+    outputs. `calibration` runs with every graph optimisation off, as ONNX
+    Runtime's own calibrator does: otherwise fused kernels move values by an ULP.
+    """
+
+    extra_outputs: tuple[tuple[str, int], ...] = ()
+    calibration: bool = False
+    intra_op_threads: int = 1
+
+
+def _model_bytes(model: ModelRef, spec: SessionSpec) -> bytes:
+    data = Path(model.path).read_bytes()
+    if sha256_bytes(data) != model.sha256:
+        msg = (
+            f"{model.path}: sha256 differs from the one the run started with; the file changed, "
+            "or this worker sees another file at that path (workers need the same file)"
+        )
+        raise ModelChangedError(msg)
+    if not spec.extra_outputs:
+        return data
+    import onnx
+
+    proto = onnx.load_from_string(data)
+    present = {o.name for o in proto.graph.output}
+    for name, elem_type in spec.extra_outputs:
+        if name not in present:
+            proto.graph.output.append(onnx.helper.make_tensor_value_info(name, elem_type, None))
+    return proto.SerializeToString()
+
+
+def _build(model: ModelRef, spec: SessionSpec):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # One intra-op thread per task: Dask's worker threads are the parallelism.
+    options.intra_op_num_threads = spec.intra_op_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if spec.calibration:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(_model_bytes(model, spec), options, providers=["CPUExecutionProvider"])
+
+
+def session_for(model: ModelRef, spec: SessionSpec = SessionSpec()):
+    """The cached session for (model, spec), built on first use in this process."""
+    key = (model.sha256, spec)
+    with _lock:
+        session = _sessions.get(key)
+        if session is None:
+            session = _build(model, spec)
+            _sessions[key] = session
+            while len(_sessions) > _CACHE_SIZE:
+                _sessions.popitem(last=False)
+        else:
+            _sessions.move_to_end(key)
+        return session
+
+
+def cached_session_count() -> int:
+    return len(_sessions)

@@ -1,0 +1,66 @@
+"""Test models and data, made by the tests themselves (seeded, no downloads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.builtin import CALIB, MODEL, VAL, builtin_path
+
+
+def digits_paths() -> tuple[Path, Path, Path]:
+    return builtin_path(MODEL), builtin_path(CALIB), builtin_path(VAL)
+
+
+def build_residual_model(path: Path) -> Path:
+    """A two-input model with a residual Add, a Concat, a MatMul and a Gemm (random weights, seeded)."""
+    import torch
+    from torch import nn
+
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+            self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+            self.proj = nn.Parameter(torch.randn(8 * 4 + 6, 12) * 0.2)
+            self.head = nn.Linear(12, 5)
+
+        def forward(self, image, extra):
+            h = torch.relu(self.conv1(image))
+            h = torch.relu(self.conv2(h) + h)  # residual Add
+            pooled = nn.functional.adaptive_avg_pool2d(h, 2).flatten(1)
+            joined = torch.cat([pooled, extra], dim=1)  # Concat
+            hidden = torch.tanh(joined @ self.proj)  # MatMul
+            return self.head(hidden)  # Gemm
+
+    torch.manual_seed(1)
+    model = Residual().eval()
+    sample = (torch.randn(2, 3, 6, 6), torch.randn(2, 6))
+    torch.onnx.export(
+        model,
+        sample,
+        str(path),
+        input_names=["image", "extra"],
+        output_names=["out"],
+        dynamic_axes={"image": {0: "n"}, "extra": {0: "n"}, "out": {0: "n"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    return path
+
+
+def residual_data(path: Path, rows: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    image = rng.normal(size=(rows, 3, 6, 6)).astype(np.float32)
+    extra = (rng.normal(size=(rows, 6)) * 3).astype(np.float32)
+    np.savez(path, image=image, extra=extra)
+    return path
+
+
+def load_arrays(path: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """Whole arrays of a dataset (tests and the reference only; the pipeline never does this)."""
+    if path.suffix == ".npy":
+        return {names[0]: np.load(path)}
+    with np.load(path) as data:
+        return {name: data[name] for name in names}

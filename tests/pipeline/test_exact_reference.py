@@ -1,0 +1,66 @@
+"""Bit-exactness against onnxruntime.quantization.quantize_static (MinMax), zero tolerance."""
+
+from __future__ import annotations
+
+import dask
+import numpy as np
+import pytest
+from models import digits_paths, load_arrays
+from reference import model_signature, reference_model, reference_ranges
+
+from pipeline.config import ActivationType, QuantConfig, RunConfig
+from pipeline.graph import calibration_graph
+from pipeline.quantize import quantize_kwargs, tensors_data, write_quantized_model
+from pipeline.run import dataset_chunks, prepare
+from pipeline.selection import default_op_types
+
+
+def distributed_stats(config: RunConfig):
+    prepared = prepare(config)
+    chunks = dataset_chunks(prepared.calib, config.chunk_size)
+    graph = calibration_graph(chunks, prepared.model, prepared.tensors, split_every=2)
+    (stats,) = dask.compute(graph, scheduler="sync")
+    return prepared, stats
+
+
+def _cases(residual):
+    model, calib, _ = digits_paths()
+    r_model, r_calib, _ = residual
+    return {
+        "digits": (model, calib, ["input"]),
+        "residual": (r_model, r_calib, ["image", "extra"]),
+    }
+
+
+QUANT_CONFIGS = [
+    QuantConfig(),
+    QuantConfig(per_channel=False, activation_type=ActivationType.INT8),
+]
+
+
+@pytest.mark.parametrize("case", ["digits", "residual"])
+@pytest.mark.parametrize("quant", QUANT_CONFIGS, ids=["default", "per-tensor-int8"])
+def test_model_is_bit_identical_to_quantize_static(case, quant, residual, tmp_path):
+    model, calib, names = _cases(residual)[case]
+    config = RunConfig(model=model, calib=calib, chunk_size=37, quant=quant)
+    prepared, stats = distributed_stats(config)
+    ours = tmp_path / "ours.onnx"
+    write_quantized_model(prepared.proto, stats, quant, ours)
+
+    arrays = load_arrays(calib, names)
+    theirs = reference_model(model, arrays, batch=len(next(iter(arrays.values()))), kwargs=quantize_kwargs(quant), out=tmp_path / "ref.onnx")
+    assert model_signature(ours) == model_signature(theirs)
+
+
+@pytest.mark.parametrize("case", ["digits", "residual"])
+def test_ranges_are_bit_identical_to_ort_minmax_calibrator(case, residual, tmp_path):
+    model, calib, names = _cases(residual)[case]
+    _, stats = distributed_stats(RunConfig(model=model, calib=calib, chunk_size=16))
+    reference = reference_ranges(model, load_arrays(calib, names), batch=10, op_types=list(default_op_types()), tmp=tmp_path)
+    ours = tensors_data(stats, QuantConfig())
+    assert sorted(ours.keys()) == sorted(reference.keys())
+    for name in reference.keys():
+        for attr in ("lowest", "highest"):
+            mine, ref = getattr(ours[name], attr), getattr(reference[name], attr)
+            assert mine.dtype == ref.dtype and mine.shape == ref.shape, name
+            assert np.array_equal(mine, ref), (name, attr, mine, ref)
