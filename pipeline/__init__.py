@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Any
 __all__ = ["run"]
 
 if TYPE_CHECKING:
-    from pipeline.run import RunResult
+    from pipeline.job import RunResult
 
 
 def run(*args: Any, **kwargs: Any) -> RunResult:
-    """Quantize a model; see `pipeline.run.run` (imported lazily: the CLI starts fast)."""
-    from pipeline.run import run as _run
+    """Quantize a model; see `pipeline.job.run` (imported lazily: the CLI starts fast)."""
+    from pipeline.job import run as _run
 
     return _run(*args, **kwargs)

@@ -38,11 +38,15 @@ def main() -> None:
 @click.option("--workers", type=int, default=None, help="LocalCluster workers [default: one per CPU].")
 @click.option("--threads-per-worker", type=int, default=1, show_default=True)
 @click.option("--scheduler", default=None, help="Connect to this scheduler instead of starting a LocalCluster.")
+@click.option("--connect-timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for --scheduler.")
 @click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight quantization granularity.")
 @click.option("--activation-type", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True)
 @click.option("--exclude-nodes", multiple=True, help="Node names to leave in FP32 (comma-separated or repeated).")
 @click.option("--op-types", multiple=True, help="Only quantize these op types (comma-separated or repeated).")
-def run(model, calib, val, out, chunk_size, workers, threads_per_worker, scheduler, per_channel, activation_type, exclude_nodes, op_types):
+def run(
+    model, calib, val, out, chunk_size, workers, threads_per_worker, scheduler, connect_timeout, per_channel,
+    activation_type, exclude_nodes, op_types,
+):
     """Quantize MODEL (default: the built-in digits CNN) to INT8 and validate it."""
     from pipeline.config import ClusterConfig, QuantConfig, RunConfig
 
@@ -67,9 +71,14 @@ def run(model, calib, val, out, chunk_size, workers, threads_per_worker, schedul
                 exclude_nodes=_split(exclude_nodes),
                 op_types=_split(op_types),
             ),
-            cluster=ClusterConfig(scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker),
+            cluster=ClusterConfig(
+                scheduler=scheduler,
+                workers=workers,
+                threads_per_worker=threads_per_worker,
+                connect_timeout=connect_timeout,
+            ),
         )
-        from pipeline.run import run as run_job
+        from pipeline.job import run as run_job
         from pipeline.summary import format_summary
 
         result = run_job(config, log=lambda line: click.echo(f"dask-quant: {line}", err=True))
@@ -80,3 +89,5 @@ def run(model, calib, val, out, chunk_size, workers, threads_per_worker, schedul
         _fail("interrupted; nothing was written", EXIT_INTERRUPTED)
     except DaskQuantError as exc:
         _fail(str(exc), 1)
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,6 @@
 """Lazy task graphs: calibration statistics and validation.
 
-Nothing here computes; `pipeline.run` computes each graph once.
+Nothing here computes; `pipeline.job.run` computes each graph once.
 """
 
 from __future__ import annotations

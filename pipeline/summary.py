@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.run import RunResult
+from pipeline.job import RunResult
 
 
 def _pct(value: float | None) -> str:
@@ -30,7 +30,7 @@ def format_summary(result: RunResult) -> str:
     lines += [
         f"  model size       FP32 {_size(result.fp32_bytes)} -> INT8 {_size(result.int8_bytes)} ({ratio:.2f}x smaller)",
         f"  quantized        {activations} activations, {len(result.qparams) - activations} weights",
-        f"  workers          {result.workers}; {sum(result.timings.values()):.1f} s",
+        f"  workers          {result.workers}; {sum(result.timings.values()):.1f} s including cluster start",
         f"  written to       {result.run_dir}",
     ]
     if result.dashboard:

@@ -11,7 +11,7 @@ from reference import model_signature, reference_model, reference_ranges
 from pipeline.config import ActivationType, QuantConfig, RunConfig
 from pipeline.graph import calibration_graph
 from pipeline.quantize import quantize_kwargs, tensors_data, write_quantized_model
-from pipeline.run import dataset_chunks, prepare
+from pipeline.job import dataset_chunks, prepare
 from pipeline.selection import default_op_types
 
 

@@ -1,0 +1,121 @@
+"""Real clusters: LocalCluster processes run the whole job."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+from distributed import Client, LocalCluster
+from models import digits_paths, load_arrays
+from reference import model_signature, reference_model
+
+import pipeline
+from pipeline import results
+from pipeline.config import ClusterConfig, RunConfig
+from pipeline.quantize import quantize_kwargs
+from pipeline.job import run
+
+MODEL, CALIB, VAL = digits_paths()
+
+
+@pytest.fixture(scope="module")
+def client():
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as c:
+        yield c
+
+
+def _qparams(run_dir):
+    return pq.read_table(run_dir / results.QPARAMS_FILE).drop(["run_id"]).to_pylist()
+
+
+def test_run_on_a_given_client_leaves_it_open_and_matches_reference(client, tmp_path):
+    config = RunConfig(model=MODEL, calib=CALIB, val=VAL, out=tmp_path / "runs", chunk_size=50)
+    result = pipeline.run(config, client=client)
+    assert client.status == "running"
+    assert sorted(p.name for p in result.run_dir.iterdir()) == sorted(
+        [results.MODEL_FILE, results.QPARAMS_FILE, results.VALIDATION_FILE, results.RUN_FILE]
+    )
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [result.run_id]  # no temporary left
+
+    arrays = load_arrays(CALIB, ["input"])
+    ref = reference_model(MODEL, arrays, batch=300, kwargs=quantize_kwargs(config.quant), out=tmp_path / "ref.onnx")
+    assert model_signature(result.run_dir / results.MODEL_FILE) == model_signature(ref)
+
+    validation = pq.read_table(result.run_dir / results.VALIDATION_FILE)
+    assert validation.schema.equals(results.validation_schema())
+    rows = validation.to_pylist()
+    assert [(r["row_start"], r["row_stop"]) for r in rows] == [(i, i + 50) for i in range(0, 300, 50)]
+    assert sum(r["samples"] for r in rows) == 300 and result.validation.samples == 300
+    assert result.validation.agreement >= 0.98
+    assert pq.read_table(result.run_dir / results.QPARAMS_FILE).schema.equals(results.qparams_schema())
+
+
+def test_parameters_do_not_depend_on_worker_count_or_chunk_size(client, tmp_path):
+    two = run(RunConfig(model=MODEL, calib=CALIB, out=tmp_path, chunk_size=17), client=client)
+    one = run(
+        RunConfig(model=MODEL, calib=CALIB, out=tmp_path, chunk_size=300, cluster=ClusterConfig(workers=1)),
+    )
+    assert one.workers == 1 and two.workers == 2
+    assert _qparams(one.run_dir) == _qparams(two.run_dir)
+    assert model_signature(one.run_dir / results.MODEL_FILE) == model_signature(two.run_dir / results.MODEL_FILE)
+
+
+def test_failed_run_leaves_no_directory(client, tmp_path, monkeypatch):
+    out = tmp_path / "runs"
+    out.mkdir()
+    (out / "earlier").mkdir()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(results, "write_json", broken)
+    with pytest.raises(OSError, match="simulated"):
+        run(RunConfig(model=MODEL, calib=CALIB, val=VAL, out=out), client=client)
+    assert [p.name for p in out.iterdir()] == ["earlier"]
+
+
+def test_cli_default_run_prints_summary_and_exits_cleanly(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", "--out", str(tmp_path), "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "top-1 agreement  " in proc.stdout and "written to" in proc.stdout
+    for noise in ("Traceback", "ERROR", "Error", "Exception"):
+        assert noise not in proc.stderr, proc.stderr
+    agreement = float(proc.stdout.split("top-1 agreement")[1].split("%")[0])
+    assert agreement >= 98.0
+
+
+def test_cli_connects_to_a_scheduler_address(client, tmp_path):
+    address = client.scheduler.address
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", "--scheduler", address, "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "on 2 workers" in proc.stderr
+    assert client.status == "running"  # the scheduler we connected to is not shut down
+
+
+def test_unreachable_scheduler_fails_within_the_timeout(tmp_path):
+    import socket
+
+    with socket.socket() as sock:  # a loopback port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", "--scheduler", f"tcp://127.0.0.1:{port}", "--connect-timeout", "2", "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith(f"dask-quant: error: could not reach the Dask scheduler at tcp://127.0.0.1:{port} within 2 s")
+    assert "Traceback" not in proc.stderr and not (tmp_path / "o").exists()

@@ -1,0 +1,111 @@
+"""Each bad input: one clear line, exit code 2, no traceback, and --out left as it was."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from models import digits_paths
+
+from pipeline.cli import main
+
+MODEL, CALIB, VAL = digits_paths()
+
+
+def _tree(path):
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else None
+
+
+def _run_cli(args, out):
+    before = _tree(out)
+    result = CliRunner().invoke(main, ["run", *args, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dask-quant: error: "), result.stderr
+    assert "Traceback" not in result.output
+    assert _tree(out) == before
+    return lines[0]
+
+
+@pytest.fixture
+def out(tmp_path):
+    path = tmp_path / "runs"
+    path.mkdir()
+    (path / "earlier-run").mkdir()
+    (path / "earlier-run" / "run.json").write_text("{}")
+    return path
+
+
+def _npy(tmp_path, array, name="x.npy"):
+    path = tmp_path / name
+    np.save(path, array)
+    return str(path)
+
+
+CASES = {
+    "missing model": (lambda t: [str(t / "nope.onnx"), "--calib", str(CALIB)], "model file not found: "),
+    "not onnx": (lambda t: [_text(t), "--calib", str(CALIB)], "is not an ONNX model"),
+    "calib missing option": (lambda t: [str(MODEL)], "--calib is required"),
+    "calib file missing": (lambda t: [str(MODEL), "--calib", str(t / "none.npy")], "file not found"),
+    "wrong name": (lambda t: [str(MODEL), "--calib", _npz(t, pixels=np.zeros((4, 1, 8, 8), np.float32))], "no array named 'input' (found: 'pixels')"),
+    "wrong rank": (lambda t: [str(MODEL), "--calib", _npy(t, np.zeros((4, 8, 8), np.float32))], "rank 3 (shape (4, 8, 8)), but model input 'input' has rank 4"),
+    "wrong dtype": (lambda t: [str(MODEL), "--calib", _npy(t, np.zeros((4, 1, 8, 8), np.float64))], "dtype float64, but model input 'input' wants float32"),
+    "wrong shape": (lambda t: [str(MODEL), "--calib", _npy(t, np.zeros((4, 1, 8, 9), np.float32))], "at axis 3 (9 != 8)"),
+    "empty calibration": (lambda t: [str(MODEL), "--calib", _npy(t, np.zeros((0, 1, 8, 8), np.float32))], "holds no samples"),
+    "unsupported file": (lambda t: [str(MODEL), "--calib", _text(t, "c.csv")], "unsupported file type '.csv'"),
+    "bad chunk size": (lambda t: [str(MODEL), "--calib", str(CALIB), "--chunk-size", "0"], "--chunk-size must be a positive number of rows, got 0"),
+    "bad labels": (lambda t: [str(MODEL), "--calib", str(CALIB), "--val", _npz(t, input=np.zeros((4, 1, 8, 8), np.float32), labels=np.zeros(3, np.int64))], "[labels]: want one integer class per sample (4,)"),
+}
+
+
+def _text(tmp_path, name="model.onnx"):
+    path = tmp_path / name
+    path.write_text("this is not a model\n" * 20)
+    return str(path)
+
+
+def _npz(tmp_path, **arrays):
+    path = tmp_path / "d.npz"
+    np.savez(path, **arrays)
+    return str(path)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_exits_2_with_one_line(case, tmp_path, out):
+    make_args, expected = CASES[case]
+    line = _run_cli(make_args(tmp_path), out)
+    assert expected in line
+
+
+def test_out_that_does_not_exist_is_not_created_on_error(tmp_path):
+    out = tmp_path / "new" / "runs"
+    _run_cli([str(MODEL), "--calib", str(tmp_path / "none.npy")], out)
+    assert not (tmp_path / "new").exists()
+
+
+def test_unwritable_out(tmp_path):
+    if os.geteuid() == 0:
+        blocker = tmp_path / "file"
+        blocker.write_text("x")
+        line = _run_cli([str(MODEL), "--calib", str(CALIB)], blocker / "runs")
+        assert "is a file, not a directory" in line
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        assert "is not writable" in _run_cli([str(MODEL), "--calib", str(CALIB)], locked)
+
+
+def test_real_process_prints_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", str(tmp_path / "missing.onnx"), "--calib", str(CALIB), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"dask-quant: error: model file not found: {tmp_path / 'missing.onnx'}; pass the path of an .onnx file"
+    assert proc.stdout == "" and not (tmp_path / "o").exists()

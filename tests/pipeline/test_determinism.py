@@ -1,0 +1,56 @@
+"""Parameters are identical for any chunk size, chunk order and merge-tree shape."""
+
+from __future__ import annotations
+
+import dask
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from models import digits_paths
+
+from pipeline.config import QuantConfig, RunConfig
+from pipeline.graph import calibration_graph
+from pipeline.quantize import tensors_data
+from pipeline.job import dataset_chunks, prepare
+from tasks.chunks import ChunkRef
+
+MODEL, CALIB, _ = digits_paths()
+PREPARED = prepare(RunConfig(model=MODEL, calib=CALIB))
+
+
+def _stats(chunks: list[ChunkRef], split_every: int):
+    (stats,) = dask.compute(calibration_graph(chunks, PREPARED.model, PREPARED.tensors, split_every), scheduler="sync")
+    return stats
+
+
+def _uneven_chunks(cuts: list[int]) -> list[ChunkRef]:
+    whole = dataset_chunks(PREPARED.calib, PREPARED.calib.rows)[0]
+    bounds = sorted({0, PREPARED.calib.rows, *cuts})
+    return [
+        ChunkRef(whole.path, whole.members, start, stop, index)
+        for index, (start, stop) in enumerate(zip(bounds, bounds[1:]))
+    ]
+
+
+BASELINE = _stats(dataset_chunks(PREPARED.calib, PREPARED.calib.rows), split_every=2)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cuts=st.lists(st.integers(1, PREPARED.calib.rows - 1), max_size=12),
+    split_every=st.integers(2, 9),
+    random=st.randoms(use_true_random=False),
+)
+def test_any_chunking_order_and_tree_gives_identical_parameters(cuts, split_every, random):
+    chunks = _uneven_chunks(cuts)
+    random.shuffle(chunks)
+    stats = _stats(chunks, split_every)
+    assert stats == BASELINE
+    ours, base = tensors_data(stats, QuantConfig()), tensors_data(BASELINE, QuantConfig())
+    assert all((ours[k].lowest.tobytes(), ours[k].highest.tobytes()) == (base[k].lowest.tobytes(), base[k].highest.tobytes()) for k in base.keys())
+
+
+def test_graph_keys_are_deterministic():
+    chunks = dataset_chunks(PREPARED.calib, 64)
+    a = calibration_graph(chunks, PREPARED.model, PREPARED.tensors)
+    b = calibration_graph(chunks, PREPARED.model, PREPARED.tensors)
+    assert a.key == b.key

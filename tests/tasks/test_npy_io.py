@@ -1,0 +1,67 @@
+"""Row reads from .npy/.npz read exactly numpy's slice, and refuse what they cannot read safely."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from tasks.chunks import ChunkRef, chunk_refs, read_feeds
+from tasks.errors import InputError
+from tasks.npy_io import NPY_MEMBER, array_info, member_names, read_rows
+
+
+@pytest.fixture
+def arrays():
+    rng = np.random.default_rng(0)
+    return {"a": rng.normal(size=(23, 3, 4)).astype(np.float32), "b": rng.integers(0, 9, size=(23,)).astype(np.int64)}
+
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed], ids=["stored", "deflated"])
+@pytest.mark.parametrize(("start", "stop"), [(0, 23), (0, 1), (5, 17), (22, 23), (20, 40)])
+def test_npz_rows_equal_numpy_slice(tmp_path, arrays, save, start, stop):
+    path = tmp_path / "d.npz"
+    save(path, **arrays)
+    assert member_names(str(path)) == ["a", "b"]
+    for name, array in arrays.items():
+        assert np.array_equal(read_rows(str(path), name, start, stop), array[start:stop])
+
+
+def test_npy_rows_and_header(tmp_path, arrays):
+    path = tmp_path / "d.npy"
+    np.save(path, arrays["a"])
+    info = array_info(str(path), NPY_MEMBER)
+    assert info.shape == (23, 3, 4) and np.dtype(info.dtype) == np.float32
+    assert np.array_equal(read_rows(str(path), NPY_MEMBER, 7, 9), arrays["a"][7:9])
+
+
+def test_chunks_cover_rows_once(tmp_path, arrays):
+    path = tmp_path / "d.npz"
+    np.savez(path, **arrays)
+    chunks = chunk_refs(str(path), (("x", "a"),), 23, 5)
+    assert [(c.start, c.stop) for c in chunks] == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 23)]
+    joined = np.concatenate([read_feeds(c)["x"] for c in chunks])
+    assert np.array_equal(joined, arrays["a"])
+
+
+def test_object_arrays_are_refused_not_unpickled(tmp_path):
+    path = tmp_path / "o.npy"
+    np.save(path, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(InputError, match=re.escape("holds Python objects")):
+        read_rows(str(path), NPY_MEMBER, 0, 1)
+
+
+def test_truncated_file_is_reported(tmp_path, arrays):
+    path = tmp_path / "t.npy"
+    np.save(path, arrays["a"])
+    path.write_bytes(path.read_bytes()[:-50])
+    with pytest.raises(InputError, match="truncated"):
+        read_rows(str(path), NPY_MEMBER, 0, 23)
+
+
+def test_chunk_ref_is_plain_picklable_data():
+    import pickle
+
+    ref = ChunkRef("x.npz", (("in", "in"),), 0, 4, 0, "labels")
+    assert pickle.loads(pickle.dumps(ref)) == ref

@@ -1,0 +1,51 @@
+"""Validation partials: numpy as the oracle, and merged chunks equal one big batch (counts exactly)."""
+
+from __future__ import annotations
+
+from functools import reduce
+
+import numpy as np
+
+from tasks.validate import ValidationStats, compare_outputs
+
+
+def _oracle(a, b, labels):
+    cos = [float(np.dot(x, y) / (np.linalg.norm(x) * np.linalg.norm(y))) for x, y in zip(a, b)]
+    return {
+        "agree": int((a.argmax(1) == b.argmax(1)).sum()),
+        "fp32": int((a.argmax(1) == labels).sum()),
+        "int8": int((b.argmax(1) == labels).sum()),
+        "max_abs": float(np.abs(a.astype(np.float64) - b).max()),
+        "cos": float(np.mean(cos)),
+    }
+
+
+def test_compare_outputs_matches_numpy():
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(50, 10)).astype(np.float32)
+    b = (a + rng.normal(scale=0.3, size=a.shape)).astype(np.float32)
+    labels = rng.integers(0, 10, size=50)
+    stats, want = compare_outputs(a, b, labels), _oracle(a.astype(np.float64), b.astype(np.float64), labels)
+    assert (stats.top1_agree, stats.fp32_correct, stats.int8_correct) == (want["agree"], want["fp32"], want["int8"])
+    assert stats.max_abs_error == want["max_abs"]
+    assert np.isclose(stats.mean_cosine, want["cos"], rtol=1e-12)
+    assert stats.samples == stats.labelled == 50
+
+
+def test_merged_chunks_equal_whole_batch():
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(31, 4)).astype(np.float32)
+    b = (a + rng.normal(scale=0.5, size=a.shape)).astype(np.float32)
+    labels = rng.integers(0, 4, size=31)
+    whole = compare_outputs(a, b, labels)
+    parts = [compare_outputs(a[i : i + 7], b[i : i + 7], labels[i : i + 7]) for i in range(0, 31, 7)]
+    merged = reduce(ValidationStats.merge, parts, ValidationStats())
+    assert (merged.samples, merged.top1_agree, merged.fp32_correct, merged.int8_correct, merged.max_abs_error) == (
+        whole.samples, whole.top1_agree, whole.fp32_correct, whole.int8_correct, whole.max_abs_error
+    )
+    assert np.isclose(merged.mean_cosine, whole.mean_cosine, rtol=1e-12)
+
+
+def test_without_labels_accuracy_is_none():
+    stats = compare_outputs(np.eye(3, dtype=np.float32), np.eye(3, dtype=np.float32), None)
+    assert stats.fp32_accuracy is None and stats.agreement == 1.0 and stats.mean_cosine == 1.0
