@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -16,6 +17,10 @@ EXIT_INTERRUPTED = 130
 def _split(values: tuple[str, ...]) -> tuple[str, ...]:
     """Accept repeated options and comma-separated lists alike."""
     return tuple(item.strip() for value in values for item in value.split(",") if item.strip())
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _fail(message: str, code: int) -> None:
@@ -44,8 +49,19 @@ def main() -> None:
 @click.option("--exclude-nodes", multiple=True, help="Node names to leave in FP32 (comma-separated or repeated).")
 @click.option("--op-types", multiple=True, help="Only quantize these op types (comma-separated or repeated).")
 def run(
-    model, calib, val, out, chunk_size, workers, threads_per_worker, scheduler, connect_timeout, per_channel,
-    activation_type, exclude_nodes, op_types,
+    model,
+    calib,
+    val,
+    out,
+    chunk_size,
+    workers,
+    threads_per_worker,
+    scheduler,
+    connect_timeout,
+    per_channel,
+    activation_type,
+    exclude_nodes,
+    op_types,
 ):
     """Quantize MODEL (default: the built-in digits CNN) to INT8 and validate it."""
     from pipeline.config import ClusterConfig, QuantConfig, RunConfig
@@ -53,12 +69,14 @@ def run(
     try:
         if model is None:
             if calib is not None or val is not None:
-                raise InputError("--calib/--val need a MODEL argument; run without them for the built-in default")
+                msg = "--calib/--val need a MODEL argument; run without them for the built-in default"
+                raise InputError(msg)
             from pipeline.builtin import CALIB, MODEL, VAL, builtin_path
 
             model, calib, val = builtin_path(MODEL), builtin_path(CALIB), builtin_path(VAL)
         elif calib is None:
-            raise InputError(f"{model}: --calib is required with a MODEL; pass a .npz or .npy of calibration samples")
+            msg = f"{model}: --calib is required with a MODEL; pass a .npz or .npy of calibration samples"
+            raise InputError(msg)
         config = RunConfig(
             model=model,
             calib=calib,
@@ -81,7 +99,9 @@ def run(
         from pipeline.job import run as run_job
         from pipeline.summary import format_summary
 
-        result = run_job(config, log=lambda line: click.echo(f"dask-quant: {line}", err=True))
+        signal.signal(signal.SIGTERM, _interrupt)  # clean up like Ctrl-C when a scheduler stops us
+        log = lambda line: click.echo(f"dask-quant: {line}", err=True)  # noqa: E731
+        result = run_job(config, log=log, progress=sys.stdout.isatty())
         click.echo(format_summary(result))
     except InputError as exc:
         _fail(str(exc), EXIT_INPUT)
@@ -89,5 +109,7 @@ def run(
         _fail("interrupted; nothing was written", EXIT_INTERRUPTED)
     except DaskQuantError as exc:
         _fail(str(exc), 1)
+
+
 if __name__ == "__main__":
     main()

@@ -76,7 +76,10 @@ def _members_for(path: Path, option: str, inputs: list[InputSpec]) -> tuple[tupl
     if path.suffix == ".npy":
         if len(inputs) != 1:
             names = ", ".join(i.name for i in inputs)
-            msg = f"{option} {path}: a .npy file feeds a single-input model, this one has inputs {names}; use a .npz with one array per input"
+            msg = (
+                f"{option} {path}: a .npy file feeds a single-input model, this one has inputs {names}; "
+                "use a .npz with one array per input"
+            )
             raise InputError(msg)
         return ((inputs[0].name, NPY_MEMBER),)
     found = member_names(str(path))
@@ -94,14 +97,20 @@ def _check_array(path: Path, option: str, member: str, spec: InputSpec) -> int:
     where = f"{option} {path}" + (f"[{member}]" if member else "")
     info = array_info(str(path), member)
     if len(info.shape) != len(spec.dims):
-        msg = f"{where}: rank {len(info.shape)} (shape {info.shape}), but model input {spec.name!r} has rank {len(spec.dims)}; samples go on axis 0"
+        msg = (
+            f"{where}: rank {len(info.shape)} (shape {info.shape}), but model input {spec.name!r} "
+            f"has rank {len(spec.dims)}; samples go on axis 0"
+        )
         raise InputError(msg)
     if np.dtype(info.dtype) != np.dtype(spec.dtype):
-        msg = f"{where}: dtype {np.dtype(info.dtype).name}, but model input {spec.name!r} wants {np.dtype(spec.dtype).name}; convert with .astype"
+        have, want = np.dtype(info.dtype).name, np.dtype(spec.dtype).name
+        msg = f"{where}: dtype {have}, but model input {spec.name!r} wants {want}; convert with .astype"
         raise InputError(msg)
     for axis, (have, want) in enumerate(zip(info.shape[1:], spec.dims[1:], strict=True), start=1):
         if want is not None and have != want:
-            msg = f"{where}: shape {info.shape} differs from model input {spec.name!r} at axis {axis} ({have} != {want})"
+            msg = (
+                f"{where}: shape {info.shape} differs from model input {spec.name!r} at axis {axis} ({have} != {want})"
+            )
             raise InputError(msg)
     return info.shape[0]
 

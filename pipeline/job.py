@@ -56,14 +56,18 @@ def prepare(config: RunConfig) -> Prepared:
     """Check model and data (headers only); raise InputError on the first problem."""
     proto = load_model(config.model)
     if any(init.data_location == 1 for init in proto.graph.initializer):  # TensorProto.EXTERNAL
-        msg = f"{config.model}: weights are stored as external data, which dask-quant does not read yet; save the model as one file"
+        msg = (
+            f"{config.model}: weights are stored as external data, which dask-quant does not read yet; "
+            "save the model as one file"
+        )
         raise InputError(msg)
     inputs = model_inputs(proto)
     calib = describe_dataset(config.calib, "--calib", inputs, labels_allowed=False)
     val = None if config.val is None else describe_dataset(config.val, "--val", inputs, labels_allowed=True)
     tensors = tensors_to_calibrate(proto, config.quant.op_types)
     if not tensors:
-        msg = f"{config.model}: no operator that ONNX Runtime can quantize (op types: {config.quant.op_types or 'default'})"
+        op_types = ", ".join(config.quant.op_types) or "ORT's default list"
+        msg = f"{config.model}: no operator that ONNX Runtime can quantize (op types: {op_types})"
         raise InputError(msg)
     return Prepared(proto, ModelRef(str(config.model.resolve()), sha256_file(config.model)), tensors, calib, val)
 
@@ -125,12 +129,24 @@ def _validation_rows(chunks: list[ChunkValidation]) -> list[dict]:
     ]
 
 
-def run(config: RunConfig, client=None, log: Callable[[str], None] = lambda _: None) -> RunResult:
+def _compute(client, graph, progress: bool):
+    future = client.compute(graph)
+    if progress:
+        from distributed import progress as progress_bar
+
+        progress_bar(future, multi=False)  # a console bar, erased when done
+    return future.result()
+
+
+def run(
+    config: RunConfig, client=None, log: Callable[[str], None] = lambda _: None, progress: bool = False
+) -> RunResult:
     """Quantize `config.model` on a Dask cluster and publish a run directory.
 
     Pass a distributed `Client` to use an existing cluster (it is never
     closed); otherwise a cluster is started from `config.cluster` and shut
-    down at the end. `log` receives one line per stage.
+    down at the end. `log` receives one line per stage; `progress` draws
+    distributed's console progress bar while each graph runs.
     """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -152,7 +168,7 @@ def run(config: RunConfig, client=None, log: Callable[[str], None] = lambda _: N
         calib_chunks = dataset_chunks(prepared.calib, config.chunk_size)
         log(f"calibrating {len(prepared.tensors)} tensors over {len(calib_chunks)} chunks on {workers} workers")
         graph = calibration_graph(calib_chunks, prepared.model, prepared.tensors, config.split_every)
-        stats: RangeStats = dask_client.compute(graph).result()
+        stats: RangeStats = _compute(dask_client, graph, progress)
         lap("calibrate")
 
         int8_path = run_dir.tmp / results.MODEL_FILE
@@ -169,13 +185,16 @@ def run(config: RunConfig, client=None, log: Callable[[str], None] = lambda _: N
             log(f"validating FP32 against INT8 over {len(val_chunks)} chunks")
             int8_ref = ModelRef(str(int8_path), sha256_file(int8_path))
             graph = validation_graph(val_chunks, prepared.model, int8_ref)
-            chunk_results = sorted(dask_client.compute(graph).result(), key=lambda c: c.index)
+            chunk_results = sorted(_compute(dask_client, graph, progress), key=lambda c: c.index)
             validation = reduce(ValidationStats.merge, (c.stats for c in chunk_results), ValidationStats())
         lap("validate")
 
         method = config.quant.method.value
         results.write_parquet(
-            qparam_rows(qparams, stats, method), results.qparams_schema(), run_dir.tmp / results.QPARAMS_FILE, run_dir.run_id
+            qparam_rows(qparams, stats, method),
+            results.qparams_schema(),
+            run_dir.tmp / results.QPARAMS_FILE,
+            run_dir.run_id,
         )
         if prepared.val is not None:
             results.write_parquet(

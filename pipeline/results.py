@@ -122,12 +122,13 @@ class RunDirectory:
         return self
 
     def publish(self) -> Path:
-        os.rename(self.tmp, self.final)
+        if self.final.exists():  # rename would replace an empty directory silently
+            msg = f"{self.final} already exists; nothing was overwritten"
+            raise FileExistsError(msg)
+        self.tmp.rename(self.final)  # atomic on one filesystem; final never exists (unique run id)
         return self.final
 
-    def __exit__(
-        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
         if kind is None:
             return
         shutil.rmtree(self.tmp, ignore_errors=True)

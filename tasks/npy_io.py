@@ -7,10 +7,11 @@ never by the file. Nothing is unpickled (object arrays are refused).
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 import numpy as np
 

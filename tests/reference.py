@@ -12,9 +12,7 @@ class BatchReader:
 
     def __init__(self, arrays: dict[str, np.ndarray], batch: int) -> None:
         rows = len(next(iter(arrays.values())))
-        self._batches = iter(
-            [{k: v[i : i + batch] for k, v in arrays.items()} for i in range(0, rows, batch)]
-        )
+        self._batches = iter([{k: v[i : i + batch] for k, v in arrays.items()} for i in range(0, rows, batch)])
 
     def get_next(self):
         return next(self._batches, None)

@@ -14,15 +14,18 @@ from reference import model_signature, reference_model
 import pipeline
 from pipeline import results
 from pipeline.config import ClusterConfig, RunConfig
-from pipeline.quantize import quantize_kwargs
 from pipeline.job import run
+from pipeline.quantize import quantize_kwargs
 
 MODEL, CALIB, VAL = digits_paths()
 
 
 @pytest.fixture(scope="module")
 def client():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as c:
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as c,
+    ):
         yield c
 
 
@@ -68,7 +71,8 @@ def test_failed_run_leaves_no_directory(client, tmp_path, monkeypatch):
     (out / "earlier").mkdir()
 
     def broken(*args, **kwargs):
-        raise OSError("disk full (simulated)")
+        msg = "disk full (simulated)"
+        raise OSError(msg)
 
     monkeypatch.setattr(results, "write_json", broken)
     with pytest.raises(OSError, match="simulated"):
@@ -111,11 +115,24 @@ def test_unreachable_scheduler_fails_within_the_timeout(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", "--scheduler", f"tcp://127.0.0.1:{port}", "--connect-timeout", "2", "--out", str(tmp_path / "o")],
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "run",
+            "--scheduler",
+            f"tcp://127.0.0.1:{port}",
+            "--connect-timeout",
+            "2",
+            "--out",
+            str(tmp_path / "o"),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().startswith(f"dask-quant: error: could not reach the Dask scheduler at tcp://127.0.0.1:{port} within 2 s")
+    assert proc.stderr.strip().startswith(
+        f"dask-quant: error: could not reach the Dask scheduler at tcp://127.0.0.1:{port} within 2 s"
+    )
     assert "Traceback" not in proc.stderr and not (tmp_path / "o").exists()

@@ -47,19 +47,69 @@ def _npy(tmp_path, array, name="x.npy"):
 
 
 CASES = {
+    "nothing to quantize": (
+        lambda t: [_abs_only_model(t), "--calib", str(CALIB)],
+        "no operator that ONNX Runtime can quantize (op types: ORT's default list)",
+    ),
+    "unknown op type": (
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--op-types", "Softmax"],
+        "no operator that ONNX Runtime can quantize (op types: Softmax)",
+    ),
     "missing model": (lambda t: [str(t / "nope.onnx"), "--calib", str(CALIB)], "model file not found: "),
     "not onnx": (lambda t: [_text(t), "--calib", str(CALIB)], "is not an ONNX model"),
     "calib missing option": (lambda t: [str(MODEL)], "--calib is required"),
     "calib file missing": (lambda t: [str(MODEL), "--calib", str(t / "none.npy")], "file not found"),
-    "wrong name": (lambda t: [str(MODEL), "--calib", _npz(t, pixels=np.zeros((4, 1, 8, 8), np.float32))], "no array named 'input' (found: 'pixels')"),
-    "wrong rank": (lambda t: [str(MODEL), "--calib", _npy(t, np.zeros((4, 8, 8), np.float32))], "rank 3 (shape (4, 8, 8)), but model input 'input' has rank 4"),
-    "wrong dtype": (lambda t: [str(MODEL), "--calib", _npy(t, np.zeros((4, 1, 8, 8), np.float64))], "dtype float64, but model input 'input' wants float32"),
-    "wrong shape": (lambda t: [str(MODEL), "--calib", _npy(t, np.zeros((4, 1, 8, 9), np.float32))], "at axis 3 (9 != 8)"),
-    "empty calibration": (lambda t: [str(MODEL), "--calib", _npy(t, np.zeros((0, 1, 8, 8), np.float32))], "holds no samples"),
+    "wrong name": (
+        lambda t: [str(MODEL), "--calib", _npz(t, pixels=np.zeros((4, 1, 8, 8), np.float32))],
+        "no array named 'input' (found: 'pixels')",
+    ),
+    "wrong rank": (
+        lambda t: [str(MODEL), "--calib", _npy(t, np.zeros((4, 8, 8), np.float32))],
+        "rank 3 (shape (4, 8, 8)), but model input 'input' has rank 4",
+    ),
+    "wrong dtype": (
+        lambda t: [str(MODEL), "--calib", _npy(t, np.zeros((4, 1, 8, 8), np.float64))],
+        "dtype float64, but model input 'input' wants float32",
+    ),
+    "wrong shape": (
+        lambda t: [str(MODEL), "--calib", _npy(t, np.zeros((4, 1, 8, 9), np.float32))],
+        "at axis 3 (9 != 8)",
+    ),
+    "empty calibration": (
+        lambda t: [str(MODEL), "--calib", _npy(t, np.zeros((0, 1, 8, 8), np.float32))],
+        "holds no samples",
+    ),
     "unsupported file": (lambda t: [str(MODEL), "--calib", _text(t, "c.csv")], "unsupported file type '.csv'"),
-    "bad chunk size": (lambda t: [str(MODEL), "--calib", str(CALIB), "--chunk-size", "0"], "--chunk-size must be a positive number of rows, got 0"),
-    "bad labels": (lambda t: [str(MODEL), "--calib", str(CALIB), "--val", _npz(t, input=np.zeros((4, 1, 8, 8), np.float32), labels=np.zeros(3, np.int64))], "[labels]: want one integer class per sample (4,)"),
+    "bad chunk size": (
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--chunk-size", "0"],
+        "--chunk-size must be a positive number of rows, got 0",
+    ),
+    "bad labels": (
+        lambda t: [
+            str(MODEL),
+            "--calib",
+            str(CALIB),
+            "--val",
+            _npz(t, input=np.zeros((4, 1, 8, 8), np.float32), labels=np.zeros(3, np.int64)),
+        ],
+        "[labels]: want one integer class per sample (4,)",
+    ),
 }
+
+
+def _abs_only_model(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Abs", ["input"], ["out"])],
+        "abs",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 1, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 1, 8, 8])],
+    )
+    path = tmp_path / "abs.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return str(path)
 
 
 def _text(tmp_path, name="model.onnx"):
@@ -101,11 +151,24 @@ def test_unwritable_out(tmp_path):
 
 def test_real_process_prints_no_traceback(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", str(tmp_path / "missing.onnx"), "--calib", str(CALIB), "--out", str(tmp_path / "o")],
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "run",
+            str(tmp_path / "missing.onnx"),
+            "--calib",
+            str(CALIB),
+            "--out",
+            str(tmp_path / "o"),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"dask-quant: error: model file not found: {tmp_path / 'missing.onnx'}; pass the path of an .onnx file"
+    assert (
+        proc.stderr.strip()
+        == f"dask-quant: error: model file not found: {tmp_path / 'missing.onnx'}; pass the path of an .onnx file"
+    )
     assert proc.stdout == "" and not (tmp_path / "o").exists()

@@ -9,8 +9,8 @@ from models import digits_paths
 
 from pipeline.config import QuantConfig, RunConfig
 from pipeline.graph import calibration_graph
-from pipeline.quantize import tensors_data
 from pipeline.job import dataset_chunks, prepare
+from pipeline.quantize import tensors_data
 from tasks.chunks import ChunkRef
 
 MODEL, CALIB, _ = digits_paths()
@@ -27,7 +27,7 @@ def _uneven_chunks(cuts: list[int]) -> list[ChunkRef]:
     bounds = sorted({0, PREPARED.calib.rows, *cuts})
     return [
         ChunkRef(whole.path, whole.members, start, stop, index)
-        for index, (start, stop) in enumerate(zip(bounds, bounds[1:]))
+        for index, (start, stop) in enumerate(zip(bounds, bounds[1:], strict=False))
     ]
 
 
@@ -46,7 +46,10 @@ def test_any_chunking_order_and_tree_gives_identical_parameters(cuts, split_ever
     stats = _stats(chunks, split_every)
     assert stats == BASELINE
     ours, base = tensors_data(stats, QuantConfig()), tensors_data(BASELINE, QuantConfig())
-    assert all((ours[k].lowest.tobytes(), ours[k].highest.tobytes()) == (base[k].lowest.tobytes(), base[k].highest.tobytes()) for k in base.keys())
+    assert all(
+        (ours[k].lowest.tobytes(), ours[k].highest.tobytes()) == (base[k].lowest.tobytes(), base[k].highest.tobytes())
+        for k in base.keys()
+    )
 
 
 def test_graph_keys_are_deterministic():

@@ -10,8 +10,8 @@ from reference import model_signature, reference_model, reference_ranges
 
 from pipeline.config import ActivationType, QuantConfig, RunConfig
 from pipeline.graph import calibration_graph
-from pipeline.quantize import quantize_kwargs, tensors_data, write_quantized_model
 from pipeline.job import dataset_chunks, prepare
+from pipeline.quantize import quantize_kwargs, tensors_data, write_quantized_model
 from pipeline.selection import default_op_types
 
 
@@ -48,7 +48,9 @@ def test_model_is_bit_identical_to_quantize_static(case, quant, residual, tmp_pa
     write_quantized_model(prepared.proto, stats, quant, ours)
 
     arrays = load_arrays(calib, names)
-    theirs = reference_model(model, arrays, batch=len(next(iter(arrays.values()))), kwargs=quantize_kwargs(quant), out=tmp_path / "ref.onnx")
+    theirs = reference_model(
+        model, arrays, batch=len(next(iter(arrays.values()))), kwargs=quantize_kwargs(quant), out=tmp_path / "ref.onnx"
+    )
     assert model_signature(ours) == model_signature(theirs)
 
 
@@ -56,7 +58,9 @@ def test_model_is_bit_identical_to_quantize_static(case, quant, residual, tmp_pa
 def test_ranges_are_bit_identical_to_ort_minmax_calibrator(case, residual, tmp_path):
     model, calib, names = _cases(residual)[case]
     _, stats = distributed_stats(RunConfig(model=model, calib=calib, chunk_size=16))
-    reference = reference_ranges(model, load_arrays(calib, names), batch=10, op_types=list(default_op_types()), tmp=tmp_path)
+    reference = reference_ranges(
+        model, load_arrays(calib, names), batch=10, op_types=list(default_op_types()), tmp=tmp_path
+    )
     ours = tensors_data(stats, QuantConfig())
     assert sorted(ours.keys()) == sorted(reference.keys())
     for name in reference.keys():
@@ -64,3 +68,21 @@ def test_ranges_are_bit_identical_to_ort_minmax_calibrator(case, residual, tmp_p
             mine, ref = getattr(ours[name], attr), getattr(reference[name], attr)
             assert mine.dtype == ref.dtype and mine.shape == ref.shape, name
             assert np.array_equal(mine, ref), (name, attr, mine, ref)
+
+
+def test_op_types_and_excluded_nodes_match_reference(residual, tmp_path):
+    model, calib, _ = residual
+    quant = QuantConfig(op_types=("Conv", "MatMul", "Add"), exclude_nodes=("/conv2/Conv",))
+    prepared, stats = distributed_stats(RunConfig(model=model, calib=calib, chunk_size=25, quant=quant))
+    ours = tmp_path / "ours.onnx"
+    write_quantized_model(prepared.proto, stats, quant, ours)
+    arrays = load_arrays(calib, ["image", "extra"])
+    theirs = reference_model(model, arrays, batch=96, kwargs=quantize_kwargs(quant), out=tmp_path / "ref.onnx")
+    assert model_signature(ours) == model_signature(theirs)
+    import onnx
+
+    graph = onnx.load(str(ours)).graph
+    producer = {out: node.op_type for node in graph.node for out in node.output}
+    convs = {node.name: node for node in graph.node if node.op_type == "Conv"}
+    assert producer[convs["/conv1/Conv"].input[1]] == "DequantizeLinear"  # quantized weight
+    assert producer.get(convs["/conv2/Conv"].input[1]) != "DequantizeLinear"  # excluded: stays float

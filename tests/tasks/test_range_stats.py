@@ -35,7 +35,7 @@ def test_empty_is_identity(a):
 def test_any_chunking_and_order_equals_whole(values, cuts, random):
     whole = RangeStats.of({"t": values})
     bounds = sorted({min(c, len(values)) for c in cuts} | {0, len(values)})
-    parts = [RangeStats.of({"t": values[i:j]}) for i, j in zip(bounds, bounds[1:]) if j > i]
+    parts = [RangeStats.of({"t": values[i:j]}) for i, j in zip(bounds, bounds[1:], strict=False) if j > i]
     random.shuffle(parts)
     assert merge_all(parts) == whole
     assert whole.as_dict()["t"].min == float(values.min()) and whole.as_dict()["t"].count == len(values)

@@ -10,7 +10,7 @@ from tasks.validate import ValidationStats, compare_outputs
 
 
 def _oracle(a, b, labels):
-    cos = [float(np.dot(x, y) / (np.linalg.norm(x) * np.linalg.norm(y))) for x, y in zip(a, b)]
+    cos = [float(np.dot(x, y) / (np.linalg.norm(x) * np.linalg.norm(y))) for x, y in zip(a, b, strict=False)]
     return {
         "agree": int((a.argmax(1) == b.argmax(1)).sum()),
         "fp32": int((a.argmax(1) == labels).sum()),
@@ -41,7 +41,11 @@ def test_merged_chunks_equal_whole_batch():
     parts = [compare_outputs(a[i : i + 7], b[i : i + 7], labels[i : i + 7]) for i in range(0, 31, 7)]
     merged = reduce(ValidationStats.merge, parts, ValidationStats())
     assert (merged.samples, merged.top1_agree, merged.fp32_correct, merged.int8_correct, merged.max_abs_error) == (
-        whole.samples, whole.top1_agree, whole.fp32_correct, whole.int8_correct, whole.max_abs_error
+        whole.samples,
+        whole.top1_agree,
+        whole.fp32_correct,
+        whole.int8_correct,
+        whole.max_abs_error,
     )
     assert np.isclose(merged.mean_cosine, whole.mean_cosine, rtol=1e-12)
 

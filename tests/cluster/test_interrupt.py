@@ -1,0 +1,49 @@
+"""Ctrl-C or SIGTERM mid-run: exit 130, one line, nothing left under --out."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from models import digits_paths
+
+MODEL, CALIB, _ = digits_paths()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupted_run_writes_nothing(tmp_path, signum):
+    big = tmp_path / "big.npy"
+    np.save(big, np.tile(np.load(CALIB), (200, 1, 1, 1)))  # 60,000 rows: long enough to interrupt
+    out = tmp_path / "runs"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "run",
+            str(MODEL),
+            "--calib",
+            str(big),
+            "--chunk-size",
+            "32",
+            "--workers",
+            "1",
+            "--out",
+            str(out),
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    for line in proc.stderr:
+        if "calibrating" in line:
+            break
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip() == "dask-quant: error: interrupted; nothing was written"
+    assert stdout == ""
+    assert not out.exists()
