@@ -25,10 +25,11 @@ def format_summary(result: RunResult) -> str:
             f"  top-1 agreement  {100 * v.agreement:.2f}%  ({v.top1_agree}/{v.samples} samples)",
             f"  mean cosine      {v.mean_cosine:.5f}",
         ]
-    ratio = result.fp32_bytes / result.int8_bytes if result.int8_bytes else float("nan")
+    ratio = result.fp32_bytes / result.int8_bytes
+    change = f"{ratio:.2f}x smaller" if ratio >= 1 else f"{1 / ratio:.2f}x larger: Q/DQ nodes outweigh tiny weights"
     activations = sum(p.kind == "activation" for p in result.qparams)
     lines += [
-        f"  model size       FP32 {_size(result.fp32_bytes)} -> INT8 {_size(result.int8_bytes)} ({ratio:.2f}x smaller)",
+        f"  model size       FP32 {_size(result.fp32_bytes)} -> INT8 {_size(result.int8_bytes)} ({change})",
         f"  quantized        {activations} activations, {len(result.qparams) - activations} weights",
         f"  workers          {result.workers}; {sum(result.timings.values()):.1f} s including cluster start",
         f"  written to       {result.run_dir}",

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pyarrow.parquet as pq
 import pytest
 from distributed import Client, LocalCluster
 from models import digits_paths, load_arrays
+from processes import dask_quant
 from reference import model_signature, reference_model
 
 import pipeline
@@ -81,12 +79,7 @@ def test_failed_run_leaves_no_directory(client, tmp_path, monkeypatch):
 
 
 def test_cli_default_run_prints_summary_and_exits_cleanly(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", "--out", str(tmp_path), "--workers", "2"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = dask_quant("run", "--out", tmp_path, "--workers", "2")
     assert proc.returncode == 0, proc.stderr
     assert "top-1 agreement  " in proc.stdout and "written to" in proc.stdout
     for noise in ("Traceback", "ERROR", "Error", "Exception"):
@@ -97,12 +90,7 @@ def test_cli_default_run_prints_summary_and_exits_cleanly(tmp_path):
 
 def test_cli_connects_to_a_scheduler_address(client, tmp_path):
     address = client.scheduler.address
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", "--scheduler", address, "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = dask_quant("run", "--scheduler", address, "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "on 2 workers" in proc.stderr
     assert client.status == "running"  # the scheduler we connected to is not shut down
@@ -114,22 +102,8 @@ def test_unreachable_scheduler_fails_within_the_timeout(tmp_path):
     with socket.socket() as sock:  # a loopback port that nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.cli",
-            "run",
-            "--scheduler",
-            f"tcp://127.0.0.1:{port}",
-            "--connect-timeout",
-            "2",
-            "--out",
-            str(tmp_path / "o"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    proc = dask_quant(
+        "run", "--scheduler", f"tcp://127.0.0.1:{port}", "--connect-timeout", "2", "--out", tmp_path / "o"
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith(

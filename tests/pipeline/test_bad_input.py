@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from models import digits_paths
+from processes import dask_quant
 
 from pipeline.cli import main
 
@@ -150,22 +149,7 @@ def test_unwritable_out(tmp_path):
 
 
 def test_real_process_prints_no_traceback(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.cli",
-            "run",
-            str(tmp_path / "missing.onnx"),
-            "--calib",
-            str(CALIB),
-            "--out",
-            str(tmp_path / "o"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = dask_quant("run", tmp_path / "missing.onnx", "--calib", CALIB, "--out", tmp_path / "o")
     assert proc.returncode == 2
     assert (
         proc.stderr.strip()
