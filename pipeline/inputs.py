@@ -112,6 +112,13 @@ def _check_array(path: Path, option: str, member: str, spec: InputSpec) -> int:
                 f"{where}: shape {info.shape} differs from model input {spec.name!r} at axis {axis} ({have} != {want})"
             )
             raise InputError(msg)
+    fixed = spec.dims[0]
+    if fixed is not None and info.shape[0] % fixed:
+        msg = (
+            f"{where}: {info.shape[0]} samples, but model input {spec.name!r} fixes the batch size to {fixed}; "
+            f"pass a multiple of {fixed} samples"
+        )
+        raise InputError(msg)
     return info.shape[0]
 
 

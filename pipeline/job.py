@@ -62,6 +62,13 @@ def prepare(config: RunConfig) -> Prepared:
         )
         raise InputError(msg)
     inputs = model_inputs(proto)
+    for spec in inputs:
+        if spec.dims and spec.dims[0] is not None and config.chunk_size % spec.dims[0]:
+            msg = (
+                f"--chunk-size {config.chunk_size} is not a multiple of the batch size {spec.dims[0]} that "
+                f"model input {spec.name!r} fixes; pass a multiple of it"
+            )
+            raise InputError(msg)
     calib = describe_dataset(config.calib, "--calib", inputs, labels_allowed=False)
     val = None if config.val is None else describe_dataset(config.val, "--val", inputs, labels_allowed=True)
     tensors = tensors_to_calibrate(proto, config.quant.op_types)

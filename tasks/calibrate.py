@@ -6,7 +6,7 @@ import numpy as np
 
 from tasks.chunks import ChunkRef, read_feeds
 from tasks.range_stats import RangeStats
-from tasks.sessions import ModelRef, SessionSpec, session_for
+from tasks.sessions import ModelRef, SessionSpec, run_in_batches, session_for
 
 
 def tensor_values(chunk: ChunkRef, model: ModelRef, tensors: tuple[tuple[str, int], ...]) -> dict[str, np.ndarray]:
@@ -19,7 +19,7 @@ def tensor_values(chunk: ChunkRef, model: ModelRef, tensors: tuple[tuple[str, in
     computed = tuple((name, elem) for name, elem in tensors if name not in feeds)
     session = session_for(model, SessionSpec(extra_outputs=computed, calibration=True))
     names = [name for name, _ in computed]
-    values = dict(zip(names, session.run(names, feeds), strict=True)) if names else {}
+    values = dict(zip(names, run_in_batches(session, names, feeds), strict=True)) if names else {}
     values.update({name: feeds[name] for name, _ in tensors if name in feeds})
     return values
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tasks.digest import sha256_bytes
 from tasks.errors import ModelChangedError
 
@@ -94,3 +96,22 @@ def session_for(model: ModelRef, spec: SessionSpec = SessionSpec()):
 
 def cached_session_count() -> int:
     return len(_sessions)
+
+
+def fixed_batch(session) -> int | None:
+    """The batch size the model's inputs fix on axis 0, or None when it is symbolic."""
+    sizes = {i.shape[0] for i in session.get_inputs() if i.shape and isinstance(i.shape[0], int)}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def run_in_batches(session, names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """session.run over a chunk, in slices of the model's fixed batch size if it has one.
+
+    Many exported models fix batch 1; a chunk still carries many rows.
+    """
+    batch = fixed_batch(session)
+    rows = len(next(iter(feeds.values())))
+    if batch is None or batch == rows:
+        return session.run(names, feeds)
+    parts = [session.run(names, {k: v[i : i + batch] for k, v in feeds.items()}) for i in range(0, rows, batch)]
+    return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tasks.chunks import ChunkRef, read_feeds, read_labels
-from tasks.sessions import ModelRef, session_for
+from tasks.sessions import ModelRef, run_in_batches, session_for
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def compare_outputs(fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray | Non
 def validate_chunk(chunk: ChunkRef, fp32: ModelRef, int8: ModelRef) -> ChunkValidation:
     """Run one chunk through both models (default graph optimisations, as deployed)."""
     feeds = read_feeds(chunk)
-    out_fp32 = session_for(fp32).run(None, feeds)[0]
-    out_int8 = session_for(int8).run(None, feeds)[0]
+    out_fp32 = run_in_batches(session_for(fp32), None, feeds)[0]
+    out_int8 = run_in_batches(session_for(int8), None, feeds)[0]
     stats = compare_outputs(out_fp32, out_int8, read_labels(chunk))
     return ChunkValidation(chunk.index, chunk.start, chunk.stop, stats)

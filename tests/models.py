@@ -64,3 +64,14 @@ def load_arrays(path: Path, names: list[str]) -> dict[str, np.ndarray]:
         return {names[0]: np.load(path)}
     with np.load(path) as data:
         return {name: data[name] for name in names}
+
+
+def with_fixed_batch(source: Path, path: Path, batch: int) -> Path:
+    """A copy of a model whose inputs and outputs fix axis 0 to `batch` (as many exported models do)."""
+    import onnx
+
+    proto = onnx.load(str(source))
+    for value in [*proto.graph.input, *proto.graph.output]:
+        value.type.tensor_type.shape.dim[0].dim_value = batch
+    onnx.save(proto, str(path))
+    return path

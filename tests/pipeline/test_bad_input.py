@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from models import digits_paths
+from models import digits_paths, with_fixed_batch
 from processes import dask_quant
 
 from pipeline.cli import main
@@ -46,6 +46,14 @@ def _npy(tmp_path, array, name="x.npy"):
 
 
 CASES = {
+    "chunk size vs fixed batch": (
+        lambda t: [str(with_fixed_batch(MODEL, t / "b4.onnx", 4)), "--calib", str(CALIB), "--chunk-size", "6"],
+        "--chunk-size 6 is not a multiple of the batch size 4 that model input 'input' fixes",
+    ),
+    "rows vs fixed batch": (
+        lambda t: [str(with_fixed_batch(MODEL, t / "b7.onnx", 7)), "--calib", str(CALIB), "--chunk-size", "7"],
+        "300 samples, but model input 'input' fixes the batch size to 7; pass a multiple of 7 samples",
+    ),
     "nothing to quantize": (
         lambda t: [_abs_only_model(t), "--calib", str(CALIB)],
         "no operator that ONNX Runtime can quantize (op types: ORT's default list)",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dask
 import numpy as np
 import pytest
-from models import digits_paths, load_arrays
+from models import digits_paths, load_arrays, with_fixed_batch
 from reference import model_signature, reference_model, reference_ranges
 
 from pipeline.config import ActivationType, QuantConfig, RunConfig
@@ -13,6 +13,9 @@ from pipeline.graph import calibration_graph
 from pipeline.job import dataset_chunks, prepare
 from pipeline.quantize import quantize_kwargs, tensors_data, write_quantized_model
 from pipeline.selection import default_op_types
+from tasks.digest import sha256_file
+from tasks.sessions import ModelRef
+from tasks.validate import validate_chunk
 
 
 def distributed_stats(config: RunConfig):
@@ -86,3 +89,20 @@ def test_op_types_and_excluded_nodes_match_reference(residual, tmp_path):
     convs = {node.name: node for node in graph.node if node.op_type == "Conv"}
     assert producer[convs["/conv1/Conv"].input[1]] == "DequantizeLinear"  # quantized weight
     assert producer.get(convs["/conv2/Conv"].input[1]) != "DequantizeLinear"  # excluded: stays float
+
+
+def test_fixed_batch_model_runs_chunks_in_batches_and_matches_reference(tmp_path):
+    model, calib, _ = digits_paths()
+    fixed = with_fixed_batch(model, tmp_path / "batch2.onnx", 2)
+    quant = QuantConfig()
+    prepared, stats = distributed_stats(RunConfig(model=fixed, calib=calib, chunk_size=14, quant=quant))
+    ours = tmp_path / "ours.onnx"
+    write_quantized_model(prepared.proto, stats, quant, ours)
+    theirs = reference_model(
+        fixed, load_arrays(calib, ["input"]), batch=2, kwargs=quantize_kwargs(quant), out=tmp_path / "r.onnx"
+    )
+    assert model_signature(ours) == model_signature(theirs)
+
+    chunk = dataset_chunks(prepared.calib, 14)[3]
+    checked = validate_chunk(chunk, prepared.model, ModelRef(str(ours), sha256_file(ours)))
+    assert checked.stats.samples == 14 and checked.stats.agreement >= 0.9
