@@ -38,14 +38,26 @@ def main() -> None:
 @click.argument("model", required=False, type=click.Path(path_type=Path))
 @click.option("--calib", type=click.Path(path_type=Path), help="Calibration data: .npz (one array per input) or .npy.")
 @click.option("--val", type=click.Path(path_type=Path), help="Validation data (.npz may hold 'labels').")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("dask-quant-runs"), show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("dask-quant-runs"),
+    show_default=True,
+    help="Directory where run directories are published.",
+)
 @click.option("--chunk-size", type=int, default=64, show_default=True, help="Rows per task.")
 @click.option("--workers", type=int, default=None, help="LocalCluster workers [default: one per CPU].")
-@click.option("--threads-per-worker", type=int, default=1, show_default=True)
+@click.option("--threads-per-worker", type=int, default=1, show_default=True, help="Threads per LocalCluster worker.")
 @click.option("--scheduler", default=None, help="Connect to this scheduler instead of starting a LocalCluster.")
 @click.option("--connect-timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for --scheduler.")
 @click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight quantization granularity.")
-@click.option("--activation-type", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True)
+@click.option(
+    "--activation-type",
+    type=click.Choice(["uint8", "int8"]),
+    default="uint8",
+    show_default=True,
+    help="Activation type (asymmetric); weights are int8 symmetric.",
+)
 @click.option("--exclude-nodes", multiple=True, help="Node names to leave in FP32 (comma-separated or repeated).")
 @click.option("--op-types", multiple=True, help="Only quantize these op types (comma-separated or repeated).")
 def run(

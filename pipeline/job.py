@@ -71,12 +71,33 @@ def prepare(config: RunConfig) -> Prepared:
             raise InputError(msg)
     calib = describe_dataset(config.calib, "--calib", inputs, labels_allowed=False)
     val = None if config.val is None else describe_dataset(config.val, "--val", inputs, labels_allowed=True)
+    _check_names(proto, config)
     tensors = tensors_to_calibrate(proto, config.quant.op_types)
     if not tensors:
         op_types = ", ".join(config.quant.op_types) or "ORT's default list"
         msg = f"{config.model}: no operator that ONNX Runtime can quantize (op types: {op_types})"
         raise InputError(msg)
     return Prepared(proto, ModelRef(str(config.model.resolve()), sha256_file(config.model)), tensors, calib, val)
+
+
+def _check_names(proto, config: RunConfig) -> None:
+    """--exclude-nodes and --op-types must name things that exist: ORT would ignore a typo silently."""
+    from pipeline.selection import default_op_types
+
+    nodes = {node.name for node in proto.graph.node}
+    missing = [name for name in config.quant.exclude_nodes if name not in nodes]
+    if missing:
+        example = ", ".join(sorted(nodes)[:3])
+        names = ", ".join(map(repr, missing))
+        msg = f"--exclude-nodes: no node named {names} in {config.model} (node names look like: {example})"
+        raise InputError(msg)
+    known = default_op_types()
+    unknown = [op for op in config.quant.op_types if op not in known]
+    if unknown:
+        msg = (
+            f"--op-types: ONNX Runtime cannot quantize {', '.join(map(repr, unknown))}; choose from: {', '.join(known)}"
+        )
+        raise InputError(msg)
 
 
 def dataset_chunks(spec: DatasetSpec, chunk_size: int) -> list[ChunkRef]:

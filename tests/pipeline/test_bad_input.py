@@ -58,9 +58,17 @@ CASES = {
         lambda t: [_abs_only_model(t), "--calib", str(CALIB)],
         "no operator that ONNX Runtime can quantize (op types: ORT's default list)",
     ),
-    "unknown op type": (
+    "no node of the op types": (
         lambda t: [str(MODEL), "--calib", str(CALIB), "--op-types", "Softmax"],
         "no operator that ONNX Runtime can quantize (op types: Softmax)",
+    ),
+    "unknown op type": (
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--op-types", "Conv,conv"],
+        "--op-types: ONNX Runtime cannot quantize 'conv'; choose from: Add, ArgMax",
+    ),
+    "unknown excluded node": (
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--exclude-nodes", "/0/Conv,/9/Conv"],
+        "--exclude-nodes: no node named '/9/Conv' in",
     ),
     "missing model": (lambda t: [str(t / "nope.onnx"), "--calib", str(CALIB)], "model file not found: "),
     "not onnx": (lambda t: [_text(t), "--calib", str(CALIB)], "is not an ONNX model"),
