@@ -21,12 +21,13 @@ from tasks.range_stats import RangeStats
 
 
 def tensors_data(stats: RangeStats, config: QuantConfig):
-    """ORT TensorsData holding each tensor's (lowest, highest) as float32[1], as its MinMax calibrator does."""
+    """ORT TensorsData with each tensor's (lowest, highest) as a 1-element array of the tensor's own
+    float type, exactly as its MinMax calibrator reports them."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
 
     del config  # MinMax ranges do not depend on options; histogram methods will.
     data = {
-        name: TensorData(lowest=np.array([r.min], np.float32), highest=np.array([r.max], np.float32))
+        name: TensorData(lowest=np.array([r.min], r.dtype), highest=np.array([r.max], r.dtype))
         for name, r in stats.ranges
     }
     return TensorsData(CalibrationMethod.MinMax, data)

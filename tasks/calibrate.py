@@ -4,27 +4,37 @@ from __future__ import annotations
 
 import numpy as np
 
+from tasks.augment import extrema_names
 from tasks.chunks import ChunkRef, read_feeds
-from tasks.range_stats import RangeStats
+from tasks.errors import InputError
+from tasks.range_stats import RangeStats, TensorRange
 from tasks.sessions import ModelRef, SessionSpec, run_in_batches, session_for
 
 
-def tensor_values(chunk: ChunkRef, model: ModelRef, tensors: tuple[tuple[str, int], ...]) -> dict[str, np.ndarray]:
-    """The values of `tensors` ((name, elem type) pairs) for one chunk's rows.
+def _where(chunk: ChunkRef) -> str:
+    return f" (rows {chunk.start}..{chunk.stop} of {chunk.path})"
 
-    Graph inputs come straight from the feeds; everything else is exposed as
-    an extra output of a calibration session (no graph optimisation).
-    """
-    feeds = read_feeds(chunk)
-    computed = tuple((name, elem) for name, elem in tensors if name not in feeds)
-    session = session_for(model, SessionSpec(extra_outputs=computed, calibration=True))
-    names = [name for name, _ in computed]
-    values = dict(zip(names, run_in_batches(session, names, feeds), strict=True)) if names else {}
-    values.update({name: feeds[name] for name, _ in tensors if name in feeds})
-    return values
+
+def check_finite_inputs(feeds: dict[str, np.ndarray], chunk: ChunkRef) -> None:
+    """Refuse NaN in the data itself, naming the input and the count, before the model runs."""
+    for name, array in feeds.items():
+        if np.issubdtype(array.dtype, np.floating):
+            nans = int(np.isnan(array).sum())
+            if nans:
+                msg = f"{nans} NaN value(s) in input {name!r}{_where(chunk)}; fix or remove those samples"
+                raise InputError(msg)
 
 
 def chunk_range_stats(chunk: ChunkRef, model: ModelRef, tensors: tuple[tuple[str, int], ...]) -> RangeStats:
-    """min/max/count of every tensor to calibrate, over one chunk."""
-    where = f" (rows {chunk.start}..{chunk.stop} of {chunk.path})"
-    return RangeStats.of(tensor_values(chunk, model, tensors), where)
+    """min/max/count of every tensor to calibrate ((name, elem type) pairs), over one chunk."""
+    feeds = read_feeds(chunk)
+    check_finite_inputs(feeds, chunk)
+    session = session_for(model, SessionSpec(extrema_of=tensors, calibration=True))
+    names = [output for name, _ in tensors for output in extrema_names(name)]
+    # One value per fixed-size batch (or one for the chunk): reduce them again.
+    outputs = iter(run_in_batches(session, names, feeds))
+    ranges = {}
+    for name, _ in tensors:
+        mins, maxs, sizes = next(outputs), next(outputs), next(outputs)
+        ranges[name] = TensorRange.of(mins, maxs, int(sizes.sum()), name, _where(chunk))
+    return RangeStats(tuple(sorted(ranges.items())))

@@ -2,7 +2,7 @@
 
 `merge` is associative and commutative with `RangeStats.empty()` as identity,
 so any chunking, order or tree shape gives the same bits: min and max of
-float32 values are exact, counts are integers.
+float values are exact, counts are integers.
 """
 
 from __future__ import annotations
@@ -14,23 +14,40 @@ from functools import reduce
 
 import numpy as np
 
-from tasks.errors import InputError
+from tasks.errors import DaskQuantError, InputError
 
 
 @dataclass(frozen=True)
 class TensorRange:
-    """min and max of a tensor's values (float32 values held as Python floats) and how many."""
+    """min and max of a tensor's values, how many there were, and their dtype ("float32", "float16").
+
+    min and max are held as Python floats, which represent float32 and
+    float16 values exactly.
+    """
 
     min: float
     max: float
     count: int
+    dtype: str = "float32"
 
     def merge(self, other: TensorRange) -> TensorRange:
+        if self.dtype != other.dtype and self.count and other.count:
+            msg = f"cannot merge ranges of dtype {self.dtype} and {other.dtype}"
+            raise DaskQuantError(msg)
+        dtype = self.dtype if self.count else other.dtype
         # `+ 0.0` turns -0.0 into 0.0, so signed zeros cannot make the result order-dependent.
-        return TensorRange(min(self.min, other.min) + 0.0, max(self.max, other.max) + 0.0, self.count + other.count)
+        low, high = min(self.min, other.min) + 0.0, max(self.max, other.max) + 0.0
+        return TensorRange(low, high, self.count + other.count, dtype)
 
-
-_EMPTY_RANGE = TensorRange(math.inf, -math.inf, 0)
+    @classmethod
+    def of(cls, mins: np.ndarray, maxs: np.ndarray, count: int, name: str, where: str = "") -> TensorRange:
+        """The range from partial minima and maxima (NaN refused: it would poison every merge)."""
+        if count == 0:
+            return cls(math.inf, -math.inf, 0, mins.dtype.name)
+        if np.isnan(mins).any() or np.isnan(maxs).any():
+            msg = f"NaN values in tensor {name!r}{where}; the model produces NaN on these samples: fix or remove them"
+            raise InputError(msg)
+        return cls(float(mins.min()) + 0.0, float(maxs.max()) + 0.0, int(count), mins.dtype.name)
 
 
 @dataclass(frozen=True)
@@ -45,18 +62,11 @@ class RangeStats:
 
     @classmethod
     def of(cls, values: Mapping[str, np.ndarray], where: str = "") -> RangeStats:
-        """Statistics of one chunk's tensors."""
-        ranges = {}
-        for name, array in values.items():
-            if array.size == 0:
-                ranges[name] = _EMPTY_RANGE
-                continue
-            low, high = float(np.min(array)), float(np.max(array))
-            if math.isnan(low) or math.isnan(high):
-                nans = int(np.isnan(array).sum())
-                msg = f"{nans} NaN value(s) in tensor {name!r}{where}; remove or fix those samples"
-                raise InputError(msg)
-            ranges[name] = TensorRange(low + 0.0, high + 0.0, int(array.size))
+        """Statistics of whole tensors (one chunk's values)."""
+        ranges = {
+            name: TensorRange.of(array.reshape(-1), array.reshape(-1), array.size, name, where)
+            for name, array in values.items()
+        }
         return cls(tuple(sorted(ranges.items())))
 
     def as_dict(self) -> dict[str, TensorRange]:

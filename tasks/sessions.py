@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from tasks.digest import sha256_bytes
-from tasks.errors import ModelChangedError
+from tasks.errors import InputError, ModelChangedError
 
 _CACHE_SIZE = 8  # a nightly zoo run visits many models; keep the cache bounded
 _sessions: OrderedDict[tuple, Any] = OrderedDict()
@@ -34,12 +34,13 @@ class ModelRef:
 class SessionSpec:
     """How to build a session.
 
-    `extra_outputs` are (tensor name, ONNX elem type) pairs exposed as graph
-    outputs. `calibration` runs with every graph optimisation off, as ONNX
-    Runtime's own calibrator does: otherwise fused kernels move values by an ULP.
+    `extrema_of` are (tensor name, ONNX elem type) pairs whose min, max and
+    size become extra outputs (tasks.augment). `calibration` runs with every
+    graph optimisation off, as ONNX Runtime's own calibrator does: otherwise
+    fused kernels move values by an ULP.
     """
 
-    extra_outputs: tuple[tuple[str, int], ...] = ()
+    extrema_of: tuple[tuple[str, int], ...] = ()
     calibration: bool = False
     intra_op_threads: int = 1
 
@@ -52,16 +53,21 @@ def _model_bytes(model: ModelRef, spec: SessionSpec) -> bytes:
             "or this worker sees another file at that path (workers need the same file)"
         )
         raise ModelChangedError(msg)
-    if not spec.extra_outputs:
+    if not spec.extrema_of:
         return data
     import onnx
 
-    proto = onnx.load_from_string(data)
-    present = {o.name for o in proto.graph.output}
-    for name, elem_type in spec.extra_outputs:
-        if name not in present:
-            proto.graph.output.append(onnx.helper.make_tensor_value_info(name, elem_type, None))
-    return proto.SerializeToString()
+    from tasks.augment import add_extrema_outputs
+
+    return add_extrema_outputs(onnx.load_from_string(data), spec.extrema_of).SerializeToString()
+
+
+def _ort_load_errors() -> tuple[type[Exception], ...]:
+    """ORT's own exception types for a model it refuses (they derive from Exception only)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    names = ("Fail", "InvalidGraph", "InvalidArgument", "NotImplemented", "InvalidProtobuf")
+    return tuple(getattr(state, name) for name in names if hasattr(state, name))
 
 
 def _build(model: ModelRef, spec: SessionSpec):
@@ -76,7 +82,12 @@ def _build(model: ModelRef, spec: SessionSpec):
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if spec.calibration:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(_model_bytes(model, spec), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(_model_bytes(model, spec), options, providers=["CPUExecutionProvider"])
+    except _ort_load_errors() as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = f"{model.path}: ONNX Runtime cannot load this model ({first_line}); check it with onnx.checker"
+        raise InputError(msg) from None
 
 
 def session_for(model: ModelRef, spec: SessionSpec = SessionSpec()):

@@ -75,3 +75,26 @@ def with_fixed_batch(source: Path, path: Path, batch: int) -> Path:
         value.type.tensor_type.shape.dim[0].dim_value = batch
     onnx.save(proto, str(path))
     return path
+
+
+def build_float16_model(path: Path) -> Path:
+    """A float16 MatMul -> Add -> Relu model (seeded weights): ranges must stay float16."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    weight = numpy_helper.from_array(rng.normal(size=(8, 6)).astype(np.float16), "w")
+    bias = numpy_helper.from_array(rng.normal(size=(6,)).astype(np.float16), "b")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["m"], name="matmul"),
+            helper.make_node("Add", ["m", "b"], ["a"], name="add"),
+            helper.make_node("Relu", ["a"], ["out"], name="relu"),
+        ],
+        "half",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["n", 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT16, ["n", 6])],
+        initializer=[weight, bias],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dask
 import numpy as np
 import pytest
-from models import digits_paths, load_arrays, with_fixed_batch
+from models import build_float16_model, digits_paths, load_arrays, with_fixed_batch
 from reference import model_signature, reference_model, reference_ranges
 
 from pipeline.config import ActivationType, QuantConfig, RunConfig
@@ -106,3 +106,17 @@ def test_fixed_batch_model_runs_chunks_in_batches_and_matches_reference(tmp_path
     chunk = dataset_chunks(prepared.calib, 14)[3]
     checked = validate_chunk(chunk, prepared.model, ModelRef(str(ours), sha256_file(ours)))
     assert checked.stats.samples == 14 and checked.stats.agreement >= 0.9
+
+
+def test_float16_model_keeps_float16_ranges_like_reference(tmp_path):
+    model = build_float16_model(tmp_path / "half.onnx")
+    calib = tmp_path / "calib.npy"
+    np.save(calib, np.random.default_rng(8).normal(size=(40, 8)).astype(np.float16))
+    quant = QuantConfig()
+    prepared, stats = distributed_stats(RunConfig(model=model, calib=calib, chunk_size=9, quant=quant))
+    assert {r.dtype for _, r in stats.ranges} == {"float16"}
+    ours = tmp_path / "ours.onnx"
+    write_quantized_model(prepared.proto, stats, quant, ours)
+    arrays = load_arrays(calib, ["x"])
+    theirs = reference_model(model, arrays, batch=40, kwargs=quantize_kwargs(quant), out=tmp_path / "ref.onnx")
+    assert model_signature(ours) == model_signature(theirs)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.errors import InputError
+from tasks.errors import DaskQuantError, InputError
 from tasks.range_stats import RangeStats, merge_all
 
 finite32 = st.floats(allow_nan=False, allow_infinity=False, width=32)
@@ -46,6 +46,13 @@ def test_signed_zero_does_not_depend_on_order():
     assert str(neg.merge(pos).as_dict()["t"].min) == str(pos.merge(neg).as_dict()["t"].min) == "0.0"
 
 
-def test_nan_names_tensor_and_count():
-    with pytest.raises(InputError, match=r"2 NaN value\(s\) in tensor 'x' \(rows 0\.\.4\)"):
+def test_nan_names_tensor_and_rows():
+    with pytest.raises(InputError, match=r"NaN values in tensor 'x' \(rows 0\.\.4\)"):
         RangeStats.of({"x": np.array([1.0, np.nan, np.nan], np.float32)}, " (rows 0..4)")
+
+
+def test_float16_ranges_keep_their_dtype_and_do_not_mix():
+    half = RangeStats.of({"h": np.array([0.1, -2.5], np.float16)})
+    assert half.as_dict()["h"].dtype == "float16" and half.as_dict()["h"].min == -2.5
+    with pytest.raises(DaskQuantError, match="cannot merge ranges of dtype float16 and float32"):
+        half.merge(RangeStats.of({"h": np.array([1.0], np.float32)}))

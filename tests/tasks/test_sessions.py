@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 import shutil
 
 import numpy as np
@@ -13,7 +14,7 @@ from tasks import sessions
 from tasks.calibrate import chunk_range_stats
 from tasks.chunks import chunk_refs
 from tasks.digest import sha256_file
-from tasks.errors import ModelChangedError
+from tasks.errors import InputError, ModelChangedError
 from tasks.npy_io import NPY_MEMBER
 from tasks.validate import validate_chunk
 
@@ -54,3 +55,31 @@ def test_task_callables_and_results_pickle():
     stats = chunk_range_stats(chunk, ref, (("input", 1),))
     assert pickle.loads(pickle.dumps(stats)) == stats
     assert stats.as_dict()["input"].min == float(np.load(calib)[:50].min())
+
+
+def test_nan_in_input_is_refused_with_count_and_rows(tmp_path):
+    model_path, calib, _ = digits_paths()
+    data = np.load(calib)[:10].copy()
+    data[3, 0, 2, 2] = data[7, 0, 0, 1] = np.nan
+    path = tmp_path / "nan.npy"
+    np.save(path, data)
+    ref = sessions.ModelRef(str(model_path), sha256_file(model_path))
+    chunk = chunk_refs(str(path), (("input", NPY_MEMBER),), 10, 10)[0]
+    with pytest.raises(InputError, match=re.escape(f"2 NaN value(s) in input 'input' (rows 0..10 of {path})")):
+        chunk_range_stats(chunk, ref, (("input", 1),))
+
+
+def test_model_ort_refuses_is_an_input_error(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("NoSuchOp", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    path = tmp_path / "bad.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    with pytest.raises(InputError, match="ONNX Runtime cannot load this model"):
+        sessions.session_for(sessions.ModelRef(str(path), sha256_file(path)))

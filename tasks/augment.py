@@ -1,0 +1,38 @@
+"""The worker's calibration copy of a model: per-tensor extrema as extra outputs.
+
+Like ONNX Runtime's own MinMax calibrator, each tensor to calibrate gets
+ReduceMin and ReduceMax (keepdims=1) followed by Reshape to [-1], plus Size.
+Only these small outputs leave the session, so ORT can free every activation
+as soon as it is consumed: a task's memory follows the chunk, not the number
+of calibrated tensors.
+"""
+
+from __future__ import annotations
+
+_FLAT_SHAPE = "dask_quant/flat_shape"
+
+
+def extrema_names(tensor: str) -> tuple[str, str, str]:
+    """Output names carrying a tensor's min, max and element count."""
+    return f"{tensor}/dask_quant_min", f"{tensor}/dask_quant_max", f"{tensor}/dask_quant_size"
+
+
+def add_extrema_outputs(proto, tensors: tuple[tuple[str, int], ...]):
+    """A copy of `proto` with min/max/size outputs for each (name, elem type) in `tensors`."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    graph = model.graph
+    graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), _FLAT_SHAPE))
+    for tensor, elem_type in tensors:
+        low, high, size = extrema_names(tensor)
+        for op, out, out_type in (("ReduceMin", low, elem_type), ("ReduceMax", high, elem_type), ("Size", size, None)):
+            kept = f"{out}/kept"
+            attributes = {"keepdims": 1} if op != "Size" else {}
+            graph.node.append(helper.make_node(op, [tensor], [kept], name=kept, **attributes))
+            graph.node.append(helper.make_node("Reshape", [kept, _FLAT_SHAPE], [out], name=out))
+            graph.output.append(helper.make_tensor_value_info(out, out_type or TensorProto.INT64, [None]))
+    return model
