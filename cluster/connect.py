@@ -41,6 +41,16 @@ def _quiet_shutdown() -> Iterator[None]:
             logging.getLogger(name).setLevel(level)
 
 
+def require_workers(client, timeout: float) -> None:
+    """Wait up to `timeout` seconds for at least one worker: a scheduler without any would hang the job."""
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except TimeoutError:
+        address = client.scheduler.address
+        msg = f"the Dask scheduler at {address} has no workers after {timeout:g} s; start some: dask worker {address}"
+        raise InputError(msg) from None
+
+
 @contextmanager
 def cluster_client(config: ClusterConfig) -> Iterator:
     """A distributed Client for `config`; closes the client (and cluster) it created."""
@@ -49,13 +59,14 @@ def cluster_client(config: ClusterConfig) -> Iterator:
     if config.scheduler:
         try:
             client = Client(config.scheduler, timeout=config.connect_timeout)
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, ValueError) as exc:  # ValueError: a malformed address
             msg = (
                 f"could not reach the Dask scheduler at {config.scheduler} within {config.connect_timeout:g} s "
                 f"({type(exc).__name__}); check the address and that the scheduler is running"
             )
             raise InputError(msg) from None
         try:
+            require_workers(client, config.connect_timeout)
             yield client
         finally:
             client.close()
@@ -66,7 +77,9 @@ def cluster_client(config: ClusterConfig) -> Iterator:
         threads_per_worker=config.threads_per_worker,
         processes=True,
         dashboard_address=_dashboard_address(),
-        silence_logs=logging.ERROR,
+        # Task errors reach the user as one clear message from the client; a worker's own
+        # "Compute Failed" traceback on the terminal would only repeat it.
+        silence_logs=logging.CRITICAL,
     )
     client = Client(cluster)
     try:

@@ -19,11 +19,16 @@ LABELS = "labels"
 
 @dataclass(frozen=True)
 class InputSpec:
-    """A model input: name, numpy dtype string, dims (None where symbolic)."""
+    """A model input: name, numpy dtype string, dims (None where symbolic; no dims when the model gives no shape)."""
 
     name: str
     dtype: str
-    dims: tuple[int | None, ...]
+    dims: tuple[int | None, ...] | None
+
+    @property
+    def batch(self) -> int | None:
+        """The batch size axis 0 fixes, if any."""
+        return self.dims[0] if self.dims else None
 
 
 @dataclass(frozen=True)
@@ -65,9 +70,20 @@ def model_inputs(proto) -> list[InputSpec]:
     for value in proto.graph.input:
         if value.name in initializers:
             continue
+        if not value.type.HasField("tensor_type"):
+            kind = value.type.WhichOneof("value") or "unknown"
+            msg = (
+                f"model input {value.name!r} is a {kind.removesuffix('_type')}, not a tensor; dask-quant feeds tensors"
+            )
+            raise InputError(msg)
         tensor_type = value.type.tensor_type
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).str
-        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
+        dims = None
+        if tensor_type.HasField("shape"):
+            # A dim_value of 0 or less fixes nothing we can feed: treat it as symbolic.
+            dims = tuple(
+                d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim
+            )
         specs.append(InputSpec(value.name, dtype, dims))
     return specs
 
@@ -96,23 +112,27 @@ def _members_for(path: Path, option: str, inputs: list[InputSpec]) -> tuple[tupl
 def _check_array(path: Path, option: str, member: str, spec: InputSpec) -> int:
     where = f"{option} {path}" + (f"[{member}]" if member else "")
     info = array_info(str(path), member)
-    if len(info.shape) != len(spec.dims):
+    if not info.shape:
+        msg = f"{where}: a scalar; samples go on axis 0, so save an array of at least one dimension"
+        raise InputError(msg)
+    if spec.dims is not None and len(info.shape) != len(spec.dims):
         msg = (
             f"{where}: rank {len(info.shape)} (shape {info.shape}), but model input {spec.name!r} "
             f"has rank {len(spec.dims)}; samples go on axis 0"
         )
         raise InputError(msg)
-    if np.dtype(info.dtype) != np.dtype(spec.dtype):
+    # Byte order is not a mismatch: rows are read in native order (tasks.npy_io).
+    if np.dtype(info.dtype).newbyteorder("=") != np.dtype(spec.dtype).newbyteorder("="):
         have, want = np.dtype(info.dtype).name, np.dtype(spec.dtype).name
         msg = f"{where}: dtype {have}, but model input {spec.name!r} wants {want}; convert with .astype"
         raise InputError(msg)
-    for axis, (have, want) in enumerate(zip(info.shape[1:], spec.dims[1:], strict=True), start=1):
+    for axis, (have, want) in enumerate(zip(info.shape[1:], (spec.dims or info.shape)[1:], strict=True), start=1):
         if want is not None and have != want:
             msg = (
                 f"{where}: shape {info.shape} differs from model input {spec.name!r} at axis {axis} ({have} != {want})"
             )
             raise InputError(msg)
-    fixed = spec.dims[0]
+    fixed = spec.batch
     if fixed is not None and info.shape[0] % fixed:
         msg = (
             f"{where}: {info.shape[0]} samples, but model input {spec.name!r} fixes the batch size to {fixed}; "
@@ -142,9 +162,12 @@ def describe_dataset(path: Path, option: str, inputs: list[InputSpec], *, labels
         raise InputError(msg)
     labels = None
     if labels_allowed and path.suffix == ".npz" and LABELS in member_names(str(path)):
-        label_shape = array_info(str(path), LABELS).shape
-        if label_shape[:1] != (n_rows,) or not np.issubdtype(np.dtype(array_info(str(path), LABELS).dtype), np.integer):
-            msg = f"{option} {path}[labels]: want one integer class per sample ({n_rows},), got shape {label_shape}"
+        info = array_info(str(path), LABELS)
+        if info.shape not in ((n_rows,), (n_rows, 1)) or not np.issubdtype(np.dtype(info.dtype), np.integer):
+            msg = (
+                f"{option} {path}[labels]: want one integer class per sample, shape ({n_rows},); "
+                f"got shape {info.shape} of {np.dtype(info.dtype).name}"
+            )
             raise InputError(msg)
         labels = LABELS
     return DatasetSpec(str(path.resolve()), members, n_rows, sha256_file(path), labels)

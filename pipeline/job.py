@@ -63,9 +63,9 @@ def prepare(config: RunConfig) -> Prepared:
         raise InputError(msg)
     inputs = model_inputs(proto)
     for spec in inputs:
-        if spec.dims and spec.dims[0] is not None and config.chunk_size % spec.dims[0]:
+        if spec.batch is not None and config.chunk_size % spec.batch:
             msg = (
-                f"--chunk-size {config.chunk_size} is not a multiple of the batch size {spec.dims[0]} that "
+                f"--chunk-size {config.chunk_size} is not a multiple of the batch size {spec.batch} that "
                 f"model input {spec.name!r} fixes; pass a multiple of it"
             )
             raise InputError(msg)
@@ -106,11 +106,12 @@ def dataset_chunks(spec: DatasetSpec, chunk_size: int) -> list[ChunkRef]:
 
 @contextmanager
 def _client_scope(config: RunConfig, client) -> Iterator:
+    from cluster.connect import cluster_client, require_workers
+
     if client is not None:
+        require_workers(client, config.cluster.connect_timeout)
         yield client  # the caller's client: never closed here
         return
-    from cluster.connect import cluster_client
-
     with cluster_client(config.cluster) as own:
         yield own
 
@@ -166,6 +167,29 @@ def _compute(client, graph, progress: bool):
     return future.result()
 
 
+class _Laps:
+    """Seconds spent per stage, for run.json."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage] = round(now - self._clock, 4)
+        self._clock = now
+
+
+def _validate(client, prepared: Prepared, config: RunConfig, int8_path: Path, log, progress: bool):
+    if prepared.val is None:
+        return None, []
+    chunks = dataset_chunks(prepared.val, config.chunk_size)
+    log(f"validating FP32 against INT8 over {len(chunks)} chunks")
+    graph = validation_graph(chunks, prepared.model, ModelRef(str(int8_path), sha256_file(int8_path)))
+    per_chunk = sorted(_compute(client, graph, progress), key=lambda c: c.index)
+    return reduce(ValidationStats.merge, (c.stats for c in per_chunk), ValidationStats()), per_chunk
+
+
 def run(
     config: RunConfig, client=None, log: Callable[[str], None] = lambda _: None, progress: bool = False
 ) -> RunResult:
@@ -176,57 +200,44 @@ def run(
     down at the end. `log` receives one line per stage; `progress` draws
     distributed's console progress bar while each graph runs.
     """
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
+    import onnx
 
-    def lap(stage: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[stage] = round(now - clock, 4)
-        clock = now
-
+    lap = _Laps()
     prepared = prepare(config)
+    lap("prepare")
     run_dir = results.RunDirectory(config.out, results.new_run_id(config.model))
-    with run_dir, _client_scope(config, client) as dask_client:
-        lap("prepare")
-        workers = _worker_count(dask_client)
-        dashboard = dask_client.dashboard_link if _has_dashboard(dask_client) else None
-        if dashboard:
-            log(f"dashboard: {dashboard}")
-        calib_chunks = dataset_chunks(prepared.calib, config.chunk_size)
-        log(f"calibrating {len(prepared.tensors)} tensors over {len(calib_chunks)} chunks on {workers} workers")
-        graph = calibration_graph(calib_chunks, prepared.model, prepared.tensors, config.split_every)
-        stats: RangeStats = _compute(dask_client, graph, progress)
-        lap("calibrate")
+    with run_dir:
+        with _client_scope(config, client) as dask_client:
+            lap("cluster_start")
+            workers = _worker_count(dask_client)
+            scheduler = dask_client.scheduler.address
+            dashboard = dask_client.dashboard_link if _has_dashboard(dask_client) else None
+            if dashboard:
+                log(f"dashboard: {dashboard}")
+            chunks = dataset_chunks(prepared.calib, config.chunk_size)
+            log(f"calibrating {len(prepared.tensors)} tensors over {len(chunks)} chunks on {workers} workers")
+            graph = calibration_graph(chunks, prepared.model, prepared.tensors, config.split_every)
+            stats: RangeStats = _compute(dask_client, graph, progress)
+            lap("calibrate")
 
-        int8_path = run_dir.tmp / results.MODEL_FILE
-        warnings = write_quantized_model(prepared.proto, stats, config.quant, int8_path)
-        import onnx
+            int8_path = run_dir.tmp / results.MODEL_FILE
+            warnings = write_quantized_model(prepared.proto, stats, config.quant, int8_path)
+            qparams = read_qparams(onnx.load(str(int8_path)))
+            lap("quantize")
 
-        qparams = read_qparams(onnx.load(str(int8_path)))
-        lap("quantize")
+            validation, per_chunk = _validate(dask_client, prepared, config, int8_path, log, progress)
+            lap("validate")
+        lap("cluster_stop")
 
-        validation = None
-        chunk_results: list[ChunkValidation] = []
-        if prepared.val is not None:
-            val_chunks = dataset_chunks(prepared.val, config.chunk_size)
-            log(f"validating FP32 against INT8 over {len(val_chunks)} chunks")
-            int8_ref = ModelRef(str(int8_path), sha256_file(int8_path))
-            graph = validation_graph(val_chunks, prepared.model, int8_ref)
-            chunk_results = sorted(_compute(dask_client, graph, progress), key=lambda c: c.index)
-            validation = reduce(ValidationStats.merge, (c.stats for c in chunk_results), ValidationStats())
-        lap("validate")
-
-        method = config.quant.method.value
         results.write_parquet(
-            qparam_rows(qparams, stats, method),
+            qparam_rows(qparams, stats, config.quant.method.value),
             results.qparams_schema(),
             run_dir.tmp / results.QPARAMS_FILE,
             run_dir.run_id,
         )
         if prepared.val is not None:
             results.write_parquet(
-                _validation_rows(chunk_results),
+                _validation_rows(per_chunk),
                 results.validation_schema(),
                 run_dir.tmp / results.VALIDATION_FILE,
                 run_dir.run_id,
@@ -245,17 +256,17 @@ def run(
                     "calib": _data_record(prepared.calib, config.chunk_size),
                     "val": _data_record(prepared.val, config.chunk_size),
                 },
-                "cluster": {"scheduler": dask_client.scheduler.address, "workers": workers},
+                "cluster": {"scheduler": scheduler, "workers": workers},
                 "tensors_calibrated": len(prepared.tensors),
                 "summary": _summary_record(validation),
-                "timings_s": timings,
+                "timings_s": lap.timings,
                 "quantizer_warnings": warnings,
             },
             run_dir.tmp / results.RUN_FILE,
         )
-        final = run_dir.publish()
+        final = run_dir.publish()  # only after the cluster is down: an interrupt before this writes nothing
     return RunResult(
-        run_dir.run_id, final, stats, qparams, validation, fp32_bytes, int8_bytes, dashboard, workers, timings
+        run_dir.run_id, final, stats, qparams, validation, fp32_bytes, int8_bytes, dashboard, workers, lap.timings
     )
 
 

@@ -93,4 +93,5 @@ def read_rows(path: str, member: str, start: int, stop: int) -> np.ndarray:
         if len(raw) != wanted:
             msg = f"{where}: file is truncated (rows {start}..{stop} not all present); write it again"
             raise InputError(msg)
-        return np.frombuffer(raw, dtype=dtype).reshape((stop - start, *info.shape[1:])).copy()
+        rows = np.frombuffer(raw, dtype=dtype).reshape((stop - start, *info.shape[1:]))
+        return rows.astype(dtype.newbyteorder("="))  # a copy, in native byte order as ORT wants

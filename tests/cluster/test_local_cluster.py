@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from distributed import Client, LocalCluster
@@ -21,7 +22,7 @@ MODEL, CALIB, VAL = digits_paths()
 @pytest.fixture(scope="module")
 def client():
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
         Client(cluster) as c,
     ):
         yield c
@@ -110,3 +111,32 @@ def test_unreachable_scheduler_fails_within_the_timeout(tmp_path):
         f"dask-quant: error: could not reach the Dask scheduler at tcp://127.0.0.1:{port} within 2 s"
     )
     assert "Traceback" not in proc.stderr and not (tmp_path / "o").exists()
+
+
+def test_scheduler_without_workers_fails_after_the_timeout(tmp_path):
+    with LocalCluster(n_workers=0, processes=True, dashboard_address=":0") as empty:
+        proc = dask_quant(
+            "run", "--scheduler", empty.scheduler_address, "--connect-timeout", "2", "--out", tmp_path / "o"
+        )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        f"dask-quant: error: the Dask scheduler at {empty.scheduler_address} has no workers after 2 s; "
+        f"start some: dask worker {empty.scheduler_address}"
+    )
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_data_found_on_a_worker_is_one_line_and_exit_2(tmp_path):
+    data = np.load(CALIB).copy()
+    data[123, 0, 4, 4] = np.nan
+    nan_file = tmp_path / "nan.npy"
+    np.save(nan_file, data)
+    proc = dask_quant(
+        "run", MODEL, "--calib", nan_file, "--chunk-size", "50", "--workers", "1", "--out", tmp_path / "o"
+    )
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if not line.startswith("dask-quant: ") or "error" in line]
+    assert errors == [
+        f"dask-quant: error: 1 NaN value(s) in input 'input' (rows 100..150 of {nan_file}); fix or remove those samples"
+    ]
+    assert not (tmp_path / "o").exists()

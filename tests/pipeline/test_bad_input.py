@@ -107,9 +107,45 @@ CASES = {
             "--val",
             _npz(t, input=np.zeros((4, 1, 8, 8), np.float32), labels=np.zeros(3, np.int64)),
         ],
-        "[labels]: want one integer class per sample (4,)",
+        "[labels]: want one integer class per sample, shape (4,); got shape (3,) of int64",
+    ),
+    "labels per class": (
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--val", _val_with_labels(t, np.zeros((4, 2), np.int64))],
+        "[labels]: want one integer class per sample, shape (4,); got shape (4, 2) of int64",
+    ),
+    "float labels": (
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--val", _val_with_labels(t, np.zeros(4, np.float32))],
+        "got shape (4,) of float32",
+    ),
+    "sequence input": (
+        lambda t: [_sequence_input_model(t), "--calib", str(CALIB)],
+        "model input 'input' is a sequence, not a tensor",
+    ),
+    "malformed scheduler address": (
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--scheduler", "garbage", "--connect-timeout", "2"],
+        "could not reach the Dask scheduler at garbage within 2 s",
     ),
 }
+
+
+def _val_with_labels(tmp_path, labels):
+    return _npz(tmp_path, input=np.zeros((4, 1, 8, 8), np.float32), labels=labels)
+
+
+def _sequence_input_model(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("SequenceAt", ["input", "zero"], ["out"])],
+        "seq",
+        [helper.make_tensor_sequence_value_info("input", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        initializer=[helper.make_tensor("zero", TensorProto.INT64, [], [0])],
+    )
+    path = tmp_path / "seq.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return str(path)
 
 
 def _abs_only_model(tmp_path):
@@ -172,3 +208,12 @@ def test_real_process_prints_no_traceback(tmp_path):
         == f"dask-quant: error: model file not found: {tmp_path / 'missing.onnx'}; pass the path of an .onnx file"
     )
     assert proc.stdout == "" and not (tmp_path / "o").exists()
+
+
+def test_big_endian_data_is_not_a_dtype_mismatch(tmp_path):
+    from pipeline.config import RunConfig
+    from pipeline.job import prepare
+
+    path = tmp_path / "be.npy"
+    np.save(path, np.load(CALIB).astype(">f4"))
+    assert prepare(RunConfig(model=MODEL, calib=path)).calib.rows == 300

@@ -30,7 +30,7 @@ def runs_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("readme")
     model, calib, val = digits_paths()
     out = root / "dask-quant-runs"
-    with Client(processes=False, n_workers=1, dashboard_address=None) as client:
+    with Client(processes=False, n_workers=1, dashboard_address=":0") as client:
         for chunk_size in (50, 120):
             run(RunConfig(model=model, calib=calib, val=val, out=out, chunk_size=chunk_size), client)
     return root

@@ -65,3 +65,10 @@ def test_chunk_ref_is_plain_picklable_data():
 
     ref = ChunkRef("x.npz", (("in", "in"),), 0, 4, 0, "labels")
     assert pickle.loads(pickle.dumps(ref)) == ref
+
+
+def test_big_endian_rows_come_back_native(tmp_path, arrays):
+    path = tmp_path / "be.npy"
+    np.save(path, arrays["a"].astype(">f4"))
+    rows = read_rows(str(path), NPY_MEMBER, 2, 5)
+    assert rows.dtype == np.dtype("=f4") and np.array_equal(rows, arrays["a"][2:5])
