@@ -12,7 +12,7 @@ import numpy as np
 
 from tasks.digest import sha256_file
 from tasks.errors import InputError
-from tasks.npy_io import NPY_MEMBER, array_info, member_names
+from tasks.npy_io import NPY_MEMBER, array_info, is_compressed, member_names
 
 LABELS = "labels"
 
@@ -40,6 +40,7 @@ class DatasetSpec:
     rows: int
     sha256: str
     labels: str | None = None
+    compressed: bool = False
 
 
 def load_model(path: Path):
@@ -170,4 +171,5 @@ def describe_dataset(path: Path, option: str, inputs: list[InputSpec], *, labels
             )
             raise InputError(msg)
         labels = LABELS
-    return DatasetSpec(str(path.resolve()), members, n_rows, sha256_file(path), labels)
+    compressed = any(is_compressed(str(path), member) for _, member in members)
+    return DatasetSpec(str(path.resolve()), members, n_rows, sha256_file(path), labels, compressed)

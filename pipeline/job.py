@@ -206,6 +206,12 @@ def run(
     prepared = prepare(config)
     lap("prepare")
     run_dir = results.RunDirectory(config.out, results.new_run_id(config.model))
+    for spec in (prepared.calib, prepared.val):
+        if spec is not None and spec.compressed:
+            log(
+                f"note: {spec.path} is compressed: each chunk decompresses from the start of its array; "
+                "numpy.savez (uncompressed) or .npy files are read directly"
+            )
     with run_dir:
         with _client_scope(config, client) as dask_client:
             lap("cluster_start")

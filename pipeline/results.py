@@ -1,12 +1,14 @@
 """Run directories and their files: explicit Parquet schemas, atomic publication.
 
-A run is written into a hidden temporary directory beside its final place and
-renamed into place only when complete: a failed or interrupted run leaves
-nothing behind, and earlier runs are never touched.
+A run is written into `OUT/.staging/RUN_ID/` and renamed to `OUT/RUN_ID/`
+only when complete: a failed or interrupted run leaves nothing behind, and
+earlier runs are never touched. Staging two levels down keeps unfinished files
+out of globs such as `OUT/*/validation.parquet`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -21,6 +23,7 @@ QPARAMS_FILE = "qparams.parquet"
 VALIDATION_FILE = "validation.parquet"
 RUN_FILE = "run.json"
 MODEL_FILE = "model.int8.onnx"
+STAGING = ".staging"
 
 
 def qparams_schema():
@@ -99,7 +102,8 @@ class RunDirectory:
         self.out = out.absolute()
         self.run_id = run_id
         self.final = self.out / run_id
-        self.tmp = self.out / f".{run_id}.tmp"
+        self.staging = self.out / STAGING
+        self.tmp = self.staging / run_id
         self._created: Path | None = None
 
     def check(self) -> None:
@@ -125,12 +129,18 @@ class RunDirectory:
         if self.final.exists():  # rename would replace an empty directory silently
             msg = f"{self.final} already exists; nothing was overwritten"
             raise FileExistsError(msg)
-        self.tmp.rename(self.final)  # atomic on one filesystem; final never exists (unique run id)
+        self.tmp.rename(self.final)  # atomic on one filesystem
+        self._drop_empty_staging()
         return self.final
+
+    def _drop_empty_staging(self) -> None:
+        with contextlib.suppress(OSError):  # not empty: another run is staging there
+            self.staging.rmdir()
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
         if kind is None:
             return
         shutil.rmtree(self.tmp, ignore_errors=True)
+        self._drop_empty_staging()
         if self._created is not None and not any(self.out.iterdir()):
             shutil.rmtree(self._created, ignore_errors=True)

@@ -6,6 +6,7 @@ never by the file. Nothing is unpickled (object arrays are refused).
 
 from __future__ import annotations
 
+import struct
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,14 +30,47 @@ class ArrayInfo:
     fortran_order: bool
 
 
+_LOCAL_HEADER = 30  # bytes of a zip local file header before its name and extra field
+
+
+def _stored_offset(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> int | None:
+    """Where an uncompressed member's bytes start in the file, or None if it is compressed."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    archive.fp.seek(info.header_offset)
+    header = archive.fp.read(_LOCAL_HEADER)
+    name_length, extra_length = struct.unpack("<HH", header[26:30])
+    return info.header_offset + _LOCAL_HEADER + name_length + extra_length
+
+
 @contextmanager
 def _open_member(path: str, member: str) -> Iterator[IO[bytes]]:
+    """A seekable handle positioned at the start of the member's .npy bytes.
+
+    Stored .npz members are read straight from the file (seeks cost nothing);
+    a deflated member can only be decompressed forward from its start.
+    """
     if member == NPY_MEMBER:
         with Path(path).open("rb") as handle:
             yield handle
         return
-    with zipfile.ZipFile(path) as archive, archive.open(f"{member}.npy") as handle:
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(f"{member}.npy")
+        offset = _stored_offset(archive, info)
+        if offset is None:
+            with archive.open(info) as handle:
+                yield handle
+            return
+    with Path(path).open("rb") as handle:
+        handle.seek(offset)
         yield handle
+
+
+def is_compressed(path: str, member: str) -> bool:
+    if member == NPY_MEMBER:
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return archive.getinfo(f"{member}.npy").compress_type != zipfile.ZIP_STORED
 
 
 def _read_header(handle: IO[bytes], where: str) -> tuple[ArrayInfo, int]:

@@ -9,7 +9,7 @@ import pytest
 
 from tasks.chunks import ChunkRef, chunk_refs, read_feeds
 from tasks.errors import InputError
-from tasks.npy_io import NPY_MEMBER, array_info, member_names, read_rows
+from tasks.npy_io import NPY_MEMBER, array_info, is_compressed, member_names, read_rows
 
 
 @pytest.fixture
@@ -24,6 +24,7 @@ def test_npz_rows_equal_numpy_slice(tmp_path, arrays, save, start, stop):
     path = tmp_path / "d.npz"
     save(path, **arrays)
     assert member_names(str(path)) == ["a", "b"]
+    assert is_compressed(str(path), "a") == (save is np.savez_compressed)
     for name, array in arrays.items():
         assert np.array_equal(read_rows(str(path), name, start, stop), array[start:stop])
 
