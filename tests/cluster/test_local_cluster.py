@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from distributed import Client, LocalCluster
 from models import digits_paths, load_arrays
+from onnxruntime.quantization import QuantType
 from processes import dask_quant
 from reference import model_signature, reference_model
 
@@ -14,7 +15,6 @@ import pipeline
 from pipeline import results
 from pipeline.config import ClusterConfig, RunConfig
 from pipeline.job import run
-from pipeline.quantize import quantize_kwargs
 
 MODEL, CALIB, VAL = digits_paths()
 
@@ -42,7 +42,8 @@ def test_run_on_a_given_client_leaves_it_open_and_matches_reference(client, tmp_
     assert [p.name for p in (tmp_path / "runs").iterdir()] == [result.run_id]  # no temporary left
 
     arrays = load_arrays(CALIB, ["input"])
-    ref = reference_model(MODEL, arrays, batch=300, kwargs=quantize_kwargs(config.quant), out=tmp_path / "ref.onnx")
+    options = {"per_channel": True, "activation_type": QuantType.QUInt8, "weight_type": QuantType.QInt8}
+    ref = reference_model(MODEL, arrays, batch=300, kwargs=options, out=tmp_path / "ref.onnx")
     assert model_signature(result.run_dir / results.MODEL_FILE) == model_signature(ref)
 
     validation = pq.read_table(result.run_dir / results.VALIDATION_FILE)
@@ -140,3 +141,17 @@ def test_bad_data_found_on_a_worker_is_one_line_and_exit_2(tmp_path):
         f"dask-quant: error: 1 NaN value(s) in input 'input' (rows 100..150 of {nan_file}); fix or remove those samples"
     ]
     assert not (tmp_path / "o").exists()
+
+
+def test_client_never_reads_data_rows(client, tmp_path, monkeypatch):
+    """Invariant 6: only workers (other processes here) read rows; the client reads headers."""
+    import tasks.chunks
+    import tasks.npy_io
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the client read data rows")
+
+    for module, name in ((tasks.npy_io, "read_rows"), (tasks.chunks, "read_rows"), (np, "load")):
+        monkeypatch.setattr(module, name, forbidden)
+    result = run(RunConfig(model=MODEL, calib=CALIB, val=VAL, out=tmp_path, chunk_size=100), client=client)
+    assert result.validation.samples == 300
