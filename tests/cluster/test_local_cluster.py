@@ -149,7 +149,8 @@ def test_client_never_reads_data_rows(client, tmp_path, monkeypatch):
     import tasks.npy_io
 
     def forbidden(*args, **kwargs):
-        raise AssertionError("the client read data rows")
+        msg = "the client read data rows"
+        raise AssertionError(msg)
 
     for module, name in ((tasks.npy_io, "read_rows"), (tasks.chunks, "read_rows"), (np, "load")):
         monkeypatch.setattr(module, name, forbidden)

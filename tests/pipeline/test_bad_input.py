@@ -212,7 +212,7 @@ def test_real_process_prints_no_traceback(tmp_path):
 
 def test_big_endian_data_is_not_a_dtype_mismatch(tmp_path):
     from pipeline.config import RunConfig
-    from pipeline.job import prepare
+    from pipeline.prepare import prepare
 
     path = tmp_path / "be.npy"
     np.save(path, np.load(CALIB).astype(">f4"))

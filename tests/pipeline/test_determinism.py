@@ -9,7 +9,7 @@ from models import digits_paths
 
 from pipeline.config import QuantConfig, RunConfig
 from pipeline.graph import calibration_graph
-from pipeline.job import dataset_chunks, prepare
+from pipeline.prepare import dataset_chunks, prepare
 from pipeline.quantize import tensors_data
 from tasks.chunks import ChunkRef
 

@@ -11,7 +11,7 @@ from reference import model_signature, reference_model, reference_ranges
 
 from pipeline.config import ActivationType, QuantConfig, RunConfig
 from pipeline.graph import calibration_graph
-from pipeline.job import dataset_chunks, prepare
+from pipeline.prepare import dataset_chunks, prepare
 from pipeline.quantize import tensors_data, write_quantized_model
 from pipeline.selection import default_op_types
 from tasks.digest import sha256_file

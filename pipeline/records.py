@@ -1,0 +1,59 @@
+"""What a run writes: the rows of its Parquet files and its run.json record."""
+
+from __future__ import annotations
+
+import time
+
+from pipeline.config import RunConfig, config_dict
+from pipeline.inputs import DatasetSpec
+from pipeline.versions import package_versions
+from tasks.validate import ChunkValidation, ValidationStats
+
+
+def data_record(spec: DatasetSpec | None, chunk_size: int) -> dict | None:
+    if spec is None:
+        return None
+    chunks = -(-spec.rows // chunk_size)
+    return {"path": spec.path, "sha256": spec.sha256, "rows": spec.rows, "chunks": chunks, "labels": spec.labels}
+
+
+def summary_record(stats: ValidationStats | None) -> dict | None:
+    if stats is None:
+        return None
+    return {
+        "samples": stats.samples,
+        "fp32_accuracy": stats.fp32_accuracy,
+        "int8_accuracy": stats.int8_accuracy,
+        "top1_agreement": stats.agreement,
+        "mean_cosine": stats.mean_cosine,
+        "max_abs_error": stats.max_abs_error,
+    }
+
+
+def validation_rows(chunks: list[ChunkValidation]) -> list[dict]:
+    return [
+        {
+            "chunk_index": c.index,
+            "row_start": c.start,
+            "row_stop": c.stop,
+            "samples": c.stats.samples,
+            "labelled": c.stats.labelled,
+            "fp32_correct": c.stats.fp32_correct,
+            "int8_correct": c.stats.int8_correct,
+            "top1_agree": c.stats.top1_agree,
+            "max_abs_error": c.stats.max_abs_error,
+            "mean_cosine": c.stats.mean_cosine,
+        }
+        for c in chunks
+    ]
+
+
+def run_record(config: RunConfig, run_id: str, sections: dict) -> dict:
+    """run.json: the config, package versions and creation time around the run's own sections."""
+    return {
+        "run_id": run_id,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": config_dict(config),
+        "versions": package_versions(),
+        **sections,
+    }
