@@ -19,8 +19,26 @@ def _split(values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(item.strip() for value in values for item in value.split(",") if item.strip())
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+class _Interrupts:
+    """SIGINT/SIGTERM raise KeyboardInterrupt and are remembered.
+
+    The job asks `requested()` before it publishes, so an interrupt still
+    writes nothing even if some library swallowed the KeyboardInterrupt.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, signum, frame) -> None:
+        self.count += 1
+        raise KeyboardInterrupt
+
+    def requested(self) -> bool:
+        return self.count > 0
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self)
 
 
 def _fail(message: str, code: int) -> None:
@@ -111,9 +129,10 @@ def run(
         from pipeline.job import run as run_job
         from pipeline.summary import format_summary
 
-        signal.signal(signal.SIGTERM, _interrupt)  # clean up like Ctrl-C when a scheduler stops us
+        interrupts = _Interrupts()
+        interrupts.install()  # SIGTERM (a scheduler stopping us) cleans up like Ctrl-C
         log = lambda line: click.echo(f"dask-quant: {line}", err=True)  # noqa: E731
-        result = run_job(config, log=log, progress=sys.stdout.isatty())
+        result = run_job(config, log=log, progress=sys.stdout.isatty(), interrupted=interrupts.requested)
         click.echo(format_summary(result))
     except InputError as exc:
         _fail(str(exc), EXIT_INPUT)

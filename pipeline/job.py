@@ -153,14 +153,20 @@ def _write(run_dir: results.RunDirectory, config: RunConfig, prepared: Prepared,
 
 
 def run(
-    config: RunConfig, client=None, log: Callable[[str], None] = lambda _: None, progress: bool = False
+    config: RunConfig,
+    client=None,
+    log: Callable[[str], None] = lambda _: None,
+    progress: bool = False,
+    interrupted: Callable[[], bool] = lambda: False,
 ) -> RunResult:
     """Quantize `config.model` on a Dask cluster and publish a run directory.
 
     Pass a distributed `Client` to use an existing cluster (it is never
     closed); otherwise a cluster is started from `config.cluster` and shut
     down at the end. `log` receives one line per stage; `progress` draws
-    distributed's console progress bar while each graph runs.
+    distributed's console progress bar while each graph runs; if
+    `interrupted()` is true just before publishing, nothing is published and
+    KeyboardInterrupt is raised.
     """
     lap = _Laps()
     prepared = prepare(config)
@@ -179,6 +185,8 @@ def run(
             done = _on_cluster(dask_client, prepared, config, int8_path, log, progress, lap)
         lap("cluster_stop")
         _write(run_dir, config, prepared, done, lap)
+        if interrupted():
+            raise KeyboardInterrupt
         final = run_dir.publish()  # only after the cluster is down: an interrupt before this writes nothing
     sizes = config.model.stat().st_size, (final / results.MODEL_FILE).stat().st_size
     return RunResult(

@@ -43,7 +43,7 @@ def test_interrupted_run_writes_nothing(tmp_path, signum):
             break
     proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == 130, (stdout, stderr)
     assert stderr.strip() == "dask-quant: error: interrupted; nothing was written"
     assert stdout == ""
     assert not out.exists()

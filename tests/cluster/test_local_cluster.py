@@ -156,3 +156,10 @@ def test_client_never_reads_data_rows(client, tmp_path, monkeypatch):
         monkeypatch.setattr(module, name, forbidden)
     result = run(RunConfig(model=MODEL, calib=CALIB, val=VAL, out=tmp_path, chunk_size=100), client=client)
     assert result.validation.samples == 300
+
+
+def test_interrupt_requested_before_publishing_writes_nothing(client, tmp_path):
+    out = tmp_path / "runs"
+    with pytest.raises(KeyboardInterrupt):
+        run(RunConfig(model=MODEL, calib=CALIB, out=out), client=client, interrupted=lambda: True)
+    assert not out.exists()
