@@ -1,4 +1,4 @@
-"""The worker's calibration copy of a model: per-tensor extrema as extra outputs.
+"""The worker's calibration copy of a model: per-tensor extrema (or whole tensors) as extra outputs.
 
 Like ONNX Runtime's own MinMax calibrator, each tensor to calibrate gets
 ReduceMin and ReduceMax (keepdims=1) followed by Reshape to [-1], plus Size.
@@ -36,3 +36,14 @@ def add_extrema_outputs(proto, tensors: tuple[tuple[str, int], ...]):
             graph.node.append(helper.make_node("Reshape", [kept, _FLAT_SHAPE], [out], name=out))
             graph.output.append(helper.make_tensor_value_info(out, out_type or TensorProto.INT64, [None]))
     return model
+
+
+def add_outputs(proto, tensors: tuple[tuple[str, int], ...]):
+    """`proto` with each (name, elem type) in `tensors` also a graph output (in place; returns it)."""
+    from onnx import helper
+
+    present = {o.name for o in proto.graph.output}
+    for name, elem_type in tensors:
+        if name not in present:
+            proto.graph.output.append(helper.make_tensor_value_info(name, elem_type, None))
+    return proto

@@ -7,6 +7,7 @@ import numpy as np
 from tasks.augment import extrema_names
 from tasks.chunks import ChunkRef, read_feeds
 from tasks.errors import InputError
+from tasks.histogram import Histogram, Histograms, HistogramSpec
 from tasks.range_stats import RangeStats, TensorRange
 from tasks.sessions import ModelRef, SessionSpec, run_in_batches, session_for
 
@@ -38,3 +39,24 @@ def chunk_range_stats(chunk: ChunkRef, model: ModelRef, tensors: tuple[tuple[str
         mins, maxs, sizes = next(outputs), next(outputs), next(outputs)
         ranges[name] = TensorRange.of(mins, maxs, int(sizes.sum()), name, _where(chunk))
     return RangeStats(tuple(sorted(ranges.items())))
+
+
+def chunk_histograms(
+    chunk: ChunkRef, model: ModelRef, tensors: tuple[tuple[str, int], ...], specs: tuple[HistogramSpec, ...]
+) -> Histograms:
+    """Pass 2: counts of each tensor's values on its spec's global edges, over one chunk.
+
+    The chunk's activations are exposed as outputs (graph inputs come from the
+    feeds) and histogrammed one tensor at a time.
+    """
+    feeds = read_feeds(chunk)
+    check_finite_inputs(feeds, chunk)
+    computed = tuple((name, elem) for name, elem in tensors if name not in feeds)
+    session = session_for(model, SessionSpec(expose=computed, calibration=True))
+    names = [name for name, _ in computed]
+    values = dict(zip(names, run_in_batches(session, names, feeds), strict=True)) if names else {}
+    values.update(feeds)
+    entries = {}
+    for spec in specs:
+        entries[spec.tensor] = Histogram.of(spec, spec.count(values.pop(spec.tensor)))
+    return Histograms(tuple(sorted(entries.items())))

@@ -35,12 +35,14 @@ class SessionSpec:
     """How to build a session.
 
     `extrema_of` are (tensor name, ONNX elem type) pairs whose min, max and
-    size become extra outputs (tasks.augment). `calibration` runs with every
+    size become extra outputs (tasks.augment); `expose` are pairs whose whole
+    values become outputs (for histograms). `calibration` runs with every
     graph optimisation off, as ONNX Runtime's own calibrator does: otherwise
     fused kernels move values by an ULP.
     """
 
     extrema_of: tuple[tuple[str, int], ...] = ()
+    expose: tuple[tuple[str, int], ...] = ()
     calibration: bool = False
     intra_op_threads: int = 1
 
@@ -53,13 +55,14 @@ def _model_bytes(model: ModelRef, spec: SessionSpec) -> bytes:
             "or this worker sees another file at that path (workers need the same file)"
         )
         raise ModelChangedError(msg)
-    if not spec.extrema_of:
+    if not spec.extrema_of and not spec.expose:
         return data
     import onnx
 
-    from tasks.augment import add_extrema_outputs
+    from tasks.augment import add_extrema_outputs, add_outputs
 
-    return add_extrema_outputs(onnx.load_from_string(data), spec.extrema_of).SerializeToString()
+    proto = add_outputs(onnx.load_from_string(data), spec.expose)
+    return add_extrema_outputs(proto, spec.extrema_of).SerializeToString()
 
 
 def _ort_load_errors() -> tuple[type[Exception], ...]:

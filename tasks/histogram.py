@@ -1,0 +1,88 @@
+"""Pass 2 of the histogram methods: integer counts on fixed global bin edges.
+
+Every chunk histograms a tensor on the same edges (fixed by the exact pass-1
+range), so partial histograms add up exactly: no re-binning, no interpolation,
+no bins grown on the fly. The result is the same for any chunking or order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import reduce
+
+import numpy as np
+
+from tasks.errors import DaskQuantError
+
+
+@dataclass(frozen=True)
+class HistogramSpec:
+    """Which values go into a tensor's histogram: `bins` equal bins on [low, high].
+
+    `absolute` histograms |x| (on [0, max|x|]), as symmetric percentile needs.
+    """
+
+    tensor: str
+    low: float
+    high: float
+    bins: int
+    absolute: bool = False
+
+    def edges(self) -> np.ndarray:
+        """The bin edges numpy uses for range=(low, high)."""
+        return np.histogram_bin_edges(np.empty(0), bins=self.bins, range=self._range())
+
+    def _range(self) -> tuple[float, float]:
+        # numpy widens an empty range to +-0.5; do it here so edges and counts agree.
+        return (self.low, self.high) if self.high > self.low else (self.low - 0.5, self.high + 0.5)
+
+    def count(self, values: np.ndarray) -> np.ndarray:
+        flat = values.reshape(-1).astype(np.float32, copy=False)
+        if self.absolute:
+            flat = np.abs(flat)
+        counts, _ = np.histogram(flat, bins=self.bins, range=self._range())
+        return counts.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Counts of one tensor on its spec's edges (int64, held as bytes so the value is immutable)."""
+
+    spec: HistogramSpec
+    raw: bytes
+
+    @classmethod
+    def of(cls, spec: HistogramSpec, counts: np.ndarray) -> Histogram:
+        return cls(spec, np.ascontiguousarray(counts, dtype=np.int64).tobytes())
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.frombuffer(self.raw, dtype=np.int64)
+
+    def merge(self, other: Histogram) -> Histogram:
+        if other.spec != self.spec:
+            msg = f"histograms of {self.spec.tensor!r} have different bin specs; they cannot be added"
+            raise DaskQuantError(msg)
+        return Histogram.of(self.spec, self.counts + other.counts)
+
+
+@dataclass(frozen=True)
+class Histograms:
+    """A Histogram per tensor, sorted by name; `merge` adds counts."""
+
+    entries: tuple[tuple[str, Histogram], ...] = ()
+
+    def as_dict(self) -> dict[str, Histogram]:
+        return dict(self.entries)
+
+    def merge(self, other: Histograms) -> Histograms:
+        merged = self.as_dict()
+        for name, histogram in other.entries:
+            merged[name] = merged[name].merge(histogram) if name in merged else histogram
+        return Histograms(tuple(sorted(merged.items())))
+
+
+def merge_histograms(parts: Iterable[Histograms]) -> Histograms:
+    """Merge any number of partials; the reduction step of the histogram tree."""
+    return reduce(Histograms.merge, parts, Histograms())
