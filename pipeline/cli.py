@@ -70,12 +70,31 @@ def main() -> None:
 @click.option("--connect-timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for --scheduler.")
 @click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight quantization granularity.")
 @click.option(
+    "--method",
+    default="minmax",
+    show_default=True,
+    help="How activation ranges are chosen: minmax, entropy, percentile or mse.",
+)
+@click.option(
+    "--percentile", type=float, default=99.999, show_default=True, help="Percentile kept by --method percentile."
+)
+@click.option("--num-bins", type=int, default=2048, show_default=True, help="Histogram bins (histogram methods).")
+@click.option(
+    "--num-quantized-bins", type=int, default=128, show_default=True, help="Target levels of --method entropy."
+)
+@click.option(
     "--activation-type",
-    type=click.Choice(["uint8", "int8"]),
     default="uint8",
     show_default=True,
-    help="Activation type (asymmetric); weights are int8 symmetric.",
+    help="Activation type: uint8, int8, uint16 or int16; weights are int8 symmetric.",
 )
+@click.option(
+    "--symmetric/--asymmetric",
+    default=False,
+    show_default=True,
+    help="Symmetric activation ranges (zero point in the middle).",
+)
+@click.option("--tensorrt-table", is_flag=True, help="Also write the TensorRT EP calibration table (tensorrt/).")
 @click.option("--exclude-nodes", multiple=True, help="Node names to leave in FP32 (comma-separated or repeated).")
 @click.option("--op-types", multiple=True, help="Only quantize these op types (comma-separated or repeated).")
 def run(
@@ -89,7 +108,13 @@ def run(
     scheduler,
     connect_timeout,
     per_channel,
+    method,
+    percentile,
+    num_bins,
+    num_quantized_bins,
     activation_type,
+    symmetric,
+    tensorrt_table,
     exclude_nodes,
     op_types,
 ):
@@ -113,7 +138,13 @@ def run(
             val=val,
             out=out,
             chunk_size=chunk_size,
+            tensorrt_table=tensorrt_table,
             quant=QuantConfig(
+                method=method,
+                percentile=percentile,
+                num_bins=num_bins,
+                num_quantized_bins=num_quantized_bins,
+                symmetric=symmetric,
                 per_channel=per_channel,
                 activation_type=activation_type,
                 exclude_nodes=_split(exclude_nodes),

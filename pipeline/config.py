@@ -14,20 +14,36 @@ CONFIG_VERSION = 1
 class ActivationType(str, Enum):
     UINT8 = "uint8"
     INT8 = "int8"
+    UINT16 = "uint16"
+    INT16 = "int16"
+
+    @property
+    def levels(self) -> int:
+        """qmax - qmin."""
+        return 255 if self in (ActivationType.UINT8, ActivationType.INT8) else 65535
 
 
 class Method(str, Enum):
     MINMAX = "minmax"
+    PERCENTILE = "percentile"
+    ENTROPY = "entropy"
+    MSE = "mse"
 
 
 @dataclass(frozen=True)
 class QuantConfig:
     """What the quantizer is asked to do. Defaults: int8 per-channel symmetric
-    weights, uint8 asymmetric activations, every operator ORT can quantize."""
+    weights, uint8 asymmetric activations, every operator ORT can quantize,
+    MinMax ranges. Histogram methods use `num_bins` bins per tensor;
+    `num_quantized_bins` is entropy's target levels, `percentile` percentile's cut."""
 
     method: Method = Method.MINMAX
     per_channel: bool = True
     activation_type: ActivationType = ActivationType.UINT8
+    symmetric: bool = False
+    percentile: float = 99.999
+    num_bins: int = 2048
+    num_quantized_bins: int = 128
     op_types: tuple[str, ...] = ()
     exclude_nodes: tuple[str, ...] = ()
     version: int = CONFIG_VERSION
@@ -43,6 +59,19 @@ class QuantConfig:
                 raise InputError(msg) from None
         object.__setattr__(self, "op_types", tuple(self.op_types))
         object.__setattr__(self, "exclude_nodes", tuple(self.exclude_nodes))
+        if not 0 < self.percentile <= 100:
+            msg = f"--percentile must be in (0, 100], got {self.percentile}"
+            raise InputError(msg)
+        if self.num_quantized_bins < 2:
+            msg = f"--num-quantized-bins must be at least 2, got {self.num_quantized_bins}"
+            raise InputError(msg)
+        if self.num_bins < self.num_quantized_bins:
+            msg = f"--num-bins ({self.num_bins}) must be at least --num-quantized-bins ({self.num_quantized_bins})"
+            raise InputError(msg)
+
+    @property
+    def uses_histograms(self) -> bool:
+        return self.method is not Method.MINMAX
 
 
 @dataclass(frozen=True)
@@ -75,6 +104,7 @@ class RunConfig:
     out: Path = Path("dask-quant-runs")
     chunk_size: int = 64
     split_every: int = 8
+    tensorrt_table: bool = False  # also write the TensorRT EP's calibration table
     quant: QuantConfig = field(default_factory=QuantConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 

@@ -5,10 +5,12 @@ Nothing here computes; `pipeline.job.run` computes each graph once.
 
 from __future__ import annotations
 
-from tasks.calibrate import chunk_range_stats
+from tasks.calibrate import chunk_histograms, chunk_range_stats
 from tasks.chunks import ChunkRef
-from tasks.range_stats import merge_all
+from tasks.histogram import Histograms, HistogramSpec, merge_histograms
+from tasks.range_stats import RangeStats, merge_all
 from tasks.sessions import ModelRef
+from tasks.thresholds import ThresholdSettings, choose_range
 from tasks.validate import validate_chunk
 
 
@@ -25,6 +27,35 @@ def calibration_graph(
     bag = db.from_sequence(chunks, npartitions=len(chunks))
     per_chunk = bag.map(chunk_range_stats, model=model, tensors=tensors)
     return per_chunk.reduction(merge_all, merge_all, split_every=split_every)
+
+
+def histogram_graph(
+    chunks: list[ChunkRef],
+    model: ModelRef,
+    tensors: tuple[tuple[str, int], ...],
+    specs: tuple[HistogramSpec, ...],
+    split_every: int = 8,
+):
+    """Pass 2: every chunk's histograms on the global edges, added up in a tree like pass 1."""
+    import dask.bag as db
+
+    wanted = {spec.tensor for spec in specs}
+    needed = tuple(t for t in tensors if t[0] in wanted)
+    bag = db.from_sequence(chunks, npartitions=len(chunks))
+    per_chunk = bag.map(chunk_histograms, model=model, tensors=needed, specs=specs)
+    return per_chunk.reduction(merge_histograms, merge_histograms, split_every=split_every)
+
+
+def threshold_graph(histograms: Histograms, stats: RangeStats, settings: ThresholdSettings) -> list:
+    """One range search per tensor, independent, so they spread over the workers."""
+    from dask import delayed
+
+    observed = stats.as_dict()
+    search = delayed(choose_range, pure=True)
+    return [
+        search(name, h.counts, h.spec.edges(), (observed[name].min, observed[name].max), settings)
+        for name, h in histograms.entries
+    ]
 
 
 def validation_graph(chunks: list[ChunkRef], fp32: ModelRef, int8: ModelRef):

@@ -10,11 +10,12 @@ from functools import reduce
 from pathlib import Path
 
 from pipeline import records, results
+from pipeline.calibration import Calibration, calibrate
 from pipeline.config import RunConfig
-from pipeline.graph import calibration_graph, validation_graph
+from pipeline.graph import validation_graph
 from pipeline.prepare import Prepared, dataset_chunks, prepare
 from pipeline.qparams import QParam, qparam_rows, read_qparams
-from pipeline.quantize import write_quantized_model
+from pipeline.quantize import tensors_data, write_quantized_model
 from tasks.digest import sha256_file
 from tasks.range_stats import RangeStats
 from tasks.sessions import ModelRef
@@ -41,7 +42,8 @@ class RunResult:
 class _Computed:
     """What the cluster part of a run produced, before anything is written."""
 
-    stats: RangeStats
+    calibration: Calibration
+    ranges: object  # the TensorsData handed to the quantizer
     qparams: list[QParam]
     warnings: list[str]
     validation: ValidationStats | None
@@ -110,26 +112,34 @@ def _on_cluster(client, prepared: Prepared, config: RunConfig, int8_path: Path, 
     dashboard = client.dashboard_link if _has_dashboard(client) else None
     if dashboard:
         log(f"dashboard: {dashboard}")
-    chunks = dataset_chunks(prepared.calib, config.chunk_size)
-    log(f"calibrating {len(prepared.tensors)} tensors over {len(chunks)} chunks on {workers} workers")
-    graph = calibration_graph(chunks, prepared.model, prepared.tensors, config.split_every)
-    stats: RangeStats = _compute(client, graph, progress)
+    calibration = calibrate(client, prepared, config, lambda graph: _compute(client, graph, progress), log)
     lap("calibrate")
-    warnings = write_quantized_model(prepared.proto, stats, config.quant, int8_path)
+    ranges = tensors_data(calibration.ranges, calibration.stats)
+    warnings = write_quantized_model(prepared.proto, ranges, config.quant, int8_path)
     qparams = read_qparams(onnx.load(str(int8_path)))
     lap("quantize")
     validation, per_chunk = _validate(client, prepared, config, int8_path, log, progress)
     lap("validate")
-    return _Computed(stats, qparams, warnings, validation, per_chunk, workers, client.scheduler.address, dashboard)
+    return _Computed(
+        calibration, ranges, qparams, warnings, validation, per_chunk, workers, client.scheduler.address, dashboard
+    )
 
 
 def _write(run_dir: results.RunDirectory, config: RunConfig, prepared: Prepared, done: _Computed, lap) -> None:
     tmp, run_id = run_dir.tmp, run_dir.run_id
-    rows = qparam_rows(done.qparams, done.stats, config.quant.method.value)
+    rows = qparam_rows(done.qparams, done.calibration, config.quant)
     results.write_parquet(rows, results.qparams_schema(), tmp / results.QPARAMS_FILE, run_id)
     if prepared.val is not None:
         rows = records.validation_rows(done.per_chunk)
         results.write_parquet(rows, results.validation_schema(), tmp / results.VALIDATION_FILE, run_id)
+    if done.calibration.histograms is not None:
+        rows = records.histogram_rows(done.calibration.histograms)
+        results.write_parquet(rows, results.histograms_schema(), tmp / results.HISTOGRAMS_FILE, run_id)
+    if config.tensorrt_table:
+        from onnxruntime.quantization.quant_utils import write_calibration_table
+
+        (tmp / results.TENSORRT_DIR).mkdir()
+        write_calibration_table(done.ranges.data, dir=str(tmp / results.TENSORRT_DIR))
     int8_path = tmp / results.MODEL_FILE
     lap("write")
     sections = {
@@ -192,7 +202,7 @@ def run(
     return RunResult(
         run_dir.run_id,
         final,
-        done.stats,
+        done.calibration.stats,
         done.qparams,
         done.validation,
         *sizes,

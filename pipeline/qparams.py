@@ -6,8 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.range_stats import RangeStats
-
 _QUANTIZED_SUFFIX = "_quantized"
 # ORT renames a quantized graph output's producer to "<output>_QuantizeLinear_Input".
 _OUTPUT_SUFFIX = "_QuantizeLinear_Input"
@@ -68,27 +66,56 @@ def read_qparams(proto) -> list[QParam]:
     return [found[key] for key in sorted(found)]
 
 
-def qparam_rows(params: list[QParam], stats: RangeStats, method: str) -> list[dict]:
-    """Rows of qparams.parquet: scalars for per-tensor parameters, lists for per-channel."""
-    ranges = stats.as_dict()
+WEIGHT_SETTINGS = {
+    "method": "weights",
+    "symmetric": True,
+    "percentile": None,
+    "num_bins": None,
+    "num_quantized_bins": None,
+}
+
+
+def method_settings(quant) -> dict:
+    """The activation method and the settings it used (None where the method has no such setting)."""
+    method = quant.method.value
+    return {
+        "method": method,
+        "symmetric": quant.symmetric,
+        "percentile": quant.percentile if method == "percentile" else None,
+        "num_bins": quant.num_bins if quant.uses_histograms else None,
+        "num_quantized_bins": quant.num_quantized_bins if method == "entropy" else None,
+    }
+
+
+def qparam_rows(params: list[QParam], calibration, quant) -> list[dict]:
+    """Rows of qparams.parquet: scalars for per-tensor parameters, lists for per-channel.
+
+    `rmin`/`rmax` is the range handed to the quantizer (the method's choice),
+    `observed_min`/`observed_max` the exact range seen in calibration.
+    """
+    observed = calibration.stats.as_dict()
+    activation_settings = method_settings(quant)
     rows = []
     for p in params:
         per_tensor = len(p.scale) == 1
-        observed = ranges.get(p.tensor) if p.kind == "activation" else None
+        seen = observed.get(p.tensor) if p.kind == "activation" else None
+        chosen = calibration.ranges.get(p.tensor) if seen is not None else None
         rows.append(
             {
                 "tensor": p.tensor,
                 "kind": p.kind,
-                "rmin": None if observed is None else observed.min,
-                "rmax": None if observed is None else observed.max,
-                "elements": None if observed is None else observed.count,
+                "rmin": None if chosen is None else chosen[0],
+                "rmax": None if chosen is None else chosen[1],
+                "observed_min": None if seen is None else seen.min,
+                "observed_max": None if seen is None else seen.max,
+                "elements": None if seen is None else seen.count,
                 "scale": p.scale[0] if per_tensor else None,
                 "zero_point": p.zero_point[0] if per_tensor else None,
                 "channel_scales": None if per_tensor else list(p.scale),
                 "channel_zero_points": None if per_tensor else list(p.zero_point),
                 "axis": p.axis,
                 "dtype": p.dtype,
-                "method": method if p.kind == "activation" else "weights",
+                **(activation_settings if p.kind == "activation" else WEIGHT_SETTINGS),
             }
         )
     return rows

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,15 +20,16 @@ from pipeline.selection import default_op_types
 from tasks.range_stats import RangeStats
 
 
-def tensors_data(stats: RangeStats, config: QuantConfig):
+def tensors_data(ranges: Mapping[str, tuple[float, float]], stats: RangeStats):
     """ORT TensorsData with each tensor's (lowest, highest) as a 1-element array of the tensor's own
-    float type, exactly as its MinMax calibrator reports them."""
+    float type, exactly as its MinMax calibrator reports them. The quantizer reads only these two
+    numbers whatever the method, so every method hands its ranges over the same way."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
 
-    del config  # MinMax ranges do not depend on options; histogram methods will.
+    dtypes = {name: r.dtype for name, r in stats.ranges}
     data = {
-        name: TensorData(lowest=np.array([r.min], r.dtype), highest=np.array([r.max], r.dtype))
-        for name, r in stats.ranges
+        name: TensorData(lowest=np.array([low], dtypes[name]), highest=np.array([high], dtypes[name]))
+        for name, (low, high) in sorted(ranges.items())
     }
     return TensorsData(CalibrationMethod.MinMax, data)
 
@@ -37,7 +38,12 @@ def quantize_kwargs(config: QuantConfig) -> dict:
     """Options for onnxruntime.quantization.quantize_static matching `config`."""
     from onnxruntime.quantization import QuantFormat, QuantType
 
-    activation = {ActivationType.UINT8: QuantType.QUInt8, ActivationType.INT8: QuantType.QInt8}[config.activation_type]
+    activation = {
+        ActivationType.UINT8: QuantType.QUInt8,
+        ActivationType.INT8: QuantType.QInt8,
+        ActivationType.UINT16: QuantType.QUInt16,
+        ActivationType.INT16: QuantType.QInt16,
+    }[config.activation_type]
     return {
         "quant_format": QuantFormat.QDQ,
         "op_types_to_quantize": list(config.op_types or default_op_types()),
@@ -46,6 +52,7 @@ def quantize_kwargs(config: QuantConfig) -> dict:
         "activation_type": activation,
         "weight_type": QuantType.QInt8,
         "nodes_to_exclude": list(config.exclude_nodes),
+        "extra_options": {"ActivationSymmetric": True} if config.symmetric else {},
     }
 
 
@@ -70,14 +77,14 @@ def _captured_warnings() -> Iterator[list[str]]:
         root.removeHandler(handler)
 
 
-def write_quantized_model(model_proto, stats: RangeStats, config: QuantConfig, out_path: Path) -> list[str]:
-    """Write the QDQ model to out_path; return the quantizer's warnings."""
+def write_quantized_model(model_proto, ranges, config: QuantConfig, out_path: Path) -> list[str]:
+    """Write the QDQ model for `ranges` (a TensorsData) to out_path; return the quantizer's warnings."""
     from onnxruntime.quantization import CalibrationMethod, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
     with tempfile.TemporaryDirectory(prefix="dask-quant-") as tmp, _captured_warnings() as messages:
         cache = Path(tmp) / "calibration.json"
-        save_tensors_data(tensors_data(stats, config), cache)
+        save_tensors_data(ranges, cache)
         quantize_static(
             model_proto,
             str(out_path),

@@ -7,6 +7,7 @@ import time
 from pipeline.config import RunConfig, config_dict
 from pipeline.inputs import DatasetSpec
 from pipeline.versions import package_versions
+from tasks.histogram import Histograms
 from tasks.validate import ChunkValidation, ValidationStats
 
 
@@ -57,3 +58,15 @@ def run_record(config: RunConfig, run_id: str, sections: dict) -> dict:
         "versions": package_versions(),
         **sections,
     }
+
+
+def histogram_rows(histograms: Histograms) -> list[dict]:
+    return [
+        {
+            "tensor": name,
+            "absolute": h.spec.absolute,
+            "bin_edges": h.spec.edges().tolist(),
+            "counts": h.counts.tolist(),
+        }
+        for name, h in histograms.entries
+    ]

@@ -21,6 +21,8 @@ from tasks.errors import InputError
 
 QPARAMS_FILE = "qparams.parquet"
 VALIDATION_FILE = "validation.parquet"
+HISTOGRAMS_FILE = "histograms.parquet"
+TENSORRT_DIR = "tensorrt"
 RUN_FILE = "run.json"
 MODEL_FILE = "model.int8.onnx"
 STAGING = ".staging"
@@ -36,6 +38,8 @@ def qparams_schema():
             ("kind", pa.string()),
             ("rmin", pa.float32()),
             ("rmax", pa.float32()),
+            ("observed_min", pa.float32()),
+            ("observed_max", pa.float32()),
             ("elements", pa.int64()),
             ("scale", pa.float32()),
             ("zero_point", pa.int32()),
@@ -44,6 +48,24 @@ def qparams_schema():
             ("axis", pa.int32()),
             ("dtype", pa.string()),
             ("method", pa.string()),
+            ("symmetric", pa.bool_()),
+            ("percentile", pa.float64()),
+            ("num_bins", pa.int32()),
+            ("num_quantized_bins", pa.int32()),
+        ]
+    )
+
+
+def histograms_schema():
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("tensor", pa.string()),
+            ("absolute", pa.bool_()),
+            ("bin_edges", pa.list_(pa.float32())),
+            ("counts", pa.list_(pa.int64())),
         ]
     )
 

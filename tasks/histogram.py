@@ -30,8 +30,8 @@ class HistogramSpec:
     absolute: bool = False
 
     def edges(self) -> np.ndarray:
-        """The bin edges numpy uses for range=(low, high)."""
-        return np.histogram_bin_edges(np.empty(0), bins=self.bins, range=self._range())
+        """The float32 bin edges numpy counts float32 values with for range=(low, high)."""
+        return np.histogram_bin_edges(np.empty(0, np.float32), bins=self.bins, range=self._range())
 
     def _range(self) -> tuple[float, float]:
         # numpy widens an empty range to +-0.5; do it here so edges and counts agree.

@@ -7,10 +7,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from models import digits_paths
 
-from pipeline.config import QuantConfig, RunConfig
+from pipeline.config import RunConfig
 from pipeline.graph import calibration_graph
 from pipeline.prepare import dataset_chunks, prepare
 from pipeline.quantize import tensors_data
+from pipeline.ranges import minmax_ranges
 from tasks.chunks import ChunkRef
 
 MODEL, CALIB, _ = digits_paths()
@@ -45,7 +46,8 @@ def test_any_chunking_order_and_tree_gives_identical_parameters(cuts, split_ever
     random.shuffle(chunks)
     stats = _stats(chunks, split_every)
     assert stats == BASELINE
-    ours, base = tensors_data(stats, QuantConfig()), tensors_data(BASELINE, QuantConfig())
+    ours = tensors_data(minmax_ranges(stats), stats)
+    base = tensors_data(minmax_ranges(BASELINE), BASELINE)
     assert all(
         (ours[k].lowest.tobytes(), ours[k].highest.tobytes()) == (base[k].lowest.tobytes(), base[k].highest.tobytes())
         for k in base.keys()

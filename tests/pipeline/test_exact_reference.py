@@ -13,10 +13,15 @@ from pipeline.config import ActivationType, QuantConfig, RunConfig
 from pipeline.graph import calibration_graph
 from pipeline.prepare import dataset_chunks, prepare
 from pipeline.quantize import tensors_data, write_quantized_model
+from pipeline.ranges import minmax_ranges
 from pipeline.selection import default_op_types
 from tasks.digest import sha256_file
 from tasks.sessions import ModelRef
 from tasks.validate import validate_chunk
+
+
+def minmax_data(stats):
+    return tensors_data(minmax_ranges(stats), stats)
 
 
 def distributed_stats(config: RunConfig):
@@ -55,7 +60,7 @@ def test_model_is_bit_identical_to_quantize_static(case, quant, reference_option
     config = RunConfig(model=model, calib=calib, chunk_size=37, quant=quant)
     prepared, stats = distributed_stats(config)
     ours = tmp_path / "ours.onnx"
-    write_quantized_model(prepared.proto, stats, quant, ours)
+    write_quantized_model(prepared.proto, minmax_data(stats), quant, ours)
 
     arrays = load_arrays(calib, names)
     theirs = reference_model(
@@ -71,7 +76,7 @@ def test_ranges_are_bit_identical_to_ort_minmax_calibrator(case, residual, tmp_p
     reference = reference_ranges(
         model, load_arrays(calib, names), batch=10, op_types=list(default_op_types()), tmp=tmp_path
     )
-    ours = tensors_data(stats, QuantConfig())
+    ours = minmax_data(stats)
     assert sorted(ours.keys()) == sorted(reference.keys())
     for name in reference.keys():
         for attr in ("lowest", "highest"):
@@ -85,7 +90,7 @@ def test_op_types_and_excluded_nodes_match_reference(residual, tmp_path):
     quant = QuantConfig(op_types=("Conv", "MatMul", "Add"), exclude_nodes=("/conv2/Conv",))
     prepared, stats = distributed_stats(RunConfig(model=model, calib=calib, chunk_size=25, quant=quant))
     ours = tmp_path / "ours.onnx"
-    write_quantized_model(prepared.proto, stats, quant, ours)
+    write_quantized_model(prepared.proto, minmax_data(stats), quant, ours)
     arrays = load_arrays(calib, ["image", "extra"])
     options = dict(DEFAULT_REFERENCE, op_types_to_quantize=["Conv", "MatMul", "Add"], nodes_to_exclude=["/conv2/Conv"])
     theirs = reference_model(model, arrays, batch=96, kwargs=options, out=tmp_path / "ref.onnx")
@@ -105,7 +110,7 @@ def test_fixed_batch_model_runs_chunks_in_batches_and_matches_reference(tmp_path
     quant = QuantConfig()
     prepared, stats = distributed_stats(RunConfig(model=fixed, calib=calib, chunk_size=14, quant=quant))
     ours = tmp_path / "ours.onnx"
-    write_quantized_model(prepared.proto, stats, quant, ours)
+    write_quantized_model(prepared.proto, minmax_data(stats), quant, ours)
     theirs = reference_model(
         fixed, load_arrays(calib, ["input"]), batch=2, kwargs=DEFAULT_REFERENCE, out=tmp_path / "r.onnx"
     )
@@ -124,7 +129,7 @@ def test_float16_model_keeps_float16_ranges_like_reference(tmp_path):
     prepared, stats = distributed_stats(RunConfig(model=model, calib=calib, chunk_size=9, quant=quant))
     assert {r.dtype for _, r in stats.ranges} == {"float16"}
     ours = tmp_path / "ours.onnx"
-    write_quantized_model(prepared.proto, stats, quant, ours)
+    write_quantized_model(prepared.proto, minmax_data(stats), quant, ours)
     arrays = load_arrays(calib, ["x"])
     theirs = reference_model(model, arrays, batch=40, kwargs=DEFAULT_REFERENCE, out=tmp_path / "ref.onnx")
     assert model_signature(ours) == model_signature(theirs)
