@@ -33,9 +33,11 @@ class HistogramSpec:
         """The float32 bin edges numpy counts float32 values with for range=(low, high)."""
         return np.histogram_bin_edges(np.empty(0, np.float32), bins=self.bins, range=self._range())
 
-    def _range(self) -> tuple[float, float]:
+    def _range(self) -> tuple[np.float32, np.float32]:
+        # float32 bounds, as ONNX Runtime passes them: numpy then builds the very same edges.
         # numpy widens an empty range to +-0.5; do it here so edges and counts agree.
-        return (self.low, self.high) if self.high > self.low else (self.low - 0.5, self.high + 0.5)
+        low, high = (self.low, self.high) if self.high > self.low else (self.low - 0.5, self.high + 0.5)
+        return np.float32(low), np.float32(high)
 
     def count(self, values: np.ndarray) -> np.ndarray:
         flat = values.reshape(-1).astype(np.float32, copy=False)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 _EPS = np.float32(0.0001)  # ORT's smooth_distribution epsilon
-_MSE_STEPS = 512  # candidates x bins stays a few MB
+_MSE_STEPS = 64  # candidates per end
+_MSE_ROUNDS = 2  # alternate low/high searches
 _SHORTLIST_TOLERANCE = 1e-4  # relative; float32 noise in ORT's KL values is ~1e-6
 
 
@@ -198,29 +199,63 @@ def entropy_range(counts, edges, observed, settings: ThresholdSettings) -> tuple
     return _clamp(float(edges[starts[best]]), float(edges[ends[best]]), observed)
 
 
-def mse_range(counts, edges, observed, settings: ThresholdSettings) -> tuple[float, float]:
-    """The shrink factor of the observed range that minimises expected squared error.
+def _rounding_error(a: np.ndarray, b: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Mean squared distance to the nearest multiple of `scale` of values spread evenly over [a, b].
 
-    Each bin's values sit at its centre. Inside the clip range a value costs
-    the uniform rounding error scale**2 / 12; outside, its squared distance to
-    the range. Candidates shrink [min, max] towards 0 in at most 512 equal steps.
+    F(x), the integral of that squared distance from -scale/2 to x, is
+    m * scale**3 / 12 + (r**3 + scale**3 / 8) / 3 for x = m * scale + r.
+    """
+
+    def integral(x):
+        m = np.round(x / scale)
+        r = x - m * scale
+        return m * scale**3 / 12.0 + (r**3 + scale**3 / 8.0) / 3.0
+
+    width = b - a
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = (integral(b) - integral(a)) / width
+    centre_error = ((a + b) / 2 - scale * np.round((a + b) / (2 * scale))) ** 2
+    return np.where(width > 0, mean, centre_error)
+
+
+def _expected_errors(counts, lefts, rights, lows, highs, levels: int) -> np.ndarray:
+    """Expected squared error of the histogram quantized on each candidate [low, high] (rows)."""
+    centres = (lefts + rights) / 2.0
+    lows, highs = lows[:, None], highs[:, None]
+    scale = (highs - lows) / levels
+    clipped = (centres - np.clip(centres, lows, highs)) ** 2
+    inside = (centres >= lows) & (centres <= highs)
+    error = np.where(inside, _rounding_error(lefts, rights, scale), clipped)
+    return error @ counts
+
+
+def mse_range(counts, edges, observed, settings: ThresholdSettings) -> tuple[float, float]:
+    """The clip range that minimises the expected squared quantization error.
+
+    Values are taken as spread evenly within their bin. Inside [low, high] a
+    value costs its squared distance to the nearest grid point (0 is on the
+    grid, as ORT's zero point puts it there); outside, its squared distance to
+    the range. Each end moves towards 0 on a grid of 64 steps; the ends are
+    searched in turn (one search with low = -high when symmetric).
     """
     counts = np.asarray(counts, dtype=np.float64)
-    centres = (edges[:-1] + edges[1:]) / 2.0
-    low0, high0 = min(observed[0], 0.0), max(observed[1], 0.0)
-    if high0 == low0:
+    edges = np.asarray(edges, dtype=np.float64)
+    lefts, rights = edges[:-1], edges[1:]
+    low, high = min(observed[0], 0.0), max(observed[1], 0.0)
+    if high == low:
         return observed
-    steps = min(counts.size, _MSE_STEPS)
-    alphas = np.linspace(1.0, 0.0, steps + 1)[:-1][:, None]  # (candidates, 1)
-    lows, highs = low0 * alphas, high0 * alphas
+    steps = np.linspace(1.0, 0.0, _MSE_STEPS + 1)[:-1]
     if settings.symmetric:
-        bound = np.maximum(-lows, highs)
-        lows, highs = -bound, bound
-    scale = (highs - lows) / settings.levels
-    clipped = np.clip(centres[None, :], lows, highs)
-    error = np.where(clipped == centres[None, :], scale**2 / 12.0, (centres[None, :] - clipped) ** 2)
-    best = int(np.argmin(error @ counts))
-    return _clamp(float(lows[best, 0]), float(highs[best, 0]), observed)
+        bounds = max(-low, high) * steps
+        best = int(np.argmin(_expected_errors(counts, lefts, rights, -bounds, bounds, settings.levels)))
+        return _clamp(-float(bounds[best]), float(bounds[best]), observed)
+    low_candidates, high_candidates = low * steps, high * steps
+    for _ in range(_MSE_ROUNDS):
+        errors = _expected_errors(counts, lefts, rights, low_candidates, np.full(steps.size, high), settings.levels)
+        low = float(low_candidates[int(np.argmin(errors))])
+        errors = _expected_errors(counts, lefts, rights, np.full(steps.size, low), high_candidates, settings.levels)
+        high = float(high_candidates[int(np.argmin(errors))])
+    return _clamp(low, high, observed)
 
 
 RANGE_FUNCTIONS = {"percentile": percentile_range, "entropy": entropy_range, "mse": mse_range}

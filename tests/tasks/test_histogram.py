@@ -1,0 +1,58 @@
+"""Histograms on fixed edges: exact integer merges, whatever the chunking or order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tasks.errors import DaskQuantError
+from tasks.histogram import Histogram, Histograms, HistogramSpec, merge_histograms
+
+SPEC = HistogramSpec("t", -4.0, 4.0, 64)
+values = st.lists(st.floats(-4, 4, width=32), min_size=1, max_size=60).map(lambda v: np.array(v, np.float32))
+
+
+def _of(array: np.ndarray, spec: HistogramSpec = SPEC) -> Histograms:
+    return Histograms(((spec.tensor, Histogram.of(spec, spec.count(array))),))
+
+
+@given(values, values, values)
+def test_merge_is_commutative_and_associative(a, b, c):
+    ha, hb, hc = _of(a), _of(b), _of(c)
+    assert ha.merge(hb) == hb.merge(ha)
+    assert ha.merge(hb).merge(hc) == ha.merge(hb.merge(hc))
+    assert ha.merge(Histograms()) == ha
+
+
+@settings(max_examples=100)
+@given(values, st.lists(st.integers(1, 59), max_size=8), st.randoms())
+def test_any_chunking_equals_whole(array, cuts, random):
+    bounds = sorted({0, len(array), *(min(c, len(array)) for c in cuts)})
+    parts = [_of(array[i:j]) for i, j in zip(bounds, bounds[1:], strict=False) if j > i]
+    random.shuffle(parts)
+    merged = merge_histograms(parts)
+    assert merged == _of(array)
+    assert int(merged.as_dict()["t"].counts.sum()) == len(array)
+
+
+def test_edges_are_the_ones_numpy_counts_with():
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=1000).astype(np.float32)
+    bound = float(np.abs(data).max())
+    spec = HistogramSpec("x", -bound, bound, 2048)
+    counts, edges = np.histogram(data, 2048, range=(np.float32(-bound), np.float32(bound)))
+    assert spec.edges().dtype == np.float32 and np.array_equal(spec.edges(), edges)
+    assert np.array_equal(spec.count(data), counts)
+
+
+def test_absolute_histogram_counts_magnitudes():
+    spec = HistogramSpec("x", 0.0, 2.0, 4, absolute=True)
+    assert spec.count(np.array([-2.0, -0.1, 0.1, 1.9], np.float32)).tolist() == [2, 0, 0, 2]
+
+
+def test_histograms_on_other_edges_do_not_add():
+    other = HistogramSpec("t", -4.0, 4.0, 32)
+    with pytest.raises(DaskQuantError, match="different bin specs"):
+        _of(np.zeros(3, np.float32)).merge(_of(np.zeros(3, np.float32), other))
