@@ -15,7 +15,7 @@ from pipeline.config import RunConfig
 from pipeline.graph import validation_graph
 from pipeline.prepare import Prepared, dataset_chunks, prepare
 from pipeline.qparams import QParam, qparam_rows, read_qparams
-from pipeline.quantize import tensors_data, write_quantized_model
+from pipeline.quantize import tensors_data, write_quantized_model, write_tensorrt_table
 from tasks.digest import sha256_file
 from tasks.range_stats import RangeStats
 from tasks.sessions import ModelRef
@@ -136,10 +136,7 @@ def _write(run_dir: results.RunDirectory, config: RunConfig, prepared: Prepared,
         rows = records.histogram_rows(done.calibration.histograms)
         results.write_parquet(rows, results.histograms_schema(), tmp / results.HISTOGRAMS_FILE, run_id)
     if config.tensorrt_table:
-        from onnxruntime.quantization.quant_utils import write_calibration_table
-
-        (tmp / results.TENSORRT_DIR).mkdir()
-        write_calibration_table(done.ranges.data, dir=str(tmp / results.TENSORRT_DIR))
+        write_tensorrt_table(done.ranges, tmp / results.TENSORRT_DIR)
     int8_path = tmp / results.MODEL_FILE
     lap("write")
     sections = {

@@ -94,3 +94,20 @@ def write_quantized_model(model_proto, ranges, config: QuantConfig, out_path: Pa
             **quantize_kwargs(config),
         )
     return list(messages)
+
+
+def write_tensorrt_table(ranges, folder: Path) -> None:
+    """The calibration table ONNX Runtime's TensorRT EP reads, written by ORT's own writer.
+
+    TensorRT quantizes symmetrically from one dynamic range per tensor, and the
+    writer keeps max(lowest, highest): hand it the symmetric bound max(|low|, |high|).
+    """
+    from onnxruntime.quantization.calibrate import TensorData
+    from onnxruntime.quantization.quant_utils import write_calibration_table
+
+    symmetric = {}
+    for name, data in ranges.data.items():
+        bound = np.maximum(np.abs(data.lowest), np.abs(data.highest))
+        symmetric[name] = TensorData(lowest=-bound, highest=bound)
+    folder.mkdir()
+    write_calibration_table(symmetric, dir=str(folder))

@@ -13,7 +13,7 @@ from reference import model_signature, reference_model
 
 import pipeline
 from pipeline import results
-from pipeline.config import ClusterConfig, RunConfig
+from pipeline.config import ClusterConfig, QuantConfig, RunConfig
 from pipeline.job import run
 
 MODEL, CALIB, VAL = digits_paths()
@@ -163,3 +163,32 @@ def test_interrupt_requested_before_publishing_writes_nothing(client, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run(RunConfig(model=MODEL, calib=CALIB, out=out), client=client, interrupted=lambda: True)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile", "mse"])
+def test_histogram_methods_run_on_the_cluster(method, client, tmp_path):
+    config = RunConfig(model=MODEL, calib=CALIB, val=VAL, out=tmp_path, chunk_size=64, quant=QuantConfig(method=method))
+    result = run(config, client=client)
+    assert result.validation.agreement >= 0.98
+    histograms = pq.read_table(result.run_dir / results.HISTOGRAMS_FILE)
+    assert histograms.schema.equals(results.histograms_schema())
+    assert all(sum(row["counts"]) > 0 and len(row["bin_edges"]) == 2049 for row in histograms.to_pylist())
+    acts = [r for r in pq.read_table(result.run_dir / results.QPARAMS_FILE).to_pylist() if r["kind"] == "activation"]
+    assert {r["method"] for r in acts} == {method}
+    assert all(r["observed_min"] <= r["rmin"] <= r["rmax"] <= r["observed_max"] for r in acts)
+
+
+def test_tensorrt_table_holds_the_chosen_ranges(client, tmp_path):
+    config = RunConfig(model=MODEL, calib=CALIB, out=tmp_path, tensorrt_table=True)
+    result = run(config, client=client)
+    table = dict(
+        line.split(" ")
+        for line in (result.run_dir / results.TENSORRT_DIR / "calibration.cache").read_text().split("\n")
+        if line
+    )
+    acts = {r["tensor"]: r for r in pq.read_table(result.run_dir / results.QPARAMS_FILE).to_pylist()}
+    checked = [t for t in table if t in acts and acts[t]["kind"] == "activation"]
+    assert any(-acts[t]["rmin"] > acts[t]["rmax"] for t in checked)  # a range whose low end is the larger
+    for tensor in checked:
+        assert float(table[tensor]) == max(abs(acts[tensor]["rmin"]), abs(acts[tensor]["rmax"]))
+    assert (result.run_dir / results.TENSORRT_DIR / "calibration.flatbuffers").stat().st_size > 0

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import dask
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from models import digits_paths
 
-from pipeline.config import RunConfig
-from pipeline.graph import calibration_graph
+from pipeline.config import QuantConfig, RunConfig
+from pipeline.graph import calibration_graph, histogram_graph, threshold_graph
 from pipeline.prepare import dataset_chunks, prepare
 from pipeline.quantize import tensors_data
-from pipeline.ranges import minmax_ranges
+from pipeline.ranges import histogram_specs, minmax_ranges, threshold_settings
 from tasks.chunks import ChunkRef
 
 MODEL, CALIB, _ = digits_paths()
@@ -59,3 +60,37 @@ def test_graph_keys_are_deterministic():
     a = calibration_graph(chunks, PREPARED.model, PREPARED.tensors)
     b = calibration_graph(chunks, PREPARED.model, PREPARED.tensors)
     assert a.key == b.key
+
+
+def _histogram_ranges(chunks: list[ChunkRef], split_every: int, quant: QuantConfig) -> dict:
+    stats = _stats(chunks, split_every)
+    specs = histogram_specs(stats, quant)
+    graph = histogram_graph(chunks, PREPARED.model, PREPARED.tensors, specs, split_every)
+    (histograms,) = dask.compute(graph, scheduler="sync")
+    searches = threshold_graph(histograms, stats, threshold_settings(quant))
+    return {name: (low, high) for name, low, high in dask.compute(*searches, scheduler="sync")}
+
+
+HISTOGRAM_METHODS = {
+    "entropy": QuantConfig(method="entropy"),
+    "percentile": QuantConfig(method="percentile", percentile=99.9),
+    "percentile-symmetric": QuantConfig(method="percentile", percentile=99.9, symmetric=True),
+    "mse": QuantConfig(method="mse"),
+}
+HISTOGRAM_BASELINES = {
+    name: _histogram_ranges(dataset_chunks(PREPARED.calib, PREPARED.calib.rows), 2, quant)
+    for name, quant in HISTOGRAM_METHODS.items()
+}
+
+
+@pytest.mark.parametrize("method", sorted(HISTOGRAM_METHODS))
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cuts=st.lists(st.integers(1, PREPARED.calib.rows - 1), max_size=10),
+    split_every=st.integers(2, 5),
+    random=st.randoms(use_true_random=False),
+)
+def test_histogram_methods_give_identical_ranges_for_any_chunking(method, cuts, split_every, random):
+    chunks = _uneven_chunks(cuts)
+    random.shuffle(chunks)
+    assert _histogram_ranges(chunks, split_every, HISTOGRAM_METHODS[method]) == HISTOGRAM_BASELINES[method]
