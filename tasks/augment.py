@@ -25,6 +25,8 @@ def add_extrema_outputs(proto, tensors: tuple[tuple[str, int], ...]):
 
     model = onnx.ModelProto()
     model.CopyFrom(proto)
+    if not tensors:
+        return model
     graph = model.graph
     graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), _FLAT_SHAPE))
     for tensor, elem_type in tensors:

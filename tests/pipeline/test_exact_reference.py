@@ -49,12 +49,23 @@ QUANT_CONFIGS = [
         QuantConfig(per_channel=False, activation_type=ActivationType.INT8),
         dict(per_channel=False, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8),
     ),
+    (
+        QuantConfig(symmetric=True),
+        dict(
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            extra_options={"ActivationSymmetric": True},
+        ),
+    ),
 ]
 DEFAULT_REFERENCE = QUANT_CONFIGS[0][1]
 
 
 @pytest.mark.parametrize("case", ["digits", "residual"])
-@pytest.mark.parametrize(("quant", "reference_options"), QUANT_CONFIGS, ids=["default", "per-tensor-int8"])
+@pytest.mark.parametrize(
+    ("quant", "reference_options"), QUANT_CONFIGS, ids=["default", "per-tensor-int8", "symmetric-activations"]
+)
 def test_model_is_bit_identical_to_quantize_static(case, quant, reference_options, residual, tmp_path):
     model, calib, names = _cases(residual)[case]
     config = RunConfig(model=model, calib=calib, chunk_size=37, quant=quant)

@@ -1,0 +1,59 @@
+"""Shared by the benchmark scripts: machine facts, the digits activations, timing."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+
+def machine_line() -> str:
+    from pipeline.versions import package_versions
+
+    versions = ", ".join(f"{k} {v}" for k, v in package_versions().items() if v)
+    return f"machine: {platform.machine()}, {os.cpu_count()} CPUs; {versions}"
+
+
+def digits_activations(rows: int | None = None) -> dict[str, np.ndarray]:
+    """Every calibrated activation of the built-in digits CNN over its calibration set."""
+    import onnx
+    import onnxruntime as ort
+
+    from pipeline.builtin import CALIB, MODEL, builtin_path
+    from pipeline.selection import tensors_to_calibrate
+    from tasks.augment import add_outputs
+
+    model = onnx.load(str(builtin_path(MODEL)))
+    tensors = tensors_to_calibrate(model)
+    inner = tuple(t for t in tensors if t[0] != "input")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(add_outputs(model, inner).SerializeToString(), options)
+    x = np.load(builtin_path(CALIB))[:rows]
+    names = [name for name, _ in inner]
+    values = dict(zip(names, session.run(names, {"input": x}), strict=True))
+    values["input"] = x
+    return values
+
+
+def peak_rss_kib() -> int:
+    """This process's peak resident set size (VmHWM), in KiB."""
+    with open("/proc/self/status") as status:  # noqa: PTH123 (procfs)
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    msg = "no VmHWM in /proc/self/status (Linux only)"
+    raise RuntimeError(msg)
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
