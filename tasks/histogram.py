@@ -14,6 +14,7 @@ from functools import reduce
 import numpy as np
 
 from tasks.errors import DaskQuantError
+from tasks.merging import merge_by_name
 
 
 @dataclass(frozen=True)
@@ -79,10 +80,7 @@ class Histograms:
         return dict(self.entries)
 
     def merge(self, other: Histograms) -> Histograms:
-        merged = self.as_dict()
-        for name, histogram in other.entries:
-            merged[name] = merged[name].merge(histogram) if name in merged else histogram
-        return Histograms(tuple(sorted(merged.items())))
+        return Histograms(merge_by_name(self.entries, other.entries))
 
 
 def merge_histograms(parts: Iterable[Histograms]) -> Histograms:

@@ -15,6 +15,7 @@ from functools import reduce
 import numpy as np
 
 from tasks.errors import DaskQuantError, InputError
+from tasks.merging import merge_by_name
 
 
 @dataclass(frozen=True)
@@ -73,10 +74,7 @@ class RangeStats:
         return dict(self.ranges)
 
     def merge(self, other: RangeStats) -> RangeStats:
-        merged = self.as_dict()
-        for name, tensor_range in other.ranges:
-            merged[name] = merged[name].merge(tensor_range) if name in merged else tensor_range
-        return RangeStats(tuple(sorted(merged.items())))
+        return RangeStats(merge_by_name(self.ranges, other.ranges))
 
 
 def merge_all(stats: Iterable[RangeStats]) -> RangeStats:
