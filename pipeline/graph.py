@@ -8,6 +8,7 @@ from __future__ import annotations
 from tasks.calibrate import chunk_histograms, chunk_range_stats
 from tasks.chunks import ChunkRef
 from tasks.histogram import Histograms, HistogramSpec, merge_histograms
+from tasks.layer_error import chunk_layer_errors, merge_layer_errors
 from tasks.range_stats import RangeStats, merge_all
 from tasks.sessions import ModelRef
 from tasks.thresholds import ThresholdSettings, choose_range
@@ -56,6 +57,15 @@ def threshold_graph(histograms: Histograms, stats: RangeStats, settings: Thresho
         search(name, h.counts, h.spec.edges(), (observed[name].min, observed[name].max), settings)
         for name, h in histograms.entries
     ]
+
+
+def layer_graph(chunks: list[ChunkRef], fp32: ModelRef, int8: ModelRef, pairs, split_every: int = 8):
+    """Per-layer error sums of every validation chunk, merged in a tree."""
+    import dask.bag as db
+
+    bag = db.from_sequence(chunks, npartitions=len(chunks))
+    per_chunk = bag.map(chunk_layer_errors, fp32=fp32, int8=int8, pairs=pairs)
+    return per_chunk.reduction(merge_layer_errors, merge_layer_errors, split_every=split_every)
 
 
 def validation_graph(chunks: list[ChunkRef], fp32: ModelRef, int8: ModelRef):

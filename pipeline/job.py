@@ -12,7 +12,8 @@ from pathlib import Path
 from pipeline import records, results
 from pipeline.calibration import Calibration, calibrate
 from pipeline.config import RunConfig
-from pipeline.graph import validation_graph
+from pipeline.graph import layer_graph, validation_graph
+from pipeline.layers import layer_rows, quantized_layers
 from pipeline.prepare import Prepared, dataset_chunks, prepare
 from pipeline.qparams import QParam, qparam_rows, read_qparams
 from pipeline.quantize import tensors_data, write_quantized_model, write_tensorrt_table
@@ -36,6 +37,7 @@ class RunResult:
     dashboard: str | None
     workers: int
     timings: dict[str, float] = field(default_factory=dict)
+    layers: list[dict] = field(default_factory=list)  # per-layer error rows, worst SQNR first
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,7 @@ class _Computed:
     ranges: object  # the TensorsData handed to the quantizer
     qparams: list[QParam]
     warnings: list[str]
-    validation: ValidationStats | None
-    per_chunk: list[ChunkValidation]
+    validation: _Validation
     workers: int
     scheduler: str
     dashboard: str | None
@@ -79,12 +80,14 @@ def _client_scope(config: RunConfig, client) -> Iterator:
 
 
 def _compute(client, graph, progress: bool):
-    future = client.compute(graph)
+    """Run one graph, or a list of graphs together, on the cluster."""
+    futures = client.compute(graph if isinstance(graph, list) else [graph])
     if progress:
         from distributed import progress as progress_bar
 
-        progress_bar(future, multi=False)  # a console bar, erased when done
-    return future.result()
+        progress_bar(futures, multi=False)  # a console bar, erased when done
+    results = client.gather(futures)
+    return results if isinstance(graph, list) else results[0]
 
 
 def _has_dashboard(client) -> bool:
@@ -94,14 +97,30 @@ def _has_dashboard(client) -> bool:
         return False
 
 
-def _validate(client, prepared: Prepared, config: RunConfig, int8_path: Path, log, progress: bool):
+@dataclass(frozen=True)
+class _Validation:
+    summary: ValidationStats | None = None
+    per_chunk: list[ChunkValidation] = field(default_factory=list)
+    layers: list = field(default_factory=list)  # layers.parquet rows, worst SQNR first
+
+
+def _validate(client, prepared: Prepared, config: RunConfig, int8_path: Path, int8_proto, log, progress: bool):
+    """Model outputs and per-layer errors, FP32 against INT8, over the validation chunks."""
     if prepared.val is None:
-        return None, []
+        return _Validation()
     chunks = dataset_chunks(prepared.val, config.chunk_size)
-    log(f"validating FP32 against INT8 over {len(chunks)} chunks")
-    graph = validation_graph(chunks, prepared.model, ModelRef(str(int8_path), sha256_file(int8_path)))
-    per_chunk = sorted(_compute(client, graph, progress), key=lambda c: c.index)
-    return reduce(ValidationStats.merge, (c.stats for c in per_chunk), ValidationStats()), per_chunk
+    int8 = ModelRef(str(int8_path), sha256_file(int8_path))
+    layers = quantized_layers(prepared.proto, int8_proto, dict(prepared.tensors))
+    pairs = tuple((layer.tensor, layer.dequantized, layer.elem_type) for layer in layers)
+    log(f"validating FP32 against INT8 over {len(chunks)} chunks, {len(layers)} quantized activations")
+    graphs = [
+        validation_graph(chunks, prepared.model, int8),
+        layer_graph(chunks, prepared.model, int8, pairs, config.split_every),
+    ]
+    outputs, errors = _compute(client, graphs, progress)
+    per_chunk = sorted(outputs, key=lambda c: c.index)
+    summary = reduce(ValidationStats.merge, (c.stats for c in per_chunk), ValidationStats())
+    return _Validation(summary, per_chunk, layer_rows(layers, errors))
 
 
 def _on_cluster(client, prepared: Prepared, config: RunConfig, int8_path: Path, log, progress, lap) -> _Computed:
@@ -116,13 +135,12 @@ def _on_cluster(client, prepared: Prepared, config: RunConfig, int8_path: Path, 
     lap("calibrate")
     ranges = tensors_data(calibration.ranges, calibration.stats)
     warnings = write_quantized_model(prepared.proto, ranges, config.quant, int8_path)
-    qparams = read_qparams(onnx.load(str(int8_path)))
+    int8_proto = onnx.load(str(int8_path))
+    qparams = read_qparams(int8_proto)
     lap("quantize")
-    validation, per_chunk = _validate(client, prepared, config, int8_path, log, progress)
+    validation = _validate(client, prepared, config, int8_path, int8_proto, log, progress)
     lap("validate")
-    return _Computed(
-        calibration, ranges, qparams, warnings, validation, per_chunk, workers, client.scheduler.address, dashboard
-    )
+    return _Computed(calibration, ranges, qparams, warnings, validation, workers, client.scheduler.address, dashboard)
 
 
 def _write(run_dir: results.RunDirectory, config: RunConfig, prepared: Prepared, done: _Computed, lap) -> None:
@@ -130,8 +148,9 @@ def _write(run_dir: results.RunDirectory, config: RunConfig, prepared: Prepared,
     rows = qparam_rows(done.qparams, done.calibration, config.quant)
     results.write_parquet(rows, results.qparams_schema(), tmp / results.QPARAMS_FILE, run_id)
     if prepared.val is not None:
-        rows = records.validation_rows(done.per_chunk)
+        rows = records.validation_rows(done.validation.per_chunk)
         results.write_parquet(rows, results.validation_schema(), tmp / results.VALIDATION_FILE, run_id)
+        results.write_parquet(done.validation.layers, results.layers_schema(), tmp / results.LAYERS_FILE, run_id)
     if done.calibration.histograms is not None:
         rows = records.histogram_rows(done.calibration.histograms)
         results.write_parquet(rows, results.histograms_schema(), tmp / results.HISTOGRAMS_FILE, run_id)
@@ -152,7 +171,7 @@ def _write(run_dir: results.RunDirectory, config: RunConfig, prepared: Prepared,
         },
         "cluster": {"scheduler": done.scheduler, "workers": done.workers},
         "tensors_calibrated": len(prepared.tensors),
-        "summary": records.summary_record(done.validation),
+        "summary": records.summary_record(done.validation.summary),
         "timings_s": lap.timings,
         "quantizer_warnings": done.warnings,
     }
@@ -201,9 +220,10 @@ def run(
         final,
         done.calibration.stats,
         done.qparams,
-        done.validation,
+        done.validation.summary,
         *sizes,
         done.dashboard,
         done.workers,
         lap.timings,
+        done.validation.layers,
     )

@@ -23,6 +23,12 @@ class QParam:
     dtype: str
 
 
+def activation_name(source: str, graph_outputs: set[str]) -> str:
+    """The FP32 model's name for the input of a QuantizeLinear in the QDQ model."""
+    original = source.removesuffix(_OUTPUT_SUFFIX)
+    return original if original in graph_outputs else source
+
+
 def _attribute(node, name: str):
     from onnx import helper
 
@@ -58,7 +64,7 @@ def read_qparams(proto) -> list[QParam]:
         if is_weight:
             name = source.removesuffix(_QUANTIZED_SUFFIX)
         else:
-            name = source.removesuffix(_OUTPUT_SUFFIX) if source.removesuffix(_OUTPUT_SUFFIX) in outputs else source
+            name = activation_name(source, outputs)
         kind = "weight" if is_weight else "activation"
         found[(kind, name)] = QParam(
             name, kind, tuple(float(s) for s in scale), tuple(int(z) for z in zero_point), axis, zero_point.dtype.name

@@ -22,6 +22,7 @@ from tasks.errors import InputError
 QPARAMS_FILE = "qparams.parquet"
 VALIDATION_FILE = "validation.parquet"
 HISTOGRAMS_FILE = "histograms.parquet"
+LAYERS_FILE = "layers.parquet"
 TENSORRT_DIR = "tensorrt"
 RUN_FILE = "run.json"
 MODEL_FILE = "model.int8.onnx"
@@ -52,6 +53,24 @@ def qparams_schema():
             ("percentile", pa.float64()),
             ("num_bins", pa.int32()),
             ("num_quantized_bins", pa.int32()),
+        ]
+    )
+
+
+def layers_schema():
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("tensor", pa.string()),
+            ("op_type", pa.string()),
+            ("node", pa.string()),
+            ("sqnr_db", pa.float64()),
+            ("cosine", pa.float64()),
+            ("max_abs_error", pa.float64()),
+            ("samples", pa.int64()),
+            ("elements", pa.int64()),
         ]
     )
 

@@ -25,6 +25,9 @@ def format_summary(result: RunResult) -> str:
             f"  top-1 agreement  {100 * v.agreement:.2f}%  ({v.top1_agree}/{v.samples} samples)",
             f"  mean cosine      {v.mean_cosine:.5f}",
         ]
+    if result.layers:
+        worst = ", ".join(f"{row['tensor']} {row['sqnr_db']:.1f} dB" for row in result.layers[:3])
+        lines.append(f"  worst layers     {worst} (SQNR)")
     ratio = result.fp32_bytes / result.int8_bytes
     change = f"{ratio:.2f}x smaller" if ratio >= 1 else f"{1 / ratio:.2f}x larger: Q/DQ nodes outweigh tiny weights"
     activations = sum(p.kind == "activation" for p in result.qparams)

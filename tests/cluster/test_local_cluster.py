@@ -37,7 +37,7 @@ def test_run_on_a_given_client_leaves_it_open_and_matches_reference(client, tmp_
     result = pipeline.run(config, client=client)
     assert client.status == "running"
     assert sorted(p.name for p in result.run_dir.iterdir()) == sorted(
-        [results.MODEL_FILE, results.QPARAMS_FILE, results.VALIDATION_FILE, results.RUN_FILE]
+        [results.MODEL_FILE, results.QPARAMS_FILE, results.VALIDATION_FILE, results.LAYERS_FILE, results.RUN_FILE]
     )
     assert [p.name for p in (tmp_path / "runs").iterdir()] == [result.run_id]  # no temporary left
 
@@ -53,6 +53,13 @@ def test_run_on_a_given_client_leaves_it_open_and_matches_reference(client, tmp_
     assert sum(r["samples"] for r in rows) == 300 and result.validation.samples == 300
     assert result.validation.agreement >= 0.98
     assert pq.read_table(result.run_dir / results.QPARAMS_FILE).schema.equals(results.qparams_schema())
+    layers = pq.read_table(result.run_dir / results.LAYERS_FILE)
+    assert layers.schema.equals(results.layers_schema())
+    rows = layers.to_pylist()
+    activations = {p.tensor for p in result.qparams if p.kind == "activation"}
+    assert {r["tensor"] for r in rows} == activations  # one row per quantized activation
+    assert [r["sqnr_db"] for r in rows] == sorted(r["sqnr_db"] for r in rows)
+    assert all(r["samples"] == 300 and 0.99 < r["cosine"] <= 1.0 for r in rows)
 
 
 def test_parameters_do_not_depend_on_worker_count_or_chunk_size(client, tmp_path):
@@ -84,6 +91,8 @@ def test_cli_default_run_prints_summary_and_exits_cleanly(tmp_path):
     proc = dask_quant("run", "--out", tmp_path, "--workers", "2")
     assert proc.returncode == 0, proc.stderr
     assert "top-1 agreement  " in proc.stdout and "written to" in proc.stdout
+    worst = next(line for line in proc.stdout.splitlines() if "worst layers" in line)
+    assert worst.count(" dB") == 3
     for noise in ("Traceback", "ERROR", "Error", "Exception"):
         assert noise not in proc.stderr, proc.stderr
     agreement = float(proc.stdout.split("top-1 agreement")[1].split("%")[0])

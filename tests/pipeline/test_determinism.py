@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from models import digits_paths
 
 from pipeline.config import QuantConfig, RunConfig
-from pipeline.graph import calibration_graph, histogram_graph, threshold_graph
+from pipeline.graph import calibration_graph, histogram_graph, layer_graph, threshold_graph
 from pipeline.prepare import dataset_chunks, prepare
 from pipeline.quantize import tensors_data
 from pipeline.ranges import histogram_specs, minmax_ranges, threshold_settings
@@ -94,3 +94,25 @@ def test_histogram_methods_give_identical_ranges_for_any_chunking(method, cuts, 
     chunks = _uneven_chunks(cuts)
     random.shuffle(chunks)
     assert _histogram_ranges(chunks, split_every, HISTOGRAM_METHODS[method]) == HISTOGRAM_BASELINES[method]
+
+
+def test_layer_errors_are_identical_for_any_chunking(tmp_path):
+    import onnx
+
+    from pipeline.layers import layer_rows, quantized_layers
+    from pipeline.quantize import write_quantized_model
+    from tasks.digest import sha256_file
+    from tasks.sessions import ModelRef
+
+    int8_path = tmp_path / "int8.onnx"
+    write_quantized_model(PREPARED.proto, tensors_data(minmax_ranges(BASELINE), BASELINE), QuantConfig(), int8_path)
+    layers = quantized_layers(PREPARED.proto, onnx.load(str(int8_path)), dict(PREPARED.tensors))
+    pairs = tuple((layer.tensor, layer.dequantized, layer.elem_type) for layer in layers)
+    int8 = ModelRef(str(int8_path), sha256_file(int8_path))
+    tables = []
+    for chunk_size, split_every in ((300, 2), (17, 3), (64, 8)):
+        chunks = dataset_chunks(PREPARED.calib, chunk_size)
+        (errors,) = dask.compute(layer_graph(chunks, PREPARED.model, int8, pairs, split_every), scheduler="sync")
+        tables.append(layer_rows(layers, errors))
+    assert len(tables[0]) == 7
+    assert tables[0] == tables[1] == tables[2]

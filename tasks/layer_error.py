@@ -1,0 +1,110 @@
+"""Per-layer error of the INT8 model: exact, mergeable partial sums per tensor.
+
+For each quantized activation x (FP32 model) and y (the INT8 model's
+dequantized tensor) a chunk contributes sum(x*x), sum(y*y), sum(x*y),
+sum((x-y)**2), the count and max|x-y|. Each term is computed per element in
+float64 (the same bits whatever the chunk) and summed exactly (tasks.exact_sum),
+so SQNR and cosine come out identical for any chunking, order or merge tree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import reduce
+
+import numpy as np
+
+from tasks.chunks import ChunkRef, read_feeds
+from tasks.exact_sum import exact_sum, to_float
+from tasks.merging import merge_by_name
+from tasks.sessions import ModelRef, SessionSpec, run_in_batches, session_for
+
+
+@dataclass(frozen=True)
+class LayerError:
+    """Exact sums (integers scaled by tasks.exact_sum.BASE_EXPONENT) for one tensor."""
+
+    elements: int = 0
+    samples: int = 0
+    signal: int = 0  # sum x*x
+    quantized: int = 0  # sum y*y
+    product: int = 0  # sum x*y
+    noise: int = 0  # sum (x-y)**2
+    max_abs_error: float = 0.0
+
+    @classmethod
+    def of(cls, x: np.ndarray, y: np.ndarray) -> LayerError:
+        a, b = x.astype(np.float64).reshape(-1), y.astype(np.float64).reshape(-1)
+        diff = a - b
+        return cls(
+            elements=a.size,
+            samples=len(x),
+            signal=exact_sum(a * a),
+            quantized=exact_sum(b * b),
+            product=exact_sum(a * b),
+            noise=exact_sum(diff * diff),
+            max_abs_error=float(np.abs(diff).max()) if diff.size else 0.0,
+        )
+
+    def merge(self, other: LayerError) -> LayerError:
+        return LayerError(
+            self.elements + other.elements,
+            self.samples + other.samples,
+            self.signal + other.signal,
+            self.quantized + other.quantized,
+            self.product + other.product,
+            self.noise + other.noise,
+            max(self.max_abs_error, other.max_abs_error),
+        )
+
+    @property
+    def sqnr_db(self) -> float:
+        """10 log10(signal / noise); inf when the INT8 tensor is exact."""
+        if self.noise == 0:
+            return math.inf
+        return 10.0 * math.log10(to_float(self.signal) / to_float(self.noise)) if self.signal else -math.inf
+
+    @property
+    def cosine(self) -> float:
+        """Cosine similarity of the whole FP32 and INT8 tensors over the validation set."""
+        norms = math.sqrt(to_float(self.signal)) * math.sqrt(to_float(self.quantized))
+        return to_float(self.product) / norms if norms else 1.0
+
+
+@dataclass(frozen=True)
+class LayerErrors:
+    """LayerError per FP32 tensor name."""
+
+    entries: tuple[tuple[str, LayerError], ...] = ()
+
+    def merge(self, other: LayerErrors) -> LayerErrors:
+        return LayerErrors(merge_by_name(self.entries, other.entries))
+
+
+def merge_layer_errors(parts: Iterable[LayerErrors]) -> LayerErrors:
+    return reduce(LayerErrors.merge, parts, LayerErrors())
+
+
+def chunk_layer_errors(
+    chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, pairs: tuple[tuple[str, str, int], ...]
+) -> LayerErrors:
+    """Per-layer sums over one chunk; `pairs` are (FP32 tensor, INT8 dequantized tensor, elem type).
+
+    Both models run with graph optimisations off so every compared tensor exists
+    as written, as in ONNX Runtime's qdq_loss_debug.
+    """
+    feeds = read_feeds(chunk)
+    fp32_exposed = tuple(sorted({(name, elem) for name, _, elem in pairs if name not in feeds}))
+    int8_exposed = tuple(sorted({(name, elem) for _, name, elem in pairs}))
+    fp32_names, int8_names = [n for n, _ in fp32_exposed], [n for n, _ in int8_exposed]
+    fp32_session = session_for(fp32, SessionSpec(expose=fp32_exposed, calibration=True))
+    int8_session = session_for(int8, SessionSpec(expose=int8_exposed, calibration=True))
+    reference = (
+        dict(zip(fp32_names, run_in_batches(fp32_session, fp32_names, feeds), strict=True)) if fp32_names else {}
+    )
+    reference.update(feeds)
+    quantized = dict(zip(int8_names, run_in_batches(int8_session, int8_names, feeds), strict=True))
+    errors = {name: LayerError.of(reference[name], quantized[dq]) for name, dq, _ in pairs}
+    return LayerErrors(tuple(sorted(errors.items())))
