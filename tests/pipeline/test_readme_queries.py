@@ -45,6 +45,4 @@ def test_readme_query_runs(index, runs_dir, monkeypatch):
     with contextlib.redirect_stdout(printed):
         exec(compile(blocks[index], f"README query {index}", "exec"), {})
     output = printed.getvalue()
-    assert "digits_cnn-" in output  # the run ids of both runs appear
-    if index == 1:
-        assert output.count("digits_cnn-") == 2
+    assert len(set(re.findall(r"digits_cnn-\S+", output))) == 2  # both runs appear
