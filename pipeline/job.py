@@ -18,9 +18,12 @@ from pipeline.prepare import Prepared, dataset_chunks, prepare
 from pipeline.qparams import QParam, qparam_rows, read_qparams
 from pipeline.quantize import tensors_data, write_quantized_model, write_tensorrt_table
 from tasks.digest import sha256_file
+from tasks.latency import Latency, measure_latency
 from tasks.range_stats import RangeStats
 from tasks.sessions import ModelRef
 from tasks.validate import ChunkValidation, ValidationStats
+
+LATENCY_REPEATS = 20
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class RunResult:
     workers: int
     timings: dict[str, float] = field(default_factory=dict)
     layers: list[dict] = field(default_factory=list)  # per-layer error rows, worst SQNR first
+    latency: Latency | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,7 @@ class _Validation:
     summary: ValidationStats | None = None
     per_chunk: list[ChunkValidation] = field(default_factory=list)
     layers: list = field(default_factory=list)  # layers.parquet rows, worst SQNR first
+    latency: Latency | None = None
 
 
 def _validate(client, prepared: Prepared, config: RunConfig, int8_path: Path, int8_proto, log, progress: bool):
@@ -118,9 +123,11 @@ def _validate(client, prepared: Prepared, config: RunConfig, int8_path: Path, in
         layer_graph(chunks, prepared.model, int8, pairs, config.split_every),
     ]
     outputs, errors = _compute(client, graphs, progress)
+    # Alone on the cluster once validation is done, so nothing else competes for the core.
+    latency = client.submit(measure_latency, chunks[0], prepared.model, int8, LATENCY_REPEATS, pure=False).result()
     per_chunk = sorted(outputs, key=lambda c: c.index)
     summary = reduce(ValidationStats.merge, (c.stats for c in per_chunk), ValidationStats())
-    return _Validation(summary, per_chunk, layer_rows(layers, errors))
+    return _Validation(summary, per_chunk, layer_rows(layers, errors), latency)
 
 
 def _on_cluster(client, prepared: Prepared, config: RunConfig, int8_path: Path, log, progress, lap) -> _Computed:
@@ -172,6 +179,7 @@ def _write(run_dir: results.RunDirectory, config: RunConfig, prepared: Prepared,
         "cluster": {"scheduler": done.scheduler, "workers": done.workers},
         "tensors_calibrated": len(prepared.tensors),
         "summary": records.summary_record(done.validation.summary),
+        "latency": records.latency_record(done.validation.latency),
         "timings_s": lap.timings,
         "quantizer_warnings": done.warnings,
     }
@@ -226,4 +234,5 @@ def run(
         done.workers,
         lap.timings,
         done.validation.layers,
+        done.validation.latency,
     )

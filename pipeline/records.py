@@ -70,3 +70,16 @@ def histogram_rows(histograms: Histograms) -> list[dict]:
         }
         for name, h in histograms.entries
     ]
+
+
+def latency_record(latency) -> dict | None:
+    if latency is None:
+        return None
+    return {
+        "batch_size": latency.batch_size,
+        "repeats": latency.repeats,
+        "intra_op_threads": 1,
+        "fp32_ms_per_sample": latency.fp32_seconds_per_sample * 1e3,
+        "int8_ms_per_sample": latency.int8_seconds_per_sample * 1e3,
+        "speedup": latency.speedup,
+    }

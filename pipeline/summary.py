@@ -31,6 +31,13 @@ def format_summary(result: RunResult) -> str:
     ratio = result.fp32_bytes / result.int8_bytes
     change = f"{ratio:.2f}x smaller" if ratio >= 1 else f"{1 / ratio:.2f}x larger: Q/DQ nodes outweigh tiny weights"
     activations = sum(p.kind == "activation" for p in result.qparams)
+    if result.latency:
+        lat = result.latency
+        lines.append(
+            f"  latency          FP32 {lat.fp32_seconds_per_sample * 1e3:.3f} -> INT8 "
+            f"{lat.int8_seconds_per_sample * 1e3:.3f} ms/sample ({lat.speedup:.2f}x; batch {lat.batch_size}, "
+            f"1 thread, median of {lat.repeats})"
+        )
     lines += [
         f"  model size       FP32 {_size(result.fp32_bytes)} -> INT8 {_size(result.int8_bytes)} ({change})",
         f"  quantized        {activations} activations, {len(result.qparams) - activations} weights",
