@@ -59,12 +59,12 @@ def threshold_graph(histograms: Histograms, stats: RangeStats, settings: Thresho
     ]
 
 
-def layer_graph(chunks: list[ChunkRef], fp32: ModelRef, int8: ModelRef, pairs, split_every: int = 8):
-    """Per-layer error sums of every validation chunk, merged in a tree."""
+def layer_graph(chunks: list[ChunkRef], fp32: ModelRef, int8: ModelRef, pairs, split_every: int = 8, specs=()):
+    """Per-layer error sums (and FP32 histograms on `specs`) of every validation chunk, merged in a tree."""
     import dask.bag as db
 
     bag = db.from_sequence(chunks, npartitions=len(chunks))
-    per_chunk = bag.map(chunk_layer_errors, fp32=fp32, int8=int8, pairs=pairs)
+    per_chunk = bag.map(chunk_layer_errors, fp32=fp32, int8=int8, pairs=pairs, specs=specs)
     return per_chunk.reduction(merge_layer_errors, merge_layer_errors, split_every=split_every)
 
 

@@ -13,7 +13,7 @@ from pipeline import records, results
 from pipeline.calibration import Calibration, calibrate
 from pipeline.config import RunConfig
 from pipeline.graph import layer_graph, validation_graph
-from pipeline.layers import layer_rows, quantized_layers
+from pipeline.layers import layer_rows, quantized_layers, report_specs
 from pipeline.prepare import Prepared, dataset_chunks, prepare
 from pipeline.qparams import QParam, qparam_rows, read_qparams
 from pipeline.quantize import tensors_data, write_quantized_model, write_tensorrt_table
@@ -109,7 +109,9 @@ class _Validation:
     latency: Latency | None = None
 
 
-def _validate(client, prepared: Prepared, config: RunConfig, int8_path: Path, int8_proto, log, progress: bool):
+def _validate(
+    client, prepared: Prepared, config: RunConfig, calibration: Calibration, int8_path: Path, int8_proto, log, progress
+):
     """Model outputs and per-layer errors, FP32 against INT8, over the validation chunks."""
     if prepared.val is None:
         return _Validation()
@@ -120,7 +122,7 @@ def _validate(client, prepared: Prepared, config: RunConfig, int8_path: Path, in
     log(f"validating FP32 against INT8 over {len(chunks)} chunks, {len(layers)} quantized activations")
     graphs = [
         validation_graph(chunks, prepared.model, int8),
-        layer_graph(chunks, prepared.model, int8, pairs, config.split_every),
+        layer_graph(chunks, prepared.model, int8, pairs, config.split_every, report_specs(calibration.stats, layers)),
     ]
     outputs, errors = _compute(client, graphs, progress)
     # Alone on the cluster once validation is done, so nothing else competes for the core.
@@ -145,7 +147,7 @@ def _on_cluster(client, prepared: Prepared, config: RunConfig, int8_path: Path, 
     int8_proto = onnx.load(str(int8_path))
     qparams = read_qparams(int8_proto)
     lap("quantize")
-    validation = _validate(client, prepared, config, int8_path, int8_proto, log, progress)
+    validation = _validate(client, prepared, config, calibration, int8_path, int8_proto, log, progress)
     lap("validate")
     return _Computed(calibration, ranges, qparams, warnings, validation, workers, client.scheduler.address, dashboard)
 

@@ -6,7 +6,15 @@ import math
 from dataclasses import dataclass
 
 from pipeline.qparams import activation_name
+from tasks.histogram import HistogramSpec
 from tasks.layer_error import LayerErrors
+from tasks.range_stats import RangeStats
+
+
+def _histogram_columns(histogram) -> dict:
+    if histogram is None:
+        return {"hist_edges": None, "hist_counts": None}
+    return {"hist_edges": histogram.spec.edges().tolist(), "hist_counts": histogram.counts.tolist()}
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,21 @@ def quantized_layers(fp32_proto, int8_proto, elem_types: dict[str, int]) -> list
     return [layers[name] for name in sorted(layers)]
 
 
+REPORT_BINS = 256
+
+
+def report_specs(stats: RangeStats, layers: list[Layer]) -> tuple[HistogramSpec, ...]:
+    """Bins for the validation-set histograms of each quantized activation, on its calibration range."""
+    observed = stats.as_dict()
+    specs = []
+    for layer in layers:
+        seen = observed.get(layer.tensor)
+        if seen is not None and seen.count:
+            bound = max(abs(seen.min), abs(seen.max))
+            specs.append(HistogramSpec(layer.tensor, -bound, bound, REPORT_BINS))
+    return tuple(specs)
+
+
 def layer_rows(layers: list[Layer], errors: LayerErrors) -> list[dict]:
     """Rows of layers.parquet, worst SQNR first."""
     measured = dict(errors.entries)
@@ -57,6 +80,7 @@ def layer_rows(layers: list[Layer], errors: LayerErrors) -> list[dict]:
             "max_abs_error": measured[layer.tensor].max_abs_error,
             "samples": measured[layer.tensor].samples,
             "elements": measured[layer.tensor].elements,
+            **_histogram_columns(measured[layer.tensor].histogram),
         }
         for layer in layers
         if layer.tensor in measured

@@ -71,6 +71,8 @@ def layers_schema():
             ("max_abs_error", pa.float64()),
             ("samples", pa.int64()),
             ("elements", pa.int64()),
+            ("hist_edges", pa.list_(pa.float32())),
+            ("hist_counts", pa.list_(pa.int64())),
         ]
     )
 

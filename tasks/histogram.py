@@ -41,10 +41,13 @@ class HistogramSpec:
         return np.float32(low), np.float32(high)
 
     def count(self, values: np.ndarray) -> np.ndarray:
+        """Counts per bin; values outside [low, high] (only possible on data other than the
+        calibration set that fixed the range) land in the end bins."""
         flat = values.reshape(-1).astype(np.float32, copy=False)
         if self.absolute:
             flat = np.abs(flat)
-        counts, _ = np.histogram(flat, bins=self.bins, range=self._range())
+        low, high = self._range()
+        counts, _ = np.histogram(np.clip(flat, low, high), bins=self.bins, range=(low, high))
         return counts.astype(np.int64)
 
 

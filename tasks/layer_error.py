@@ -18,6 +18,7 @@ import numpy as np
 
 from tasks.chunks import ChunkRef, read_feeds
 from tasks.exact_sum import exact_sum, to_float
+from tasks.histogram import Histogram, HistogramSpec
 from tasks.merging import merge_by_name
 from tasks.sessions import ModelRef, SessionSpec, run_in_batches, session_for
 
@@ -33,9 +34,10 @@ class LayerError:
     product: int = 0  # sum x*y
     noise: int = 0  # sum (x-y)**2
     max_abs_error: float = 0.0
+    histogram: Histogram | None = None  # of x, for the report
 
     @classmethod
-    def of(cls, x: np.ndarray, y: np.ndarray) -> LayerError:
+    def of(cls, x: np.ndarray, y: np.ndarray, spec: HistogramSpec | None = None) -> LayerError:
         a, b = x.astype(np.float64).reshape(-1), y.astype(np.float64).reshape(-1)
         diff = a - b
         return cls(
@@ -46,6 +48,7 @@ class LayerError:
             product=exact_sum(a * b),
             noise=exact_sum(diff * diff),
             max_abs_error=float(np.abs(diff).max()) if diff.size else 0.0,
+            histogram=None if spec is None else Histogram.of(spec, spec.count(x)),
         )
 
     def merge(self, other: LayerError) -> LayerError:
@@ -57,6 +60,7 @@ class LayerError:
             self.product + other.product,
             self.noise + other.noise,
             max(self.max_abs_error, other.max_abs_error),
+            _merge_optional(self.histogram, other.histogram),
         )
 
     @property
@@ -71,6 +75,12 @@ class LayerError:
         """Cosine similarity of the whole FP32 and INT8 tensors over the validation set."""
         norms = math.sqrt(to_float(self.signal)) * math.sqrt(to_float(self.quantized))
         return to_float(self.product) / norms if norms else 1.0
+
+
+def _merge_optional(a: Histogram | None, b: Histogram | None) -> Histogram | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return a.merge(b)
 
 
 @dataclass(frozen=True)
@@ -88,9 +98,14 @@ def merge_layer_errors(parts: Iterable[LayerErrors]) -> LayerErrors:
 
 
 def chunk_layer_errors(
-    chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, pairs: tuple[tuple[str, str, int], ...]
+    chunk: ChunkRef,
+    fp32: ModelRef,
+    int8: ModelRef,
+    pairs: tuple[tuple[str, str, int], ...],
+    specs: tuple[HistogramSpec, ...] = (),
 ) -> LayerErrors:
-    """Per-layer sums over one chunk; `pairs` are (FP32 tensor, INT8 dequantized tensor, elem type).
+    """Per-layer sums over one chunk; `pairs` are (FP32 tensor, INT8 dequantized tensor, elem type),
+    `specs` the bins of the FP32 tensors' histograms (values outside go to the end bins).
 
     Both models run with graph optimisations off so every compared tensor exists
     as written, as in ONNX Runtime's qdq_loss_debug.
@@ -106,5 +121,6 @@ def chunk_layer_errors(
     )
     reference.update(feeds)
     quantized = dict(zip(int8_names, run_in_batches(int8_session, int8_names, feeds), strict=True))
-    errors = {name: LayerError.of(reference[name], quantized[dq]) for name, dq, _ in pairs}
+    bins = {spec.tensor: spec for spec in specs}
+    errors = {name: LayerError.of(reference[name], quantized[dq], bins.get(name)) for name, dq, _ in pairs}
     return LayerErrors(tuple(sorted(errors.items())))
