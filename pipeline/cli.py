@@ -173,5 +173,24 @@ def run(
         _fail(str(exc), 1)
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Where to write [default: RUN_DIR/report.html].")
+@click.option("--screenshot", type=click.Path(path_type=Path), help="Also save a PNG of the page (needs Chromium).")
+def report(run_dir, output, screenshot):
+    """Write the HTML report of RUN_DIR (every run also writes one)."""
+    try:
+        from pipeline.report import write_report
+
+        page = write_report(run_dir, output)
+        click.echo(f"report: {page}")
+        if screenshot is not None:
+            from pipeline.screenshot import screenshot as take
+
+            click.echo(f"screenshot: {take(page, screenshot)}")
+    except InputError as exc:
+        _fail(str(exc), EXIT_INPUT)
+
+
 if __name__ == "__main__":
     main()

@@ -17,6 +17,7 @@ from pipeline.layers import layer_rows, quantized_layers, report_specs
 from pipeline.prepare import Prepared, dataset_chunks, prepare
 from pipeline.qparams import QParam, qparam_rows, read_qparams
 from pipeline.quantize import tensors_data, write_quantized_model, write_tensorrt_table
+from pipeline.report import write_report
 from tasks.digest import sha256_file
 from tasks.latency import Latency, measure_latency
 from tasks.range_stats import RangeStats
@@ -186,6 +187,7 @@ def _write(run_dir: results.RunDirectory, config: RunConfig, prepared: Prepared,
         "quantizer_warnings": done.warnings,
     }
     results.write_json(records.run_record(config, run_id, sections), tmp / results.RUN_FILE)
+    write_report(tmp)
 
 
 def run(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pipeline.job import RunResult
+from pipeline.report import REPORT_FILE
 
 
 def _pct(value: float | None) -> str:
@@ -43,6 +44,7 @@ def format_summary(result: RunResult) -> str:
         f"  quantized        {activations} activations, {len(result.qparams) - activations} weights",
         f"  workers          {result.workers}; {sum(result.timings.values()):.1f} s including cluster start",
         f"  written to       {result.run_dir}",
+        f"  report           {result.run_dir / REPORT_FILE}",
     ]
     if result.dashboard:
         lines.append(f"  dashboard        {result.dashboard}")

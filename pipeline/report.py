@@ -1,0 +1,176 @@
+"""One self-contained HTML page per run, made from the run directory's files alone."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from pipeline import plots, results
+from tasks.errors import InputError
+
+REPORT_FILE = "report.html"
+WORST_HISTOGRAMS = 4
+WORST_ROWS = 12
+
+_STYLE = """
+body { font: 15px/1.45 system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif; color: #212121;
+       max-width: 1020px; margin: 2em auto; padding: 0 1.2em; background: #fafafa; }
+h1 { font-size: 1.6em; margin-bottom: .1em; } h2 { font-size: 1.2em; margin-top: 1.8em;
+     border-bottom: 1px solid #e0e0e0; padding-bottom: .2em; }
+.sub { color: #616161; margin-top: 0; }
+.cards { display: flex; flex-wrap: wrap; gap: .8em; margin: 1.2em 0; }
+.card { flex: 1 1 0; background: #fff; border: 1px solid #e0e0e0; border-radius: 8px; padding: .6em .8em;
+        min-width: 7.5em; }
+.card b { display: block; font-size: 1.2em; white-space: nowrap; } .card span { color: #616161; font-size: .85em; }
+table { border-collapse: collapse; background: #fff; font-size: .92em; }
+th, td { border: 1px solid #e0e0e0; padding: .3em .7em; text-align: left; }
+th { background: #f5f5f5; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+img { max-width: 100%; background: #fff; border: 1px solid #e0e0e0; border-radius: 6px; margin: .4em 0; }
+.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(440px, 1fr)); gap: .6em; }
+.dot { display: inline-block; width: .7em; height: .7em; border-radius: 50%; margin-right: .35em; }
+#broken { display: none; background: #ffebee; border: 1px solid #c62828; padding: .6em; border-radius: 6px; }
+code { background: #eeeeee; padding: 0 .25em; border-radius: 3px; }
+"""
+
+# Tells the reader (and the headless-browser test) whether every chart decoded.
+_SCRIPT = """
+window.addEventListener('load', function () {
+  var images = Array.prototype.slice.call(document.images);
+  var broken = images.filter(function (img) { return !img.complete || img.naturalWidth === 0; });
+  document.body.setAttribute('data-images', broken.length ? 'broken ' + broken.length : 'ok ' + images.length);
+  if (broken.length) { document.getElementById('broken').style.display = 'block'; }
+});
+"""
+
+
+def _e(value) -> str:
+    return html.escape(str(value))
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def _read_table(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist() if path.is_file() else []
+
+
+def _cards(run: dict) -> str:
+    summary, latency = run.get("summary") or {}, run.get("latency") or {}
+    size = f"{run['model']['bytes'] / 1024:.0f} → {run['int8_model']['bytes'] / 1024:.0f} KiB"
+    cards = [
+        ("FP32 accuracy", _pct(summary.get("fp32_accuracy"))),
+        ("INT8 accuracy", _pct(summary.get("int8_accuracy"))),
+        ("top-1 agreement", _pct(summary.get("top1_agreement"))),
+        ("mean cosine", f"{summary['mean_cosine']:.5f}" if summary.get("mean_cosine") is not None else "n/a"),
+        ("model size", size),
+    ]
+    if latency:
+        cards.append(
+            (
+                f"latency / sample ({latency['speedup']:.2f}x)",
+                f"{latency['fp32_ms_per_sample']:.3f} → {latency['int8_ms_per_sample']:.3f} ms",
+            )
+        )
+    return "".join(f'<div class="card"><span>{_e(k)}</span><b>{_e(v)}</b></div>' for k, v in cards)
+
+
+def _worst_table(layers: list[dict]) -> str:
+    rows = "".join(
+        f'<tr><td><span class="dot" style="background:{plots.sqnr_colour(r["sqnr_db"])}"></span>{_e(r["tensor"])}</td>'
+        f"<td>{_e(r['op_type'])}</td><td class=num>{r['sqnr_db']:.2f}</td><td class=num>{r['cosine']:.6f}</td>"
+        f"<td class=num>{r['max_abs_error']:.4g}</td></tr>"
+        for r in layers[:WORST_ROWS]
+    )
+    head = "<tr><th>activation</th><th>op</th><th>SQNR dB</th><th>cosine</th><th>max |error|</th></tr>"
+    return f"<table>{head}{rows}</table>"
+
+
+def _histograms(layers: list[dict], qparams: list[dict]) -> str:
+    acts = {q["tensor"]: q for q in qparams if q["kind"] == "activation"}
+    images = []
+    for layer in layers:
+        q = acts.get(layer["tensor"])
+        if q is None or not layer.get("hist_counts"):
+            continue
+        clip, observed = (q["rmin"], q["rmax"]), (q["observed_min"], q["observed_max"])
+        images.append(_img(plots.activation_histogram(layer, clip, observed), f"histogram of {layer['tensor']}"))
+        if len(images) == WORST_HISTOGRAMS:
+            break
+    return f'<div class="grid">{"".join(images)}</div>'
+
+
+def _config_table(run: dict) -> str:
+    quant = run["config"]["quant"]
+    rows = {
+        "model": f"{run['model']['path']} (sha256 {run['model']['sha256'][:12]}…)",
+        "calibration data": f"{run['data']['calib']['path']} ({run['data']['calib']['rows']} samples)",
+        "validation data": "none"
+        if not run["data"].get("val")
+        else f"{run['data']['val']['path']} ({run['data']['val']['rows']} samples)",
+        "method": quant["method"],
+        "activations": f"{quant['activation_type']}, {'symmetric' if quant['symmetric'] else 'asymmetric'}",
+        "weights": f"int8 symmetric, {'per-channel' if quant['per_channel'] else 'per-tensor'}",
+        "histogram bins": quant["num_bins"] if quant["method"] != "minmax" else "-",
+        "chunk size": run["config"]["chunk_size"],
+        "cluster": f"{run['cluster']['workers']} workers at {run['cluster']['scheduler']}",
+        "versions": ", ".join(f"{k} {v}" for k, v in run["versions"].items() if v),
+    }
+    return "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows.items()) + "</table>"
+
+
+def render(run_dir: Path) -> str:
+    """The report page for a run directory."""
+    run = json.loads((run_dir / results.RUN_FILE).read_text())
+    layers = _read_table(run_dir / results.LAYERS_FILE)
+    qparams = _read_table(run_dir / results.QPARAMS_FILE)
+    name = Path(run["model"]["path"]).name
+    if layers:
+        per_layer = (
+            f"<p>{len(layers)} quantized activations, FP32 against the INT8 model's dequantized tensors on the "
+            f"validation set. Dotted lines at 25 and 35 dB.</p>{_img(plots.sqnr_chart(layers), 'per-layer SQNR')}"
+            f"{_worst_table(layers)}<h2>Activation histograms of the worst layers</h2>"
+            "<p>Validation-set values; shaded: outside the clip range the quantizer was given.</p>"
+            f"{_histograms(layers, qparams)}"
+        )
+    else:
+        per_layer = "<p>No validation data was given (<code>--val</code>), so there is no per-layer error.</p>"
+    return (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>dask-quant · {_e(name)}</title>"
+        f"<style>{_STYLE}</style><script>{_SCRIPT}</script></head><body>"
+        f"<h1>{_e(name)} → INT8</h1><p class=sub>run {_e(run['run_id'])} · {_e(run['created_utc'])}</p>"
+        '<div id="broken">Some charts failed to load.</div>'
+        f'<div class="cards">{_cards(run)}</div><h2>Per-layer error</h2>{per_layer}'
+        f"<h2>Configuration</h2>{_config_table(run)}</body></html>"
+    )
+
+
+def write_report(run_dir: Path, output: Path | None = None) -> Path:
+    """Write the report atomically (temp file, then rename) and return its path."""
+    if not (run_dir / results.RUN_FILE).is_file():
+        msg = f"{run_dir}: not a dask-quant run directory (no {results.RUN_FILE}); pass a folder under --out"
+        raise InputError(msg)
+    output = output or run_dir / REPORT_FILE
+    page = render(run_dir)
+    handle, temporary = tempfile.mkstemp(dir=output.parent, prefix=".report-", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(page)
+        umask = os.umask(0)
+        os.umask(umask)
+        Path(temporary).chmod(0o666 & ~umask)  # mkstemp makes it private; a report is not
+        Path(temporary).replace(output)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return output
