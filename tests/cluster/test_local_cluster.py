@@ -15,6 +15,7 @@ import pipeline
 from pipeline import results
 from pipeline.config import ClusterConfig, QuantConfig, RunConfig
 from pipeline.job import run
+from pipeline.report import REPORT_FILE
 
 MODEL, CALIB, VAL = digits_paths()
 
@@ -37,7 +38,14 @@ def test_run_on_a_given_client_leaves_it_open_and_matches_reference(client, tmp_
     result = pipeline.run(config, client=client)
     assert client.status == "running"
     assert sorted(p.name for p in result.run_dir.iterdir()) == sorted(
-        [results.MODEL_FILE, results.QPARAMS_FILE, results.VALIDATION_FILE, results.LAYERS_FILE, results.RUN_FILE]
+        [
+            results.MODEL_FILE,
+            results.QPARAMS_FILE,
+            results.VALIDATION_FILE,
+            results.LAYERS_FILE,
+            results.RUN_FILE,
+            REPORT_FILE,
+        ]
     )
     assert [p.name for p in (tmp_path / "runs").iterdir()] == [result.run_id]  # no temporary left
 
