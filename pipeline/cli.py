@@ -94,6 +94,12 @@ def main() -> None:
     show_default=True,
     help="Symmetric activation ranges (zero point in the middle).",
 )
+@click.option(
+    "--metric",
+    default="auto",
+    show_default=True,
+    help="Validation metrics that lead: auto, classification, embedding or regression.",
+)
 @click.option("--tensorrt-table", is_flag=True, help="Also write the TensorRT EP calibration table (tensorrt/).")
 @click.option("--exclude-nodes", multiple=True, help="Node names to leave in FP32 (comma-separated or repeated).")
 @click.option("--op-types", multiple=True, help="Only quantize these op types (comma-separated or repeated).")
@@ -114,6 +120,7 @@ def run(
     num_quantized_bins,
     activation_type,
     symmetric,
+    metric,
     tensorrt_table,
     exclude_nodes,
     op_types,
@@ -139,6 +146,7 @@ def run(
             out=out,
             chunk_size=chunk_size,
             tensorrt_table=tensorrt_table,
+            metric=metric,
             quant=QuantConfig(
                 method=method,
                 percentile=percentile,

@@ -30,6 +30,15 @@ class Method(str, Enum):
     MSE = "mse"
 
 
+class Metric(str, Enum):
+    """Which validation metrics lead the summary and the report (all are computed)."""
+
+    AUTO = "auto"
+    CLASSIFICATION = "classification"
+    EMBEDDING = "embedding"
+    REGRESSION = "regression"
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """What the quantizer is asked to do. Defaults: int8 per-channel symmetric
@@ -104,6 +113,7 @@ class RunConfig:
     out: Path = Path("dask-quant-runs")
     chunk_size: int = 64
     split_every: int = 8
+    metric: Metric = Metric.AUTO
     tensorrt_table: bool = False  # also write the TensorRT EP's calibration table
     quant: QuantConfig = field(default_factory=QuantConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -113,6 +123,11 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
+        try:
+            object.__setattr__(self, "metric", Metric(self.metric))
+        except ValueError:
+            msg = f"unknown metric {self.metric!r}; choose one of: {', '.join(m.value for m in Metric)}"
+            raise InputError(msg) from None
         if self.chunk_size < 1:
             msg = f"--chunk-size must be a positive number of rows, got {self.chunk_size}"
             raise InputError(msg)

@@ -68,8 +68,9 @@ def layer_graph(chunks: list[ChunkRef], fp32: ModelRef, int8: ModelRef, pairs, s
     return per_chunk.reduction(merge_layer_errors, merge_layer_errors, split_every=split_every)
 
 
-def validation_graph(chunks: list[ChunkRef], fp32: ModelRef, int8: ModelRef):
+def validation_graph(chunks: list[ChunkRef], fp32: ModelRef, int8: ModelRef, anchors: ChunkRef | None = None):
     """One ChunkValidation per chunk (they become the rows of validation.parquet)."""
     import dask.bag as db
 
-    return db.from_sequence(chunks, npartitions=len(chunks)).map(validate_chunk, fp32=fp32, int8=int8)
+    bag = db.from_sequence(chunks, npartitions=len(chunks))
+    return bag.map(validate_chunk, fp32=fp32, int8=int8, anchors=anchors)

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from pipeline import records, results
 from pipeline.calibration import Calibration, calibrate
-from pipeline.config import RunConfig
+from pipeline.config import Metric, RunConfig
 from pipeline.graph import layer_graph, validation_graph
 from pipeline.layers import layer_rows, quantized_layers, report_specs
+from pipeline.metrics import ANCHORS, resolve_metric
 from pipeline.prepare import Prepared, dataset_chunks, prepare
 from pipeline.qparams import QParam, qparam_rows, read_qparams
 from pipeline.quantize import tensors_data, write_quantized_model, write_tensorrt_table
@@ -43,6 +44,7 @@ class RunResult:
     timings: dict[str, float] = field(default_factory=dict)
     layers: list[dict] = field(default_factory=list)  # per-layer error rows, worst SQNR first
     latency: Latency | None = None
+    metric: Metric | None = None  # which validation metrics lead
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ class _Validation:
     per_chunk: list[ChunkValidation] = field(default_factory=list)
     layers: list = field(default_factory=list)  # layers.parquet rows, worst SQNR first
     latency: Latency | None = None
+    metric: Metric | None = None
 
 
 def _validate(
@@ -118,11 +121,16 @@ def _validate(
         return _Validation()
     chunks = dataset_chunks(prepared.val, config.chunk_size)
     int8 = ModelRef(str(int8_path), sha256_file(int8_path))
+    metric = resolve_metric(config.metric, prepared.proto, prepared.val.labels is not None)
+    anchors = None
+    if metric is Metric.EMBEDDING:  # whole chunks, so a fixed batch size still divides them
+        anchor_rows = min(prepared.val.rows, config.chunk_size * max(1, ANCHORS // config.chunk_size))
+        anchors = dataset_chunks(prepared.val, anchor_rows)[0]
     layers = quantized_layers(prepared.proto, int8_proto, dict(prepared.tensors))
     pairs = tuple((layer.tensor, layer.dequantized, layer.elem_type) for layer in layers)
-    log(f"validating FP32 against INT8 over {len(chunks)} chunks, {len(layers)} quantized activations")
+    log(f"validating FP32 against INT8 over {len(chunks)} chunks, {len(layers)} activations ({metric.value} metrics)")
     graphs = [
-        validation_graph(chunks, prepared.model, int8),
+        validation_graph(chunks, prepared.model, int8, anchors),
         layer_graph(chunks, prepared.model, int8, pairs, config.split_every, report_specs(calibration.stats, layers)),
     ]
     outputs, errors = _compute(client, graphs, progress)
@@ -130,7 +138,7 @@ def _validate(
     latency = client.submit(measure_latency, chunks[0], prepared.model, int8, LATENCY_REPEATS, pure=False).result()
     per_chunk = sorted(outputs, key=lambda c: c.index)
     summary = reduce(ValidationStats.merge, (c.stats for c in per_chunk), ValidationStats())
-    return _Validation(summary, per_chunk, layer_rows(layers, errors), latency)
+    return _Validation(summary, per_chunk, layer_rows(layers, errors), latency, metric)
 
 
 def _on_cluster(client, prepared: Prepared, config: RunConfig, int8_path: Path, log, progress, lap) -> _Computed:
@@ -181,7 +189,7 @@ def _write(run_dir: results.RunDirectory, config: RunConfig, prepared: Prepared,
         },
         "cluster": {"scheduler": done.scheduler, "workers": done.workers},
         "tensors_calibrated": len(prepared.tensors),
-        "summary": records.summary_record(done.validation.summary),
+        "summary": records.summary_record(done.validation.summary, done.validation.metric),
         "latency": records.latency_record(done.validation.latency),
         "timings_s": lap.timings,
         "quantizer_warnings": done.warnings,
@@ -239,4 +247,5 @@ def run(
         lap.timings,
         done.validation.layers,
         done.validation.latency,
+        done.validation.metric,
     )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 from pipeline.config import RunConfig, config_dict
 from pipeline.inputs import DatasetSpec
 from pipeline.versions import package_versions
+from tasks.exact_sum import to_float
 from tasks.histogram import Histograms
 from tasks.validate import ChunkValidation, ValidationStats
 
@@ -18,15 +20,20 @@ def data_record(spec: DatasetSpec | None, chunk_size: int) -> dict | None:
     return {"path": spec.path, "sha256": spec.sha256, "rows": spec.rows, "chunks": chunks, "labels": spec.labels}
 
 
-def summary_record(stats: ValidationStats | None) -> dict | None:
+def summary_record(stats: ValidationStats | None, metric=None) -> dict | None:
     if stats is None:
         return None
     return {
+        "metric": metric.value if metric is not None else None,
         "samples": stats.samples,
         "fp32_accuracy": stats.fp32_accuracy,
         "int8_accuracy": stats.int8_accuracy,
         "top1_agreement": stats.agreement,
         "mean_cosine": stats.mean_cosine,
+        "min_cosine": stats.min_cosine,
+        "neighbour_agreement": stats.neighbour_agreement,
+        "mse": stats.mse,
+        "sqnr_db": None if math.isinf(stats.sqnr_db) else stats.sqnr_db,
         "max_abs_error": stats.max_abs_error,
     }
 
@@ -44,6 +51,12 @@ def validation_rows(chunks: list[ChunkValidation]) -> list[dict]:
             "top1_agree": c.stats.top1_agree,
             "max_abs_error": c.stats.max_abs_error,
             "mean_cosine": c.stats.mean_cosine,
+            "min_cosine": c.stats.min_cosine,
+            "elements": c.stats.elements,
+            "squared_error": to_float(c.stats.squared_error),
+            "signal": to_float(c.stats.signal),
+            "neighbour_agree": c.stats.neighbour_agree,
+            "neighbour_queries": c.stats.neighbour_queries,
         }
         for c in chunks
     ]

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from pipeline import plots, results
+from pipeline.metrics import headline_metrics
 from tasks.errors import InputError
 
 REPORT_FILE = "report.html"
@@ -55,10 +56,6 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
-def _pct(value) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f}%"
-
-
 def _read_table(path: Path) -> list[dict]:
     import pyarrow.parquet as pq
 
@@ -66,15 +63,9 @@ def _read_table(path: Path) -> list[dict]:
 
 
 def _cards(run: dict) -> str:
-    summary, latency = run.get("summary") or {}, run.get("latency") or {}
-    size = f"{run['model']['bytes'] / 1024:.0f} → {run['int8_model']['bytes'] / 1024:.0f} KiB"
-    cards = [
-        ("FP32 accuracy", _pct(summary.get("fp32_accuracy"))),
-        ("INT8 accuracy", _pct(summary.get("int8_accuracy"))),
-        ("top-1 agreement", _pct(summary.get("top1_agreement"))),
-        ("mean cosine", f"{summary['mean_cosine']:.5f}" if summary.get("mean_cosine") is not None else "n/a"),
-        ("model size", size),
-    ]
+    summary, latency = run.get("summary"), run.get("latency") or {}
+    cards = headline_metrics(summary) if summary else [("validation", "none (no --val)")]
+    cards.append(("model size", f"{run['model']['bytes'] / 1024:.0f} → {run['int8_model']['bytes'] / 1024:.0f} KiB"))
     if latency:
         cards.append(
             (

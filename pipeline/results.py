@@ -107,6 +107,12 @@ def validation_schema():
             ("top1_agree", pa.int64()),
             ("max_abs_error", pa.float64()),
             ("mean_cosine", pa.float64()),
+            ("min_cosine", pa.float64()),
+            ("elements", pa.int64()),
+            ("squared_error", pa.float64()),
+            ("signal", pa.float64()),
+            ("neighbour_agree", pa.int64()),
+            ("neighbour_queries", pa.int64()),
         ]
     )
 

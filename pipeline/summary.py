@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from pipeline.job import RunResult
+from pipeline.metrics import headline_metrics
+from pipeline.records import summary_record
 from pipeline.report import REPORT_FILE
-
-
-def _pct(value: float | None) -> str:
-    return "n/a (no labels)" if value is None else f"{100 * value:.2f}%"
 
 
 def _size(n: int) -> str:
@@ -20,12 +18,9 @@ def format_summary(result: RunResult) -> str:
     if v is None:
         lines.append("  validation       skipped (no --val)")
     else:
-        lines += [
-            f"  FP32 accuracy    {_pct(v.fp32_accuracy)}",
-            f"  INT8 accuracy    {_pct(v.int8_accuracy)}",
-            f"  top-1 agreement  {100 * v.agreement:.2f}%  ({v.top1_agree}/{v.samples} samples)",
-            f"  mean cosine      {v.mean_cosine:.5f}",
-        ]
+        record = summary_record(v, result.metric)
+        lines += [f"  {label:<16} {value}" for label, value in headline_metrics(record)]
+        lines.append(f"  validated        {v.samples} samples, {result.metric.value} metrics (--metric)")
     if result.layers:
         worst = ", ".join(f"{row['tensor']} {row['sqnr_db']:.1f} dB" for row in result.layers[:3])
         lines.append(f"  worst layers     {worst} (SQNR)")

@@ -1,12 +1,18 @@
-"""Validation task: FP32 against INT8 on one chunk, as mergeable partial sums."""
+"""Validation task: FP32 against INT8 on one chunk, as mergeable partial sums.
+
+Metrics are taken on the model's first output, one flattened row per sample.
+Every metric is computed; the run's --metric only chooses which ones lead.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from tasks.chunks import ChunkRef, read_feeds, read_labels
+from tasks.exact_sum import exact_sum, to_float
 from tasks.sessions import ModelRef, run_in_batches, session_for
 
 
@@ -14,8 +20,9 @@ from tasks.sessions import ModelRef, run_in_batches, session_for
 class ValidationStats:
     """Counts and sums over validation samples; `merge` adds them up.
 
-    Metrics are taken on the model's first output, one row per sample:
-    top-1 is the argmax over the flattened row.
+    Counts, maxima, minima and the exact sums (`squared_error`, `signal`,
+    integers as in tasks.exact_sum) are identical for any chunking;
+    `cosine_sum` is a float sum.
     """
 
     samples: int = 0
@@ -25,6 +32,12 @@ class ValidationStats:
     top1_agree: int = 0
     max_abs_error: float = 0.0
     cosine_sum: float = 0.0
+    min_cosine: float = 1.0
+    elements: int = 0
+    squared_error: int = 0  # sum (fp32 - int8)**2, exact
+    signal: int = 0  # sum fp32**2, exact
+    neighbour_agree: int = 0  # queries whose nearest anchor is the same under both models
+    neighbour_queries: int = 0
 
     def merge(self, other: ValidationStats) -> ValidationStats:
         return ValidationStats(
@@ -35,6 +48,12 @@ class ValidationStats:
             self.top1_agree + other.top1_agree,
             max(self.max_abs_error, other.max_abs_error),
             self.cosine_sum + other.cosine_sum,
+            min(self.min_cosine, other.min_cosine),
+            self.elements + other.elements,
+            self.squared_error + other.squared_error,
+            self.signal + other.signal,
+            self.neighbour_agree + other.neighbour_agree,
+            self.neighbour_queries + other.neighbour_queries,
         )
 
     @property
@@ -53,6 +72,20 @@ class ValidationStats:
     def int8_accuracy(self) -> float | None:
         return self.int8_correct / self.labelled if self.labelled else None
 
+    @property
+    def mse(self) -> float:
+        return to_float(self.squared_error) / self.elements if self.elements else float("nan")
+
+    @property
+    def sqnr_db(self) -> float:
+        if self.squared_error == 0:
+            return math.inf
+        return 10 * math.log10(to_float(self.signal) / to_float(self.squared_error)) if self.signal else -math.inf
+
+    @property
+    def neighbour_agreement(self) -> float | None:
+        return self.neighbour_agree / self.neighbour_queries if self.neighbour_queries else None
+
 
 @dataclass(frozen=True)
 class ChunkValidation:
@@ -64,37 +97,71 @@ class ChunkValidation:
     stats: ValidationStats
 
 
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    dots = np.einsum("ij,ij->i", a, b)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     both_zero = (np.linalg.norm(a, axis=1) == 0) & (np.linalg.norm(b, axis=1) == 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cos = np.where(norms > 0, dots / norms, 0.0)
-    return np.where(both_zero, 1.0, cos)
+    return np.where(both_zero, 1.0, np.einsum("ij,ij->i", _unit_rows(a), _unit_rows(b)))
 
 
-def compare_outputs(fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray | None) -> ValidationStats:
-    """Statistics of one batch of first outputs (samples on axis 0)."""
+def _neighbour_agreement(a, b, rows: np.ndarray, anchors: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[int, int]:
+    """How many samples have the same nearest anchor (cosine) under both models, itself excluded."""
+    anchor_a, anchor_b, anchor_rows = anchors
+    sim_a, sim_b = _unit_rows(a) @ _unit_rows(anchor_a).T, _unit_rows(b) @ _unit_rows(anchor_b).T
+    itself = rows[:, None] == anchor_rows[None, :]
+    sim_a[itself] = sim_b[itself] = -np.inf
+    return int((sim_a.argmax(axis=1) == sim_b.argmax(axis=1)).sum()), len(a)
+
+
+def compare_outputs(fp32, int8, labels=None, rows=None, anchors=None) -> ValidationStats:
+    """Statistics of one batch of first outputs (samples on axis 0).
+
+    `rows` are the samples' row numbers and `anchors` (FP32 outputs, INT8
+    outputs, row numbers) a fixed reference set for nearest-neighbour agreement.
+    """
     a = fp32.reshape(len(fp32), -1).astype(np.float64)
     b = int8.reshape(len(int8), -1).astype(np.float64)
     top_a, top_b = a.argmax(axis=1), b.argmax(axis=1)
-    labelled = 0 if labels is None else len(labels)
     flat_labels = None if labels is None else labels.reshape(len(labels))
+    cosines = _cosines(a, b)
+    agree, queries = (0, 0) if anchors is None else _neighbour_agreement(a, b, rows, anchors)
     return ValidationStats(
         samples=len(a),
-        labelled=labelled,
+        labelled=0 if labels is None else len(labels),
         fp32_correct=0 if flat_labels is None else int((top_a == flat_labels).sum()),
         int8_correct=0 if flat_labels is None else int((top_b == flat_labels).sum()),
         top1_agree=int((top_a == top_b).sum()),
         max_abs_error=float(np.abs(a - b).max()) if a.size else 0.0,
-        cosine_sum=float(_cosines(a, b).sum()),
+        cosine_sum=float(cosines.sum()),
+        min_cosine=float(cosines.min()) if len(cosines) else 1.0,
+        elements=a.size,
+        squared_error=exact_sum((a - b) ** 2),
+        signal=exact_sum(a * a),
+        neighbour_agree=agree,
+        neighbour_queries=queries,
     )
 
 
-def validate_chunk(chunk: ChunkRef, fp32: ModelRef, int8: ModelRef) -> ChunkValidation:
-    """Run one chunk through both models (default graph optimisations, as deployed)."""
+def validate_chunk(chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, anchors: ChunkRef | None = None) -> ChunkValidation:
+    """Run one chunk through both models (default graph optimisations, as deployed).
+
+    With `anchors` (a fixed chunk of the validation set), also count
+    nearest-neighbour agreement against it.
+    """
+    sessions = session_for(fp32), session_for(int8)
     feeds = read_feeds(chunk)
-    out_fp32 = run_in_batches(session_for(fp32), None, feeds)[0]
-    out_int8 = run_in_batches(session_for(int8), None, feeds)[0]
-    stats = compare_outputs(out_fp32, out_int8, read_labels(chunk))
+    out_fp32, out_int8 = (run_in_batches(s, None, feeds)[0] for s in sessions)
+    reference = None
+    if anchors is not None:
+        anchor_feeds = read_feeds(anchors)
+        outputs = [run_in_batches(s, None, anchor_feeds)[0] for s in sessions]
+        reference = (
+            *(o.reshape(len(o), -1).astype(np.float64) for o in outputs),
+            np.arange(anchors.start, anchors.stop),
+        )
+    rows = np.arange(chunk.start, chunk.stop)
+    stats = compare_outputs(out_fp32, out_int8, read_labels(chunk), rows, reference)
     return ChunkValidation(chunk.index, chunk.start, chunk.stop, stats)

@@ -1,0 +1,61 @@
+"""Which validation metrics fit the model: chosen by --metric, or guessed from the model and data."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from pipeline.config import Metric
+
+ANCHORS = 256  # validation rows every sample's nearest neighbour is looked up among
+_CLASSIFIER_NAME = re.compile(r"logit|prob|score|class", re.IGNORECASE)
+
+
+def resolve_metric(requested: Metric, proto, has_labels: bool) -> Metric:
+    """`requested`, or for auto: classification with labels or a classifier-looking output,
+    regression for one value per sample, else embedding."""
+    if requested is not Metric.AUTO:
+        return requested
+    if has_labels:
+        return Metric.CLASSIFICATION
+    output = proto.graph.output[0]
+    producer = next((n for n in proto.graph.node if output.name in n.output), None)
+    if (producer is not None and producer.op_type in ("Softmax", "LogSoftmax")) or _CLASSIFIER_NAME.search(output.name):
+        return Metric.CLASSIFICATION
+    dims = output.type.tensor_type.shape.dim
+    per_sample = [d.dim_value for d in dims[1:]]
+    if per_sample and all(d > 0 for d in per_sample) and math.prod(per_sample) == 1:
+        return Metric.REGRESSION
+    return Metric.EMBEDDING
+
+
+def _pct(value) -> str:
+    return "n/a (no labels)" if value is None else f"{100 * value:.2f}%"
+
+
+def _num(value, digits: int = 5) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def headline_metrics(summary: dict) -> list[tuple[str, str]]:
+    """(label, value) pairs of the metrics that lead, from a run.json summary record."""
+    metric = summary.get("metric") or Metric.CLASSIFICATION.value
+    if metric == Metric.EMBEDDING.value:
+        return [
+            ("mean cosine", _num(summary["mean_cosine"])),
+            ("min cosine", _num(summary["min_cosine"])),
+            ("NN agreement", _pct(summary["neighbour_agreement"]).replace(" (no labels)", "")),
+        ]
+    if metric == Metric.REGRESSION.value:
+        sqnr = summary["sqnr_db"]
+        return [
+            ("output MSE", f"{summary['mse']:.4g}"),
+            ("output SQNR", "exact" if sqnr is None else f"{sqnr:.1f} dB"),
+            ("max |error|", f"{summary['max_abs_error']:.4g}"),
+        ]
+    return [
+        ("FP32 accuracy", _pct(summary["fp32_accuracy"])),
+        ("INT8 accuracy", _pct(summary["int8_accuracy"])),
+        ("top-1 agreement", _pct(summary["top1_agreement"])),
+        ("mean cosine", _num(summary["mean_cosine"])),
+    ]
