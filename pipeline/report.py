@@ -24,7 +24,7 @@ h1 { font-size: 1.6em; margin-bottom: .1em; } h2 { font-size: 1.2em; margin-top:
      border-bottom: 1px solid #e0e0e0; padding-bottom: .2em; }
 .sub { color: #616161; margin-top: 0; }
 .cards { display: flex; flex-wrap: wrap; gap: .8em; margin: 1.2em 0; }
-.card { flex: 1 1 0; background: #fff; border: 1px solid #e0e0e0; border-radius: 8px; padding: .6em .8em;
+.card { flex: 1 1 auto; background: #fff; border: 1px solid #e0e0e0; border-radius: 8px; padding: .6em .8em;
         min-width: 7.5em; }
 .card b { display: block; font-size: 1.2em; white-space: nowrap; } .card span { color: #616161; font-size: .85em; }
 table { border-collapse: collapse; background: #fff; font-size: .92em; }
