@@ -108,10 +108,6 @@ def session_for(model: ModelRef, spec: SessionSpec = SessionSpec()):
         return session
 
 
-def cached_session_count() -> int:
-    return len(_sessions)
-
-
 def fixed_batch(session) -> int | None:
     """The batch size the model's inputs fix on axis 0, or None when it is symbolic."""
     sizes = {i.shape[0] for i in session.get_inputs() if i.shape and isinstance(i.shape[0], int)}
