@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -51,17 +52,53 @@ def require_workers(client, timeout: float) -> None:
         raise InputError(msg) from None
 
 
+def scheduler_address(config: ClusterConfig) -> str | None:
+    """The scheduler to connect to, or None for a LocalCluster (see ClusterConfig)."""
+    if config.scheduler:
+        return config.scheduler
+    if config.scheduler_file is not None:
+        try:
+            return json.loads(config.scheduler_file.read_text())["address"]
+        except (ValueError, KeyError, OSError) as exc:
+            msg = (
+                f"--scheduler-file {config.scheduler_file}: no scheduler address in it ({exc}); "
+                "pass the file that `dask scheduler --scheduler-file` wrote"
+            )
+            raise InputError(msg) from None
+    import dask
+
+    return dask.config.get("scheduler-address", None)
+
+
+def security(config: ClusterConfig):
+    """distributed's Security for the TLS files given, or None."""
+    if config.tls_ca_file is None and config.tls_cert is None:
+        return None
+    from distributed.security import Security
+
+    return Security(
+        tls_ca_file=str(config.tls_ca_file) if config.tls_ca_file else None,
+        tls_client_cert=str(config.tls_cert) if config.tls_cert else None,
+        tls_client_key=str(config.tls_key) if config.tls_key else None,
+        require_encryption=True,
+    )
+
+
 @contextmanager
 def cluster_client(config: ClusterConfig) -> Iterator:
     """A distributed Client for `config`; closes the client (and cluster) it created."""
     from distributed import Client, LocalCluster
 
-    if config.scheduler:
+    address = scheduler_address(config)
+    if address:
+        if address.startswith("tls://") and config.tls_ca_file is None:
+            msg = f"{address} is a TLS scheduler: pass --tls-ca-file (and --tls-cert/--tls-key if it checks clients)"
+            raise InputError(msg)
         try:
-            client = Client(config.scheduler, timeout=config.connect_timeout)
+            client = Client(address, timeout=config.connect_timeout, security=security(config))
         except (OSError, TimeoutError, ValueError) as exc:  # ValueError: a malformed address
             msg = (
-                f"could not reach the Dask scheduler at {config.scheduler} within {config.connect_timeout:g} s "
+                f"could not reach the Dask scheduler at {address} within {config.connect_timeout:g} s "
                 f"({type(exc).__name__}); check the address and that the scheduler is running"
             )
             raise InputError(msg) from None
@@ -75,6 +112,7 @@ def cluster_client(config: ClusterConfig) -> Iterator:
     cluster = LocalCluster(
         n_workers=config.workers or default_workers(),
         threads_per_worker=config.threads_per_worker,
+        memory_limit=config.memory_limit,
         processes=True,
         dashboard_address=_dashboard_address(),
         # Task errors reach the user as one clear message from the client; a worker's own

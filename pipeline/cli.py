@@ -67,6 +67,13 @@ def main() -> None:
 @click.option("--workers", type=int, default=None, help="LocalCluster workers [default: one per CPU].")
 @click.option("--threads-per-worker", type=int, default=1, show_default=True, help="Threads per LocalCluster worker.")
 @click.option("--scheduler", default=None, help="Connect to this scheduler instead of starting a LocalCluster.")
+@click.option("--scheduler-file", type=click.Path(path_type=Path), help="Connect to the scheduler this file names.")
+@click.option("--tls-ca-file", type=click.Path(path_type=Path), help="CA certificate (PEM) of a tls:// scheduler.")
+@click.option("--tls-cert", type=click.Path(path_type=Path), help="Client certificate (PEM) for a tls:// scheduler.")
+@click.option("--tls-key", type=click.Path(path_type=Path), help="Private key (PEM) of --tls-cert.")
+@click.option(
+    "--memory-limit", default="auto", show_default=True, help="Memory per LocalCluster worker (e.g. 4GiB; 0: none)."
+)
 @click.option("--connect-timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for --scheduler.")
 @click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight quantization granularity.")
 @click.option(
@@ -112,6 +119,11 @@ def run(
     workers,
     threads_per_worker,
     scheduler,
+    scheduler_file,
+    tls_ca_file,
+    tls_cert,
+    tls_key,
+    memory_limit,
     connect_timeout,
     per_channel,
     method,
@@ -160,6 +172,11 @@ def run(
             ),
             cluster=ClusterConfig(
                 scheduler=scheduler,
+                scheduler_file=scheduler_file,
+                tls_ca_file=tls_ca_file,
+                tls_cert=tls_cert,
+                tls_key=tls_key,
+                memory_limit=memory_limit,
                 workers=workers,
                 threads_per_worker=threads_per_worker,
                 connect_timeout=connect_timeout,

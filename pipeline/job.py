@@ -77,12 +77,15 @@ class _Laps:
 @contextmanager
 def _client_scope(config: RunConfig, client) -> Iterator:
     from cluster.connect import cluster_client, require_workers
+    from cluster.environment import check_workers
 
     if client is not None:
         require_workers(client, config.cluster.connect_timeout)
+        check_workers(client)
         yield client  # the caller's client: never closed here
         return
     with cluster_client(config.cluster) as own:
+        check_workers(own)
         yield own
 
 
