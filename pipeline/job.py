@@ -12,6 +12,7 @@ from pathlib import Path
 from pipeline import records, results
 from pipeline.calibration import Calibration, calibrate
 from pipeline.config import Metric, RunConfig
+from pipeline.failures import killed_worker_message
 from pipeline.graph import layer_graph, validation_graph
 from pipeline.layers import layer_rows, quantized_layers, report_specs
 from pipeline.metrics import ANCHORS, resolve_metric
@@ -20,6 +21,7 @@ from pipeline.qparams import QParam, qparam_rows, read_qparams
 from pipeline.quantize import tensors_data, write_quantized_model, write_tensorrt_table
 from pipeline.report import write_report
 from tasks.digest import sha256_file
+from tasks.errors import DaskQuantError
 from tasks.latency import Latency, measure_latency
 from tasks.range_stats import RangeStats
 from tasks.sessions import ModelRef
@@ -217,6 +219,8 @@ def run(
     `interrupted()` is true just before publishing, nothing is published and
     KeyboardInterrupt is raised.
     """
+    from distributed import KilledWorker
+
     lap = _Laps()
     prepared = prepare(config)
     lap("prepare")
@@ -231,7 +235,10 @@ def run(
         int8_path = run_dir.tmp / results.MODEL_FILE
         with _client_scope(config, client) as dask_client:
             lap("cluster_start")
-            done = _on_cluster(dask_client, prepared, config, int8_path, log, progress, lap)
+            try:
+                done = _on_cluster(dask_client, prepared, config, int8_path, log, progress, lap)
+            except KilledWorker as error:
+                raise DaskQuantError(killed_worker_message(error, config, prepared)) from None
         lap("cluster_stop")
         _write(run_dir, config, prepared, done, lap)
         if interrupted():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -209,3 +211,30 @@ def test_tensorrt_table_holds_the_chosen_ranges(client, tmp_path):
     for tensor in checked:
         assert float(table[tensor]) == max(abs(acts[tensor]["rmin"]), abs(acts[tensor]["rmax"]))
     assert (result.run_dir / results.TENSORRT_DIR / "calibration.flatbuffers").stat().st_size > 0
+
+
+def test_a_chunk_that_keeps_killing_workers_is_named(tmp_path):
+    huge = tmp_path / "huge.npy"
+    np.save(huge, np.tile(np.load(CALIB), (40, 1, 1, 1)))  # 12,000 rows, ~1 GB of activations per 4,000
+    proc = dask_quant(
+        "run",
+        MODEL,
+        "--calib",
+        huge,
+        "--chunk-size",
+        "4000",
+        "--workers",
+        "2",
+        "--memory-limit",
+        "300MB",
+        "--out",
+        tmp_path / "o",
+    )
+    assert proc.returncode == 1, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        rf"dask-quant: error: chunk \d \(rows \d+\.\.\d+ of {re.escape(str(huge))}\) killed 4 workers in a row; .*"
+        r"lower --chunk-size or raise --memory-limit",
+        last,
+    ), last
+    assert "Traceback" not in proc.stderr and not (tmp_path / "o").exists()
