@@ -107,6 +107,7 @@ def main() -> None:
     show_default=True,
     help="Validation metrics that lead: auto, classification, embedding or regression.",
 )
+@click.option("--resume", is_flag=True, help="Reuse the chunk statistics an interrupted run of the same job kept.")
 @click.option("--tensorrt-table", is_flag=True, help="Also write the TensorRT EP calibration table (tensorrt/).")
 @click.option("--exclude-nodes", multiple=True, help="Node names to leave in FP32 (comma-separated or repeated).")
 @click.option("--op-types", multiple=True, help="Only quantize these op types (comma-separated or repeated).")
@@ -133,6 +134,7 @@ def run(
     activation_type,
     symmetric,
     metric,
+    resume,
     tensorrt_table,
     exclude_nodes,
     op_types,
@@ -159,6 +161,7 @@ def run(
             chunk_size=chunk_size,
             tensorrt_table=tensorrt_table,
             metric=metric,
+            resume=resume,
             quant=QuantConfig(
                 method=method,
                 percentile=percentile,
@@ -193,7 +196,7 @@ def run(
     except InputError as exc:
         _fail(str(exc), EXIT_INPUT)
     except KeyboardInterrupt:
-        _fail("interrupted; nothing was written", EXIT_INTERRUPTED)
+        _fail("interrupted; no run was published", EXIT_INTERRUPTED)
     except DaskQuantError as exc:
         _fail(str(exc), 1)
 

@@ -134,6 +134,7 @@ class RunConfig:
     chunk_size: int = 64
     split_every: int = 8
     metric: Metric = Metric.AUTO
+    resume: bool = False  # reuse the chunk checkpoints an interrupted run of the same job left
     tensorrt_table: bool = False  # also write the TensorRT EP's calibration table
     quant: QuantConfig = field(default_factory=QuantConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)

@@ -6,6 +6,7 @@ Nothing here computes; `pipeline.job.run` computes each graph once.
 from __future__ import annotations
 
 from tasks.calibrate import chunk_histograms, chunk_range_stats
+from tasks.checkpoint import Checkpoints
 from tasks.chunks import ChunkRef
 from tasks.histogram import Histograms, HistogramSpec, merge_histograms
 from tasks.layer_error import chunk_layer_errors, merge_layer_errors
@@ -16,7 +17,11 @@ from tasks.validate import validate_chunk
 
 
 def calibration_graph(
-    chunks: list[ChunkRef], model: ModelRef, tensors: tuple[tuple[str, int], ...], split_every: int = 8
+    chunks: list[ChunkRef],
+    model: ModelRef,
+    tensors: tuple[tuple[str, int], ...],
+    split_every: int = 8,
+    checkpoints: Checkpoints | None = None,
 ):
     """Statistics of every chunk, merged in a tree of fan-in `split_every`.
 
@@ -26,7 +31,7 @@ def calibration_graph(
     import dask.bag as db
 
     bag = db.from_sequence(chunks, npartitions=len(chunks))
-    per_chunk = bag.map(chunk_range_stats, model=model, tensors=tensors)
+    per_chunk = bag.map(chunk_range_stats, model=model, tensors=tensors, checkpoints=checkpoints)
     return per_chunk.reduction(merge_all, merge_all, split_every=split_every)
 
 
@@ -36,6 +41,7 @@ def histogram_graph(
     tensors: tuple[tuple[str, int], ...],
     specs: tuple[HistogramSpec, ...],
     split_every: int = 8,
+    checkpoints: Checkpoints | None = None,
 ):
     """Pass 2: every chunk's histograms on the global edges, added up in a tree like pass 1."""
     import dask.bag as db
@@ -43,7 +49,7 @@ def histogram_graph(
     wanted = {spec.tensor for spec in specs}
     needed = tuple(t for t in tensors if t[0] in wanted)
     bag = db.from_sequence(chunks, npartitions=len(chunks))
-    per_chunk = bag.map(chunk_histograms, model=model, tensors=needed, specs=specs)
+    per_chunk = bag.map(chunk_histograms, model=model, tensors=needed, specs=specs, checkpoints=checkpoints)
     return per_chunk.reduction(merge_histograms, merge_histograms, split_every=split_every)
 
 

@@ -20,6 +20,7 @@ from pipeline.prepare import Prepared, dataset_chunks, prepare
 from pipeline.qparams import QParam, qparam_rows, read_qparams
 from pipeline.quantize import tensors_data, write_quantized_model, write_tensorrt_table
 from pipeline.report import write_report
+from pipeline.workarea import WorkArea
 from tasks.digest import sha256_file
 from tasks.errors import DaskQuantError
 from tasks.latency import Latency, measure_latency
@@ -146,7 +147,9 @@ def _validate(
     return _Validation(summary, per_chunk, layer_rows(layers, errors), latency, metric)
 
 
-def _on_cluster(client, prepared: Prepared, config: RunConfig, int8_path: Path, log, progress, lap) -> _Computed:
+def _on_cluster(
+    client, prepared: Prepared, config: RunConfig, int8_path: Path, log, progress, lap, checkpoints=None
+) -> _Computed:
     """Calibrate on the workers, quantize here, validate on the workers."""
     import onnx
 
@@ -154,7 +157,7 @@ def _on_cluster(client, prepared: Prepared, config: RunConfig, int8_path: Path, 
     dashboard = client.dashboard_link if _has_dashboard(client) else None
     if dashboard:
         log(f"dashboard: {dashboard}")
-    calibration = calibrate(client, prepared, config, lambda graph: _compute(client, graph, progress), log)
+    calibration = calibrate(client, prepared, config, lambda graph: _compute(client, graph, progress), log, checkpoints)
     lap("calibrate")
     ranges = tensors_data(calibration.ranges, calibration.stats)
     warnings = write_quantized_model(prepared.proto, ranges, config.quant, int8_path)
@@ -194,6 +197,7 @@ def _write(run_dir: results.RunDirectory, config: RunConfig, prepared: Prepared,
         },
         "cluster": {"scheduler": done.scheduler, "workers": done.workers},
         "tensors_calibrated": len(prepared.tensors),
+        "chunks": records.chunk_record(done.calibration),
         "summary": records.summary_record(done.validation.summary, done.validation.metric),
         "latency": records.latency_record(done.validation.latency),
         "timings_s": lap.timings,
@@ -230,20 +234,36 @@ def run(
                 f"note: {spec.path} is compressed: each chunk decompresses from the start of its array; "
                 "numpy.savez (uncompressed) or .npy files are read directly"
             )
+    work = WorkArea(config, prepared)
+    if config.resume:
+        log(f"resuming: {work.count()} chunk checkpoints found in {work.folder}")
     run_dir = results.RunDirectory(config.out, results.new_run_id(config.model))
     with run_dir:
         int8_path = run_dir.tmp / results.MODEL_FILE
-        with _client_scope(config, client) as dask_client:
-            lap("cluster_start")
-            try:
-                done = _on_cluster(dask_client, prepared, config, int8_path, log, progress, lap)
-            except KilledWorker as error:
-                raise DaskQuantError(killed_worker_message(error, config, prepared)) from None
-        lap("cluster_stop")
-        _write(run_dir, config, prepared, done, lap)
-        if interrupted():
-            raise KeyboardInterrupt
-        final = run_dir.publish()  # only after the cluster is down: an interrupt before this writes nothing
+        try:
+            with _client_scope(config, client) as dask_client:
+                lap("cluster_start")
+                checkpoints = work.checkpoints(config.resume)
+                done = _on_cluster(dask_client, prepared, config, int8_path, log, progress, lap, checkpoints)
+            lap("cluster_stop")
+            _write(run_dir, config, prepared, done, lap)
+            if interrupted():
+                raise KeyboardInterrupt
+        except KilledWorker as error:
+            work.discard()
+            raise DaskQuantError(killed_worker_message(error, config, prepared)) from None
+        except DaskQuantError:  # bad input found on a worker: its checkpoints are no use once it is fixed
+            work.discard()
+            raise
+        except BaseException:  # interrupted, the cluster went away, a write failed: keep the work for --resume
+            kept = work.count()
+            if kept:
+                log(f"kept {kept} chunk checkpoints in {work.folder}: run again with --resume to reuse them")
+            else:
+                work.discard()
+            raise
+        final = run_dir.publish()  # only after the cluster is down: an interrupt before this publishes nothing
+    work.discard()
     sizes = config.model.stat().st_size, (final / results.MODEL_FILE).stat().st_size
     return RunResult(
         run_dir.run_id,

@@ -96,3 +96,11 @@ def latency_record(latency) -> dict | None:
         "int8_ms_per_sample": latency.int8_seconds_per_sample * 1e3,
         "speedup": latency.speedup,
     }
+
+
+def chunk_record(calibration) -> dict:
+    """How many chunk statistics each pass computed, and how many it read back from checkpoints (--resume)."""
+    passes = {"range_stats": calibration.stats}
+    if calibration.histograms is not None:
+        passes["histograms"] = calibration.histograms
+    return {name: {"computed": value.chunks[0], "reused": value.chunks[1]} for name, value in passes.items()}

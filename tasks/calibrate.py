@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from tasks.augment import extrema_names
+from tasks.checkpoint import Checkpoints, cached
 from tasks.chunks import ChunkRef, read_feeds
 from tasks.errors import InputError
 from tasks.histogram import Histogram, Histograms, HistogramSpec
@@ -17,17 +20,30 @@ def _where(chunk: ChunkRef) -> str:
 
 
 def check_finite_inputs(feeds: dict[str, np.ndarray], chunk: ChunkRef) -> None:
-    """Refuse NaN in the data itself, naming the input and the count, before the model runs."""
+    """Refuse NaN and infinities in the data itself, naming the input, the count and the rows."""
     for name, array in feeds.items():
         if np.issubdtype(array.dtype, np.floating):
-            nans = int(np.isnan(array).sum())
-            if nans:
-                msg = f"{nans} NaN value(s) in input {name!r}{_where(chunk)}; fix or remove those samples"
+            bad = int((~np.isfinite(array)).sum())
+            if bad:
+                msg = f"{bad} NaN or infinite value(s) in input {name!r}{_where(chunk)}; fix or remove those samples"
                 raise InputError(msg)
 
 
-def chunk_range_stats(chunk: ChunkRef, model: ModelRef, tensors: tuple[tuple[str, int], ...]) -> RangeStats:
+def chunk_range_stats(
+    chunk: ChunkRef, model: ModelRef, tensors: tuple[tuple[str, int], ...], checkpoints: Checkpoints | None = None
+) -> RangeStats:
     """min/max/count of every tensor to calibrate ((name, elem type) pairs), over one chunk."""
+    key = ("range-stats", model.sha256, _content(chunk), tensors)
+    stats, reused = cached(checkpoints, key, lambda: _range_stats(chunk, model, tensors), RangeStats.from_json)
+    return replace(stats, chunks=(0, 1) if reused else (1, 0))
+
+
+def _content(chunk: ChunkRef) -> tuple:
+    """What a chunk's values depend on: the file's bytes, the arrays and the rows (not its path)."""
+    return (chunk.sha256, chunk.members, chunk.start, chunk.stop)
+
+
+def _range_stats(chunk: ChunkRef, model: ModelRef, tensors: tuple[tuple[str, int], ...]) -> RangeStats:
     feeds = read_feeds(chunk)
     check_finite_inputs(feeds, chunk)
     session = session_for(model, SessionSpec(extrema_of=tensors, calibration=True))
@@ -42,13 +58,25 @@ def chunk_range_stats(chunk: ChunkRef, model: ModelRef, tensors: tuple[tuple[str
 
 
 def chunk_histograms(
-    chunk: ChunkRef, model: ModelRef, tensors: tuple[tuple[str, int], ...], specs: tuple[HistogramSpec, ...]
+    chunk: ChunkRef,
+    model: ModelRef,
+    tensors: tuple[tuple[str, int], ...],
+    specs: tuple[HistogramSpec, ...],
+    checkpoints: Checkpoints | None = None,
 ) -> Histograms:
     """Pass 2: counts of each tensor's values on its spec's global edges, over one chunk.
 
     The chunk's activations are exposed as outputs (graph inputs come from the
     feeds) and histogrammed one tensor at a time.
     """
+    key = ("histograms", model.sha256, _content(chunk), tensors, specs)
+    histograms, reused = cached(
+        checkpoints, key, lambda: _histograms(chunk, model, tensors, specs), Histograms.from_json
+    )
+    return replace(histograms, chunks=(0, 1) if reused else (1, 0))
+
+
+def _histograms(chunk, model, tensors, specs) -> Histograms:
     feeds = read_feeds(chunk)
     check_finite_inputs(feeds, chunk)
     computed = tuple((name, elem) for name, elem in tensors if name not in feeds)

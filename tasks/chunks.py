@@ -18,7 +18,8 @@ class ChunkRef:
     """Rows [start, stop) of a dataset file.
 
     `members` pairs each model input name with the array name in the file
-    (NPY_MEMBER for a plain .npy); `labels` names the label array, if any.
+    (NPY_MEMBER for a plain .npy); `labels` names the label array, if any;
+    `sha256` is the file's, so a chunk's statistics can be keyed by content.
     """
 
     path: str
@@ -27,6 +28,7 @@ class ChunkRef:
     stop: int
     index: int
     labels: str | None = None
+    sha256: str = ""
 
     @property
     def rows(self) -> int:
@@ -39,13 +41,14 @@ def chunk_refs(
     n_rows: int,
     chunk_size: int,
     labels: str | None = None,
+    sha256: str = "",
 ) -> list[ChunkRef]:
     """Split n_rows into consecutive chunks of at most chunk_size rows."""
     if chunk_size < 1:
         msg = f"chunk size must be a positive number of rows, got {chunk_size}"
         raise ValueError(msg)
     return [
-        ChunkRef(path, members, start, min(start + chunk_size, n_rows), index, labels)
+        ChunkRef(path, members, start, min(start + chunk_size, n_rows), index, labels, sha256)
         for index, start in enumerate(range(0, n_rows, chunk_size))
     ]
 

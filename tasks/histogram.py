@@ -8,13 +8,13 @@ no bins grown on the fly. The result is the same for any chunking or order.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import reduce
 
 import numpy as np
 
 from tasks.errors import DaskQuantError
-from tasks.merging import merge_by_name
+from tasks.merging import add_counts, merge_by_name
 
 
 @dataclass(frozen=True)
@@ -75,15 +75,37 @@ class Histogram:
 
 @dataclass(frozen=True)
 class Histograms:
-    """A Histogram per tensor, sorted by name; `merge` adds counts."""
+    """A Histogram per tensor, sorted by name; `merge` adds counts.
+
+    `chunks` is (computed, read from a checkpoint), as for RangeStats.
+    """
 
     entries: tuple[tuple[str, Histogram], ...] = ()
+    chunks: tuple[int, int] = field(default=(0, 0), compare=False)
 
     def as_dict(self) -> dict[str, Histogram]:
         return dict(self.entries)
 
     def merge(self, other: Histograms) -> Histograms:
-        return Histograms(merge_by_name(self.entries, other.entries))
+        return Histograms(merge_by_name(self.entries, other.entries), add_counts(self.chunks, other.chunks))
+
+    def to_json(self) -> dict:
+        """Plain JSON for checkpoints."""
+        return {
+            "entries": [
+                [name, [h.spec.tensor, h.spec.low, h.spec.high, h.spec.bins, h.spec.absolute], h.counts.tolist()]
+                for name, h in self.entries
+            ]
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Histograms:
+        return cls(
+            tuple(
+                (name, Histogram.of(HistogramSpec(*spec), np.array(counts, dtype=np.int64)))
+                for name, spec, counts in data["entries"]
+            )
+        )
 
 
 def merge_histograms(parts: Iterable[Histograms]) -> Histograms:

@@ -21,3 +21,7 @@ def merge_by_name(left: tuple[tuple[str, T], ...], right: tuple[tuple[str, T], .
     for name, value in right:
         merged[name] = merged[name].merge(value) if name in merged else value
     return tuple(sorted(merged.items()))
+
+
+def add_counts(left: tuple[int, ...], right: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(a + b for a, b in zip(left, right, strict=True))

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import reduce
 
 import numpy as np
 
 from tasks.errors import DaskQuantError, InputError
-from tasks.merging import merge_by_name
+from tasks.merging import add_counts, merge_by_name
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,14 @@ class TensorRange:
 
 @dataclass(frozen=True)
 class RangeStats:
-    """TensorRange per tensor name, kept sorted by name so equal stats compare equal."""
+    """TensorRange per tensor name, kept sorted by name so equal stats compare equal.
+
+    `chunks` says how the value was made, (chunks computed, chunks read from a
+    checkpoint); it adds up on merge and is not part of the value's equality.
+    """
 
     ranges: tuple[tuple[str, TensorRange], ...] = ()
+    chunks: tuple[int, int] = field(default=(0, 0), compare=False)
 
     @classmethod
     def empty(cls) -> RangeStats:
@@ -74,7 +79,17 @@ class RangeStats:
         return dict(self.ranges)
 
     def merge(self, other: RangeStats) -> RangeStats:
-        return RangeStats(merge_by_name(self.ranges, other.ranges))
+        return RangeStats(merge_by_name(self.ranges, other.ranges), add_counts(self.chunks, other.chunks))
+
+    def to_json(self) -> dict:
+        """Plain JSON (floats round-trip exactly) for checkpoints."""
+        return {"ranges": [[name, r.min, r.max, r.count, r.dtype] for name, r in self.ranges]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> RangeStats:
+        return cls(
+            tuple((name, TensorRange(low, high, count, dtype)) for name, low, high, count, dtype in data["ranges"])
+        )
 
 
 def merge_all(stats: Iterable[RangeStats]) -> RangeStats:

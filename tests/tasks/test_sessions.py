@@ -65,7 +65,9 @@ def test_nan_in_input_is_refused_with_count_and_rows(tmp_path):
     np.save(path, data)
     ref = sessions.ModelRef(str(model_path), sha256_file(model_path))
     chunk = chunk_refs(str(path), (("input", NPY_MEMBER),), 10, 10)[0]
-    with pytest.raises(InputError, match=re.escape(f"2 NaN value(s) in input 'input' (rows 0..10 of {path})")):
+    with pytest.raises(
+        InputError, match=re.escape(f"2 NaN or infinite value(s) in input 'input' (rows 0..10 of {path})")
+    ):
         chunk_range_stats(chunk, ref, (("input", 1),))
 
 
