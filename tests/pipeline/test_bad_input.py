@@ -46,6 +46,32 @@ def _npy(tmp_path, array, name="x.npy"):
 
 
 CASES = {
+    "unknown method": (lambda t: [str(MODEL), "--calib", str(CALIB), "--method", "kl"], "unknown method 'kl'"),
+    "percentile outside (0, 100]": (
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--percentile", "150"],
+        "--percentile must be in (0, 100], got 150.0",
+    ),
+    "fewer bins than quantized bins": (
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--num-bins", "64"],
+        "--num-bins (64) must be at least --num-quantized-bins (128)",
+    ),
+    "unknown activation type": (
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--activation-type", "fp8"],
+        "unknown activation type 'fp8'",
+    ),
+    "unknown metric": (lambda t: [str(MODEL), "--calib", str(CALIB), "--metric", "bleu"], "unknown metric 'bleu'"),
+    "no workers asked for": (
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--workers", "0"],
+        "--workers must be at least 1, got 0",
+    ),
+    "scheduler file missing": (
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--scheduler-file", str(t / "none.json")],
+        "--scheduler-file",
+    ),
+    "TLS certificate without key": (
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--tls-cert", str(CALIB)],
+        "--tls-cert and --tls-key go together",
+    ),
     "chunk size vs fixed batch": (
         lambda t: [str(with_fixed_batch(MODEL, t / "b4.onnx", 4)), "--calib", str(CALIB), "--chunk-size", "6"],
         "--chunk-size 6 is not a multiple of the batch size 4 that model input 'input' fixes",

@@ -1,0 +1,39 @@
+"""The README's bad-input table lists every tested case, with the message the test expects."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from test_bad_input import CASES  # noqa: E402
+
+README = HERE.parents[1] / "README.md"
+TESTED_ELSEWHERE = {  # tests/cluster/*, tests/tasks/test_sessions.py, test_bad_input's own functions
+    "model ONNX Runtime refuses (found on a worker)",
+    "NaN or infinity in the data (found on a worker)",
+    "output directory not writable",
+    "TLS scheduler without --tls-ca-file",
+    "unreachable scheduler",
+    "scheduler with no workers",
+    "not a run directory (dask-quant report)",
+    "workers without compatible packages",
+}
+
+
+def _table() -> dict[str, str]:
+    text = README.read_text()
+    section = text[text.index("## Bad input") :]
+    section = section[: section.index("\n## ", 1)]
+    rows = [line.split("|")[1:3] for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    return {name.strip(): message.strip().strip("`") for name, message in rows[1:]}
+
+
+def test_every_case_is_in_the_table_with_its_message():
+    table = _table()
+    assert set(table) == set(CASES) | TESTED_ELSEWHERE
+    for name, (_, expected) in CASES.items():
+        assert expected in table[name], (name, expected)
+    assert len(table) >= 15
