@@ -51,5 +51,5 @@ def calibrate(
     histograms: Histograms = compute(graph)
     log(f"{quant.method.value} range search for {len(specs)} tensors")
     searches = threshold_graph(histograms, stats, threshold_settings(quant))
-    ranges = {name: (low, high) for name, low, high in client.gather(client.compute(searches))}
+    ranges = {name: (low, high) for name, low, high in compute(searches)}
     return Calibration(stats, histograms, ranges)

@@ -29,6 +29,7 @@ from tasks.sessions import ModelRef
 from tasks.validate import ChunkValidation, ValidationStats
 
 LATENCY_REPEATS = 20
+TASK_RETRIES = 2
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,8 @@ def _client_scope(config: RunConfig, client) -> Iterator:
 
 def _compute(client, graph, progress: bool):
     """Run one graph, or a list of graphs together, on the cluster."""
-    futures = client.compute(graph if isinstance(graph, list) else [graph])
+    # Tasks are pure and idempotent, so a transient failure (a flaky network filesystem) is retried.
+    futures = client.compute(graph if isinstance(graph, list) else [graph], retries=TASK_RETRIES)
     if progress:
         from distributed import progress as progress_bar
 
