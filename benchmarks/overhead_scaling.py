@@ -1,0 +1,127 @@
+"""Calibration overhead, scaling and scheduler cost per chunk, against a bare ONNX Runtime loop.
+
+    python benchmarks/overhead_scaling.py [--rows 96000] [--chunk-size 4000] [--repeats 3]
+
+Three measurements, each side by side in one run, alternated, medians:
+  overhead  dask-quant's pass 1 on one worker with one thread, against a bare
+            loop in this process running the same augmented model (ReduceMin,
+            ReduceMax, Size per tensor; one thread) over the same chunks and
+            merging the same statistics. Goal: within 10%.
+  scaling   the same pass on 1 and on 2 single-threaded workers. Goal: 1.7x.
+  chunks    5,000 one-row chunks through the statistics tree on 2 workers:
+            (wall time - the bare loop's time for the same rows) per chunk,
+            and the client's resident memory. Goal: under 5 ms per chunk.
+The data is the built-in digits calibration split, tiled to --rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_line, peak_rss_kib  # noqa: E402
+
+
+def prepared_for(data: Path):
+    from pipeline.builtin import MODEL, builtin_path
+    from pipeline.config import RunConfig
+    from pipeline.prepare import prepare
+
+    return prepare(RunConfig(model=builtin_path(MODEL), calib=data))
+
+
+def bare_loop(prepared, chunk_size: int) -> float:
+    """Seconds for one thread in this process to compute the same per-chunk statistics and merge them."""
+    from pipeline.prepare import dataset_chunks
+    from tasks.calibrate import chunk_range_stats
+    from tasks.range_stats import merge_all
+
+    chunks = dataset_chunks(prepared.calib, chunk_size)
+    chunk_range_stats(chunks[0], prepared.model, prepared.tensors)  # build the session first, as workers cache it
+    start = time.perf_counter()
+    merge_all(chunk_range_stats(c, prepared.model, prepared.tensors) for c in chunks)
+    return time.perf_counter() - start
+
+
+def cluster_pass(client, prepared, chunk_size: int) -> float:
+    from pipeline.graph import calibration_graph
+    from pipeline.prepare import dataset_chunks
+
+    chunks = dataset_chunks(prepared.calib, chunk_size)
+    client.compute(calibration_graph(chunks[:2], prepared.model, prepared.tensors)).result()  # warm sessions
+    start = time.perf_counter()
+    client.compute(calibration_graph(chunks, prepared.model, prepared.tensors)).result()
+    return time.perf_counter() - start
+
+
+def cluster(workers: int):
+    from distributed import Client, LocalCluster
+
+    local = LocalCluster(
+        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
+    )
+    return local, Client(local)
+
+
+def client_rss_kib() -> int:
+    with open("/proc/self/status") as status:  # noqa: PTH123 (procfs)
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+
+def main() -> None:
+    from pipeline.builtin import CALIB, builtin_path
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=96000)
+    parser.add_argument("--chunk-size", type=int, default=4000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print(machine_line())
+    calib = np.load(builtin_path(CALIB))
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "calib.npy"
+        np.save(data, np.resize(calib, (args.rows, *calib.shape[1:])))
+        prepared = prepared_for(data)
+        one, two = cluster(1), cluster(2)
+        try:
+            bare, single, double = [], [], []
+            for _ in range(args.repeats):
+                bare.append(bare_loop(prepared, args.chunk_size))
+                single.append(cluster_pass(one[1], prepared, args.chunk_size))
+                double.append(cluster_pass(two[1], prepared, args.chunk_size))
+            b, s, d = (statistics.median(x) for x in (bare, single, double))
+            print(
+                f"overhead: {args.rows} rows in chunks of {args.chunk_size}: bare loop {b:.3f} s, "
+                f"dask-quant 1 worker {s:.3f} s -> {100 * (s / b - 1):+.1f}% (goal: within 10%)"
+            )
+            print(f"scaling:  1 worker {s:.3f} s, 2 workers {d:.3f} s -> {s / d:.2f}x (goal: 1.7x)")
+            many = 5000
+            small = Path(tmp) / "small.npy"
+            np.save(small, np.resize(calib, (many, *calib.shape[1:])))
+            tiny = prepared_for(small)
+            rss_before = client_rss_kib()
+            loop = statistics.median(bare_loop(tiny, 1) for _ in range(args.repeats))
+            wall = statistics.median(cluster_pass(two[1], tiny, 1) for _ in range(args.repeats))
+            per_chunk = (wall - loop / 2) / many  # two workers share the compute
+            print(
+                f"chunks:   {many} one-row chunks on 2 workers: {wall:.2f} s, bare loop {loop:.2f} s on one core "
+                f"-> scheduler overhead {1e3 * per_chunk:.2f} ms per chunk (goal: under 5 ms); "
+                f"client RSS {rss_before / 1024:.0f} -> {client_rss_kib() / 1024:.0f} MiB, "
+                f"peak {peak_rss_kib() / 1024:.0f} MiB"
+            )
+        finally:
+            for local, client in (one, two):
+                client.close()
+                local.close()
+
+
+if __name__ == "__main__":
+    main()
