@@ -29,6 +29,11 @@ def commit() -> str:
     return (proc.stdout.strip() or "unknown") + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
 
 
+def _summary(line: str) -> bool:
+    """Lines that state a goal, a failure, or a method's end-to-end result."""
+    return "goal" in line or "FAILED" in line or line.startswith(("minmax ", "percentile ", "entropy ", "method "))
+
+
 def main() -> None:
     sys.path.insert(0, str(HERE))
     from common import machine_line
@@ -43,7 +48,7 @@ def main() -> None:
         if proc.returncode:
             lines.append(f"FAILED (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
         sections.append(f"## {script}\n\n```text\n" + "\n".join(lines) + "\n```\n")
-        goals += [f"{script}: {line.strip()}" for line in lines if "goal" in line or "FAILED" in line]
+        goals += [f"{script}: {line.strip()}" for line in lines if _summary(line)]
     (HERE / "README.md").write_text(
         "# Benchmark results\n\nRegenerate with `python benchmarks/run_all.py` (every script's docstring says "
         f"what it measures).\n\n{header}\n\n" + "\n".join(sections)
