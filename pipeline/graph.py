@@ -5,15 +5,30 @@ Nothing here computes; `pipeline.job.run` computes each graph once.
 
 from __future__ import annotations
 
+from functools import partial
+
 from tasks.calibrate import chunk_histograms, chunk_range_stats
 from tasks.checkpoint import Checkpoints
 from tasks.chunks import ChunkRef
 from tasks.histogram import Histograms, HistogramSpec, merge_histograms
 from tasks.layer_error import chunk_layer_errors, merge_layer_errors
+from tasks.merging import merge_each
 from tasks.range_stats import RangeStats, merge_all
 from tasks.sessions import ModelRef
 from tasks.thresholds import ThresholdSettings, choose_range
 from tasks.validate import validate_chunk
+
+
+def _statistics_tree(chunks: list[ChunkRef], per_chunk, merge, kwargs: dict, split_every: int):
+    """One task per chunk (its statistics), then a merge tree of fan-in `split_every`.
+
+    One chunk per partition, so each task holds one chunk's activations; the
+    tree means no task (and not the client) ever holds all the partials.
+    """
+    import dask.bag as db
+
+    bag = db.from_sequence(chunks, npartitions=len(chunks))
+    return bag.reduction(partial(merge_each, per_chunk, merge, kwargs), merge, split_every=split_every)
 
 
 def calibration_graph(
@@ -23,16 +38,9 @@ def calibration_graph(
     split_every: int = 8,
     checkpoints: Checkpoints | None = None,
 ):
-    """Statistics of every chunk, merged in a tree of fan-in `split_every`.
-
-    One chunk per partition, so each task holds one chunk's activations; the
-    tree means no task (and not the client) ever holds all the partials.
-    """
-    import dask.bag as db
-
-    bag = db.from_sequence(chunks, npartitions=len(chunks))
-    per_chunk = bag.map(chunk_range_stats, model=model, tensors=tensors, checkpoints=checkpoints)
-    return per_chunk.reduction(merge_all, merge_all, split_every=split_every)
+    """Statistics of every chunk, merged in a tree of fan-in `split_every`."""
+    kwargs = {"model": model, "tensors": tensors, "checkpoints": checkpoints}
+    return _statistics_tree(chunks, chunk_range_stats, merge_all, kwargs, split_every)
 
 
 def histogram_graph(
@@ -44,13 +52,10 @@ def histogram_graph(
     checkpoints: Checkpoints | None = None,
 ):
     """Pass 2: every chunk's histograms on the global edges, added up in a tree like pass 1."""
-    import dask.bag as db
-
     wanted = {spec.tensor for spec in specs}
     needed = tuple(t for t in tensors if t[0] in wanted)
-    bag = db.from_sequence(chunks, npartitions=len(chunks))
-    per_chunk = bag.map(chunk_histograms, model=model, tensors=needed, specs=specs, checkpoints=checkpoints)
-    return per_chunk.reduction(merge_histograms, merge_histograms, split_every=split_every)
+    kwargs = {"model": model, "tensors": needed, "specs": specs, "checkpoints": checkpoints}
+    return _statistics_tree(chunks, chunk_histograms, merge_histograms, kwargs, split_every)
 
 
 def threshold_graph(histograms: Histograms, stats: RangeStats, settings: ThresholdSettings) -> list:
@@ -67,11 +72,8 @@ def threshold_graph(histograms: Histograms, stats: RangeStats, settings: Thresho
 
 def layer_graph(chunks: list[ChunkRef], fp32: ModelRef, int8: ModelRef, pairs, split_every: int = 8, specs=()):
     """Per-layer error sums (and FP32 histograms on `specs`) of every validation chunk, merged in a tree."""
-    import dask.bag as db
-
-    bag = db.from_sequence(chunks, npartitions=len(chunks))
-    per_chunk = bag.map(chunk_layer_errors, fp32=fp32, int8=int8, pairs=pairs, specs=specs)
-    return per_chunk.reduction(merge_layer_errors, merge_layer_errors, split_every=split_every)
+    kwargs = {"fp32": fp32, "int8": int8, "pairs": pairs, "specs": specs}
+    return _statistics_tree(chunks, chunk_layer_errors, merge_layer_errors, kwargs, split_every)
 
 
 def validation_graph(chunks: list[ChunkRef], fp32: ModelRef, int8: ModelRef, anchors: ChunkRef | None = None):
