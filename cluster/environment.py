@@ -32,7 +32,8 @@ def check_workers(client) -> None:
     names = tuple(REQUIRED)
 
     def probe() -> dict[str, str | None]:
-        # A nested function travels by value, so it runs even where dask-quant is not installed.
+        # Not pipeline.versions.package_versions: a worker may lack dask-quant, and this nested
+        # function travels by value, so it runs there all the same.
         from importlib import metadata
 
         found = {}

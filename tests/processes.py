@@ -13,10 +13,25 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 
 
+def _command(args) -> list[str]:
+    return [sys.executable, "-m", "pipeline.cli", *map(str, args)]
+
+
 def dask_quant(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """`dask-quant ARGS...` as a user would run it; the timeout only guards against a hang."""
-    command = [sys.executable, "-m", "pipeline.cli", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(_command(args), capture_output=True, text=True, timeout=timeout)
+
+
+def start_dask_quant(*args) -> subprocess.Popen:
+    """`dask-quant ARGS...` in the background, its stdout and stderr piped."""
+    return subprocess.Popen(_command(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_calibration(job: subprocess.Popen) -> None:
+    """Read the job's stderr until its calibration stage has started."""
+    for line in job.stderr:
+        if "calibrating" in line:
+            return
 
 
 @dataclass

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from models import digits_paths
+from processes import start_dask_quant, wait_for_calibration
 
 from pipeline.workarea import WORK
 
@@ -20,29 +19,8 @@ def test_interrupted_run_writes_nothing(tmp_path, signum):
     big = tmp_path / "big.npy"
     np.save(big, np.tile(np.load(CALIB), (200, 1, 1, 1)))  # 60,000 rows: long enough to interrupt
     out = tmp_path / "runs"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.cli",
-            "run",
-            str(MODEL),
-            "--calib",
-            str(big),
-            "--chunk-size",
-            "32",
-            "--workers",
-            "1",
-            "--out",
-            str(out),
-        ],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    for line in proc.stderr:
-        if "calibrating" in line:
-            break
+    proc = start_dask_quant("run", MODEL, "--calib", big, "--chunk-size", "32", "--workers", "1", "--out", out)
+    wait_for_calibration(proc)
     proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, (stdout, stderr)

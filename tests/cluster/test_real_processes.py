@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from distributed import Client
 from models import digits_paths
-from processes import dask_processes, dask_quant, make_tls_files
+from processes import dask_processes, dask_quant, make_tls_files, start_dask_quant, wait_for_calibration
 
 from pipeline import results
 
@@ -89,28 +89,18 @@ def test_a_worker_killed_mid_calibration_changes_nothing(tmp_path):
     args = ["--chunk-size", "100", "--method", "entropy", "--val", VAL]
     with dask_processes(tmp_path) as cluster:
         _wait_for_workers(cluster.scheduler_file, 2)
-        job = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pipeline.cli",
-                "run",
-                MODEL,
-                "--calib",
-                big,
-                *map(str, args),
-                "--scheduler-file",
-                cluster.scheduler_file,
-                "--out",
-                tmp_path / "killed",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        job = start_dask_quant(
+            "run",
+            MODEL,
+            "--calib",
+            big,
+            *args,
+            "--scheduler-file",
+            cluster.scheduler_file,
+            "--out",
+            tmp_path / "killed",
         )
-        for line in job.stderr:
-            if "calibrating" in line:
-                break
+        wait_for_calibration(job)
         cluster.workers[0].send_signal(signal.SIGKILL)
         stdout, stderr = job.communicate(timeout=600)
         assert job.returncode == 0, stderr

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pyarrow.parquet as pq
 from models import digits_paths
-from processes import dask_quant
+from processes import dask_quant, start_dask_quant
 
 from pipeline import results
 from pipeline.workarea import WORK
@@ -29,12 +27,7 @@ def test_resume_computes_only_the_missing_chunks(tmp_path):
     np.save(big, np.tile(np.load(CALIB), (100, 1, 1, 1)))  # 30,000 rows in 300 chunks of 100
     out = tmp_path / "runs"
     args = [MODEL, "--calib", big, "--chunk-size", "100", "--workers", "1"]
-    first = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", *map(str, args), "--out", str(out)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first = start_dask_quant("run", *args, "--out", out)
     deadline = time.monotonic() + 120
     while len(_checkpoints(out)) < 20 and time.monotonic() < deadline and first.poll() is None:
         time.sleep(0.05)
