@@ -2,9 +2,9 @@
 
 Like ONNX Runtime's own MinMax calibrator, each tensor to calibrate gets
 ReduceMin and ReduceMax (keepdims=1) followed by Reshape to [-1], plus Size.
-Only these small outputs leave the session, so ORT can free every activation
-as soon as it is consumed: a task's memory follows the chunk, not the number
-of calibrated tensors.
+Only these small outputs leave the session, and the reductions are listed so
+that ORT runs each right after its tensor is made and can free it then: a
+task's memory follows the chunk, not the number of calibrated tensors.
 """
 
 from __future__ import annotations
@@ -29,15 +29,33 @@ def add_extrema_outputs(proto, tensors: tuple[tuple[str, int], ...]):
         return model
     graph = model.graph
     graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), _FLAT_SHAPE))
+    reductions = []
     for tensor, elem_type in tensors:
         low, high, size = extrema_names(tensor)
         for op, out, out_type in (("ReduceMin", low, elem_type), ("ReduceMax", high, elem_type), ("Size", size, None)):
             kept = f"{out}/kept"
             attributes = {"keepdims": 1} if op != "Size" else {}
-            graph.node.append(helper.make_node(op, [tensor], [kept], name=kept, **attributes))
-            graph.node.append(helper.make_node("Reshape", [kept, _FLAT_SHAPE], [out], name=out))
+            reductions.append(
+                (
+                    helper.make_node(op, [tensor], [kept], name=kept, **attributes),
+                    helper.make_node("Reshape", [kept, _FLAT_SHAPE], [out], name=out),
+                )
+            )
             graph.output.append(helper.make_tensor_value_info(out, out_type or TensorProto.INT64, [None]))
+    # ORT orders nodes by a depth-first walk back from the graph's leaf nodes,
+    # last listed leaf first. Listing the reductions latest-made tensor first
+    # lets ORT reduce, and free, each activation right after it is made.
+    # Listed the other way round every activation of the chunk stayed alive to
+    # the end: 2.6 GB instead of ~0.6 GB for a 64-row MiniLM chunk.
+    made = _production_order(graph)
+    for nodes in sorted(reductions, key=lambda pair: made.get(pair[0].input[0], 0), reverse=True):
+        graph.node.extend(nodes)
     return model
+
+
+def _production_order(graph) -> dict[str, int]:
+    """Position of each tensor's producer in the graph's node list (graph inputs and initializers: 0)."""
+    return {name: position + 1 for position, node in enumerate(graph.node) for name in node.output}
 
 
 def add_outputs(proto, tensors: tuple[tuple[str, int], ...]):

@@ -12,7 +12,7 @@ from tasks.chunks import ChunkRef, read_feeds
 from tasks.errors import InputError
 from tasks.histogram import Histogram, Histograms, HistogramSpec
 from tasks.range_stats import RangeStats, TensorRange
-from tasks.sessions import ModelRef, SessionSpec, run_in_batches, session_for
+from tasks.sessions import ModelRef, SessionSpec, exposed_runs, run_in_batches, session_for
 
 
 def _where(chunk: ChunkRef) -> str:
@@ -82,9 +82,9 @@ def _histograms(chunk, model, tensors, specs) -> Histograms:
     computed = tuple((name, elem) for name, elem in tensors if name not in feeds)
     session = session_for(model, SessionSpec(expose=computed, calibration=True))
     names = [name for name, _ in computed]
-    values = dict(zip(names, run_in_batches(session, names, feeds), strict=True)) if names else {}
-    values.update(feeds)
-    entries = {}
-    for spec in specs:
-        entries[spec.tensor] = Histogram.of(spec, spec.count(values.pop(spec.tensor)))
-    return Histograms(tuple(sorted(entries.items())))
+    total = Histograms()
+    for part, (values,) in exposed_runs([(session, names)], feeds):
+        values.update(part)
+        entries = {spec.tensor: Histogram.of(spec, spec.count(values.pop(spec.tensor))) for spec in specs}
+        total = total.merge(Histograms(tuple(sorted(entries.items()))))
+    return total

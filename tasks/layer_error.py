@@ -20,7 +20,7 @@ from tasks.chunks import ChunkRef, read_feeds
 from tasks.exact_sum import exact_sum, to_float
 from tasks.histogram import Histogram, HistogramSpec
 from tasks.merging import merge_by_name
-from tasks.sessions import ModelRef, SessionSpec, run_in_batches, session_for
+from tasks.sessions import ModelRef, SessionSpec, exposed_runs, session_for
 
 
 @dataclass(frozen=True)
@@ -116,11 +116,10 @@ def chunk_layer_errors(
     fp32_names, int8_names = [n for n, _ in fp32_exposed], [n for n, _ in int8_exposed]
     fp32_session = session_for(fp32, SessionSpec(expose=fp32_exposed, calibration=True))
     int8_session = session_for(int8, SessionSpec(expose=int8_exposed, calibration=True))
-    reference = (
-        dict(zip(fp32_names, run_in_batches(fp32_session, fp32_names, feeds), strict=True)) if fp32_names else {}
-    )
-    reference.update(feeds)
-    quantized = dict(zip(int8_names, run_in_batches(int8_session, int8_names, feeds), strict=True))
     bins = {spec.tensor: spec for spec in specs}
-    errors = {name: LayerError.of(reference[name], quantized[dq], bins.get(name)) for name, dq, _ in pairs}
-    return LayerErrors(tuple(sorted(errors.items())))
+    total = LayerErrors()
+    for part, (reference, quantized) in exposed_runs([(fp32_session, fp32_names), (int8_session, int8_names)], feeds):
+        reference.update(part)
+        errors = {name: LayerError.of(reference[name], quantized[dq], bins.get(name)) for name, dq, _ in pairs}
+        total = total.merge(LayerErrors(tuple(sorted(errors.items()))))
+    return total

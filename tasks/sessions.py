@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,9 @@ from tasks.digest import sha256_bytes
 from tasks.errors import InputError, ModelChangedError
 
 _CACHE_SIZE = 8  # a nightly zoo run visits many models; keep the cache bounded
+# Whole activations one run may hand back at once (histogram and per-layer passes).
+# A 64-row chunk of a transformer exposes GBs; its rows run in slices of this size.
+EXPOSED_BYTES_PER_RUN = 128 * 2**20
 _sessions: OrderedDict[tuple, Any] = OrderedDict()
 _lock = threading.Lock()
 
@@ -125,3 +129,34 @@ def run_in_batches(session, names: list[str] | None, feeds: dict[str, np.ndarray
         return session.run(names, feeds)
     parts = [session.run(names, {k: v[i : i + batch] for k, v in feeds.items()}) for i in range(0, rows, batch)]
     return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
+
+
+def exposed_runs(
+    runs: list[tuple[Any, list[str]]], feeds: dict[str, np.ndarray], budget: int | None = None
+) -> Iterator[tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]]]]:
+    """Run each (session, output names) over the chunk in row slices; yield (feeds, [outputs per session]).
+
+    The first slice is a few rows and tells how many bytes a row exposes; later
+    slices hold as many rows as fit `budget`. Callers fold per-slice statistics
+    with their exact merge, so a worker holds one slice's activations at a time.
+    No slice has one row unless the chunk has: ORT's one-row GEMM takes another
+    kernel whose float sums can differ in the last bit, and the statistics must
+    not depend on the slicing.
+    """
+    budget = budget or EXPOSED_BYTES_PER_RUN
+    rows = len(next(iter(feeds.values())))
+    unit = max((fixed_batch(session) or 1 for session, _ in runs), default=1)
+    least = unit if unit > 1 else 2
+    start, step = 0, least * 4
+    while start < rows:
+        stop = min(rows, start + step)
+        if 0 < rows - stop < least:  # no short tail of its own
+            stop = rows
+        part = {name: value[start:stop] for name, value in feeds.items()}
+        outputs = [
+            dict(zip(names, run_in_batches(session, names, part), strict=True)) if names else {}
+            for session, names in runs
+        ]
+        per_row = max(1, sum(value.nbytes for output in outputs for value in output.values()) // (stop - start))
+        yield part, outputs
+        start, step = stop, max(least, budget // per_row // unit * unit)

@@ -96,11 +96,22 @@ def test_histogram_methods_give_identical_ranges_for_any_chunking(method, cuts, 
     assert _histogram_ranges(chunks, split_every, HISTOGRAM_METHODS[method]) == HISTOGRAM_BASELINES[method]
 
 
-def test_layer_errors_are_identical_for_any_chunking(tmp_path):
+@pytest.mark.parametrize("budget", [1, 20_000])
+def test_histograms_do_not_depend_on_how_a_chunk_is_run_in_row_slices(budget, monkeypatch):
+    from tasks import sessions
+
+    monkeypatch.setattr(sessions, "EXPOSED_BYTES_PER_RUN", budget)
+    chunks = dataset_chunks(PREPARED.calib, 64)
+    for method in ("entropy", "percentile-symmetric"):
+        assert _histogram_ranges(chunks, 3, HISTOGRAM_METHODS[method]) == HISTOGRAM_BASELINES[method]
+
+
+def test_layer_errors_are_identical_for_any_chunking(tmp_path, monkeypatch):
     import onnx
 
     from pipeline.layers import layer_rows, quantized_layers
     from pipeline.quantize import write_quantized_model
+    from tasks import sessions
     from tasks.digest import sha256_file
     from tasks.sessions import ModelRef
 
@@ -110,9 +121,12 @@ def test_layer_errors_are_identical_for_any_chunking(tmp_path):
     pairs = tuple((layer.tensor, layer.dequantized, layer.elem_type) for layer in layers)
     int8 = ModelRef(str(int8_path), sha256_file(int8_path))
     tables = []
-    for chunk_size, split_every in ((300, 2), (17, 3), (64, 8)):
+    # The last case also runs each chunk in row slices of a few rows (tasks.sessions.exposed_runs).
+    for chunk_size, split_every, budget in ((300, 2, None), (17, 3, None), (64, 8, None), (64, 2, 50_000)):
+        if budget:
+            monkeypatch.setattr(sessions, "EXPOSED_BYTES_PER_RUN", budget)
         chunks = dataset_chunks(PREPARED.calib, chunk_size)
         (errors,) = dask.compute(layer_graph(chunks, PREPARED.model, int8, pairs, split_every), scheduler="sync")
         tables.append(layer_rows(layers, errors))
     assert len(tables[0]) == 7
-    assert tables[0] == tables[1] == tables[2]
+    assert tables[0] == tables[1] == tables[2] == tables[3]

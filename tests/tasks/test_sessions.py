@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,3 +86,45 @@ def test_model_ort_refuses_is_an_input_error(tmp_path):
     onnx.save(helper.make_model(graph), str(path))
     with pytest.raises(InputError, match="ONNX Runtime cannot load this model"):
         sessions.session_for(sessions.ModelRef(str(path), sha256_file(path)))
+
+
+def test_exposed_runs_fill_the_byte_budget_and_never_run_one_row_alone(tmp_path):
+    model_path, calib, _ = digits_paths()
+    ref = sessions.ModelRef(str(model_path), sha256_file(model_path))
+    session = sessions.session_for(ref)
+    feeds = {"input": np.load(calib)[:50]}
+    row_bytes = 10 * 4  # one row of logits: 10 float32
+    parts = list(sessions.exposed_runs([(session, ["logits"])], feeds, budget=7 * row_bytes + 3))
+    assert [len(part["input"]) for part, _ in parts] == [8, 7, 7, 7, 7, 7, 7]
+    parts = list(sessions.exposed_runs([(session, ["logits"])], {"input": feeds["input"][:23]}, budget=1))
+    assert [len(part["input"]) for part, _ in parts] == [8, 2, 2, 2, 2, 2, 2, 3]
+    joined = np.concatenate([outputs["logits"] for _, (outputs,) in parts])
+    assert np.array_equal(joined, session.run(["logits"], {"input": feeds["input"][:23]})[0])
+
+
+def test_reductions_run_as_soon_as_their_tensor_is_made(tmp_path):
+    """ORT must be able to free each activation right after it is made, not at the end of the chunk."""
+    import json
+
+    import onnx
+    import onnxruntime as ort
+
+    from tasks.augment import add_extrema_outputs
+
+    model_path, calib, _ = digits_paths()
+    proto = onnx.load(str(model_path))
+    made = [(node.output[0], node.name) for node in proto.graph.node]
+    augmented = add_extrema_outputs(proto, tuple((tensor, onnx.TensorProto.FLOAT) for tensor, _ in made))
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(tmp_path / "profile")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(augmented.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session.run(None, {"input": np.load(calib)[:4]})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    ran = [e["name"].removesuffix("_kernel_time") for e in events if e.get("cat") == "Node"]
+    ran = [name for name in ran if not name.endswith(("_fence_before", "_fence_after"))]
+    position = {name: i for i, name in enumerate(ran)}
+    for (tensor, producer), (_, next_producer) in zip(made, made[1:], strict=False):
+        reduced = position[f"{tensor}/dask_quant_max/kept"]
+        assert position[producer] < reduced < position[next_producer], tensor
