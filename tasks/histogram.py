@@ -34,10 +34,17 @@ class HistogramSpec:
         """The float32 bin edges numpy counts float32 values with for range=(low, high)."""
         return np.histogram_bin_edges(np.empty(0, np.float32), bins=self.bins, range=self._range())
 
-    def _range(self) -> tuple[np.float32, np.float32]:
+    def _range(self) -> tuple[np.floating, np.floating]:
         # float32 bounds, as ONNX Runtime passes them: numpy then builds the very same edges.
         # numpy widens an empty range to +-0.5; do it here so edges and counts agree.
         low, high = (self.low, self.high) if self.high > self.low else (self.low - 0.5, self.high + 0.5)
+        with np.errstate(over="ignore"):
+            width = np.float32(high) - np.float32(low)
+        if not np.isfinite(width):
+            # A range wider than float32 holds (attention masks add -3.4e38): float32
+            # edges overflow and numpy refuses them (ORT's calibrators stop there);
+            # float64 edges still count every value.
+            return np.float64(low), np.float64(high)
         return np.float32(low), np.float32(high)
 
     def count(self, values: np.ndarray) -> np.ndarray:

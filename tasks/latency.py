@@ -26,20 +26,27 @@ class Latency:
         return self.fp32_seconds_per_sample / self.int8_seconds_per_sample
 
 
-def measure_latency(chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, repeats: int) -> Latency:
+def measure_latency(chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, repeats: int, budget_s: float = 10.0) -> Latency:
     """Time both models on one chunk's rows (default graph optimisations, as deployed).
 
     Runs alternate FP32 and INT8 so both see the same machine load; the first
-    few runs of each only warm up.
+    few runs only warm up. A large model gets fewer repeats (at least 3), so
+    timing takes about `budget_s` seconds, not minutes.
     """
     feeds = read_feeds(chunk)
     sessions = (session_for(fp32), session_for(int8))
-    times: tuple[list[float], list[float]] = ([], [])
-    for i in range(_WARMUP + repeats):
-        for session, record in zip(sessions, times, strict=True):
+
+    def timed_pair() -> tuple[float, float]:
+        durations = []
+        for session in sessions:
             start = time.perf_counter()
             run_in_batches(session, None, feeds)
-            if i >= _WARMUP:
-                record.append(time.perf_counter() - start)
-    per_sample = [statistics.median(t) / chunk.rows for t in times]
-    return Latency(chunk.rows, repeats, per_sample[0], per_sample[1])
+            durations.append(time.perf_counter() - start)
+        return durations[0], durations[1]
+
+    pair = sum(timed_pair())  # the first warm-up run also sizes the rest
+    for _ in range(min(_WARMUP, max(1, int(budget_s / 4 / pair))) - 1):
+        timed_pair()
+    times = [timed_pair() for _ in range(min(repeats, max(3, int(budget_s / pair))))]
+    fp32_s, int8_s = (statistics.median(t[i] for t in times) / chunk.rows for i in (0, 1))
+    return Latency(chunk.rows, len(times), fp32_s, int8_s)

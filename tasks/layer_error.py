@@ -37,12 +37,14 @@ class LayerError:
     histogram: Histogram | None = None  # of x, for the report
 
     @classmethod
-    def of(cls, x: np.ndarray, y: np.ndarray, spec: HistogramSpec | None = None) -> LayerError:
+    def of(cls, x: np.ndarray, y: np.ndarray, spec: HistogramSpec | None = None, rows: int | None = None) -> LayerError:
+        """Sums over x and y; `samples` is `rows` (the slice's rows: some tensors, such as
+        scalars, have no batch axis), by default len(x)."""
         a, b = x.astype(np.float64).reshape(-1), y.astype(np.float64).reshape(-1)
         diff = a - b
         return cls(
             elements=a.size,
-            samples=len(x),
+            samples=len(x) if rows is None else rows,
             signal=exact_sum(a * a),
             quantized=exact_sum(b * b),
             product=exact_sum(a * b),
@@ -120,6 +122,7 @@ def chunk_layer_errors(
     total = LayerErrors()
     for part, (reference, quantized) in exposed_runs([(fp32_session, fp32_names), (int8_session, int8_names)], feeds):
         reference.update(part)
-        errors = {name: LayerError.of(reference[name], quantized[dq], bins.get(name)) for name, dq, _ in pairs}
+        rows = len(next(iter(part.values())))
+        errors = {name: LayerError.of(reference[name], quantized[dq], bins.get(name), rows) for name, dq, _ in pairs}
         total = total.merge(LayerErrors(tuple(sorted(errors.items()))))
     return total

@@ -56,3 +56,15 @@ def test_histograms_on_other_edges_do_not_add():
     other = HistogramSpec("t", -4.0, 4.0, 32)
     with pytest.raises(DaskQuantError, match="different bin specs"):
         _of(np.zeros(3, np.float32)).merge(_of(np.zeros(3, np.float32), other))
+
+
+def test_a_range_wider_than_float32_holds_still_counts_every_value():
+    """Attention masks add -3.4e38: numpy refuses float32 edges for that range (so do ORT's calibrators)."""
+    lowest = float(np.finfo(np.float32).min)
+    data = np.array([lowest, -1.0, 0.0, 2.0, 3.0e38], np.float32)
+    with pytest.raises(ValueError, match="Too many bins"):
+        np.histogram(data, 8, range=(np.float32(lowest), np.float32(3.0e38)))
+    spec = HistogramSpec("mask", lowest, 3.0e38, 8)
+    counts = spec.count(data)
+    assert counts.sum() == len(data) and counts[0] == 1 and counts[-1] == 1
+    assert np.all(np.isfinite(spec.edges())) and np.all(np.diff(spec.edges()) > 0)

@@ -50,3 +50,9 @@ def test_sqnr_and_cosine_match_numpy():
     assert math.isclose(error.cosine, (a * b).sum() / np.sqrt((a**2).sum() * (b**2).sum()), rel_tol=1e-12)
     assert error.max_abs_error == float(np.abs(a - b).max())
     assert LayerError.of(x, x).sqnr_db == math.inf
+
+
+def test_a_tensor_without_batch_axis_counts_the_chunk_rows():
+    """Attention scales are scalars: they have no rows of their own."""
+    error = LayerError.of(np.float32(8.0).reshape(()), np.float32(8.0).reshape(()), rows=5)
+    assert (error.samples, error.elements, error.noise) == (5, 1, 0)

@@ -1,0 +1,21 @@
+"""Latency: both models on the same rows; a slow model gets fewer repeats, never fewer than 3."""
+
+from __future__ import annotations
+
+from models import digits_paths
+
+from tasks.chunks import chunk_refs
+from tasks.digest import sha256_file
+from tasks.latency import measure_latency
+from tasks.npy_io import NPY_MEMBER
+from tasks.sessions import ModelRef
+
+
+def test_repeats_shrink_to_the_time_budget_but_not_below_three():
+    model_path, calib, _ = digits_paths()
+    ref = ModelRef(str(model_path), sha256_file(model_path))
+    chunk = chunk_refs(str(calib), (("input", NPY_MEMBER),), 300, 64)[0]
+    generous = measure_latency(chunk, ref, ref, repeats=20)
+    assert generous.repeats == 20 and generous.batch_size == 64
+    assert generous.fp32_seconds_per_sample > 0 and generous.int8_seconds_per_sample > 0
+    assert measure_latency(chunk, ref, ref, repeats=20, budget_s=1e-9).repeats == 3
