@@ -87,6 +87,7 @@ def security(config: ClusterConfig):
 @contextmanager
 def cluster_client(config: ClusterConfig) -> Iterator:
     """A distributed Client for `config`; closes the client (and cluster) it created."""
+    import dask
     from distributed import Client, LocalCluster
 
     address = scheduler_address(config)
@@ -109,16 +110,21 @@ def cluster_client(config: ClusterConfig) -> Iterator:
             client.close()
         return
 
-    cluster = LocalCluster(
-        n_workers=config.workers or default_workers(),
-        threads_per_worker=config.threads_per_worker,
-        memory_limit=config.memory_limit,
-        processes=True,
-        dashboard_address=_dashboard_address(),
-        # Task errors reach the user as one clear message from the client; a worker's own
-        # "Compute Failed" traceback on the terminal would only repeat it.
-        silence_logs=logging.CRITICAL,
-    )
+    # Without queuing the scheduler hands every ready chunk task to a worker at
+    # once, not one round trip at a time (1000 one-row chunks: 2.3 -> 1.2 ms of
+    # overhead each). Chunk results are small statistics, so the root-task
+    # overproduction queuing guards against costs no memory here.
+    with dask.config.set({"distributed.scheduler.worker-saturation": float("inf")}):
+        cluster = LocalCluster(
+            n_workers=config.workers or default_workers(),
+            threads_per_worker=config.threads_per_worker,
+            memory_limit=config.memory_limit,
+            processes=True,
+            dashboard_address=_dashboard_address(),
+            # Task errors reach the user as one clear message from the client; a worker's own
+            # "Compute Failed" traceback on the terminal would only repeat it.
+            silence_logs=logging.CRITICAL,
+        )
     client = Client(cluster)
     try:
         yield client

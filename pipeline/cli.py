@@ -22,23 +22,36 @@ def _split(values: tuple[str, ...]) -> tuple[str, ...]:
 class _Interrupts:
     """SIGINT/SIGTERM raise KeyboardInterrupt and are remembered.
 
-    The job asks `requested()` before it publishes, so an interrupt still
-    writes nothing even if some library swallowed the KeyboardInterrupt.
+    Python cannot raise out of a gc callback or a __del__ (distributed runs one
+    on every collection): an interrupt that lands there is printed as "Exception
+    ignored" and lost. The unraisable hook catches that case, stays quiet, and
+    raises it again a moment later in ordinary code. The job also asks
+    `requested()` before it publishes, so an interrupt writes nothing even if
+    a library swallowed it some other way.
     """
 
     def __init__(self) -> None:
         self.count = 0
+        self._hook = sys.unraisablehook
 
     def __call__(self, signum, frame) -> None:
-        self.count += 1
+        if signum != signal.SIGALRM:
+            self.count += 1
         raise KeyboardInterrupt
+
+    def _unraisable(self, unraisable) -> None:
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            signal.setitimer(signal.ITIMER_REAL, 0.01)  # SIGALRM: raise again outside the callback
+            return
+        self._hook(unraisable)
 
     def requested(self) -> bool:
         return self.count > 0
 
     def install(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM):
             signal.signal(signum, self)
+        sys.unraisablehook = self._unraisable
 
 
 def _fail(message: str, code: int) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,13 +49,18 @@ def cached(
     if checkpoints.resume and path.is_file():
         return load(json.loads(path.read_text())), True
     value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    # One write of the whole text (json.dump streams many small writes), to a name
+    # unique to this process and thread: a retried task on another worker may write
+    # the same checkpoint at the same time, and each rename is atomic.
+    temporary = path.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{path.name}")
     try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(value.to_json(), stream)
-        Path(temporary).replace(path)
+        temporary.write_text(json.dumps(value.to_json()))
+    except FileNotFoundError:  # the first checkpoint of this folder
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(json.dumps(value.to_json()))
+    try:
+        temporary.replace(path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     return value, False

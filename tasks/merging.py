@@ -25,12 +25,3 @@ def merge_by_name(left: tuple[tuple[str, T], ...], right: tuple[tuple[str, T], .
 
 def add_counts(left: tuple[int, ...], right: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(a + b for a, b in zip(left, right, strict=True))
-
-
-def merge_each(function, merge, kwargs: dict, items):
-    """merge(function(item, **kwargs) for item in items): a partition's work as one task.
-
-    The statistics trees use it so that each chunk costs one task, not a map
-    task plus a per-partition merge task.
-    """
-    return merge(function(item, **kwargs) for item in items)

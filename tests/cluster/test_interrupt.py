@@ -27,3 +27,29 @@ def test_interrupted_run_writes_nothing(tmp_path, signum):
     assert stderr.strip().splitlines()[-1] == "dask-quant: error: interrupted; no run was published"
     assert "Traceback" not in stderr and stdout == ""
     assert not out.exists() or [p.name for p in out.iterdir()] == [WORK]  # at most checkpoints for --resume
+
+
+def test_an_interrupt_python_could_only_ignore_is_raised_again(capfd):
+    """A signal landing in a __del__ or gc callback (distributed runs one per collection) is not lost."""
+    import sys
+    import time
+
+    from pipeline.cli import _Interrupts
+
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)
+    saved, hook = {s: signal.getsignal(s) for s in signals}, sys.unraisablehook
+
+    class RaisesWhenCollected:
+        def __del__(self):
+            raise KeyboardInterrupt
+
+    try:
+        _Interrupts().install()
+        with pytest.raises(KeyboardInterrupt):
+            RaisesWhenCollected()  # collected at once: Python can only report the exception
+            time.sleep(2)
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+        sys.unraisablehook = hook
+    assert "Exception ignored" not in capfd.readouterr().err

@@ -218,14 +218,15 @@ def test_tensorrt_table_holds_the_chosen_ranges(client, tmp_path):
 
 def test_a_chunk_that_keeps_killing_workers_is_named(tmp_path):
     huge = tmp_path / "huge.npy"
-    np.save(huge, np.tile(np.load(CALIB), (40, 1, 1, 1)))  # 12,000 rows, ~1 GB of activations per 4,000
+    # one 36,000-row chunk: two 295 MB activations alive at once, against 300 MB per worker
+    np.save(huge, np.tile(np.load(CALIB), (120, 1, 1, 1)))
     proc = dask_quant(
         "run",
         MODEL,
         "--calib",
         huge,
         "--chunk-size",
-        "4000",
+        "36000",
         "--workers",
         "2",
         "--memory-limit",
