@@ -55,8 +55,9 @@ print(peak_rss_kib())
 
 
 def worker_peak_kib(data: Path, chunk_size: int, out: Path) -> int:
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
+    from cluster.connect import local_cluster
     from pipeline.builtin import MODEL, builtin_path
     from pipeline.config import QuantConfig, RunConfig
     from pipeline.job import run
@@ -65,7 +66,7 @@ def worker_peak_kib(data: Path, chunk_size: int, out: Path) -> int:
         model=builtin_path(MODEL), calib=data, out=out, chunk_size=chunk_size, quant=QuantConfig(method="entropy")
     )
     with (
-        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        local_cluster(1, dashboard_address=":0") as cluster,
         Client(cluster) as client,
     ):
         run(config, client=client)

@@ -63,11 +63,11 @@ def cluster_pass(client, prepared, chunk_size: int) -> float:
 
 
 def cluster(workers: int):
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    local = LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
-    )
+    from cluster.connect import local_cluster
+
+    local = local_cluster(workers, dashboard_address=":0", silence_logs=logging.ERROR)
     return local, Client(local)
 
 

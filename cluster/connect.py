@@ -84,11 +84,23 @@ def security(config: ClusterConfig):
     )
 
 
+def local_cluster(workers: int, threads_per_worker: int = 1, **options):
+    """The LocalCluster of process workers a run starts (the benchmarks start the same one)."""
+    import dask
+    from distributed import LocalCluster
+
+    # Without queuing the scheduler hands every ready chunk task to a worker at
+    # once, not one round trip at a time (1000 one-row chunks: 2.3 -> 1.2 ms of
+    # overhead each). Chunk results are small statistics, so the root-task
+    # overproduction queuing guards against costs no memory here.
+    with dask.config.set({"distributed.scheduler.worker-saturation": float("inf")}):
+        return LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True, **options)
+
+
 @contextmanager
 def cluster_client(config: ClusterConfig) -> Iterator:
     """A distributed Client for `config`; closes the client (and cluster) it created."""
-    import dask
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     address = scheduler_address(config)
     if address:
@@ -110,21 +122,15 @@ def cluster_client(config: ClusterConfig) -> Iterator:
             client.close()
         return
 
-    # Without queuing the scheduler hands every ready chunk task to a worker at
-    # once, not one round trip at a time (1000 one-row chunks: 2.3 -> 1.2 ms of
-    # overhead each). Chunk results are small statistics, so the root-task
-    # overproduction queuing guards against costs no memory here.
-    with dask.config.set({"distributed.scheduler.worker-saturation": float("inf")}):
-        cluster = LocalCluster(
-            n_workers=config.workers or default_workers(),
-            threads_per_worker=config.threads_per_worker,
-            memory_limit=config.memory_limit,
-            processes=True,
-            dashboard_address=_dashboard_address(),
-            # Task errors reach the user as one clear message from the client; a worker's own
-            # "Compute Failed" traceback on the terminal would only repeat it.
-            silence_logs=logging.CRITICAL,
-        )
+    cluster = local_cluster(
+        config.workers or default_workers(),
+        config.threads_per_worker,
+        memory_limit=config.memory_limit,
+        dashboard_address=_dashboard_address(),
+        # Task errors reach the user as one clear message from the client; a worker's own
+        # "Compute Failed" traceback on the terminal would only repeat it.
+        silence_logs=logging.CRITICAL,
+    )
     client = Client(cluster)
     try:
         yield client
