@@ -8,6 +8,8 @@ Three measurements, each side by side in one run, alternated, medians:
             ReduceMax, Size per tensor; one thread) over the same chunks and
             merging the same statistics. Goal: within 10%.
   scaling   the same pass on 1 and on 2 single-threaded workers. Goal: 1.7x.
+            Beside it, the machine's own ceiling: two bare loops in two
+            processes at once, each over half the chunks.
   chunks    5,000 one-row chunks through the statistics tree on 2 workers:
             (wall time - the bare loop's time for the same rows) per chunk,
             and the client's resident memory. Goal: under 5 ms per chunk.
@@ -38,17 +40,44 @@ def prepared_for(data: Path):
     return prepare(RunConfig(model=builtin_path(MODEL), calib=data))
 
 
-def bare_loop(prepared, chunk_size: int) -> float:
-    """Seconds for one thread in this process to compute the same per-chunk statistics and merge them."""
+def bare_loop(prepared, chunk_size: int, part: int = 0, parts: int = 1, ready=None) -> float:
+    """Seconds for one thread in this process to compute the same per-chunk statistics and merge them
+    (every `parts`-th chunk from `part`; `ready`, a barrier, is waited on once the session is built)."""
     from pipeline.prepare import dataset_chunks
     from tasks.calibrate import chunk_range_stats
     from tasks.range_stats import merge_all
 
-    chunks = dataset_chunks(prepared.calib, chunk_size)
+    chunks = dataset_chunks(prepared.calib, chunk_size)[part::parts]
     chunk_range_stats(chunks[0], prepared.model, prepared.tensors)  # build the session first, as workers cache it
+    if ready is not None:
+        ready.wait()
     start = time.perf_counter()
     merge_all(chunk_range_stats(c, prepared.model, prepared.tensors) for c in chunks)
     return time.perf_counter() - start
+
+
+def _half_loop(data: str, chunk_size: int, part: int, ready, results) -> None:
+    results.put(bare_loop(prepared_for(Path(data)), chunk_size, part, 2, ready))
+
+
+def two_bare_loops(data: Path, chunk_size: int) -> float:
+    """Wall seconds of two bare loops in two processes at once, each over half the chunks: what
+    this machine gives two workers with no Dask at all (they share caches and memory bandwidth)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    ready, results = context.Barrier(3), context.Queue()
+    loops = [context.Process(target=_half_loop, args=(str(data), chunk_size, i, ready, results)) for i in (0, 1)]
+    for loop in loops:
+        loop.start()
+    ready.wait()
+    start = time.perf_counter()
+    for _ in loops:
+        results.get()
+    wall = time.perf_counter() - start
+    for loop in loops:
+        loop.join()
+    return wall
 
 
 def cluster_pass(client, prepared, chunk_size: int) -> float:
@@ -92,17 +121,22 @@ def main() -> None:
         prepared = prepared_for(data)
         one, two = cluster(1), cluster(2)
         try:
-            bare, single, double = [], [], []
+            bare, single, double, pair = [], [], [], []
             for _ in range(args.repeats):
                 bare.append(bare_loop(prepared, args.chunk_size))
                 single.append(cluster_pass(one[1], prepared, args.chunk_size))
                 double.append(cluster_pass(two[1], prepared, args.chunk_size))
-            b, s, d = (statistics.median(x) for x in (bare, single, double))
+                pair.append(two_bare_loops(data, args.chunk_size))
+            b, s, d, p = (statistics.median(x) for x in (bare, single, double, pair))
             print(
                 f"overhead: {args.rows} rows in chunks of {args.chunk_size}: bare loop {b:.3f} s, "
                 f"dask-quant 1 worker {s:.3f} s -> {100 * (s / b - 1):+.1f}% (goal: within 10%)"
             )
             print(f"scaling:  1 worker {s:.3f} s, 2 workers {d:.3f} s -> {s / d:.2f}x (goal: 1.7x)")
+            print(
+                f"ceiling:  two bare loops in two processes at once, half the chunks each: {p:.3f} s "
+                f"-> {b / p:.2f}x over one bare loop: what this machine allows two workers without Dask"
+            )
             many = 5000
             small = Path(tmp) / "small.npy"
             np.save(small, np.resize(calib, (many, *calib.shape[1:])))

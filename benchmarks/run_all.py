@@ -30,8 +30,9 @@ def commit() -> str:
 
 
 def _summary(line: str) -> bool:
-    """Lines that state a goal, a failure, or a method's end-to-end result."""
-    return "goal" in line or "FAILED" in line or line.startswith(("minmax ", "percentile ", "entropy ", "method "))
+    """Lines that state a goal, a failure, or a model's or method's end-to-end result."""
+    starts = ("minmax ", "percentile ", "entropy ", "method ", "digits:", "minilm:")
+    return "goal" in line or "FAILED" in line or line.startswith(starts)
 
 
 def main() -> None:
