@@ -241,7 +241,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--minilm-rows", type=int, default=1024)
     parser.add_argument("--minilm-repeats", type=int, default=1)
-    parser.add_argument("--reference-limit-gib", type=float, default=12.0)
+    parser.add_argument("--reference-limit-gib", type=float, default=18.0)
     args = parser.parse_args()
     logging.getLogger().setLevel(logging.ERROR)
     print(machine_line())
