@@ -219,14 +219,14 @@ def bench(client, case: Case, tmp: Path, limit_kib: int) -> None:
         if any("stopped_kib" in r for r in refs):
             stopped = max(r.get("stopped_kib", 0) for r in refs) / 2**20
             print(
-                f"{method:11} {'-':>8} {f'>{stopped:.1f} GiB':>9} {o:13.1f} {'-':>9}   "
+                f"{method:11} {'-':>8} {f'>{stopped:.1f} GiB':>9} {o:13.2f} {'-':>9}   "
                 f"ORT stopped at the memory limit / {score(case, our_model)}"
             )
             continue
         r = statistics.median(x["seconds"] for x in refs)
         peak = max(x["peak_kib"] for x in refs) / 2**20
         print(
-            f"{method:11} {r:8.1f} {f'{peak:.1f} GiB':>9} {o:13.1f} {r / o:8.2f}x   "
+            f"{method:11} {r:8.2f} {f'{peak:.1f} GiB':>9} {o:13.2f} {r / o:8.2f}x   "
             f"{score(case, ref_model)} / {score(case, our_model)}"
         )
 

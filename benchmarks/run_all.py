@@ -31,7 +31,7 @@ def commit() -> str:
 
 def _summary(line: str) -> bool:
     """Lines that state a goal, a failure, or a model's or method's end-to-end result."""
-    starts = ("minmax ", "percentile ", "entropy ", "method ", "digits:", "minilm:")
+    starts = ("minmax ", "percentile ", "entropy ", "method ", "digits:", "minilm:", "ceiling:")
     return "goal" in line or "FAILED" in line or line.startswith(starts)
 
 
