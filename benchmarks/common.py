@@ -50,6 +50,12 @@ def peak_rss_kib() -> int:
     raise RuntimeError(msg)
 
 
+def reset_peak_rss() -> None:
+    """Start this process's VmHWM afresh (Linux: writing 5 to /proc/self/clear_refs)."""
+    with open("/proc/self/clear_refs", "w") as refs:  # noqa: PTH123 (procfs)
+        refs.write("5")
+
+
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     times = []
     for _ in range(repeats):

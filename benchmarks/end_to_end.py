@@ -43,7 +43,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import machine_line  # noqa: E402
+from common import machine_line, peak_rss_kib, reset_peak_rss  # noqa: E402
 
 BATCH = 64
 DIGITS_ROWS = 1472
@@ -172,7 +172,8 @@ def _rss_kib(pid: int) -> int:
         return 0
 
 
-def ours(client, case: Case, method: str, out: Path) -> tuple[float, Path]:
+def ours(client, case: Case, method: str, out: Path) -> tuple[float, Path, int]:
+    """Seconds, the INT8 model, and the largest worker's peak RSS (KiB) during the run."""
     from pipeline.config import QuantConfig, RunConfig
     from pipeline.job import run
 
@@ -184,9 +185,11 @@ def ours(client, case: Case, method: str, out: Path) -> tuple[float, Path]:
         exclude_nodes=case.exclude_nodes,
         **METHODS[method][0],
     )
+    client.run(reset_peak_rss)
     start = time.perf_counter()
     result = run(RunConfig(model=case.model, calib=case.calib, out=out, chunk_size=BATCH, quant=quant), client=client)
-    return time.perf_counter() - start, result.run_dir / "model.int8.onnx"
+    seconds = time.perf_counter() - start
+    return seconds, result.run_dir / "model.int8.onnx", max(client.run(peak_rss_kib).values())
 
 
 def score(case: Case, int8: Path) -> str:
@@ -207,26 +210,30 @@ def score(case: Case, int8: Path) -> str:
 def bench(client, case: Case, tmp: Path, limit_kib: int) -> None:
     rows = len(next(iter(np.load(case.calib).values())))
     print(f"\n{case.name}: {rows} calibration samples, {case.repeats} repeat(s), medians")
-    print(f"{'method':11} {'ORT s':>8} {'ORT peak':>9} {'dask-quant s':>13} {'speed-up':>9}   INT8 vs FP32: ORT / ours")
+    print(
+        f"{'method':11} {'ORT s':>8} {'ORT peak':>9} {'dask-quant s':>13} {'worker peak':>12} {'speed-up':>9}"
+        "   INT8 vs FP32: ORT / ours"
+    )
     for method in METHODS:
-        refs, our_times = [], []
+        refs, our_times, our_peak = [], [], 0
         for i in range(case.repeats):
             ref_model = tmp / f"ref-{case.name}-{method}-{i}.onnx"
             refs.append(reference(case, method, ref_model, limit_kib))
-            seconds, our_model = ours(client, case, method, tmp / "runs")
+            seconds, our_model, peak_kib = ours(client, case, method, tmp / "runs")
             our_times.append(seconds)
-        o = statistics.median(our_times)
+            our_peak = max(our_peak, peak_kib)
+        o, mine = statistics.median(our_times), f"{our_peak / 2**20:.1f} GiB"
         if any("stopped_kib" in r for r in refs):
             stopped = max(r.get("stopped_kib", 0) for r in refs) / 2**20
             print(
-                f"{method:11} {'-':>8} {f'>{stopped:.1f} GiB':>9} {o:13.2f} {'-':>9}   "
+                f"{method:11} {'-':>8} {f'>{stopped:.1f} GiB':>9} {o:13.2f} {mine:>12} {'-':>9}   "
                 f"ORT stopped at the memory limit / {score(case, our_model)}"
             )
             continue
         r = statistics.median(x["seconds"] for x in refs)
         peak = max(x["peak_kib"] for x in refs) / 2**20
         print(
-            f"{method:11} {r:8.2f} {f'{peak:.1f} GiB':>9} {o:13.2f} {r / o:8.2f}x   "
+            f"{method:11} {r:8.2f} {f'{peak:.1f} GiB':>9} {o:13.2f} {mine:>12} {r / o:8.2f}x   "
             f"{score(case, ref_model)} / {score(case, our_model)}"
         )
 
