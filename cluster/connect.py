@@ -89,12 +89,20 @@ def local_cluster(workers: int, threads_per_worker: int = 1, **options):
     import dask
     from distributed import LocalCluster
 
+    # ORT keeps the memory arena a big chunk grew: a worker once past the pause
+    # threshold stayed paused and the job waited forever. Results are small, so
+    # there is nothing to spill; the nanny still stops a worker at 95% of
+    # --memory-limit, and the job then names the chunk. Given to each nanny, not
+    # set around the call: a worker the nanny restarts must get it too.
+    worker_config = {f"distributed.worker.memory.{name}": False for name in ("pause", "spill", "target")}
     # Without queuing the scheduler hands every ready chunk task to a worker at
     # once, not one round trip at a time (1000 one-row chunks: 2.3 -> 1.2 ms of
     # overhead each). Chunk results are small statistics, so the root-task
     # overproduction queuing guards against costs no memory here.
     with dask.config.set({"distributed.scheduler.worker-saturation": float("inf")}):
-        return LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True, **options)
+        return LocalCluster(
+            n_workers=workers, threads_per_worker=threads_per_worker, processes=True, config=worker_config, **options
+        )
 
 
 @contextmanager
