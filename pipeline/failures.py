@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline.config import RunConfig
-from pipeline.prepare import Prepared
+from pipeline.prepare import Prepared, dataset_chunks
 
 _VALIDATION_TASKS = ("validate_chunk", "chunk_layer_errors")
 
@@ -19,9 +19,8 @@ def killed_worker_message(error, config: RunConfig, prepared: Prepared) -> str:
     if not isinstance(index, int):
         where = f"task {name}"
     else:
-        start = index * config.chunk_size
-        stop = min(start + config.chunk_size, dataset.rows)
-        where = f"chunk {index} (rows {start}..{stop} of {dataset.path})"
+        chunk = dataset_chunks(dataset, config.chunk_size)[index]
+        where = f"chunk {index} (rows {chunk.start}..{chunk.stop} of {dataset.path})"
     return (
         f"{where} killed {attempts} workers in a row; a chunk that takes its worker down usually needs more "
         "memory than the worker has: lower --chunk-size or raise --memory-limit"

@@ -73,3 +73,20 @@ def test_big_endian_rows_come_back_native(tmp_path, arrays):
     np.save(path, arrays["a"].astype(">f4"))
     rows = read_rows(str(path), NPY_MEMBER, 2, 5)
     assert rows.dtype == np.dtype("=f4") and np.array_equal(rows, arrays["a"][2:5])
+
+
+@pytest.mark.parametrize(
+    ("rows", "size", "bounds"),
+    [
+        (65, 64, [(0, 65)]),
+        (129, 64, [(0, 64), (64, 129)]),
+        (130, 64, [(0, 64), (64, 128), (128, 130)]),
+        (3, 1, [(0, 1), (1, 2), (2, 3)]),
+        (1, 64, [(0, 1)]),
+    ],
+)
+def test_a_last_row_left_alone_joins_the_chunk_before(rows, size, bounds):
+    """ORT's one-row kernels can round differently: no chunk has one row unless asked (--chunk-size 1)."""
+    chunks = chunk_refs("x.npy", (("input", NPY_MEMBER),), rows, size)
+    assert [(c.start, c.stop) for c in chunks] == bounds
+    assert [c.index for c in chunks] == list(range(len(bounds)))
