@@ -40,14 +40,22 @@ def digits_activations(rows: int | None = None) -> dict[str, np.ndarray]:
     return values
 
 
+def proc_status_kib(field: str, pid: int | str = "self") -> int | None:
+    """A memory field of /proc/PID/status (VmRSS, VmHWM), in KiB; None once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:  # noqa: PTH123 (procfs)
+            return next((int(line.split()[1]) for line in status if line.startswith(f"{field}:")), None)
+    except FileNotFoundError:
+        return None
+
+
 def peak_rss_kib() -> int:
     """This process's peak resident set size (VmHWM), in KiB."""
-    with open("/proc/self/status") as status:  # noqa: PTH123 (procfs)
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    msg = "no VmHWM in /proc/self/status (Linux only)"
-    raise RuntimeError(msg)
+    peak = proc_status_kib("VmHWM")
+    if peak is None:
+        msg = "no VmHWM in /proc/self/status (Linux only)"
+        raise RuntimeError(msg)
+    return peak
 
 
 def reset_peak_rss() -> None:

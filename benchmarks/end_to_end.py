@@ -43,7 +43,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import machine_line, peak_rss_kib, reset_peak_rss  # noqa: E402
+from common import machine_line, peak_rss_kib, proc_status_kib, reset_peak_rss  # noqa: E402
 
 BATCH = 64
 DIGITS_ROWS = 1472
@@ -114,6 +114,7 @@ def minilm_case(tmp: Path, rows: int, repeats: int) -> Case | str:
 REFERENCE = """
 import contextlib, io, json, logging, sys, time
 import numpy as np
+from common import peak_rss_kib
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 args = json.loads(sys.argv[1])
 logging.getLogger().setLevel(logging.ERROR)
@@ -134,8 +135,7 @@ with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print progr
         extra_options=args["extra"],
     )
 seconds = time.perf_counter() - start
-peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-print(json.dumps({"seconds": seconds, "peak_kib": peak}))
+print(json.dumps({"seconds": seconds, "peak_kib": peak_rss_kib()}))
 """
 
 
@@ -148,10 +148,14 @@ def reference(case: Case, method: str, out: Path, limit_kib: int) -> dict:
         "extra": METHODS[method][2],
     }  # fmt: skip
     proc = subprocess.Popen(
-        [sys.executable, "-c", REFERENCE, json.dumps(args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", REFERENCE, json.dumps(args)],
+        env={**os.environ, "PYTHONPATH": str(HERE)},  # for common.py
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     while proc.poll() is None:
-        rss = _rss_kib(proc.pid)
+        rss = proc_status_kib("VmRSS", proc.pid) or 0
         if rss > limit_kib:
             proc.kill()
             proc.communicate()
@@ -162,14 +166,6 @@ def reference(case: Case, method: str, out: Path, limit_kib: int) -> dict:
         msg = f"quantize_static failed on {case.name}/{method}:\n{stderr[-2000:]}"
         raise RuntimeError(msg)
     return json.loads(stdout.strip().splitlines()[-1])
-
-
-def _rss_kib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as status:  # noqa: PTH123 (procfs)
-            return next((int(line.split()[1]) for line in status if line.startswith("VmRSS:")), 0)
-    except FileNotFoundError:
-        return 0
 
 
 def ours(client, case: Case, method: str, out: Path) -> tuple[float, Path, int]:

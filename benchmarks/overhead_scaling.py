@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_line, peak_rss_kib  # noqa: E402
+from common import machine_line, peak_rss_kib, proc_status_kib  # noqa: E402
 
 
 def prepared_for(data: Path):
@@ -100,11 +100,6 @@ def cluster(workers: int):
     return local, Client(local)
 
 
-def client_rss_kib() -> int:
-    with open("/proc/self/status") as status:  # noqa: PTH123 (procfs)
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
-
-
 def main() -> None:
     from pipeline.builtin import CALIB, builtin_path
 
@@ -141,14 +136,14 @@ def main() -> None:
             small = Path(tmp) / "small.npy"
             np.save(small, np.resize(calib, (many, *calib.shape[1:])))
             tiny = prepared_for(small)
-            rss_before = client_rss_kib()
+            rss_before = proc_status_kib("VmRSS")
             loop = statistics.median(bare_loop(tiny, 1) for _ in range(args.repeats))
             wall = statistics.median(cluster_pass(two[1], tiny, 1) for _ in range(args.repeats))
             per_chunk = (wall - loop / 2) / many  # two workers share the compute
             print(
                 f"chunks:   {many} one-row chunks on 2 workers: {wall:.2f} s, bare loop {loop:.2f} s on one core "
                 f"-> scheduler overhead {1e3 * per_chunk:.2f} ms per chunk (goal: under 5 ms); "
-                f"client RSS {rss_before / 1024:.0f} -> {client_rss_kib() / 1024:.0f} MiB, "
+                f"client RSS {rss_before / 1024:.0f} -> {proc_status_kib('VmRSS') / 1024:.0f} MiB, "
                 f"peak {peak_rss_kib() / 1024:.0f} MiB"
             )
         finally:

@@ -46,11 +46,9 @@ def _statistics_tree(chunks: list[ChunkRef], per_chunk, merge, kwargs: dict, spl
     depth = 0
     while len(level) > 1:
         depth += 1
-        parents = [
-            (f"{merge.__name__}-{depth}-{token}", j) for j in range((len(level) + split_every - 1) // split_every)
-        ]
-        graph.update((key, (merge, level[j * split_every : (j + 1) * split_every])) for j, key in enumerate(parents))
-        level = parents
+        groups = [level[j : j + split_every] for j in range(0, len(level), split_every)]
+        level = [(f"{merge.__name__}-{depth}-{token}", j) for j in range(len(groups))]
+        graph.update((key, (merge, group)) for key, group in zip(level, groups, strict=True))
     return Delayed(level[0], graph)
 
 

@@ -53,11 +53,12 @@ def cached(
     # unique to this process and thread: a retried task on another worker may write
     # the same checkpoint at the same time, and each rename is atomic.
     temporary = path.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{path.name}")
+    text = json.dumps(value.to_json())
     try:
-        temporary.write_text(json.dumps(value.to_json()))
+        temporary.write_text(text)
     except FileNotFoundError:  # the first checkpoint of this folder
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(json.dumps(value.to_json()))
+        temporary.write_text(text)
     try:
         temporary.replace(path)
     except BaseException:
