@@ -33,7 +33,7 @@ ORT_SCRIPT = """
 import sys
 import numpy as np
 from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
-from pipeline.selection import default_op_types
+from dask_quant.pipeline.selection import default_op_types
 
 model, data, batch, tmp = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 x = np.load(data, mmap_mode="r")
@@ -57,10 +57,10 @@ print(peak_rss_kib())
 def worker_peak_kib(data: Path, chunk_size: int, out: Path) -> int:
     from distributed import Client
 
-    from cluster.connect import local_cluster
-    from pipeline.builtin import MODEL, builtin_path
-    from pipeline.config import QuantConfig, RunConfig
-    from pipeline.job import run
+    from dask_quant.cluster.connect import local_cluster
+    from dask_quant.pipeline.builtin import MODEL, builtin_path
+    from dask_quant.pipeline.config import QuantConfig, RunConfig
+    from dask_quant.pipeline.job import run
 
     config = RunConfig(
         model=builtin_path(MODEL), calib=data, out=out, chunk_size=chunk_size, quant=QuantConfig(method="entropy")
@@ -75,7 +75,7 @@ def worker_peak_kib(data: Path, chunk_size: int, out: Path) -> int:
 
 
 def ort_peak_kib(data: Path, chunk_size: int, tmp: Path) -> int:
-    from pipeline.builtin import MODEL, builtin_path
+    from dask_quant.pipeline.builtin import MODEL, builtin_path
 
     proc = subprocess.run(
         [sys.executable, "-c", ORT_SCRIPT, str(builtin_path(MODEL)), str(data), str(chunk_size), str(tmp)],
@@ -88,7 +88,7 @@ def ort_peak_kib(data: Path, chunk_size: int, tmp: Path) -> int:
 
 
 def main() -> None:
-    from pipeline.builtin import CALIB, builtin_path
+    from dask_quant.pipeline.builtin import CALIB, builtin_path
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", type=int, default=3200)

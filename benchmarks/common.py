@@ -12,7 +12,7 @@ import numpy as np
 
 
 def machine_line() -> str:
-    from pipeline.versions import package_versions
+    from dask_quant.cluster.environment import package_versions
 
     versions = ", ".join(f"{k} {v}" for k, v in package_versions().items() if v)
     return f"machine: {platform.machine()}, {os.cpu_count()} CPUs; {versions}"
@@ -23,9 +23,9 @@ def digits_activations(rows: int | None = None) -> dict[str, np.ndarray]:
     import onnx
     import onnxruntime as ort
 
-    from pipeline.builtin import CALIB, MODEL, builtin_path
-    from pipeline.selection import tensors_to_calibrate
-    from tasks.augment import add_outputs
+    from dask_quant.pipeline.builtin import CALIB, MODEL, builtin_path
+    from dask_quant.pipeline.selection import tensors_to_calibrate
+    from dask_quant.tasks.augment import add_outputs
 
     model = onnx.load(str(builtin_path(MODEL)))
     tensors = tensors_to_calibrate(model)

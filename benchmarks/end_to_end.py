@@ -80,7 +80,7 @@ def digits_case(tmp: Path, repeats: int) -> Case:
     sys.path.insert(0, str(HERE.parent / "data"))
     from make_digits import load_split
 
-    from pipeline.builtin import MODEL, VAL, builtin_path
+    from dask_quant.pipeline.builtin import MODEL, VAL, builtin_path
 
     (x_train, _), calib, _ = load_split()
     path = tmp / "digits_calib.npz"
@@ -170,8 +170,8 @@ def reference(case: Case, method: str, out: Path, limit_kib: int) -> dict:
 
 def ours(client, case: Case, method: str, out: Path) -> tuple[float, Path, int]:
     """Seconds, the INT8 model, and the largest worker's peak RSS (KiB) during the run."""
-    from pipeline.config import QuantConfig, RunConfig
-    from pipeline.job import run
+    from dask_quant.pipeline.config import QuantConfig, RunConfig
+    from dask_quant.pipeline.job import run
 
     quant = QuantConfig(
         method=method,
@@ -237,7 +237,7 @@ def bench(client, case: Case, tmp: Path, limit_kib: int) -> None:
 def main() -> None:
     from distributed import Client
 
-    from cluster.connect import local_cluster
+    from dask_quant.cluster.connect import local_cluster
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="digits,minilm")

@@ -40,14 +40,14 @@ def histograms(bins: int) -> dict[str, tuple]:
 def main() -> None:
     from onnxruntime.quantization.calibrate import HistogramCollector
 
-    from tasks.thresholds import ThresholdSettings, entropy_range
+    from dask_quant.tasks.thresholds import ThresholdSettings, entropy_range
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bins", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     collector = HistogramCollector("entropy", False, args.bins, 128, 99.999, "same")
-    settings = ThresholdSettings("entropy", num_quantized_bins=128)
+    settings = ThresholdSettings(num_quantized_bins=128)
     print(machine_line())
     print(f"entropy search, {args.bins} bins, 128 quantized bins, median of {args.repeats} runs each")
     print(f"{'tensor':28} {'onnxruntime s':>14} {'dask-quant s':>13} {'speed-up':>9}  same thresholds")

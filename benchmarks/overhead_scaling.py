@@ -33,9 +33,9 @@ from common import machine_line, peak_rss_kib, proc_status_kib  # noqa: E402
 
 
 def prepared_for(data: Path):
-    from pipeline.builtin import MODEL, builtin_path
-    from pipeline.config import RunConfig
-    from pipeline.prepare import prepare
+    from dask_quant.pipeline.builtin import MODEL, builtin_path
+    from dask_quant.pipeline.config import RunConfig
+    from dask_quant.pipeline.stages.prepare import prepare
 
     return prepare(RunConfig(model=builtin_path(MODEL), calib=data))
 
@@ -43,9 +43,9 @@ def prepared_for(data: Path):
 def bare_loop(prepared, chunk_size: int, part: int = 0, parts: int = 1, ready=None) -> float:
     """Seconds for one thread in this process to compute the same per-chunk statistics and merge them
     (every `parts`-th chunk from `part`; `ready`, a barrier, is waited on once the session is built)."""
-    from pipeline.prepare import dataset_chunks
-    from tasks.calibrate import chunk_range_stats
-    from tasks.range_stats import merge_all
+    from dask_quant.pipeline.stages.prepare import dataset_chunks
+    from dask_quant.tasks.calibrate import chunk_range_stats
+    from dask_quant.tasks.merging import merge_all
 
     chunks = dataset_chunks(prepared.calib, chunk_size)[part::parts]
     chunk_range_stats(chunks[0], prepared.model, prepared.tensors)  # build the session first, as workers cache it
@@ -81,8 +81,8 @@ def two_bare_loops(data: Path, chunk_size: int) -> float:
 
 
 def cluster_pass(client, prepared, chunk_size: int) -> float:
-    from pipeline.graph import calibration_graph
-    from pipeline.prepare import dataset_chunks
+    from dask_quant.pipeline.graph import calibration_graph
+    from dask_quant.pipeline.stages.prepare import dataset_chunks
 
     chunks = dataset_chunks(prepared.calib, chunk_size)
     client.compute(calibration_graph(chunks[:2], prepared.model, prepared.tensors)).result()  # warm sessions
@@ -94,14 +94,14 @@ def cluster_pass(client, prepared, chunk_size: int) -> float:
 def cluster(workers: int):
     from distributed import Client
 
-    from cluster.connect import local_cluster
+    from dask_quant.cluster.connect import local_cluster
 
     local = local_cluster(workers, dashboard_address=":0", silence_logs=logging.ERROR)
     return local, Client(local)
 
 
 def main() -> None:
-    from pipeline.builtin import CALIB, builtin_path
+    from dask_quant.pipeline.builtin import CALIB, builtin_path
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=96000)

@@ -8,8 +8,8 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from pipeline.config import ClusterConfig
-from tasks.errors import InputError
+from dask_quant.cluster.config import ClusterConfig
+from dask_quant.tasks.errors import InputError
 
 
 def default_workers() -> int:

@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
-from tasks.errors import InputError
+from importlib import metadata
+
+from dask_quant.tasks.errors import InputError
+
+# Recorded with every run (run.json).
+PACKAGES = ("dask-quant", "dask", "distributed", "onnx", "onnxruntime", "numpy", "pyarrow")
 
 # What must match the client: dask-quant exactly, onnxruntime to the minor version
 # (ranges and scales depend on its kernels and quantizer), the others to the major.
 REQUIRED = {"dask-quant": 3, "onnxruntime": 2, "onnx": 1, "numpy": 1, "pyarrow": 1}
+
+
+def package_versions() -> dict[str, str | None]:
+    """Python's and each of PACKAGES' version in this process (None: not installed)."""
+    import platform
+
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
 
 
 def incompatibilities(client_versions: dict, worker_versions: dict[str, dict]) -> list[str]:
@@ -27,12 +45,10 @@ def incompatibilities(client_versions: dict, worker_versions: dict[str, dict]) -
 
 def check_workers(client) -> None:
     """Raise InputError listing every worker that lacks a compatible package."""
-    from pipeline.versions import package_versions
-
     names = tuple(REQUIRED)
 
     def probe() -> dict[str, str | None]:
-        # Not pipeline.versions.package_versions: a worker may lack dask-quant, and this nested
+        # Not package_versions above: a worker may lack dask-quant, and this nested
         # function travels by value, so it runs there all the same.
         from importlib import metadata
 

@@ -1,17 +1,46 @@
-"""Client side of dask-quant: builds task graphs, runs them, writes results."""
+"""Client side of dask-quant: the public stages, and `run`, their chain.
+
+    prepare(config)                           -> Prepared        model and data checked (headers only)
+    calibrate(prepared, client, quants)       -> Calibration     statistics over the cluster (save/load: Parquet)
+    quantize(calibration, quant, path)        -> QuantizedModel  ORT's quantizer; pure, no cluster
+    validate(prepared, quantized, client)     -> Validation      FP32 against INT8 over the cluster
+    publish(out, config, prepared, quantized, validation) -> Path   one atomic run directory
+    run(config) / run_methods(config, methods)                    the chain above
+
+Names are imported on first use, so `dask-quant --help` stays fast.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from importlib import import_module
+from typing import Any
 
-__all__ = ["run"]
+_EXPORTS = {
+    "RunConfig": "config",
+    "QuantConfig": "config",
+    "ActivationType": "config",
+    "Metric": "config",
+    "Method": "methods",
+    "Prepared": "stages.prepare",
+    "prepare": "stages.prepare",
+    "Calibration": "stages.calibrate",
+    "calibrate": "stages.calibrate",
+    "QuantizedModel": "stages.quantize",
+    "quantize": "stages.quantize",
+    "Validation": "stages.validate",
+    "validate": "stages.validate",
+    "publish": "stages.publish",
+    "RunResult": "job",
+    "run": "job",
+    "run_methods": "job",
+}
+__all__ = sorted(_EXPORTS)
 
-if TYPE_CHECKING:
-    from pipeline.job import RunResult
 
-
-def run(*args: Any, **kwargs: Any) -> RunResult:
-    """Quantize a model; see `pipeline.job.run` (imported lazily: the CLI starts fast)."""
-    from pipeline.job import run as _run
-
-    return _run(*args, **kwargs)
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        msg = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value

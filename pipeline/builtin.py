@@ -11,5 +11,5 @@ VAL = "digits_val.npz"
 
 
 def builtin_path(name: str) -> Path:
-    """Path of a file shipped in the `dask_quant_data` package (made by data/make_digits.py)."""
-    return Path(str(resources.files("dask_quant_data") / name))
+    """Path of a file shipped in the `dask_quant.data` package (made by data/make_digits.py)."""
+    return Path(str(resources.files("dask_quant.data") / name))

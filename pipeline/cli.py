@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from tasks.errors import DaskQuantError, InputError
+from dask_quant.pipeline.methods import Method, choices, cli_help
+from dask_quant.tasks.errors import DaskQuantError, InputError
 
 EXIT_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -65,147 +66,176 @@ def main() -> None:
     """Post-training quantization of ONNX models as a Dask task graph."""
 
 
+def _options(*decorators):
+    """Several click options as one decorator, so subcommands share their declarations."""
+
+    def apply(function):
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+
+    return apply
+
+
+# Where the work runs: every subcommand that computes takes these.
+cluster_options = _options(
+    click.option("--workers", type=int, default=None, help="LocalCluster workers [default: one per CPU]."),
+    click.option(
+        "--threads-per-worker", type=int, default=1, show_default=True, help="Threads per LocalCluster worker."
+    ),
+    click.option("--scheduler", default=None, help="Connect to this scheduler instead of starting a LocalCluster."),
+    click.option("--scheduler-file", type=click.Path(path_type=Path), help="Connect to the scheduler this file names."),
+    click.option("--tls-ca-file", type=click.Path(path_type=Path), help="CA certificate (PEM) of a tls:// scheduler."),
+    click.option(
+        "--tls-cert", type=click.Path(path_type=Path), help="Client certificate (PEM) for a tls:// scheduler."
+    ),
+    click.option("--tls-key", type=click.Path(path_type=Path), help="Private key (PEM) of --tls-cert."),
+    click.option(
+        "--memory-limit", default="auto", show_default=True, help="Memory per LocalCluster worker (e.g. 4GiB; 0: none)."
+    ),
+    click.option(
+        "--connect-timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for --scheduler."
+    ),
+)
+
+# How a model is quantized.
+quant_options = _options(
+    click.option(
+        "--per-channel/--per-tensor", default=True, show_default=True, help="Weight quantization granularity."
+    ),
+    click.option("--method", "methods", default=Method.MINMAX.value, show_default=True, help=cli_help()),
+    click.option(
+        "--percentile", type=float, default=99.999, show_default=True, help="Percentile kept by --method percentile."
+    ),
+    click.option("--num-bins", type=int, default=2048, show_default=True, help="Histogram bins (histogram methods)."),
+    click.option(
+        "--num-quantized-bins", type=int, default=128, show_default=True, help="Target levels of --method entropy."
+    ),
+    click.option(
+        "--activation-type",
+        default="uint8",
+        show_default=True,
+        help="Activation type: uint8, int8, uint16 or int16; weights are int8 symmetric.",
+    ),
+    click.option(
+        "--symmetric/--asymmetric",
+        default=False,
+        show_default=True,
+        help="Symmetric activation ranges (zero point in the middle).",
+    ),
+    click.option("--exclude-nodes", multiple=True, help="Node names to leave in FP32 (comma-separated or repeated)."),
+    click.option("--op-types", multiple=True, help="Only quantize these op types (comma-separated or repeated)."),
+)
+
+# Model, data and where results go.
+job_options = _options(
+    click.argument("model", required=False, type=click.Path(path_type=Path)),
+    click.option(
+        "--calib", type=click.Path(path_type=Path), help="Calibration data: .npz (one array per input) or .npy."
+    ),
+    click.option("--val", type=click.Path(path_type=Path), help="Validation data (.npz may hold 'labels')."),
+    click.option(
+        "--out",
+        type=click.Path(path_type=Path),
+        default=Path("dask-quant-runs"),
+        show_default=True,
+        help="Directory where run directories are published.",
+    ),
+    click.option("--chunk-size", type=int, default=64, show_default=True, help="Rows per task."),
+    click.option(
+        "--metric",
+        default="auto",
+        show_default=True,
+        help="Validation metrics that lead: auto, classification, embedding or regression.",
+    ),
+    click.option("--resume", is_flag=True, help="Reuse the chunk statistics an interrupted run of the same job kept."),
+)
+
+
+def cluster_config(options: dict):
+    from dask_quant.cluster.config import ClusterConfig
+
+    names = ("workers", "threads_per_worker", "scheduler", "scheduler_file", "tls_ca_file", "tls_cert", "tls_key")
+    return ClusterConfig(
+        **{name: options[name] for name in names},
+        memory_limit=options["memory_limit"],
+        connect_timeout=options["connect_timeout"],
+    )
+
+
+def quant_config(options: dict, method):
+    from dask_quant.pipeline.config import QuantConfig
+
+    return QuantConfig(
+        method=method,
+        percentile=options["percentile"],
+        num_bins=options["num_bins"],
+        num_quantized_bins=options["num_quantized_bins"],
+        symmetric=options["symmetric"],
+        per_channel=options["per_channel"],
+        activation_type=options["activation_type"],
+        exclude_nodes=_split(options["exclude_nodes"]),
+        op_types=_split(options["op_types"]),
+    )
+
+
+def _model_and_data(model, calib, val):
+    """MODEL with its data, or the built-in default when no MODEL is given."""
+    if model is None:
+        if calib is not None or val is not None:
+            msg = "--calib/--val need a MODEL argument; run without them for the built-in default"
+            raise InputError(msg)
+        from dask_quant.pipeline.builtin import CALIB, MODEL, VAL, builtin_path
+
+        return builtin_path(MODEL), builtin_path(CALIB), builtin_path(VAL)
+    if calib is None:
+        msg = f"{model}: --calib is required with a MODEL; pass a .npz or .npy of calibration samples"
+        raise InputError(msg)
+    return model, calib, val
+
+
 @main.command()
-@click.argument("model", required=False, type=click.Path(path_type=Path))
-@click.option("--calib", type=click.Path(path_type=Path), help="Calibration data: .npz (one array per input) or .npy.")
-@click.option("--val", type=click.Path(path_type=Path), help="Validation data (.npz may hold 'labels').")
-@click.option(
-    "--out",
-    type=click.Path(path_type=Path),
-    default=Path("dask-quant-runs"),
-    show_default=True,
-    help="Directory where run directories are published.",
-)
-@click.option("--chunk-size", type=int, default=64, show_default=True, help="Rows per task.")
-@click.option("--workers", type=int, default=None, help="LocalCluster workers [default: one per CPU].")
-@click.option("--threads-per-worker", type=int, default=1, show_default=True, help="Threads per LocalCluster worker.")
-@click.option("--scheduler", default=None, help="Connect to this scheduler instead of starting a LocalCluster.")
-@click.option("--scheduler-file", type=click.Path(path_type=Path), help="Connect to the scheduler this file names.")
-@click.option("--tls-ca-file", type=click.Path(path_type=Path), help="CA certificate (PEM) of a tls:// scheduler.")
-@click.option("--tls-cert", type=click.Path(path_type=Path), help="Client certificate (PEM) for a tls:// scheduler.")
-@click.option("--tls-key", type=click.Path(path_type=Path), help="Private key (PEM) of --tls-cert.")
-@click.option(
-    "--memory-limit", default="auto", show_default=True, help="Memory per LocalCluster worker (e.g. 4GiB; 0: none)."
-)
-@click.option("--connect-timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for --scheduler.")
-@click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight quantization granularity.")
-@click.option(
-    "--method",
-    default="minmax",
-    show_default=True,
-    help="How activation ranges are chosen: minmax, entropy, percentile or mse.",
-)
-@click.option(
-    "--percentile", type=float, default=99.999, show_default=True, help="Percentile kept by --method percentile."
-)
-@click.option("--num-bins", type=int, default=2048, show_default=True, help="Histogram bins (histogram methods).")
-@click.option(
-    "--num-quantized-bins", type=int, default=128, show_default=True, help="Target levels of --method entropy."
-)
-@click.option(
-    "--activation-type",
-    default="uint8",
-    show_default=True,
-    help="Activation type: uint8, int8, uint16 or int16; weights are int8 symmetric.",
-)
-@click.option(
-    "--symmetric/--asymmetric",
-    default=False,
-    show_default=True,
-    help="Symmetric activation ranges (zero point in the middle).",
-)
-@click.option(
-    "--metric",
-    default="auto",
-    show_default=True,
-    help="Validation metrics that lead: auto, classification, embedding or regression.",
-)
-@click.option("--resume", is_flag=True, help="Reuse the chunk statistics an interrupted run of the same job kept.")
+@job_options
+@quant_options
+@cluster_options
 @click.option("--tensorrt-table", is_flag=True, help="Also write the TensorRT EP calibration table (tensorrt/).")
-@click.option("--exclude-nodes", multiple=True, help="Node names to leave in FP32 (comma-separated or repeated).")
-@click.option("--op-types", multiple=True, help="Only quantize these op types (comma-separated or repeated).")
-def run(
-    model,
-    calib,
-    val,
-    out,
-    chunk_size,
-    workers,
-    threads_per_worker,
-    scheduler,
-    scheduler_file,
-    tls_ca_file,
-    tls_cert,
-    tls_key,
-    memory_limit,
-    connect_timeout,
-    per_channel,
-    method,
-    percentile,
-    num_bins,
-    num_quantized_bins,
-    activation_type,
-    symmetric,
-    metric,
-    resume,
-    tensorrt_table,
-    exclude_nodes,
-    op_types,
-):
-    """Quantize MODEL (default: the built-in digits CNN) to INT8 and validate it."""
-    from pipeline.config import ClusterConfig, QuantConfig, RunConfig
+def run(**options):
+    """Quantize MODEL (default: the built-in digits CNN) to INT8 and validate it.
+
+    With several methods (--method minmax,entropy), one calibration serves
+    them all and each is published as its own run.
+    """
+    from dask_quant.pipeline.config import RunConfig
+    from dask_quant.pipeline.methods import parse_method
 
     try:
-        if model is None:
-            if calib is not None or val is not None:
-                msg = "--calib/--val need a MODEL argument; run without them for the built-in default"
-                raise InputError(msg)
-            from pipeline.builtin import CALIB, MODEL, VAL, builtin_path
-
-            model, calib, val = builtin_path(MODEL), builtin_path(CALIB), builtin_path(VAL)
-        elif calib is None:
-            msg = f"{model}: --calib is required with a MODEL; pass a .npz or .npy of calibration samples"
+        model, calib, val = _model_and_data(options["model"], options["calib"], options["val"])
+        methods = [parse_method(m) for m in _split((options["methods"],))]
+        if not methods:
+            msg = f"--method needs at least one of: {choices()}"
             raise InputError(msg)
+        quants = [quant_config(options, method) for method in methods]  # each method checks its own settings
         config = RunConfig(
             model=model,
             calib=calib,
             val=val,
-            out=out,
-            chunk_size=chunk_size,
-            tensorrt_table=tensorrt_table,
-            metric=metric,
-            resume=resume,
-            quant=QuantConfig(
-                method=method,
-                percentile=percentile,
-                num_bins=num_bins,
-                num_quantized_bins=num_quantized_bins,
-                symmetric=symmetric,
-                per_channel=per_channel,
-                activation_type=activation_type,
-                exclude_nodes=_split(exclude_nodes),
-                op_types=_split(op_types),
-            ),
-            cluster=ClusterConfig(
-                scheduler=scheduler,
-                scheduler_file=scheduler_file,
-                tls_ca_file=tls_ca_file,
-                tls_cert=tls_cert,
-                tls_key=tls_key,
-                memory_limit=memory_limit,
-                workers=workers,
-                threads_per_worker=threads_per_worker,
-                connect_timeout=connect_timeout,
-            ),
+            out=options["out"],
+            chunk_size=options["chunk_size"],
+            tensorrt_table=options["tensorrt_table"],
+            metric=options["metric"],
+            resume=options["resume"],
+            quant=quants[0],
+            cluster=cluster_config(options),
         )
-        from pipeline.job import run as run_job
-        from pipeline.summary import format_summary
+        from dask_quant.pipeline.job import run_methods
+        from dask_quant.pipeline.summary import format_summary
 
         interrupts = _Interrupts()
         interrupts.install()  # SIGTERM (a scheduler stopping us) cleans up like Ctrl-C
         log = lambda line: click.echo(f"dask-quant: {line}", err=True)  # noqa: E731
-        result = run_job(config, log=log, progress=sys.stdout.isatty(), interrupted=interrupts.requested)
-        click.echo(format_summary(result))
+        terminal = sys.stderr.isatty()
+        results = run_methods(config, methods, log=log, progress=terminal, interrupted=interrupts.requested)
+        click.echo("\n".join(format_summary(result) for result in results))
     except InputError as exc:
         _fail(str(exc), EXIT_INPUT)
     except KeyboardInterrupt:
@@ -221,12 +251,12 @@ def run(
 def report(run_dir, output, screenshot):
     """Write the HTML report of RUN_DIR (every run also writes one)."""
     try:
-        from pipeline.report import write_report
+        from dask_quant.pipeline.report import write_report
 
         page = write_report(run_dir, output)
         click.echo(f"report: {page}")
         if screenshot is not None:
-            from pipeline.screenshot import screenshot as take
+            from dask_quant.pipeline.screenshot import screenshot as take
 
             click.echo(f"screenshot: {take(page, screenshot)}")
     except InputError as exc:
@@ -234,4 +264,4 @@ def report(run_dir, output, screenshot):
 
 
 if __name__ == "__main__":
-    main()
+    main(prog_name="dask-quant")

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from tasks.errors import InputError
+from dask_quant.cluster.config import ClusterConfig
+from dask_quant.pipeline.methods import Method, info, parse_method
+from dask_quant.tasks.errors import InputError
 
 CONFIG_VERSION = 1
 
@@ -21,13 +23,6 @@ class ActivationType(str, Enum):
     def levels(self) -> int:
         """qmax - qmin."""
         return 255 if self in (ActivationType.UINT8, ActivationType.INT8) else 65535
-
-
-class Method(str, Enum):
-    MINMAX = "minmax"
-    PERCENTILE = "percentile"
-    ENTROPY = "entropy"
-    MSE = "mse"
 
 
 class Metric(str, Enum):
@@ -58,69 +53,32 @@ class QuantConfig:
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
-        for name, enum in (("method", Method), ("activation_type", ActivationType)):
-            value = getattr(self, name)
-            try:
-                object.__setattr__(self, name, enum(value))
-            except ValueError:
-                choices = ", ".join(e.value for e in enum)
-                msg = f"unknown {name.replace('_', ' ')} {value!r}; choose one of: {choices}"
-                raise InputError(msg) from None
+        object.__setattr__(self, "method", parse_method(self.method))
+        try:
+            object.__setattr__(self, "activation_type", ActivationType(self.activation_type))
+        except ValueError:
+            choices = ", ".join(e.value for e in ActivationType)
+            msg = f"unknown activation type {self.activation_type!r}; choose one of: {choices}"
+            raise InputError(msg) from None
         object.__setattr__(self, "op_types", tuple(self.op_types))
         object.__setattr__(self, "exclude_nodes", tuple(self.exclude_nodes))
-        if not 0 < self.percentile <= 100:
+        used = info(self.method).settings  # a method checks only the settings it reads
+        if "percentile" in used and not 0 < self.percentile <= 100:
             msg = f"--percentile must be in (0, 100], got {self.percentile}"
             raise InputError(msg)
-        if self.num_quantized_bins < 2:
+        if "num_quantized_bins" in used and self.num_quantized_bins < 2:
             msg = f"--num-quantized-bins must be at least 2, got {self.num_quantized_bins}"
             raise InputError(msg)
-        if self.num_bins < self.num_quantized_bins:
+        if "num_bins" in used and self.num_bins < 2:
+            msg = f"--num-bins must be at least 2, got {self.num_bins}"
+            raise InputError(msg)
+        if "num_quantized_bins" in used and self.num_bins < self.num_quantized_bins:
             msg = f"--num-bins ({self.num_bins}) must be at least --num-quantized-bins ({self.num_quantized_bins})"
             raise InputError(msg)
 
     @property
     def uses_histograms(self) -> bool:
-        return self.method is not Method.MINMAX
-
-
-@dataclass(frozen=True)
-class ClusterConfig:
-    """Where tasks run: an existing scheduler, or a LocalCluster we start.
-
-    The scheduler is `scheduler`, else the address in `scheduler_file`, else
-    dask's `scheduler-address` setting (DASK_SCHEDULER_ADDRESS); with none of
-    them a LocalCluster is started. `tls_*` are PEM files for tls:// addresses.
-    """
-
-    scheduler: str | None = None
-    scheduler_file: Path | None = None
-    workers: int | None = None  # None: one per CPU this process may use
-    threads_per_worker: int = 1
-    memory_limit: str = "auto"  # per LocalCluster worker, as distributed parses it ("4GiB", "auto", 0 = none)
-    connect_timeout: float = 10.0
-    tls_ca_file: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("scheduler_file", "tls_ca_file", "tls_cert", "tls_key"):
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, Path(value))
-                if not Path(value).is_file():
-                    msg = f"--{name.replace('_', '-')} {value}: file not found"
-                    raise InputError(msg)
-        if (self.tls_cert is None) != (self.tls_key is None):
-            msg = "--tls-cert and --tls-key go together: pass both (PEM certificate and its private key)"
-            raise InputError(msg)
-        for name in ("workers", "threads_per_worker"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                msg = f"--{name.replace('_', '-')} must be at least 1, got {value}"
-                raise InputError(msg)
-        if self.connect_timeout <= 0:
-            msg = f"connect timeout must be positive seconds, got {self.connect_timeout}"
-            raise InputError(msg)
+        return info(self.method).histograms
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.config import RunConfig
-from pipeline.prepare import Prepared, dataset_chunks
+from dask_quant.pipeline.config import RunConfig
+from dask_quant.pipeline.stages.prepare import Prepared, dataset_chunks
 
 _VALIDATION_TASKS = ("validate_chunk", "chunk_layer_errors")
 

@@ -1,55 +1,69 @@
 """Lazy task graphs: calibration statistics and validation.
 
-Nothing here computes; `pipeline.job.run` computes each graph once.
+Nothing here computes; `pipeline.compute.compute` runs each graph once.
 """
 
 from __future__ import annotations
 
 from functools import partial
 
-from tasks.calibrate import chunk_histograms, chunk_range_stats
-from tasks.checkpoint import Checkpoints
-from tasks.chunks import ChunkRef
-from tasks.histogram import Histograms, HistogramSpec, merge_histograms
-from tasks.layer_error import chunk_layer_errors, merge_layer_errors
-from tasks.range_stats import RangeStats, merge_all
-from tasks.sessions import ModelRef
-from tasks.thresholds import ThresholdSettings, choose_range
-from tasks.validate import validate_chunk
+from dask.base import tokenize
+from dask.delayed import Delayed
+
+from dask_quant.tasks.calibrate import chunk_histograms, chunk_range_stats
+from dask_quant.tasks.checkpoint import Checkpoints
+from dask_quant.tasks.chunks import ChunkRef
+from dask_quant.tasks.histogram import HistogramSpec
+from dask_quant.tasks.layer_error import chunk_layer_errors
+from dask_quant.tasks.merging import merge_all
+from dask_quant.tasks.sessions import ModelRef
+from dask_quant.tasks.validate import validate_chunk
 
 
-def _statistics_tree(chunks: list[ChunkRef], per_chunk, merge, kwargs: dict, split_every: int):
-    """One task per chunk (its statistics), then a merge tree of fan-in `split_every`.
+class ChunkGraph(Delayed):
+    """A lazy result (a dask Delayed) that also names its one-task-per-chunk keys, so progress can count chunks."""
 
-    One chunk per task, so a task holds one chunk's activations; the tree means
-    no task (and not the client) ever holds all the partials. Built by hand:
-    dask.bag gives each chunk a second, near-empty task, and every task costs a
-    scheduler round trip (about half the per-chunk overhead measured with
-    one-row chunks). All tasks share one `partial`, pickled once per graph.
+    __slots__ = ("chunk_keys",)
+
+    def __init__(self, key, graph: dict, chunk_keys: list) -> None:
+        super().__init__(key, graph)
+        self.chunk_keys = chunk_keys
+
+
+def _chunk_tasks(chunks: list[ChunkRef], per_chunk, kwargs: dict, salt) -> tuple[dict, list, str]:
+    """One task per chunk, with deterministic keys (same job, same keys).
+
+    Built by hand: dask.bag gives each chunk a second, near-empty task, and
+    every task costs a scheduler round trip (about half the per-chunk overhead
+    measured with one-row chunks). All tasks share one `partial`, pickled once.
     """
-    from dask.base import tokenize
-    from dask.delayed import Delayed
-
     work = partial(per_chunk, **kwargs)
     # The chunks' fields as plain tuples: dask tokenizes those far faster than dataclasses.
     token = tokenize(
         per_chunk.__module__,
         per_chunk.__qualname__,
-        merge.__qualname__,
         kwargs,
-        split_every,
+        salt,
         [(c.path, c.members, c.start, c.stop, c.index, c.labels, c.sha256) for c in chunks],
     )
-    graph: dict = {}
-    level = [(f"{per_chunk.__name__}-{token}", i) for i in range(len(chunks))]
-    graph.update((key, (work, chunk)) for key, chunk in zip(level, chunks, strict=True))
-    depth = 0
+    keys = [(f"{per_chunk.__name__}-{token}", i) for i in range(len(chunks))]
+    return {key: (work, chunk) for key, chunk in zip(keys, chunks, strict=True)}, keys, token
+
+
+def _statistics_tree(chunks: list[ChunkRef], per_chunk, kwargs: dict, split_every: int) -> ChunkGraph:
+    """One task per chunk (its statistics), then a merge tree of fan-in `split_every`.
+
+    One chunk per task, so a task holds one chunk's activations; the tree means
+    no task (and not the client) ever holds all the partials.
+    """
+    graph, chunk_keys, token = _chunk_tasks(chunks, per_chunk, kwargs, ("merge_all", split_every))
+    level, depth = chunk_keys, 0
     while len(level) > 1:
         depth += 1
         groups = [level[j : j + split_every] for j in range(0, len(level), split_every)]
-        level = [(f"{merge.__name__}-{depth}-{token}", j) for j in range(len(groups))]
-        graph.update((key, (merge, group)) for key, group in zip(level, groups, strict=True))
-    return Delayed(level[0], graph)
+        level = [(f"merge_all-{depth}-{token}", j) for j in range(len(groups))]
+        graph.update((key, (merge_all, group)) for key, group in zip(level, groups, strict=True))
+    return ChunkGraph(level[0], graph, chunk_keys)
 
 
 def calibration_graph(
@@ -61,7 +75,7 @@ def calibration_graph(
 ):
     """Statistics of every chunk, merged in a tree of fan-in `split_every`."""
     kwargs = {"model": model, "tensors": tensors, "checkpoints": checkpoints}
-    return _statistics_tree(chunks, chunk_range_stats, merge_all, kwargs, split_every)
+    return _statistics_tree(chunks, chunk_range_stats, kwargs, split_every)
 
 
 def histogram_graph(
@@ -76,30 +90,19 @@ def histogram_graph(
     wanted = {spec.tensor for spec in specs}
     needed = tuple(t for t in tensors if t[0] in wanted)
     kwargs = {"model": model, "tensors": needed, "specs": specs, "checkpoints": checkpoints}
-    return _statistics_tree(chunks, chunk_histograms, merge_histograms, kwargs, split_every)
-
-
-def threshold_graph(histograms: Histograms, stats: RangeStats, settings: ThresholdSettings) -> list:
-    """One range search per tensor, independent, so they spread over the workers."""
-    from dask import delayed
-
-    observed = stats.as_dict()
-    search = delayed(choose_range, pure=True)
-    return [
-        search(name, h.counts, h.spec.edges(), (observed[name].min, observed[name].max), settings)
-        for name, h in histograms.entries
-    ]
+    return _statistics_tree(chunks, chunk_histograms, kwargs, split_every)
 
 
 def layer_graph(chunks: list[ChunkRef], fp32: ModelRef, int8: ModelRef, pairs, split_every: int = 8, specs=()):
     """Per-layer error sums (and FP32 histograms on `specs`) of every validation chunk, merged in a tree."""
     kwargs = {"fp32": fp32, "int8": int8, "pairs": pairs, "specs": specs}
-    return _statistics_tree(chunks, chunk_layer_errors, merge_layer_errors, kwargs, split_every)
+    return _statistics_tree(chunks, chunk_layer_errors, kwargs, split_every)
 
 
 def validation_graph(chunks: list[ChunkRef], fp32: ModelRef, int8: ModelRef, anchors: ChunkRef | None = None):
-    """One ChunkValidation per chunk (they become the rows of validation.parquet)."""
-    import dask.bag as db
-
-    bag = db.from_sequence(chunks, npartitions=len(chunks))
-    return bag.map(validate_chunk, fp32=fp32, int8=int8, anchors=anchors)
+    """One ChunkValidation per chunk, as a list in chunk order (the rows of validation.parquet)."""
+    kwargs = {"fp32": fp32, "int8": int8, "anchors": anchors}
+    graph, chunk_keys, token = _chunk_tasks(chunks, validate_chunk, kwargs, "list")
+    root = f"validation-{token}"
+    graph[root] = (list, chunk_keys)
+    return ChunkGraph(root, graph, chunk_keys)

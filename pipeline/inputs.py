@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.digest import sha256_file
-from tasks.errors import InputError
-from tasks.npy_io import NPY_MEMBER, array_info, is_compressed, member_names
+from dask_quant.tasks.digest import sha256_file
+from dask_quant.tasks.errors import InputError
+from dask_quant.tasks.npy_io import NPY_MEMBER, array_info, is_compressed, member_names
 
 LABELS = "labels"
 

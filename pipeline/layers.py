@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from pipeline.qparams import activation_name
-from tasks.histogram import HistogramSpec
-from tasks.layer_error import LayerErrors
-from tasks.range_stats import RangeStats
+from dask_quant.pipeline.qparams import activation_name
+from dask_quant.tasks.histogram import HistogramSpec
+from dask_quant.tasks.layer_error import LayerErrors
+from dask_quant.tasks.range_stats import RangeStats
 
 
 def _histogram_columns(histogram) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 
-from pipeline.config import Metric
+from dask_quant.pipeline.config import Metric
 
 ANCHORS = 256  # validation rows every sample's nearest neighbour is looked up among
 _CLASSIFIER_NAME = re.compile(r"logit|prob|score|class", re.IGNORECASE)

@@ -81,31 +81,21 @@ WEIGHT_SETTINGS = {
 }
 
 
-def method_settings(quant) -> dict:
-    """The activation method and the settings it used (None where the method has no such setting)."""
-    method = quant.method.value
-    return {
-        "method": method,
-        "symmetric": quant.symmetric,
-        "percentile": quant.percentile if method == "percentile" else None,
-        "num_bins": quant.num_bins if quant.uses_histograms else None,
-        "num_quantized_bins": quant.num_quantized_bins if method == "entropy" else None,
-    }
-
-
-def qparam_rows(params: list[QParam], calibration, quant) -> list[dict]:
+def qparam_rows(params, stats, ranges: dict, quant) -> list[dict]:
     """Rows of qparams.parquet: scalars for per-tensor parameters, lists for per-channel.
 
     `rmin`/`rmax` is the range handed to the quantizer (the method's choice),
     `observed_min`/`observed_max` the exact range seen in calibration.
     """
-    observed = calibration.stats.as_dict()
-    activation_settings = method_settings(quant)
+    from dask_quant.pipeline.methods import setting_values
+
+    observed = stats.as_dict()
+    activation_settings = {"method": quant.method.value, "symmetric": quant.symmetric, **setting_values(quant)}
     rows = []
     for p in params:
         per_tensor = len(p.scale) == 1
         seen = observed.get(p.tensor) if p.kind == "activation" else None
-        chosen = calibration.ranges.get(p.tensor) if seen is not None else None
+        chosen = ranges.get(p.tensor) if seen is not None else None
         rows.append(
             {
                 "tensor": p.tensor,

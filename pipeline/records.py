@@ -5,20 +5,18 @@ from __future__ import annotations
 import math
 import time
 
-from pipeline.config import RunConfig, config_dict
-from pipeline.inputs import DatasetSpec
-from pipeline.versions import package_versions
-from tasks.exact_sum import to_float
-from tasks.histogram import Histograms
-from tasks.validate import ChunkValidation, ValidationStats
+from dask_quant.cluster.environment import package_versions
+from dask_quant.pipeline.config import RunConfig, config_dict
+from dask_quant.pipeline.inputs import DatasetSpec
+from dask_quant.pipeline.stages.prepare import dataset_chunks
+from dask_quant.tasks.validate import ValidationStats
 
 
 def data_record(spec: DatasetSpec | None, chunk_size: int) -> dict | None:
     if spec is None:
         return None
-    chunks = -(-spec.rows // chunk_size)
+    chunks = len(dataset_chunks(spec, chunk_size))  # the one rule that splits rows into chunks
     return {"path": spec.path, "sha256": spec.sha256, "rows": spec.rows, "chunks": chunks, "labels": spec.labels}
-
 
 def summary_record(stats: ValidationStats | None, metric=None) -> dict | None:
     if stats is None:
@@ -37,31 +35,6 @@ def summary_record(stats: ValidationStats | None, metric=None) -> dict | None:
         "max_abs_error": stats.max_abs_error,
     }
 
-
-def validation_rows(chunks: list[ChunkValidation]) -> list[dict]:
-    return [
-        {
-            "chunk_index": c.index,
-            "row_start": c.start,
-            "row_stop": c.stop,
-            "samples": c.stats.samples,
-            "labelled": c.stats.labelled,
-            "fp32_correct": c.stats.fp32_correct,
-            "int8_correct": c.stats.int8_correct,
-            "top1_agree": c.stats.top1_agree,
-            "max_abs_error": c.stats.max_abs_error,
-            "mean_cosine": c.stats.mean_cosine,
-            "min_cosine": c.stats.min_cosine,
-            "elements": c.stats.elements,
-            "squared_error": to_float(c.stats.squared_error),
-            "signal": to_float(c.stats.signal),
-            "neighbour_agree": c.stats.neighbour_agree,
-            "neighbour_queries": c.stats.neighbour_queries,
-        }
-        for c in chunks
-    ]
-
-
 def run_record(config: RunConfig, run_id: str, sections: dict) -> dict:
     """run.json: the config, package versions and creation time around the run's own sections."""
     return {
@@ -71,19 +44,6 @@ def run_record(config: RunConfig, run_id: str, sections: dict) -> dict:
         "versions": package_versions(),
         **sections,
     }
-
-
-def histogram_rows(histograms: Histograms) -> list[dict]:
-    return [
-        {
-            "tensor": name,
-            "absolute": h.spec.absolute,
-            "bin_edges": h.spec.edges().tolist(),
-            "counts": h.counts.tolist(),
-        }
-        for name, h in histograms.entries
-    ]
-
 
 def latency_record(latency) -> dict | None:
     if latency is None:
@@ -97,10 +57,3 @@ def latency_record(latency) -> dict | None:
         "speedup": latency.speedup,
     }
 
-
-def chunk_record(calibration) -> dict:
-    """How many chunk statistics each pass computed, and how many it read back from checkpoints (--resume)."""
-    passes = {"range_stats": calibration.stats}
-    if calibration.histograms is not None:
-        passes["histograms"] = calibration.histograms
-    return {name: {"computed": value.chunks[0], "reused": value.chunks[1]} for name, value in passes.items()}

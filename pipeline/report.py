@@ -9,9 +9,10 @@ import os
 import tempfile
 from pathlib import Path
 
-from pipeline import plots, results
-from pipeline.metrics import headline_metrics
-from tasks.errors import InputError
+from dask_quant.pipeline import outputs, plots, results
+from dask_quant.pipeline.methods import info
+from dask_quant.pipeline.metrics import headline_metrics
+from dask_quant.tasks.errors import InputError
 
 REPORT_FILE = "report.html"
 WORST_HISTOGRAMS = 4
@@ -101,6 +102,15 @@ def _histograms(layers: list[dict], qparams: list[dict]) -> str:
     return f'<div class="grid">{"".join(images)}</div>'
 
 
+def _cluster(record: dict | None) -> str:
+    return "not recorded" if not record else f"{record['workers']} workers at {record['scheduler']}"
+
+
+def _shared(run: dict) -> str:
+    methods = run.get("calibration", {}).get("methods", [])
+    return f" (one calibration shared by {', '.join(methods)})" if len(methods) > 1 else ""
+
+
 def _config_table(run: dict) -> str:
     quant = run["config"]["quant"]
     rows = {
@@ -109,12 +119,12 @@ def _config_table(run: dict) -> str:
         "validation data": "none"
         if not run["data"].get("val")
         else f"{run['data']['val']['path']} ({run['data']['val']['rows']} samples)",
-        "method": quant["method"],
+        "method": quant["method"] + _shared(run),
         "activations": f"{quant['activation_type']}, {'symmetric' if quant['symmetric'] else 'asymmetric'}",
         "weights": f"int8 symmetric, {'per-channel' if quant['per_channel'] else 'per-tensor'}",
-        "histogram bins": quant["num_bins"] if quant["method"] != "minmax" else "-",
+        "histogram bins": quant["num_bins"] if "num_bins" in info(quant["method"]).settings else "-",
         "chunk size": run["config"]["chunk_size"],
-        "cluster": f"{run['cluster']['workers']} workers at {run['cluster']['scheduler']}",
+        "cluster": _cluster(run.get("cluster")),
         "versions": ", ".join(f"{k} {v}" for k, v in run["versions"].items() if v),
     }
     return "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows.items()) + "</table>"
@@ -123,8 +133,8 @@ def _config_table(run: dict) -> str:
 def render(run_dir: Path) -> str:
     """The report page for a run directory."""
     run = json.loads((run_dir / results.RUN_FILE).read_text())
-    layers = _read_table(run_dir / results.LAYERS_FILE)
-    qparams = _read_table(run_dir / results.QPARAMS_FILE)
+    layers = _read_table(run_dir / outputs.LAYERS.name)
+    qparams = _read_table(run_dir / outputs.QPARAMS.name)
     name = Path(run["model"]["path"]).name
     if layers:
         per_layer = (

@@ -1,4 +1,4 @@
-"""Run directories and their files: explicit Parquet schemas, atomic publication.
+"""Run directories: atomic publication (the Parquet files are declared in pipeline.outputs).
 
 A run is written into `OUT/.staging/RUN_ID/` and renamed to `OUT/RUN_ID/`
 only when complete: a failed or interrupted run leaves nothing behind, and
@@ -17,121 +17,21 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from tasks.errors import InputError
+from dask_quant.tasks.errors import InputError
 
-QPARAMS_FILE = "qparams.parquet"
-VALIDATION_FILE = "validation.parquet"
-HISTOGRAMS_FILE = "histograms.parquet"
-LAYERS_FILE = "layers.parquet"
 TENSORRT_DIR = "tensorrt"
 RUN_FILE = "run.json"
 MODEL_FILE = "model.int8.onnx"
 STAGING = ".staging"
 
 
-def qparams_schema():
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            ("run_id", pa.string()),
-            ("tensor", pa.string()),
-            ("kind", pa.string()),
-            ("rmin", pa.float32()),
-            ("rmax", pa.float32()),
-            ("observed_min", pa.float32()),
-            ("observed_max", pa.float32()),
-            ("elements", pa.int64()),
-            ("scale", pa.float32()),
-            ("zero_point", pa.int32()),
-            ("channel_scales", pa.list_(pa.float32())),
-            ("channel_zero_points", pa.list_(pa.int32())),
-            ("axis", pa.int32()),
-            ("dtype", pa.string()),
-            ("method", pa.string()),
-            ("symmetric", pa.bool_()),
-            ("percentile", pa.float64()),
-            ("num_bins", pa.int32()),
-            ("num_quantized_bins", pa.int32()),
-        ]
-    )
-
-
-def layers_schema():
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            ("run_id", pa.string()),
-            ("tensor", pa.string()),
-            ("op_type", pa.string()),
-            ("node", pa.string()),
-            ("sqnr_db", pa.float64()),
-            ("cosine", pa.float64()),
-            ("max_abs_error", pa.float64()),
-            ("samples", pa.int64()),
-            ("elements", pa.int64()),
-            ("hist_edges", pa.list_(pa.float32())),
-            ("hist_counts", pa.list_(pa.int64())),
-        ]
-    )
-
-
-def histograms_schema():
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            ("run_id", pa.string()),
-            ("tensor", pa.string()),
-            ("absolute", pa.bool_()),
-            ("bin_edges", pa.list_(pa.float32())),
-            ("counts", pa.list_(pa.int64())),
-        ]
-    )
-
-
-def validation_schema():
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            ("run_id", pa.string()),
-            ("chunk_index", pa.int32()),
-            ("row_start", pa.int64()),
-            ("row_stop", pa.int64()),
-            ("samples", pa.int64()),
-            ("labelled", pa.int64()),
-            ("fp32_correct", pa.int64()),
-            ("int8_correct", pa.int64()),
-            ("top1_agree", pa.int64()),
-            ("max_abs_error", pa.float64()),
-            ("mean_cosine", pa.float64()),
-            ("min_cosine", pa.float64()),
-            ("elements", pa.int64()),
-            ("squared_error", pa.float64()),
-            ("signal", pa.float64()),
-            ("neighbour_agree", pa.int64()),
-            ("neighbour_queries", pa.int64()),
-        ]
-    )
-
-
-def write_parquet(rows: list[dict], schema, path: Path, run_id: str) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.Table.from_pylist([{"run_id": run_id, **row} for row in rows], schema=schema)
-    pq.write_table(table, path)
-
-
 def write_json(data: dict, path: Path) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
-def new_run_id(model: Path) -> str:
+def new_run_id(model: Path, method: str) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    return f"{model.stem}-{stamp}-{secrets.token_hex(3)}"
+    return f"{model.stem}-{method}-{stamp}-{secrets.token_hex(3)}"
 
 
 def _first_existing(path: Path) -> Path:

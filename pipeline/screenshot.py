@@ -7,7 +7,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tasks.errors import InputError
+from dask_quant.tasks.errors import InputError
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 # No sync, no updates, no background traffic: the machine may have no network at all.

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pipeline.job import RunResult
-from pipeline.metrics import headline_metrics
-from pipeline.records import summary_record
-from pipeline.report import REPORT_FILE
+from dask_quant.pipeline.job import RunResult
+from dask_quant.pipeline.metrics import headline_metrics
+from dask_quant.pipeline.records import summary_record
+from dask_quant.pipeline.report import REPORT_FILE
 
 
 def _size(n: int) -> str:

@@ -11,21 +11,23 @@ import hashlib
 import json
 import shutil
 from contextlib import suppress
+from dataclasses import replace
 
-from pipeline.config import RunConfig, config_dict
-from pipeline.prepare import Prepared
-from tasks.checkpoint import SUFFIX, Checkpoints
+from dask_quant.pipeline.config import RunConfig, config_dict
+from dask_quant.pipeline.stages.prepare import Prepared
+from dask_quant.tasks.checkpoint import SUFFIX, Checkpoints
 
 WORK = ".work"
 
 
 class WorkArea:
-    def __init__(self, config: RunConfig, prepared: Prepared) -> None:
+    def __init__(self, config: RunConfig, prepared: Prepared, quants=None) -> None:
+        quants = quants or [config.quant]
         key = [
             prepared.model.sha256,
             prepared.calib.sha256,
             config.chunk_size,
-            config_dict(config)["quant"],
+            [config_dict(replace(config, quant=q))["quant"] for q in quants],
             [list(t) for t in prepared.tensors],
         ]
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]

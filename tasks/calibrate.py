@@ -6,13 +6,13 @@ from dataclasses import replace
 
 import numpy as np
 
-from tasks.augment import extrema_names
-from tasks.checkpoint import Checkpoints, cached
-from tasks.chunks import ChunkRef, read_feeds
-from tasks.errors import InputError
-from tasks.histogram import Histogram, Histograms, HistogramSpec
-from tasks.range_stats import RangeStats, TensorRange
-from tasks.sessions import ModelRef, SessionSpec, exposed_runs, run_in_batches, session_for
+from dask_quant.tasks.augment import extrema_names
+from dask_quant.tasks.checkpoint import Checkpoints, cached
+from dask_quant.tasks.chunks import ChunkRef, read_feeds
+from dask_quant.tasks.errors import InputError
+from dask_quant.tasks.histogram import Histogram, Histograms, HistogramSpec
+from dask_quant.tasks.range_stats import RangeStats, TensorRange
+from dask_quant.tasks.sessions import ModelRef, SessionSpec, exposed_runs, run_in_batches, session_for
 
 
 def _where(chunk: ChunkRef) -> str:
@@ -85,6 +85,9 @@ def _histograms(chunk, model, tensors, specs) -> Histograms:
     total = Histograms()
     for part, (values,) in exposed_runs([(session, names)], feeds):
         values.update(part)
-        entries = {spec.tensor: Histogram.of(spec, spec.count(values.pop(spec.tensor))) for spec in specs}
-        total = total.merge(Histograms(tuple(sorted(entries.items()))))
+        counted = []
+        for tensor in dict.fromkeys(spec.tensor for spec in specs):  # a tensor may have a signed and an |x| spec
+            array = values.pop(tensor)
+            counted += [Histogram.of(spec, spec.count(array)) for spec in specs if spec.tensor == tensor]
+        total = total.merge(Histograms.of(counted))
     return total

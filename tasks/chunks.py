@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.npy_io import read_rows
+from dask_quant.tasks.npy_io import read_rows
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import reduce
 
 import numpy as np
 
-from tasks.errors import DaskQuantError
-from tasks.merging import add_counts, merge_by_name
+from dask_quant.tasks.errors import DaskQuantError
+from dask_quant.tasks.merging import add_counts, merge_by_name
 
 
 @dataclass(frozen=True)
@@ -29,6 +28,11 @@ class HistogramSpec:
     high: float
     bins: int
     absolute: bool = False
+
+    @property
+    def key(self) -> tuple[str, bool, int]:
+        """What tells two histograms of one calibration apart: a tensor can have a signed and an |x| one."""
+        return (self.tensor, self.absolute, self.bins)
 
     def edges(self) -> np.ndarray:
         """The float32 bin edges numpy counts float32 values with for range=(low, high)."""
@@ -82,16 +86,25 @@ class Histogram:
 
 @dataclass(frozen=True)
 class Histograms:
-    """A Histogram per tensor, sorted by name; `merge` adds counts.
+    """Histograms keyed by their spec's key (tensor, absolute, bins), sorted; `merge` adds counts.
 
     `chunks` is (computed, read from a checkpoint), as for RangeStats.
     """
 
-    entries: tuple[tuple[str, Histogram], ...] = ()
+    entries: tuple[tuple[tuple[str, bool, int], Histogram], ...] = ()
     chunks: tuple[int, int] = field(default=(0, 0), compare=False)
 
-    def as_dict(self) -> dict[str, Histogram]:
+    @classmethod
+    def of(cls, histograms: Iterable[Histogram]) -> Histograms:
+        return cls(tuple(sorted((h.spec.key, h) for h in histograms)))
+
+    def as_dict(self) -> dict[tuple[str, bool, int], Histogram]:
         return dict(self.entries)
+
+    def find(self, spec: HistogramSpec) -> Histogram | None:
+        """The histogram with `spec`'s key, if it was computed on the same edges."""
+        found = self.as_dict().get(spec.key)
+        return found if found is not None and found.spec == spec else None
 
     def merge(self, other: Histograms) -> Histograms:
         return Histograms(merge_by_name(self.entries, other.entries), add_counts(self.chunks, other.chunks))
@@ -100,21 +113,13 @@ class Histograms:
         """Plain JSON for checkpoints."""
         return {
             "entries": [
-                [name, [h.spec.tensor, h.spec.low, h.spec.high, h.spec.bins, h.spec.absolute], h.counts.tolist()]
-                for name, h in self.entries
+                [[h.spec.tensor, h.spec.low, h.spec.high, h.spec.bins, h.spec.absolute], h.counts.tolist()]
+                for _, h in self.entries
             ]
         }
 
     @classmethod
     def from_json(cls, data: dict) -> Histograms:
-        return cls(
-            tuple(
-                (name, Histogram.of(HistogramSpec(*spec), np.array(counts, dtype=np.int64)))
-                for name, spec, counts in data["entries"]
-            )
+        return cls.of(
+            Histogram.of(HistogramSpec(*spec), np.array(counts, dtype=np.int64)) for spec, counts in data["entries"]
         )
-
-
-def merge_histograms(parts: Iterable[Histograms]) -> Histograms:
-    """Merge any number of partials; the reduction step of the histogram tree."""
-    return reduce(Histograms.merge, parts, Histograms())

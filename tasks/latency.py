@@ -6,8 +6,8 @@ import statistics
 import time
 from dataclasses import dataclass
 
-from tasks.chunks import ChunkRef, read_feeds
-from tasks.sessions import ModelRef, run_in_batches, session_for
+from dask_quant.tasks.chunks import ChunkRef, read_feeds
+from dask_quant.tasks.sessions import ModelRef, run_in_batches, session_for
 
 _WARMUP = 3
 

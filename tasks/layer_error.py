@@ -10,17 +10,15 @@ so SQNR and cosine come out identical for any chunking, order or merge tree.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import reduce
 
 import numpy as np
 
-from tasks.chunks import ChunkRef, read_feeds
-from tasks.exact_sum import exact_sum, to_float
-from tasks.histogram import Histogram, HistogramSpec
-from tasks.merging import merge_by_name
-from tasks.sessions import ModelRef, SessionSpec, exposed_runs, session_for
+from dask_quant.tasks.chunks import ChunkRef, read_feeds
+from dask_quant.tasks.exact_sum import exact_sum, to_float
+from dask_quant.tasks.histogram import Histogram, HistogramSpec
+from dask_quant.tasks.merging import merge_by_name
+from dask_quant.tasks.sessions import ModelRef, SessionSpec, exposed_runs, session_for
 
 
 @dataclass(frozen=True)
@@ -94,9 +92,6 @@ class LayerErrors:
     def merge(self, other: LayerErrors) -> LayerErrors:
         return LayerErrors(merge_by_name(self.entries, other.entries))
 
-
-def merge_layer_errors(parts: Iterable[LayerErrors]) -> LayerErrors:
-    return reduce(LayerErrors.merge, parts, LayerErrors())
 
 
 def chunk_layer_errors(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from functools import reduce
 from typing import Protocol, TypeVar
 
 
@@ -10,6 +12,20 @@ class Mergeable(Protocol):
 
 
 T = TypeVar("T", bound=Mergeable)
+
+
+def merge_all(parts: Iterable[T]) -> T:
+    """Merge one or more partial statistics of one kind: the reduction step of every statistics tree.
+
+    Each kind's `merge` is associative and commutative, so any grouping gives the same value.
+    """
+    items = iter(parts)
+    try:
+        first = next(items)
+    except StopIteration:
+        msg = "merge_all needs at least one partial"
+        raise ValueError(msg) from None
+    return reduce(type(first).merge, items, first)
 
 
 def merge_by_name(left: tuple[tuple[str, T], ...], right: tuple[tuple[str, T], ...]) -> tuple[tuple[str, T], ...]:

@@ -16,7 +16,7 @@ from typing import IO
 
 import numpy as np
 
-from tasks.errors import InputError
+from dask_quant.tasks.errors import InputError
 
 NPY_MEMBER = ""  # the member name used for a plain .npy file
 

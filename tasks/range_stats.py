@@ -8,14 +8,13 @@ float values are exact, counts are integers.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import reduce
 
 import numpy as np
 
-from tasks.errors import DaskQuantError, InputError
-from tasks.merging import add_counts, merge_by_name
+from dask_quant.tasks.errors import DaskQuantError, InputError
+from dask_quant.tasks.merging import add_counts, merge_by_name
 
 
 @dataclass(frozen=True)
@@ -91,7 +90,3 @@ class RangeStats:
             tuple((name, TensorRange(low, high, count, dtype)) for name, low, high, count, dtype in data["ranges"])
         )
 
-
-def merge_all(stats: Iterable[RangeStats]) -> RangeStats:
-    """Merge any number of partials; the reduction step of the statistics tree."""
-    return reduce(RangeStats.merge, stats, RangeStats.empty())

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from tasks.digest import sha256_bytes
-from tasks.errors import InputError, ModelChangedError
+from dask_quant.tasks.digest import sha256_bytes
+from dask_quant.tasks.errors import InputError, ModelChangedError
 
 _CACHE_SIZE = 8  # a nightly zoo run visits many models; keep the cache bounded
 # Whole activations one run may hand back at once (histogram and per-layer passes).
@@ -63,7 +63,7 @@ def _model_bytes(model: ModelRef, spec: SessionSpec) -> bytes:
         return data
     import onnx
 
-    from tasks.augment import add_extrema_outputs, add_outputs
+    from dask_quant.tasks.augment import add_extrema_outputs, add_outputs
 
     proto = add_outputs(onnx.load_from_string(data), spec.expose)
     return add_extrema_outputs(proto, spec.extrema_of).SerializeToString()

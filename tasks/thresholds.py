@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.entropy_search import entropy_window
+from dask_quant.tasks.entropy_search import entropy_window
 
 _MSE_STEPS = 64  # candidates per end
 _MSE_ROUNDS = 2  # alternate low/high searches
@@ -24,7 +24,6 @@ _MSE_ROUNDS = 2  # alternate low/high searches
 class ThresholdSettings:
     """What a threshold search needs besides the histogram."""
 
-    method: str
     percentile: float = 99.999
     num_quantized_bins: int = 128
     symmetric: bool = False
@@ -111,11 +110,3 @@ def entropy_range(counts, edges, observed, settings: ThresholdSettings) -> tuple
     low, high = entropy_window(counts, edges, settings.num_quantized_bins)
     return clamp(low, high, observed)
 
-
-RANGE_FUNCTIONS = {"percentile": percentile_range, "entropy": entropy_range, "mse": mse_range}
-
-
-def choose_range(tensor: str, counts, edges, observed, settings: ThresholdSettings) -> tuple[str, float, float]:
-    """(tensor, low, high) for one tensor: the unit of work fanned out over the cluster."""
-    low, high = RANGE_FUNCTIONS[settings.method](np.asarray(counts), np.asarray(edges), observed, settings)
-    return tensor, low, high

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.chunks import ChunkRef, read_feeds, read_labels
-from tasks.exact_sum import exact_sum, to_float
-from tasks.sessions import ModelRef, run_in_batches, session_for
+from dask_quant.tasks.chunks import ChunkRef, read_feeds, read_labels
+from dask_quant.tasks.exact_sum import exact_sum, to_float
+from dask_quant.tasks.sessions import ModelRef, run_in_batches, session_for
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.builtin import CALIB, MODEL, VAL, builtin_path
+from dask_quant.pipeline.builtin import CALIB, MODEL, VAL, builtin_path
 
 
 def digits_paths() -> tuple[Path, Path, Path]:

@@ -14,7 +14,7 @@ BIN = Path(sys.executable).parent
 
 
 def _command(args) -> list[str]:
-    return [sys.executable, "-m", "pipeline.cli", *map(str, args)]
+    return [sys.executable, "-m", "dask_quant", *map(str, args)]
 
 
 def dask_quant(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -7,9 +7,8 @@ import re
 import pytest
 from distributed import Client, LocalCluster
 
-from cluster.environment import check_workers, incompatibilities
-from pipeline.versions import package_versions
-from tasks.errors import InputError
+from dask_quant.cluster.environment import check_workers, incompatibilities, package_versions
+from dask_quant.tasks.errors import InputError
 
 CLIENT = {"dask-quant": "0.1.0", "onnxruntime": "1.32.0", "onnx": "1.23.2", "numpy": "2.4.6", "pyarrow": "26.0.1"}
 

@@ -9,7 +9,7 @@ import pytest
 from models import digits_paths
 from processes import start_dask_quant, wait_for_calibration
 
-from pipeline.workarea import WORK
+from dask_quant.pipeline.workarea import WORK
 
 MODEL, CALIB, _ = digits_paths()
 
@@ -34,7 +34,7 @@ def test_an_interrupt_python_could_only_ignore_is_raised_again(capfd):
     import sys
     import time
 
-    from pipeline.cli import _Interrupts
+    from dask_quant.pipeline.cli import _Interrupts
 
     signals = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)
     saved, hook = {s: signal.getsignal(s) for s in signals}, sys.unraisablehook

@@ -13,12 +13,13 @@ from onnxruntime.quantization import QuantType
 from processes import dask_quant
 from reference import model_signature, reference_model
 
-import pipeline
-from pipeline import results
-from pipeline.config import ClusterConfig, QuantConfig, RunConfig
-from pipeline.job import run
-from pipeline.report import REPORT_FILE
-from pipeline.workarea import WORK
+from dask_quant import pipeline
+from dask_quant.cluster.config import ClusterConfig
+from dask_quant.pipeline import outputs, results
+from dask_quant.pipeline.config import QuantConfig, RunConfig
+from dask_quant.pipeline.job import run
+from dask_quant.pipeline.report import REPORT_FILE
+from dask_quant.pipeline.workarea import WORK
 
 MODEL, CALIB, VAL = digits_paths()
 
@@ -33,7 +34,7 @@ def client():
 
 
 def _qparams(run_dir):
-    return pq.read_table(run_dir / results.QPARAMS_FILE).drop(["run_id"]).to_pylist()
+    return pq.read_table(run_dir / outputs.QPARAMS.name).drop(["run_id"]).to_pylist()
 
 
 def test_run_on_a_given_client_leaves_it_open_and_matches_reference(client, tmp_path):
@@ -43,9 +44,10 @@ def test_run_on_a_given_client_leaves_it_open_and_matches_reference(client, tmp_
     assert sorted(p.name for p in result.run_dir.iterdir()) == sorted(
         [
             results.MODEL_FILE,
-            results.QPARAMS_FILE,
-            results.VALIDATION_FILE,
-            results.LAYERS_FILE,
+            outputs.QPARAMS.name,
+            outputs.CALIBRATION.name,
+            outputs.VALIDATION.name,
+            outputs.LAYERS.name,
             results.RUN_FILE,
             REPORT_FILE,
         ]
@@ -57,15 +59,15 @@ def test_run_on_a_given_client_leaves_it_open_and_matches_reference(client, tmp_
     ref = reference_model(MODEL, arrays, batch=300, kwargs=options, out=tmp_path / "ref.onnx")
     assert model_signature(result.run_dir / results.MODEL_FILE) == model_signature(ref)
 
-    validation = pq.read_table(result.run_dir / results.VALIDATION_FILE)
-    assert validation.schema.equals(results.validation_schema())
+    validation = pq.read_table(result.run_dir / outputs.VALIDATION.name)
+    assert validation.schema.equals(outputs.VALIDATION.schema())
     rows = validation.to_pylist()
     assert [(r["row_start"], r["row_stop"]) for r in rows] == [(i, i + 50) for i in range(0, 300, 50)]
     assert sum(r["samples"] for r in rows) == 300 and result.validation.samples == 300
     assert result.validation.agreement >= 0.98
-    assert pq.read_table(result.run_dir / results.QPARAMS_FILE).schema.equals(results.qparams_schema())
-    layers = pq.read_table(result.run_dir / results.LAYERS_FILE)
-    assert layers.schema.equals(results.layers_schema())
+    assert pq.read_table(result.run_dir / outputs.QPARAMS.name).schema.equals(outputs.QPARAMS.schema())
+    layers = pq.read_table(result.run_dir / outputs.LAYERS.name)
+    assert layers.schema.equals(outputs.LAYERS.schema())
     rows = layers.to_pylist()
     activations = {p.tensor for p in result.qparams if p.kind == "activation"}
     assert {r["tensor"] for r in rows} == activations  # one row per quantized activation
@@ -167,14 +169,14 @@ def test_bad_data_found_on_a_worker_is_one_line_and_exit_2(tmp_path):
 
 def test_client_never_reads_data_rows(client, tmp_path, monkeypatch):
     """Invariant 6: only workers (other processes here) read rows; the client reads headers."""
-    import tasks.chunks
-    import tasks.npy_io
+    from dask_quant.tasks import chunks as chunks_module
+    from dask_quant.tasks import npy_io
 
     def forbidden(*args, **kwargs):
         msg = "the client read data rows"
         raise AssertionError(msg)
 
-    for module, name in ((tasks.npy_io, "read_rows"), (tasks.chunks, "read_rows"), (np, "load")):
+    for module, name in ((npy_io, "read_rows"), (chunks_module, "read_rows"), (np, "load")):
         monkeypatch.setattr(module, name, forbidden)
     result = run(RunConfig(model=MODEL, calib=CALIB, val=VAL, out=tmp_path, chunk_size=100), client=client)
     assert result.validation.samples == 300
@@ -192,10 +194,10 @@ def test_histogram_methods_run_on_the_cluster(method, client, tmp_path):
     config = RunConfig(model=MODEL, calib=CALIB, val=VAL, out=tmp_path, chunk_size=64, quant=QuantConfig(method=method))
     result = run(config, client=client)
     assert result.validation.agreement >= 0.98
-    histograms = pq.read_table(result.run_dir / results.HISTOGRAMS_FILE)
-    assert histograms.schema.equals(results.histograms_schema())
+    histograms = pq.read_table(result.run_dir / outputs.HISTOGRAMS.name)
+    assert histograms.schema.equals(outputs.HISTOGRAMS.schema())
     assert all(sum(row["counts"]) > 0 and len(row["bin_edges"]) == 2049 for row in histograms.to_pylist())
-    acts = [r for r in pq.read_table(result.run_dir / results.QPARAMS_FILE).to_pylist() if r["kind"] == "activation"]
+    acts = [r for r in pq.read_table(result.run_dir / outputs.QPARAMS.name).to_pylist() if r["kind"] == "activation"]
     assert {r["method"] for r in acts} == {method}
     assert all(r["observed_min"] <= r["rmin"] <= r["rmax"] <= r["observed_max"] for r in acts)
 
@@ -208,7 +210,7 @@ def test_tensorrt_table_holds_the_chosen_ranges(client, tmp_path):
         for line in (result.run_dir / results.TENSORRT_DIR / "calibration.cache").read_text().split("\n")
         if line
     )
-    acts = {r["tensor"]: r for r in pq.read_table(result.run_dir / results.QPARAMS_FILE).to_pylist()}
+    acts = {r["tensor"]: r for r in pq.read_table(result.run_dir / outputs.QPARAMS.name).to_pylist()}
     checked = [t for t in table if t in acts and acts[t]["kind"] == "activation"]
     assert any(-acts[t]["rmin"] > acts[t]["rmax"] for t in checked)  # a range whose low end is the larger
     for tensor in checked:

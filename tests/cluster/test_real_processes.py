@@ -14,7 +14,7 @@ from distributed import Client
 from models import digits_paths
 from processes import dask_processes, dask_quant, make_tls_files, start_dask_quant, wait_for_calibration
 
-from pipeline import results
+from dask_quant.pipeline import outputs, results
 
 MODEL, CALIB, VAL = digits_paths()
 
@@ -51,7 +51,7 @@ def test_job_on_real_processes_by_scheduler_file_and_by_environment(tmp_path):
         assert record["cluster"] == {"scheduler": address, "workers": 2}
 
         env = {**os.environ, "DASK_SCHEDULER_ADDRESS": address}
-        command = [sys.executable, "-m", "pipeline.cli", "run", "--out", str(tmp_path / "b")]
+        command = [sys.executable, "-m", "dask_quant", "run", "--out", str(tmp_path / "b")]
         proc = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
         assert proc.returncode == 0, proc.stderr
         assert _run_json(tmp_path / "b")[0]["cluster"]["scheduler"] == address
@@ -111,8 +111,8 @@ def test_a_worker_killed_mid_calibration_changes_nothing(tmp_path):
         assert undisturbed.returncode == 0, undisturbed.stderr
     _, killed_dir = _run_json(tmp_path / "killed")
     _, calm_dir = _run_json(tmp_path / "calm")
-    for name in (results.QPARAMS_FILE, results.LAYERS_FILE):
+    for name in (outputs.QPARAMS.name, outputs.LAYERS.name):
         assert pq.read_table(killed_dir / name).drop(["run_id"]) == pq.read_table(calm_dir / name).drop(["run_id"])
-    rows = pq.read_table(killed_dir / results.VALIDATION_FILE).to_pylist()
+    rows = pq.read_table(killed_dir / outputs.VALIDATION.name).to_pylist()
     assert [r["chunk_index"] for r in rows] == list(range(3))  # 300 rows in chunks of 100: none lost, none twice
     assert sum(r["samples"] for r in rows) == 300

@@ -11,12 +11,12 @@ from click.testing import CliRunner
 from distributed import Client
 from models import digits_paths
 
-from pipeline import results
-from pipeline.cli import main
-from pipeline.config import QuantConfig, RunConfig
-from pipeline.job import run
-from pipeline.report import REPORT_FILE
-from pipeline.screenshot import BROWSERS, run_headless
+from dask_quant.pipeline import results
+from dask_quant.pipeline.cli import main
+from dask_quant.pipeline.config import QuantConfig, RunConfig
+from dask_quant.pipeline.job import run
+from dask_quant.pipeline.report import REPORT_FILE
+from dask_quant.pipeline.screenshot import BROWSERS, run_headless
 
 MODEL, CALIB, VAL = digits_paths()
 

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 from models import digits_paths
 from processes import dask_quant, start_dask_quant
 
-from pipeline import results
-from pipeline.workarea import WORK
-from tasks.checkpoint import SUFFIX
+from dask_quant.pipeline import outputs, results
+from dask_quant.pipeline.workarea import WORK
+from dask_quant.tasks.checkpoint import SUFFIX
 
 MODEL, CALIB, _ = digits_paths()
 
@@ -44,15 +44,15 @@ def test_resume_computes_only_the_missing_chunks(tmp_path):
     assert f"resuming: {kept} chunk checkpoints found" in resumed.stderr
     (run_dir,) = [p for p in out.iterdir() if p.name != WORK]
     record = json.loads((run_dir / results.RUN_FILE).read_text())
-    assert record["chunks"]["range_stats"] == {"computed": 300 - kept, "reused": kept}
+    assert record["calibration"]["passes"]["range_stats"] == {"computed": 300 - kept, "reused": kept}
     assert not (out / WORK).exists()  # a published run removes its work area
 
     fresh = dask_quant("run", *args, "--out", tmp_path / "fresh")
     assert fresh.returncode == 0, fresh.stderr
     (fresh_dir,) = list((tmp_path / "fresh").iterdir())
-    assert json.loads((fresh_dir / results.RUN_FILE).read_text())["chunks"]["range_stats"] == {
+    assert json.loads((fresh_dir / results.RUN_FILE).read_text())["calibration"]["passes"]["range_stats"] == {
         "computed": 300,
         "reused": 0,
     }
-    for name in (results.QPARAMS_FILE,):
+    for name in (outputs.QPARAMS.name,):
         assert pq.read_table(run_dir / name).drop(["run_id"]) == pq.read_table(fresh_dir / name).drop(["run_id"])

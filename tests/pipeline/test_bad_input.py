@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from models import digits_paths, with_fixed_batch
 from processes import dask_quant
 
-from pipeline.cli import main
+from dask_quant.pipeline.cli import main
 
 MODEL, CALIB, VAL = digits_paths()
 
@@ -48,11 +48,11 @@ def _npy(tmp_path, array, name="x.npy"):
 CASES = {
     "unknown method": (lambda t: [str(MODEL), "--calib", str(CALIB), "--method", "kl"], "unknown method 'kl'"),
     "percentile outside (0, 100]": (
-        lambda t: [str(MODEL), "--calib", str(CALIB), "--percentile", "150"],
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--method", "percentile", "--percentile", "150"],
         "--percentile must be in (0, 100], got 150.0",
     ),
     "fewer bins than quantized bins": (
-        lambda t: [str(MODEL), "--calib", str(CALIB), "--num-bins", "64"],
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--method", "entropy", "--num-bins", "64"],
         "--num-bins (64) must be at least --num-quantized-bins (128)",
     ),
     "unknown activation type": (
@@ -237,8 +237,8 @@ def test_real_process_prints_no_traceback(tmp_path):
 
 
 def test_big_endian_data_is_not_a_dtype_mismatch(tmp_path):
-    from pipeline.config import RunConfig
-    from pipeline.prepare import prepare
+    from dask_quant.pipeline.config import RunConfig
+    from dask_quant.pipeline.stages.prepare import prepare
 
     path = tmp_path / "be.npy"
     np.save(path, np.load(CALIB).astype(">f4"))

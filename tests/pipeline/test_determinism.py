@@ -9,12 +9,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from models import digits_paths
 
-from pipeline.config import QuantConfig, RunConfig
-from pipeline.graph import calibration_graph, histogram_graph, layer_graph, threshold_graph
-from pipeline.prepare import dataset_chunks, prepare
-from pipeline.quantize import tensors_data
-from pipeline.ranges import histogram_specs, minmax_ranges, threshold_settings
-from tasks.chunks import ChunkRef
+from dask_quant.pipeline.config import QuantConfig, RunConfig
+from dask_quant.pipeline.graph import calibration_graph, histogram_graph, layer_graph
+from dask_quant.pipeline.ranges import activation_ranges, histogram_specs
+from dask_quant.pipeline.stages.prepare import dataset_chunks, prepare
+from dask_quant.pipeline.stages.quantize import tensors_data
+from dask_quant.tasks.chunks import ChunkRef
 
 MODEL, CALIB, _ = digits_paths()
 PREPARED = prepare(RunConfig(model=MODEL, calib=CALIB))
@@ -48,8 +48,8 @@ def test_any_chunking_order_and_tree_gives_identical_parameters(cuts, split_ever
     random.shuffle(chunks)
     stats = _stats(chunks, split_every)
     assert stats == BASELINE
-    ours = tensors_data(minmax_ranges(stats), stats)
-    base = tensors_data(minmax_ranges(BASELINE), BASELINE)
+    ours = tensors_data(activation_ranges(stats, None, QuantConfig()), stats)
+    base = tensors_data(activation_ranges(BASELINE, None, QuantConfig()), BASELINE)
     assert all(
         (ours[k].lowest.tobytes(), ours[k].highest.tobytes()) == (base[k].lowest.tobytes(), base[k].highest.tobytes())
         for k in base.keys()
@@ -68,8 +68,7 @@ def _histogram_ranges(chunks: list[ChunkRef], split_every: int, quant: QuantConf
     specs = histogram_specs(stats, quant)
     graph = histogram_graph(chunks, PREPARED.model, PREPARED.tensors, specs, split_every)
     (histograms,) = dask.compute(graph, scheduler="sync")
-    searches = threshold_graph(histograms, stats, threshold_settings(quant))
-    return {name: (low, high) for name, low, high in dask.compute(*searches, scheduler="sync")}
+    return activation_ranges(stats, histograms, quant)
 
 
 HISTOGRAM_METHODS = {
@@ -99,7 +98,7 @@ def test_histogram_methods_give_identical_ranges_for_any_chunking(method, cuts, 
 
 @pytest.mark.parametrize("budget", [1, 20_000])
 def test_histograms_do_not_depend_on_how_a_chunk_is_run_in_row_slices(budget, monkeypatch):
-    from tasks import sessions
+    from dask_quant.tasks import sessions
 
     monkeypatch.setattr(sessions, "EXPOSED_BYTES_PER_RUN", budget)
     chunks = dataset_chunks(PREPARED.calib, 64)
@@ -110,14 +109,15 @@ def test_histograms_do_not_depend_on_how_a_chunk_is_run_in_row_slices(budget, mo
 def test_layer_errors_are_identical_for_any_chunking(tmp_path, monkeypatch):
     import onnx
 
-    from pipeline.layers import layer_rows, quantized_layers
-    from pipeline.quantize import write_quantized_model
-    from tasks import sessions
-    from tasks.digest import sha256_file
-    from tasks.sessions import ModelRef
+    from dask_quant.pipeline.layers import layer_rows, quantized_layers
+    from dask_quant.pipeline.stages.quantize import write_quantized_model
+    from dask_quant.tasks import sessions
+    from dask_quant.tasks.digest import sha256_file
+    from dask_quant.tasks.sessions import ModelRef
 
     int8_path = tmp_path / "int8.onnx"
-    write_quantized_model(PREPARED.proto, tensors_data(minmax_ranges(BASELINE), BASELINE), QuantConfig(), int8_path)
+    ranges = tensors_data(activation_ranges(BASELINE, None, QuantConfig()), BASELINE)
+    write_quantized_model(PREPARED.proto, ranges, QuantConfig(), int8_path)
     layers = quantized_layers(PREPARED.proto, onnx.load(str(int8_path)), dict(PREPARED.tensors))
     pairs = tuple((layer.tensor, layer.dequantized, layer.elem_type) for layer in layers)
     int8 = ModelRef(str(int8_path), sha256_file(int8_path))

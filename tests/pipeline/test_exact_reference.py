@@ -9,19 +9,19 @@ from models import build_float16_model, digits_paths, load_arrays, with_fixed_ba
 from onnxruntime.quantization import QuantType
 from reference import model_signature, reference_model, reference_ranges
 
-from pipeline.config import ActivationType, QuantConfig, RunConfig
-from pipeline.graph import calibration_graph
-from pipeline.prepare import dataset_chunks, prepare
-from pipeline.quantize import tensors_data, write_quantized_model
-from pipeline.ranges import minmax_ranges
-from pipeline.selection import default_op_types
-from tasks.digest import sha256_file
-from tasks.sessions import ModelRef
-from tasks.validate import validate_chunk
+from dask_quant.pipeline.config import ActivationType, QuantConfig, RunConfig
+from dask_quant.pipeline.graph import calibration_graph
+from dask_quant.pipeline.ranges import activation_ranges
+from dask_quant.pipeline.selection import default_op_types
+from dask_quant.pipeline.stages.prepare import dataset_chunks, prepare
+from dask_quant.pipeline.stages.quantize import tensors_data, write_quantized_model
+from dask_quant.tasks.digest import sha256_file
+from dask_quant.tasks.sessions import ModelRef
+from dask_quant.tasks.validate import validate_chunk
 
 
 def minmax_data(stats):
-    return tensors_data(minmax_ranges(stats), stats)
+    return tensors_data(activation_ranges(stats, None, QuantConfig()), stats)
 
 
 def distributed_stats(config: RunConfig):

@@ -14,11 +14,11 @@ from models import digits_paths, load_arrays
 from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 from reference import BatchReader
 
-from pipeline.config import QuantConfig, RunConfig
-from pipeline.graph import calibration_graph, histogram_graph, threshold_graph
-from pipeline.prepare import dataset_chunks, prepare
-from pipeline.ranges import histogram_specs, threshold_settings
-from pipeline.selection import default_op_types
+from dask_quant.pipeline.config import QuantConfig, RunConfig
+from dask_quant.pipeline.graph import calibration_graph, histogram_graph
+from dask_quant.pipeline.ranges import activation_ranges, histogram_specs
+from dask_quant.pipeline.selection import default_op_types
+from dask_quant.pipeline.stages.prepare import dataset_chunks, prepare
 
 MODEL, CALIB, _ = digits_paths()
 
@@ -47,8 +47,7 @@ def _our_ranges(quant: QuantConfig) -> dict[str, tuple[float, float]]:
     (stats,) = dask.compute(calibration_graph(chunks, prepared.model, prepared.tensors), scheduler="sync")
     graph = histogram_graph(chunks, prepared.model, prepared.tensors, histogram_specs(stats, quant))
     (histograms,) = dask.compute(graph, scheduler="sync")
-    searches = threshold_graph(histograms, stats, threshold_settings(quant))
-    return {name: (low, high) for name, low, high in dask.compute(*searches, scheduler="sync")}
+    return activation_ranges(stats, histograms, quant)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from pipeline.config import Metric
-from pipeline.metrics import resolve_metric
-from tasks.validate import ValidationStats, compare_outputs
+from dask_quant.pipeline.config import Metric
+from dask_quant.pipeline.metrics import resolve_metric
+from dask_quant.tasks.validate import ValidationStats, compare_outputs
 
 
 def _model(op: str, output: str, dims: list):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pipeline.cli import run
+from dask_quant.pipeline.cli import run
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

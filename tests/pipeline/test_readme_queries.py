@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from models import digits_paths
 
-from pipeline.config import RunConfig
-from pipeline.job import run
+from dask_quant.pipeline.config import RunConfig
+from dask_quant.pipeline.job import run
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

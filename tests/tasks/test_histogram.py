@@ -7,15 +7,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.errors import DaskQuantError
-from tasks.histogram import Histogram, Histograms, HistogramSpec, merge_histograms
+from dask_quant.tasks.errors import DaskQuantError
+from dask_quant.tasks.histogram import Histogram, Histograms, HistogramSpec
+from dask_quant.tasks.merging import merge_all
 
 SPEC = HistogramSpec("t", -4.0, 4.0, 64)
 values = st.lists(st.floats(-4, 4, width=32), min_size=1, max_size=60).map(lambda v: np.array(v, np.float32))
 
 
 def _of(array: np.ndarray, spec: HistogramSpec = SPEC) -> Histograms:
-    return Histograms(((spec.tensor, Histogram.of(spec, spec.count(array))),))
+    return Histograms.of([Histogram.of(spec, spec.count(array))])
 
 
 @given(values, values, values)
@@ -32,9 +33,9 @@ def test_any_chunking_equals_whole(array, cuts, random):
     bounds = sorted({0, len(array), *(min(c, len(array)) for c in cuts)})
     parts = [_of(array[i:j]) for i, j in zip(bounds, bounds[1:], strict=False) if j > i]
     random.shuffle(parts)
-    merged = merge_histograms(parts)
+    merged = merge_all(parts)
     assert merged == _of(array)
-    assert int(merged.as_dict()["t"].counts.sum()) == len(array)
+    assert int(merged.find(SPEC).counts.sum()) == len(array)
 
 
 def test_edges_are_the_ones_numpy_counts_with():
@@ -47,13 +48,21 @@ def test_edges_are_the_ones_numpy_counts_with():
     assert np.array_equal(spec.count(data), counts)
 
 
+def test_a_tensor_can_have_a_signed_and_an_absolute_histogram():
+    absolute = HistogramSpec("t", 0.0, 4.0, 64, absolute=True)
+    data = np.array([-1.0, 2.0], np.float32)
+    both = _of(data).merge(_of(data, absolute))
+    assert both.find(SPEC).counts.sum() == both.find(absolute).counts.sum() == 2
+    assert Histograms.from_json(both.to_json()) == both
+
+
 def test_absolute_histogram_counts_magnitudes():
     spec = HistogramSpec("x", 0.0, 2.0, 4, absolute=True)
     assert spec.count(np.array([-2.0, -0.1, 0.1, 1.9], np.float32)).tolist() == [2, 0, 0, 2]
 
 
 def test_histograms_on_other_edges_do_not_add():
-    other = HistogramSpec("t", -4.0, 4.0, 32)
+    other = HistogramSpec("t", -2.0, 2.0, 64)  # same tensor and bin count, other edges
     with pytest.raises(DaskQuantError, match="different bin specs"):
         _of(np.zeros(3, np.float32)).merge(_of(np.zeros(3, np.float32), other))
 

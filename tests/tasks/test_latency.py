@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from models import digits_paths
 
-from tasks.chunks import chunk_refs
-from tasks.digest import sha256_file
-from tasks.latency import measure_latency
-from tasks.npy_io import NPY_MEMBER
-from tasks.sessions import ModelRef
+from dask_quant.tasks.chunks import chunk_refs
+from dask_quant.tasks.digest import sha256_file
+from dask_quant.tasks.latency import measure_latency
+from dask_quant.tasks.npy_io import NPY_MEMBER
+from dask_quant.tasks.sessions import ModelRef
 
 
 def test_repeats_shrink_to_the_time_budget_but_not_below_three():

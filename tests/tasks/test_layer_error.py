@@ -9,8 +9,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.exact_sum import exact_sum, to_float
-from tasks.layer_error import LayerError
+from dask_quant.tasks.exact_sum import exact_sum, to_float
+from dask_quant.tasks.layer_error import LayerError
 
 floats64 = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e300, max_value=1e300)
 

@@ -7,9 +7,9 @@ import re
 import numpy as np
 import pytest
 
-from tasks.chunks import ChunkRef, chunk_refs, read_feeds
-from tasks.errors import InputError
-from tasks.npy_io import NPY_MEMBER, array_info, is_compressed, member_names, read_rows
+from dask_quant.tasks.chunks import ChunkRef, chunk_refs, read_feeds
+from dask_quant.tasks.errors import InputError
+from dask_quant.tasks.npy_io import NPY_MEMBER, array_info, is_compressed, member_names, read_rows
 
 
 @pytest.fixture

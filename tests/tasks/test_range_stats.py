@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.errors import DaskQuantError, InputError
-from tasks.range_stats import RangeStats, merge_all
+from dask_quant.tasks.errors import DaskQuantError, InputError
+from dask_quant.tasks.merging import merge_all
+from dask_quant.tasks.range_stats import RangeStats
 
 finite32 = st.floats(allow_nan=False, allow_infinity=False, width=32)
 tensor_values = st.lists(finite32, min_size=1, max_size=40).map(lambda v: np.array(v, dtype=np.float32))

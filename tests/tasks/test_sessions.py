@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from models import digits_paths
 
-from tasks import sessions
-from tasks.calibrate import chunk_range_stats
-from tasks.chunks import chunk_refs
-from tasks.digest import sha256_file
-from tasks.errors import InputError, ModelChangedError
-from tasks.npy_io import NPY_MEMBER
-from tasks.validate import validate_chunk
+from dask_quant.tasks import sessions
+from dask_quant.tasks.calibrate import chunk_range_stats
+from dask_quant.tasks.chunks import chunk_refs
+from dask_quant.tasks.digest import sha256_file
+from dask_quant.tasks.errors import InputError, ModelChangedError
+from dask_quant.tasks.npy_io import NPY_MEMBER
+from dask_quant.tasks.validate import validate_chunk
 
 
 def test_session_is_cached_per_model_and_spec(tmp_path):
@@ -109,7 +109,7 @@ def test_reductions_run_as_soon_as_their_tensor_is_made(tmp_path):
     import onnx
     import onnxruntime as ort
 
-    from tasks.augment import add_extrema_outputs
+    from dask_quant.tasks.augment import add_extrema_outputs
 
     model_path, calib, _ = digits_paths()
     proto = onnx.load(str(model_path))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from onnxruntime.quantization.calibrate import HistogramCollector
 
-from tasks.thresholds import ThresholdSettings, entropy_range, mse_range, percentile_range
+from dask_quant.tasks.thresholds import ThresholdSettings, entropy_range, mse_range, percentile_range
 
 
 def _data(kind: str, rng) -> np.ndarray:
@@ -32,7 +32,7 @@ def test_entropy_matches_ort_exactly(kind, bins):
     counts, edges, bound = _signed_histogram(data, bins)
     collector = HistogramCollector("entropy", False, bins, 128, 99.999, "same")
     ref = collector.get_entropy_threshold((counts, edges, data.min(), data.max(), bound), 128)
-    ours = entropy_range(counts, edges, (float(data.min()), float(data.max())), ThresholdSettings("entropy"))
+    ours = entropy_range(counts, edges, (float(data.min()), float(data.max())), ThresholdSettings())
     assert ours == (float(ref[0]), float(ref[1]))
 
 
@@ -44,7 +44,7 @@ def test_percentile_matches_ort_exactly(kind, symmetric):
     collector.collect({"t": data})
     counts, edges = collector.histogram_dict["t"][:2]
     ref = collector.compute_percentile()["t"]
-    settings = ThresholdSettings("percentile", percentile=99.9, symmetric=symmetric)
+    settings = ThresholdSettings(percentile=99.9, symmetric=symmetric)
     ours = percentile_range(counts, edges, (float(data.min()), float(data.max())), settings)
     assert ours == (float(ref[0]), float(ref[1]))
 
@@ -63,7 +63,7 @@ def test_mse_range_beats_minmax_on_the_samples_themselves(kind):
     data = _data(kind, np.random.default_rng(11))
     counts, edges, _ = _signed_histogram(data, 2048)
     observed = (float(data.min()), float(data.max()))
-    low, high = mse_range(counts, edges, observed, ThresholdSettings("mse"))
+    low, high = mse_range(counts, edges, observed, ThresholdSettings())
     assert observed[0] <= low and high <= observed[1]
     assert _simulated_mse(data, low, high) < _simulated_mse(data, *observed)
 
@@ -71,12 +71,12 @@ def test_mse_range_beats_minmax_on_the_samples_themselves(kind):
 def test_mse_keeps_the_range_of_uniform_data():
     flat = np.random.default_rng(3).uniform(-1, 1, size=20000).astype(np.float32)
     counts, edges, _ = _signed_histogram(flat, 2048)
-    low, high = mse_range(counts, edges, (float(flat.min()), float(flat.max())), ThresholdSettings("mse"))
+    low, high = mse_range(counts, edges, (float(flat.min()), float(flat.max())), ThresholdSettings())
     assert low < -0.95 and high > 0.95
 
 
 def test_mse_symmetric_range_is_symmetric_before_clamping():
     data = np.random.default_rng(4).normal(size=5000).astype(np.float32) * 2
     counts, edges, _ = _signed_histogram(data, 512)
-    low, high = mse_range(counts, edges, (-100.0, 100.0), ThresholdSettings("mse", symmetric=True))
+    low, high = mse_range(counts, edges, (-100.0, 100.0), ThresholdSettings(symmetric=True))
     assert low == -high

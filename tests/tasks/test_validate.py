@@ -6,7 +6,7 @@ from functools import reduce
 
 import numpy as np
 
-from tasks.validate import ValidationStats, compare_outputs
+from dask_quant.tasks.validate import ValidationStats, compare_outputs
 
 
 def _oracle(a, b, labels):

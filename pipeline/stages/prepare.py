@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.config import RunConfig
-from pipeline.inputs import DatasetSpec, describe_dataset, load_model, model_inputs
-from pipeline.selection import default_op_types, tensors_to_calibrate
-from tasks.chunks import ChunkRef, chunk_refs
-from tasks.digest import sha256_file
-from tasks.errors import InputError
-from tasks.sessions import ModelRef
+from dask_quant.pipeline.config import RunConfig
+from dask_quant.pipeline.inputs import DatasetSpec, describe_dataset, load_model, model_inputs
+from dask_quant.pipeline.selection import default_op_types, tensors_to_calibrate
+from dask_quant.tasks.chunks import ChunkRef, chunk_refs
+from dask_quant.tasks.digest import sha256_file
+from dask_quant.tasks.errors import InputError
+from dask_quant.tasks.sessions import ModelRef
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
-"""From merged statistics to a QDQ model written by ONNX Runtime's quantizer.
+"""The quantize stage: from a Calibration and a QuantConfig to a QDQ model written by ONNX Runtime's quantizer.
 
-`tensors_data` is a pure function of (statistics, config). The model is
-written by `quantize_static` reading our ranges from its own calibration-cache
-format, so the quantization itself is exactly the reference's code path.
+A pure function of (statistics, config) and the model file: no cluster, so it
+runs on the client or as a task on a worker alike. The model is written by
+`quantize_static` reading our ranges from its own calibration-cache format, so
+the quantization itself is exactly the reference's code path.
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ import logging
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import ActivationType, QuantConfig
-from pipeline.selection import default_op_types
-from tasks.range_stats import RangeStats
+from dask_quant.pipeline.config import ActivationType, QuantConfig
+from dask_quant.pipeline.qparams import QParam, read_qparams
+from dask_quant.pipeline.selection import default_op_types
+from dask_quant.pipeline.stages.calibrate import Calibration
+from dask_quant.tasks.range_stats import RangeStats
 
 
 def tensors_data(ranges: Mapping[str, tuple[float, float]], stats: RangeStats):
@@ -111,3 +115,50 @@ def write_tensorrt_table(ranges, folder: Path) -> None:
         symmetric[name] = TensorData(lowest=-bound, highest=bound)
     folder.mkdir()
     write_calibration_table(symmetric, dir=str(folder))
+
+
+@dataclass(frozen=True)
+class QuantizedModel:
+    """An INT8 model written by quantize(): where it is, what made it, and what ORT wrote into it."""
+
+    path: Path
+    sha256: str
+    quant: QuantConfig
+    calibration: Calibration  # only what `quant`'s method reads
+    ranges: dict  # tensor -> (low, high) handed to the quantizer
+    qparams: tuple[QParam, ...]
+    warnings: tuple[str, ...]  # ONNX Runtime's quantizer's, de-duplicated
+
+    @property
+    def activations(self) -> int:
+        return sum(p.kind == "activation" for p in self.qparams)
+
+
+def quantize(calibration: Calibration, quant: QuantConfig, path: Path, exclude: tuple[str, ...] = ()) -> QuantizedModel:
+    """Write the QDQ model of `calibration`'s model under `quant` to `path` (plus `exclude`: nodes kept FP32).
+
+    The model file is read from calibration.model.path and must still have the
+    sha256 it was calibrated with.
+    """
+    import onnx
+
+    from dask_quant.tasks.digest import sha256_file
+    from dask_quant.tasks.errors import InputError
+
+    if exclude:
+        quant = replace(quant, exclude_nodes=tuple(dict.fromkeys((*quant.exclude_nodes, *exclude))))
+    model_path = Path(calibration.model.path)
+    if not model_path.is_file() or sha256_file(model_path) != calibration.model.sha256:
+        msg = (
+            f"{model_path}: not the model this calibration was made from (sha256 {calibration.model.sha256[:12]}...); "
+            "calibrate again or restore the file"
+        )
+        raise InputError(msg)
+    ranges = calibration.ranges(quant)
+    proto = onnx.load(str(model_path))
+    path = Path(path)
+    warnings = write_quantized_model(proto, tensors_data(ranges, calibration.stats), quant, path)
+    qparams = tuple(read_qparams(onnx.load(str(path))))
+    return QuantizedModel(
+        path, sha256_file(path), quant, calibration.for_method(quant), ranges, qparams, tuple(dict.fromkeys(warnings))
+    )

@@ -1,0 +1,224 @@
+"""Every Parquet file a run writes, each declared once: its name, its schema and how its rows are made.
+
+Readers (the report, Calibration.load, users' pandas or DuckDB queries) ask
+these declarations, so a column cannot drift between writer and reader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dask_quant.pipeline.qparams import qparam_rows
+from dask_quant.tasks.errors import InputError
+from dask_quant.tasks.exact_sum import to_float
+from dask_quant.tasks.histogram import Histograms
+from dask_quant.tasks.range_stats import RangeStats
+from dask_quant.tasks.validate import ChunkValidation
+
+
+@dataclass(frozen=True)
+class ParquetFile:
+    """One output table: `rows(*source)` builds its rows, `schema()` types them (run_id first)."""
+
+    name: str
+    schema: Callable
+    rows: Callable[..., list[dict]]
+
+    def write(self, folder: Path, run_id: str, *source, metadata: dict[str, str] | None = None) -> Path:
+        """Write the rows of `rows(*source)` to folder/name."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows = self.rows(*source)
+        table = pa.Table.from_pylist([{"run_id": run_id, **row} for row in rows], schema=self.schema())
+        if metadata:
+            table = table.replace_schema_metadata({f"dask_quant.{k}": v for k, v in metadata.items()})
+        path = Path(folder) / self.name
+        pq.write_table(table, path)
+        return path
+
+    def read(self, folder: Path):
+        """(table, dask-quant metadata) of folder/name; InputError if missing, unreadable or of another schema."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = Path(folder) / self.name
+        if not path.is_file():
+            msg = f"{path}: file not found; pass a run directory dask-quant wrote"
+            raise InputError(msg)
+        try:
+            table = pq.read_table(path)
+        except (OSError, pa.ArrowException) as exc:
+            msg = f"{path}: not a readable Parquet file ({exc}); pass a run directory dask-quant wrote"
+            raise InputError(msg) from None
+        expected = self.schema()
+        if not table.schema.remove_metadata().equals(expected):
+            msg = f"{path}: columns differ from what dask-quant writes ({', '.join(expected.names)})"
+            raise InputError(msg)
+        raw = table.schema.metadata or {}
+        metadata = {
+            k.decode().removeprefix("dask_quant."): v.decode() for k, v in raw.items() if k.startswith(b"dask_quant.")
+        }
+        return table, metadata
+
+
+def calibration_rows(stats: RangeStats) -> list[dict]:
+    return [
+        {"tensor": name, "dtype": r.dtype, "observed_min": r.min, "observed_max": r.max, "elements": r.count}
+        for name, r in stats.ranges
+    ]
+
+
+def histogram_rows(histograms: Histograms) -> list[dict]:
+    return [
+        {
+            "tensor": h.spec.tensor,
+            "absolute": h.spec.absolute,
+            "bins": h.spec.bins,
+            "low": h.spec.low,
+            "high": h.spec.high,
+            "bin_edges": h.spec.edges().tolist(),
+            "counts": h.counts.tolist(),
+        }
+        for _, h in histograms.entries
+    ]
+
+
+def validation_rows(chunks: list[ChunkValidation]) -> list[dict]:
+    return [
+        {
+            "chunk_index": c.index,
+            "row_start": c.start,
+            "row_stop": c.stop,
+            "samples": c.stats.samples,
+            "labelled": c.stats.labelled,
+            "fp32_correct": c.stats.fp32_correct,
+            "int8_correct": c.stats.int8_correct,
+            "top1_agree": c.stats.top1_agree,
+            "max_abs_error": c.stats.max_abs_error,
+            "mean_cosine": c.stats.mean_cosine,
+            "min_cosine": c.stats.min_cosine,
+            "elements": c.stats.elements,
+            "squared_error": to_float(c.stats.squared_error),
+            "signal": to_float(c.stats.signal),
+            "neighbour_agree": c.stats.neighbour_agree,
+            "neighbour_queries": c.stats.neighbour_queries,
+        }
+        for c in chunks
+    ]
+
+
+def _qparams_schema():
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("tensor", pa.string()),
+            ("kind", pa.string()),
+            ("rmin", pa.float32()),
+            ("rmax", pa.float32()),
+            ("observed_min", pa.float32()),
+            ("observed_max", pa.float32()),
+            ("elements", pa.int64()),
+            ("scale", pa.float32()),
+            ("zero_point", pa.int32()),
+            ("channel_scales", pa.list_(pa.float32())),
+            ("channel_zero_points", pa.list_(pa.int32())),
+            ("axis", pa.int32()),
+            ("dtype", pa.string()),
+            ("method", pa.string()),
+            ("symmetric", pa.bool_()),
+            ("percentile", pa.float64()),
+            ("num_bins", pa.int32()),
+            ("num_quantized_bins", pa.int32()),
+        ]
+    )
+
+
+def _layers_schema():
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("tensor", pa.string()),
+            ("op_type", pa.string()),
+            ("node", pa.string()),
+            ("sqnr_db", pa.float64()),
+            ("cosine", pa.float64()),
+            ("max_abs_error", pa.float64()),
+            ("samples", pa.int64()),
+            ("elements", pa.int64()),
+            ("hist_edges", pa.list_(pa.float32())),
+            ("hist_counts", pa.list_(pa.int64())),
+        ]
+    )
+
+
+def _histograms_schema():
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("tensor", pa.string()),
+            ("absolute", pa.bool_()),
+            ("bins", pa.int32()),
+            ("low", pa.float64()),
+            ("high", pa.float64()),
+            ("bin_edges", pa.list_(pa.float32())),
+            ("counts", pa.list_(pa.int64())),
+        ]
+    )
+
+
+def _validation_schema():
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("chunk_index", pa.int32()),
+            ("row_start", pa.int64()),
+            ("row_stop", pa.int64()),
+            ("samples", pa.int64()),
+            ("labelled", pa.int64()),
+            ("fp32_correct", pa.int64()),
+            ("int8_correct", pa.int64()),
+            ("top1_agree", pa.int64()),
+            ("max_abs_error", pa.float64()),
+            ("mean_cosine", pa.float64()),
+            ("min_cosine", pa.float64()),
+            ("elements", pa.int64()),
+            ("squared_error", pa.float64()),
+            ("signal", pa.float64()),
+            ("neighbour_agree", pa.int64()),
+            ("neighbour_queries", pa.int64()),
+        ]
+    )
+
+
+def _calibration_schema():
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("tensor", pa.string()),
+            ("dtype", pa.string()),
+            ("observed_min", pa.float64()),
+            ("observed_max", pa.float64()),
+            ("elements", pa.int64()),
+        ]
+    )
+
+
+QPARAMS = ParquetFile("qparams.parquet", _qparams_schema, qparam_rows)
+VALIDATION = ParquetFile("validation.parquet", _validation_schema, validation_rows)
+# Validation builds these rows (pipeline.layers.layer_rows) as it measures them.
+LAYERS = ParquetFile("layers.parquet", _layers_schema, list)
+HISTOGRAMS = ParquetFile("histograms.parquet", _histograms_schema, histogram_rows)
+CALIBRATION = ParquetFile("calibration.parquet", _calibration_schema, calibration_rows)

@@ -1,0 +1,77 @@
+"""The publish stage: one run directory, complete or not at all.
+
+Everything is written under OUT/.staging/RUN_ID and renamed to OUT/RUN_ID in
+one step (pipeline.results.RunDirectory), so readers never see half a run.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+from dask_quant.pipeline import outputs, records, results
+from dask_quant.pipeline.config import RunConfig
+from dask_quant.pipeline.report import write_report
+from dask_quant.pipeline.stages.prepare import Prepared
+from dask_quant.pipeline.stages.quantize import QuantizedModel, tensors_data, write_tensorrt_table
+from dask_quant.pipeline.stages.validate import Validation
+from dask_quant.tasks.digest import sha256_file
+
+
+def write_run(
+    run_dir: results.RunDirectory,
+    config: RunConfig,
+    prepared: Prepared,
+    quantized: QuantizedModel,
+    validation: Validation,
+    sections: dict,
+) -> None:
+    """Write every file of the run into its staging folder (`sections`: more of run.json, e.g. cluster, timings)."""
+    tmp, run_id = run_dir.tmp, run_dir.run_id
+    model = tmp / results.MODEL_FILE
+    if not (model.exists() and model.samefile(quantized.path)):
+        shutil.copyfile(quantized.path, model)
+    calibration = quantized.calibration
+    outputs.QPARAMS.write(tmp, run_id, quantized.qparams, calibration.stats, quantized.ranges, quantized.quant)
+    calibration.save(tmp, run_id)
+    if validation.ran:
+        outputs.VALIDATION.write(tmp, run_id, validation.per_chunk)
+        outputs.LAYERS.write(tmp, run_id, validation.layers)
+    if config.tensorrt_table:
+        write_tensorrt_table(tensors_data(quantized.ranges, calibration.stats), tmp / results.TENSORRT_DIR)
+    config = replace(config, quant=quantized.quant)
+    record = {
+        "model": {"path": prepared.model.path, "sha256": prepared.model.sha256, "bytes": config.model.stat().st_size},
+        "int8_model": {"file": results.MODEL_FILE, "sha256": sha256_file(model), "bytes": model.stat().st_size},
+        "data": {
+            "calib": records.data_record(prepared.calib, config.chunk_size),
+            "val": records.data_record(prepared.val, config.chunk_size),
+        },
+        "tensors_calibrated": len(prepared.tensors),
+        "summary": records.summary_record(validation.summary, validation.metric),
+        "latency": records.latency_record(validation.latency),
+        "quantizer_warnings": list(quantized.warnings),
+        **sections,
+    }
+    results.write_json(records.run_record(config, run_id, record), tmp / results.RUN_FILE)
+    write_report(tmp)
+
+
+def publish(
+    out: Path,
+    config: RunConfig,
+    prepared: Prepared,
+    quantized: QuantizedModel,
+    validation: Validation,
+    sections: dict | None = None,
+) -> Path:
+    """Publish one run directory under `out` from the stages' results; returns its path.
+
+    The INT8 model is copied from `quantized.path`; nothing is visible under
+    `out` until every file is written.
+    """
+    run_dir = results.RunDirectory(Path(out), results.new_run_id(config.model, quantized.quant.method.value))
+    with run_dir:
+        write_run(run_dir, config, prepared, quantized, validation, sections or {})
+        return run_dir.publish()

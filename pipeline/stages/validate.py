@@ -1,0 +1,81 @@
+"""The validate stage: FP32 against INT8 over the validation chunks, on the cluster.
+
+Model outputs (metrics per chunk, merged exactly) and per-layer errors (one
+merge tree) run as one submission; latency runs alone afterwards, so nothing
+else competes for the core it measures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import reduce
+
+from dask_quant.pipeline.compute import compute
+from dask_quant.pipeline.config import Metric
+from dask_quant.pipeline.graph import layer_graph, validation_graph
+from dask_quant.pipeline.layers import layer_rows, quantized_layers, report_specs
+from dask_quant.pipeline.metrics import ANCHORS, resolve_metric
+from dask_quant.pipeline.progress import Progress
+from dask_quant.pipeline.stages.prepare import Prepared, dataset_chunks
+from dask_quant.pipeline.stages.quantize import QuantizedModel
+from dask_quant.tasks.latency import Latency, measure_latency
+from dask_quant.tasks.sessions import ModelRef
+from dask_quant.tasks.validate import ChunkValidation, ValidationStats
+
+LATENCY_REPEATS = 20
+
+
+@dataclass(frozen=True)
+class Validation:
+    """What validation measured. Empty (summary None) when there was no validation data."""
+
+    summary: ValidationStats | None = None
+    per_chunk: tuple[ChunkValidation, ...] = ()
+    layers: tuple[dict, ...] = ()  # layers.parquet rows, worst SQNR first
+    latency: Latency | None = None
+    metric: Metric | None = None
+
+    @property
+    def ran(self) -> bool:
+        return self.summary is not None
+
+
+def validate(
+    prepared: Prepared,
+    quantized: QuantizedModel,
+    client,
+    *,
+    metric: Metric = Metric.AUTO,
+    chunk_size: int = 64,
+    split_every: int = 8,
+    log: Callable[[str], None] = lambda _: None,
+    progress: Progress | None = None,
+) -> Validation:
+    """Compare `quantized` with `prepared`'s FP32 model on `prepared.val` over `client`'s workers.
+
+    `client` is the caller's and is never closed here. Without validation data, an empty Validation.
+    """
+    import onnx
+
+    if prepared.val is None:
+        return Validation()
+    chunks = dataset_chunks(prepared.val, chunk_size)
+    int8 = ModelRef(str(quantized.path), quantized.sha256)
+    metric = resolve_metric(metric, prepared.proto, prepared.val.labels is not None)
+    anchors = None
+    if metric is Metric.EMBEDDING:  # whole chunks, so a fixed batch size still divides them
+        anchor_rows = min(prepared.val.rows, chunk_size * max(1, ANCHORS // chunk_size))
+        anchors = dataset_chunks(prepared.val, anchor_rows)[0]
+    layers = quantized_layers(prepared.proto, onnx.load(str(quantized.path)), dict(prepared.tensors))
+    pairs = tuple((layer.tensor, layer.dequantized, layer.elem_type) for layer in layers)
+    log(f"validating FP32 against INT8 over {len(chunks)} chunks, {len(layers)} activations ({metric.value} metrics)")
+    specs = report_specs(quantized.calibration.stats, layers)
+    graphs = [
+        validation_graph(chunks, prepared.model, int8, anchors),
+        layer_graph(chunks, prepared.model, int8, pairs, split_every, specs),
+    ]
+    outputs, errors = compute(client, graphs, "validation", progress)
+    latency = client.submit(measure_latency, chunks[0], prepared.model, int8, LATENCY_REPEATS, pure=False).result()
+    summary = reduce(ValidationStats.merge, (c.stats for c in outputs), ValidationStats())
+    return Validation(summary, tuple(outputs), tuple(layer_rows(layers, errors)), latency, metric)
