@@ -95,13 +95,18 @@ def _wait_for(condition, what: str, timeout: float = 60) -> None:
 
 
 @contextmanager
-def dask_processes(folder: Path, workers: int = 2, tls: dict[str, Path] | None = None):
-    """`dask scheduler` and `workers` x `dask worker --no-nanny` on 127.0.0.1; stopped on exit."""
+def dask_processes(folder: Path, workers: int = 2, tls: dict[str, Path] | None = None, cwd: Path | None = None):
+    """`dask scheduler` and `workers` x `dask worker --no-nanny`, every port on 127.0.0.1; stopped on exit.
+
+    Under --no-dashboard their HTTP servers (health, metrics) still start, on
+    0.0.0.0 unless given a --dashboard-address: they get a loopback one.
+    """
     scheduler_file = folder / "scheduler.json"
     tls_args: tuple[str, ...] = ()
     if tls:
         tls_args = ("--tls-ca-file", str(tls["ca"]), "--tls-cert", str(tls["cert"]), "--tls-key", str(tls["key"]))
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": cwd}
+    http = ("--no-dashboard", "--dashboard-address", "127.0.0.1:0")
     scheduler = subprocess.Popen(
         [
             BIN / "dask",
@@ -110,7 +115,7 @@ def dask_processes(folder: Path, workers: int = 2, tls: dict[str, Path] | None =
             "127.0.0.1",
             "--port",
             "0",
-            "--no-dashboard",
+            *http,
             "--protocol",
             "tls" if tls else "tcp",
             "--scheduler-file",
@@ -135,7 +140,7 @@ def dask_processes(folder: Path, workers: int = 2, tls: dict[str, Path] | None =
                         "--nthreads",
                         "1",
                         "--no-nanny",
-                        "--no-dashboard",
+                        *http,
                         *tls_args,
                     ],
                     **quiet,

@@ -15,12 +15,10 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import time
 import zipfile
-from contextlib import contextmanager
 from pathlib import Path
 
-from processes import BIN
+from processes import dask_processes
 
 REPO = Path(__file__).resolve().parents[2]
 SHADOWS = ("pipeline.py", "tasks.py", "cluster.py")
@@ -42,37 +40,6 @@ def _run(*args, cwd: Path | None = None, timeout: float = 240) -> subprocess.Com
 
 def _published_models(out: Path) -> list[Path]:
     return sorted(out.glob("*/model.int8.onnx"))
-
-
-@contextmanager
-def _scheduler_and_worker(folder: Path):
-    """`dask scheduler` and one `dask worker --no-nanny` started in `folder`, every port on 127.0.0.1; stopped on exit.
-
-    Not tests/processes.py's dask_processes: under --no-dashboard the scheduler's and the worker's HTTP servers
-    (health, metrics) still start, on 0.0.0.0 unless given a --dashboard-address.
-    """
-    scheduler_file = folder / "scheduler.json"
-    loopback = ("--host", "127.0.0.1", "--no-dashboard", "--dashboard-address", "127.0.0.1:0")
-    options = {"cwd": folder, "env": ENV, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    scheduler = [BIN / "dask", "scheduler", "--scheduler-file", scheduler_file, "--port", "0", *loopback]
-    started = [subprocess.Popen(scheduler, **options)]
-    try:
-        deadline = time.monotonic() + 60
-        while not scheduler_file.exists():
-            assert started[0].poll() is None and time.monotonic() < deadline, "the scheduler did not start"
-            time.sleep(0.2)
-        worker = [BIN / "dask", "worker", "--scheduler-file", scheduler_file, "--nthreads", "1", "--no-nanny"]
-        started.append(subprocess.Popen([*worker, *loopback], **options))
-        yield scheduler_file, started
-    finally:
-        for process in started:
-            process.terminate()
-        for process in started:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 def test_wheel_installs_one_package_and_runs(tmp_path):
@@ -120,9 +87,9 @@ def test_wheel_installs_one_package_and_runs(tmp_path):
 
 def test_real_processes_in_directory_with_user_modules(tmp_path):
     user = _user_folder(tmp_path / "user")  # the scheduler, the worker and the job all start here
-    with _scheduler_and_worker(user) as (scheduler_file, processes):
-        job = ("-m", "dask_quant", "run", "--scheduler-file", scheduler_file, "--out", tmp_path / "runs")
+    with dask_processes(tmp_path, workers=1, cwd=user) as dask:
+        job = ("-m", "dask_quant", "run", "--scheduler-file", dask.scheduler_file, "--out", tmp_path / "runs")
         proc = _run(sys.executable, *job, cwd=user)
         assert proc.returncode == 0, proc.stderr
-        assert [process.poll() for process in processes] == [None, None]
+        assert [process.poll() for process in (dask.scheduler, *dask.workers)] == [None, None]
     assert len(_published_models(tmp_path / "runs")) == 1
