@@ -141,7 +141,9 @@ job_options = _options(
         show_default=True,
         help="Directory where run directories are published.",
     ),
-    click.option("--chunk-size", type=int, default=64, show_default=True, help="Rows per task."),
+    click.option(
+        "--chunk-size", type=int, default=None, help="Rows per task [default: 64, or a multiple of a fixed batch]."
+    ),
     click.option(
         "--metric",
         default="auto",
@@ -149,7 +151,37 @@ job_options = _options(
         help="Validation metrics that lead: auto, classification, embedding or regression.",
     ),
     click.option("--resume", is_flag=True, help="Reuse the chunk statistics an interrupted run of the same job kept."),
+    click.option(
+        "--prepare/--no-prepare",
+        default=True,
+        show_default=True,
+        help="Prepare the graph first (shapes, constants folded into initializers, opset upgrade).",
+    ),
+    click.option("--batch-axis", multiple=True, help="NAME=AXIS: where input NAME's samples go (default: inferred)."),
+    click.option("--const-input", multiple=True, help="NAME=VALUE: feed input NAME this value for every sample."),
+    click.option("--labels-key", default=None, help="Name of the labels array in --val [default: labels]."),
 )
+
+# What the INT8 model must keep: the run fails (exit 1) after publishing when it does not.
+guard_options = _options(
+    click.option("--min-cosine", type=float, default=None, help="Fail if the mean output cosine is below this."),
+    click.option("--max-drop", type=float, default=None, help="Fail if accuracy drops more (points; needs labels)."),
+)
+
+
+def _pairs(values: tuple[str, ...], option: str, convert=str) -> tuple[tuple[str, object], ...]:
+    """NAME=VALUE options (repeated or comma-separated) as pairs."""
+    pairs = []
+    for item in _split(values):
+        name, sep, value = item.partition("=")
+        try:
+            if not (sep and name.strip() and value.strip()):
+                raise ValueError
+            pairs.append((name.strip(), convert(value.strip())))
+        except ValueError:
+            msg = f"{option} {item!r}: expected NAME=VALUE" + (" with an integer axis" if convert is int else "")
+            raise InputError(msg) from None
+    return tuple(pairs)
 
 
 def cluster_config(options: dict):
@@ -197,6 +229,7 @@ def _model_and_data(model, calib, val):
 @main.command()
 @job_options
 @quant_options
+@guard_options
 @cluster_options
 @click.option("--tensorrt-table", is_flag=True, help="Also write the TensorRT EP calibration table (tensorrt/).")
 def run(**options):
@@ -226,7 +259,14 @@ def run(**options):
             resume=options["resume"],
             quant=quants[0],
             cluster=cluster_config(options),
+            prepare=options["prepare"],
+            batch_axes=_pairs(options["batch_axis"], "--batch-axis", int),
+            const_inputs=_pairs(options["const_input"], "--const-input"),
+            labels_key=options["labels_key"],
+            min_cosine=options["min_cosine"],
+            max_drop=options["max_drop"],
         )
+        from dask_quant.pipeline.guard import quality_failures
         from dask_quant.pipeline.job import run_methods
         from dask_quant.pipeline.summary import format_summary
 
@@ -236,6 +276,9 @@ def run(**options):
         terminal = sys.stderr.isatty()
         results = run_methods(config, methods, log=log, progress=terminal, interrupted=interrupts.requested)
         click.echo("\n".join(format_summary(result) for result in results))
+        failures = [failure for result in results for failure in quality_failures(config, result)]
+        if failures:
+            _fail("quality guard: " + "\n".join(failures) + " (the runs were published)", 1)
     except InputError as exc:
         _fail(str(exc), EXIT_INPUT)
     except KeyboardInterrupt:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dask_quant.pipeline.graph import ChunkGraph
 from dask_quant.pipeline.progress import Progress
+from dask_quant.tasks.errors import Refused
 
 # Tasks are pure and idempotent, so a transient failure (a flaky network filesystem) is retried.
 TASK_RETRIES = 2
@@ -39,4 +40,9 @@ def compute(client, graphs: list[ChunkGraph], label: str, progress: Progress | N
         del futures
         progress.track(_finished(tracked, set(roots)), len(tracked), label)
         del tracked
-    return client.gather(results)
+    values = client.gather(results)
+    for value in values:  # a chunk's bad data, reported once (its task was not retried)
+        for part in value if isinstance(value, list) else [value]:
+            if isinstance(part, Refused):
+                part.raise_it()
+    return values

@@ -89,13 +89,19 @@ class RunConfig:
     calib: Path
     val: Path | None = None
     out: Path = Path("dask-quant-runs")
-    chunk_size: int = 64
+    chunk_size: int | None = None  # None: 64, rounded up to a multiple of a batch size the model fixes
     split_every: int = 8
     metric: Metric = Metric.AUTO
     resume: bool = False  # reuse the chunk checkpoints an interrupted run of the same job left
     tensorrt_table: bool = False  # also write the TensorRT EP's calibration table
     quant: QuantConfig = field(default_factory=QuantConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    prepare: bool = True  # graph preparation (pipeline.preparation) before calibration
+    batch_axes: tuple[tuple[str, int], ...] = ()  # inputs whose samples are not on the inferred axis
+    const_inputs: tuple[tuple[str, str], ...] = ()  # inputs fed one value for every sample
+    labels_key: str | None = None  # None: 'labels', unless a model input has that name
+    min_cosine: float | None = None  # quality guard: exit 1 after publishing below this mean cosine
+    max_drop: float | None = None  # quality guard: exit 1 after publishing if accuracy drops more (points)
 
     def __post_init__(self) -> None:
         for name in ("model", "calib", "val", "out"):
@@ -107,7 +113,15 @@ class RunConfig:
         except ValueError:
             msg = f"unknown metric {self.metric!r}; choose one of: {', '.join(m.value for m in Metric)}"
             raise InputError(msg) from None
-        if self.chunk_size < 1:
+        object.__setattr__(self, "batch_axes", tuple((str(n), int(a)) for n, a in self.batch_axes))
+        object.__setattr__(self, "const_inputs", tuple((str(n), str(v)) for n, v in self.const_inputs))
+        if self.min_cosine is not None and not -1 <= self.min_cosine <= 1:
+            msg = f"--min-cosine must be in [-1, 1], got {self.min_cosine}"
+            raise InputError(msg)
+        if self.max_drop is not None and not 0 <= self.max_drop <= 100:
+            msg = f"--max-drop must be in [0, 100] accuracy points, got {self.max_drop}"
+            raise InputError(msg)
+        if self.chunk_size is not None and self.chunk_size < 1:
             msg = f"--chunk-size must be a positive number of rows, got {self.chunk_size}"
             raise InputError(msg)
         if self.split_every < 2:

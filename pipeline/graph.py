@@ -13,6 +13,7 @@ from dask.delayed import Delayed
 from dask_quant.tasks.calibrate import chunk_histograms, chunk_range_stats
 from dask_quant.tasks.checkpoint import Checkpoints
 from dask_quant.tasks.chunks import ChunkRef
+from dask_quant.tasks.errors import refusing
 from dask_quant.tasks.histogram import HistogramSpec
 from dask_quant.tasks.layer_error import chunk_layer_errors
 from dask_quant.tasks.merging import merge_all
@@ -37,14 +38,14 @@ def _chunk_tasks(chunks: list[ChunkRef], per_chunk, kwargs: dict, salt) -> tuple
     every task costs a scheduler round trip (about half the per-chunk overhead
     measured with one-row chunks). All tasks share one `partial`, pickled once.
     """
-    work = partial(per_chunk, **kwargs)
+    work = partial(refusing, per_chunk, **kwargs)
     # The chunks' fields as plain tuples: dask tokenizes those far faster than dataclasses.
     token = tokenize(
         per_chunk.__module__,
         per_chunk.__qualname__,
         kwargs,
         salt,
-        [(c.path, c.members, c.start, c.stop, c.index, c.labels, c.sha256) for c in chunks],
+        [(c.path, c.members, c.start, c.stop, c.index, c.labels, c.sha256, c.feeding) for c in chunks],
     )
     keys = [(f"{per_chunk.__name__}-{token}", i) for i in range(len(chunks))]
     return {key: (work, chunk) for key, chunk in zip(keys, chunks, strict=True)}, keys, token

@@ -5,30 +5,69 @@ Only headers are read here: the client never loads the dataset.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from dask_quant.tasks.digest import sha256_file
 from dask_quant.tasks.errors import InputError
-from dask_quant.tasks.npy_io import NPY_MEMBER, array_info, is_compressed, member_names
+from dask_quant.tasks.feeding import NO_FEEDING, Constant, Feeding
+from dask_quant.tasks.npy_io import NPY_MEMBER, array_info, is_compressed, member_names, read_whole
 
-LABELS = "labels"
+LABELS = "labels"  # the label array's name in a validation .npz, unless --labels-key says otherwise
+
+
+# Symbolic dimension names that say "batch" (exporters write batch, batch_size, N, unk__0, ...).
+_BATCH_NAME = re.compile(r"batch|^n$|^b$|^bs$", re.IGNORECASE)
+CONSTANT_BYTES = 1 << 20  # a constant input travels inside every task
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    """A model input: name, numpy dtype string, dims (None where symbolic; no dims when the model gives no shape)."""
+    """A model input: name, numpy dtype string, dims (None where symbolic; no dims when the model gives
+    no shape), the dims' symbolic names, and its batch axis (None: one value for every sample)."""
 
     name: str
     dtype: str
     dims: tuple[int | None, ...] | None
+    symbols: tuple[str, ...] = ()
+    batch_axis: int | None = 0
 
     @property
     def batch(self) -> int | None:
-        """The batch size axis 0 fixes, if any."""
-        return self.dims[0] if self.dims else None
+        """The batch size the batch axis fixes, if any."""
+        if self.batch_axis is None or not self.dims:
+            return None
+        return self.dims[self.batch_axis]
+
+    @property
+    def sample_dims(self) -> tuple[int | None, ...] | None:
+        """The dims of one sample as stored in a data file: the batch axis first."""
+        if self.dims is None or self.batch_axis is None:
+            return self.dims
+        return (self.dims[self.batch_axis], *self.dims[: self.batch_axis], *self.dims[self.batch_axis + 1 :])
+
+    @property
+    def batch_symbol(self) -> str:
+        return self.symbols[self.batch_axis] if self.batch_axis is not None and self.symbols else ""
+
+
+def infer_batch_axis(dims: tuple[int | None, ...] | None, symbols: tuple[str, ...]) -> int | None:
+    """Where the samples go: a symbolic dim named like a batch, else a symbolic axis 0, else the only symbolic
+    dim, else axis 0 (a fixed batch). A rank-0 input has none: it takes one value for every sample."""
+    if dims is None:
+        return 0
+    if not dims:
+        return None
+    symbolic = [axis for axis, dim in enumerate(dims) if dim is None]
+    named = [axis for axis in symbolic if _BATCH_NAME.search(symbols[axis])]
+    if len(named) == 1:
+        return named[0]
+    if not symbolic or symbolic[0] == 0 or len(symbolic) > 1:
+        return 0
+    return symbolic[0]
 
 
 @dataclass(frozen=True)
@@ -41,6 +80,7 @@ class DatasetSpec:
     sha256: str
     labels: str | None = None
     compressed: bool = False
+    feeding: Feeding = NO_FEEDING
 
 
 def load_model(path: Path):
@@ -79,14 +119,52 @@ def model_inputs(proto) -> list[InputSpec]:
             raise InputError(msg)
         tensor_type = value.type.tensor_type
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).str
-        dims = None
+        dims, symbols = None, ()
         if tensor_type.HasField("shape"):
             # A dim_value of 0 or less fixes nothing we can feed: treat it as symbolic.
             dims = tuple(
                 d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim
             )
-        specs.append(InputSpec(value.name, dtype, dims))
+            symbols = tuple(d.dim_param for d in tensor_type.shape.dim)
+        specs.append(InputSpec(value.name, dtype, dims, symbols, infer_batch_axis(dims, symbols)))
     return specs
+
+
+def with_layout(
+    specs: list[InputSpec], batch_axes: tuple[tuple[str, int], ...], constants: tuple[str, ...]
+) -> list[InputSpec]:
+    """`specs` with --batch-axis NAME=AXIS and --const-input NAME applied (names and axes checked)."""
+    by_name = {spec.name: spec for spec in specs}
+    for option, names in (("--batch-axis", [name for name, _ in batch_axes]), ("--const-input", constants)):
+        unknown = [name for name in names if name not in by_name]
+        if unknown:
+            msg = f"{option}: the model has no input {unknown[0]!r} (inputs: {', '.join(by_name)})"
+            raise InputError(msg)
+    for name, axis in batch_axes:
+        spec = by_name[name]
+        rank = len(spec.dims or ())
+        if spec.dims is not None and not 0 <= axis < rank:
+            msg = f"--batch-axis {name}={axis}: input {name!r} has rank {rank}, so the axis must be 0..{rank - 1}"
+            raise InputError(msg)
+        by_name[name] = replace(spec, batch_axis=axis)
+    for name in constants:
+        by_name[name] = replace(by_name[name], batch_axis=None)
+    if all(spec.batch_axis is None for spec in by_name.values()):
+        msg = "every model input is a constant: nothing varies per sample; give at least one input its samples"
+        raise InputError(msg)
+    return [by_name[spec.name] for spec in specs]
+
+
+def output_batch_axes(proto, specs: list[InputSpec]) -> tuple[tuple[str, int], ...]:
+    """Outputs whose samples are not on axis 0: where a dim has the batch input's symbolic name."""
+    symbols = {spec.batch_symbol for spec in specs if spec.batch_axis not in (None, 0)} - {""}
+    moved = []
+    for value in proto.graph.output:
+        names = [d.dim_param for d in value.type.tensor_type.shape.dim]
+        axis = next((i for i, name in enumerate(names) if name in symbols), 0)
+        if axis:
+            moved.append((value.name, axis))
+    return tuple(moved)
 
 
 def _members_for(path: Path, option: str, inputs: list[InputSpec]) -> tuple[tuple[str, str], ...]:
@@ -113,21 +191,22 @@ def _members_for(path: Path, option: str, inputs: list[InputSpec]) -> tuple[tupl
 def _check_array(path: Path, option: str, member: str, spec: InputSpec) -> int:
     where = f"{option} {path}" + (f"[{member}]" if member else "")
     info = array_info(str(path), member)
+    dims = spec.sample_dims
     if not info.shape:
-        msg = f"{where}: a scalar; samples go on axis 0, so save an array of at least one dimension"
-        raise InputError(msg)
-    if spec.dims is not None and len(info.shape) != len(spec.dims):
         msg = (
-            f"{where}: rank {len(info.shape)} (shape {info.shape}), but model input {spec.name!r} "
-            f"has rank {len(spec.dims)}; samples go on axis 0"
+            f"{where}: a scalar, but model input {spec.name!r} takes one value per sample on axis 0; "
+            f"if it is the same for every sample, pass --const-input {spec.name}=VALUE"
         )
         raise InputError(msg)
-    # Byte order is not a mismatch: rows are read in native order (tasks.npy_io).
-    if np.dtype(info.dtype).newbyteorder("=") != np.dtype(spec.dtype).newbyteorder("="):
-        have, want = np.dtype(info.dtype).name, np.dtype(spec.dtype).name
-        msg = f"{where}: dtype {have}, but model input {spec.name!r} wants {want}; convert with .astype"
+    if dims is not None and len(info.shape) != len(dims):
+        moved = f" (its batch axis {spec.batch_axis} first)" if spec.batch_axis else ""
+        msg = (
+            f"{where}: rank {len(info.shape)} (shape {info.shape}), but model input {spec.name!r} "
+            f"has rank {len(dims)}; samples go on axis 0{moved}"
+        )
         raise InputError(msg)
-    for axis, (have, want) in enumerate(zip(info.shape[1:], (spec.dims or info.shape)[1:], strict=True), start=1):
+    _check_dtype(where, info.dtype, spec)
+    for axis, (have, want) in enumerate(zip(info.shape[1:], (dims or info.shape)[1:], strict=True), start=1):
         if want is not None and have != want:
             msg = (
                 f"{where}: shape {info.shape} differs from model input {spec.name!r} at axis {axis} ({have} != {want})"
@@ -143,15 +222,82 @@ def _check_array(path: Path, option: str, member: str, spec: InputSpec) -> int:
     return info.shape[0]
 
 
-def describe_dataset(path: Path, option: str, inputs: list[InputSpec], *, labels_allowed: bool) -> DatasetSpec:
-    """Check a .npy/.npz dataset against the model inputs; read headers only."""
+def _check_dtype(where: str, dtype: str, spec: InputSpec) -> None:
+    # Byte order is not a mismatch: rows are read in native order (tasks.npy_io).
+    if np.dtype(dtype).newbyteorder("=") != np.dtype(spec.dtype).newbyteorder("="):
+        have, want = np.dtype(dtype).name, np.dtype(spec.dtype).name
+        msg = f"{where}: dtype {have}, but model input {spec.name!r} wants {want}; convert with .astype"
+        raise InputError(msg)
+
+
+def constant_value(spec: InputSpec, text: str) -> Constant:
+    """--const-input NAME=VALUE: VALUE filled into the input's (fixed) shape, in its dtype."""
+    where = f"--const-input {spec.name}={text}"
+    if spec.dims is None or any(dim is None for dim in spec.dims):
+        msg = (
+            f"{where}: input {spec.name!r} has no fixed shape to fill; store its value in the data file "
+            "as one array of the input's shape instead"
+        )
+        raise InputError(msg)
+    try:
+        value = np.array(text, dtype=np.dtype(spec.dtype)) if np.dtype(spec.dtype).kind != "b" else None
+    except ValueError:
+        value = None
+    if value is None:
+        msg = f"{where}: not a {np.dtype(spec.dtype).name} value; pass a number"
+        raise InputError(msg)
+    return Constant.of(spec.name, np.full(spec.dims, value, dtype=np.dtype(spec.dtype).newbyteorder("=")))
+
+
+def _stored_constant(path: Path, option: str, spec: InputSpec) -> Constant:
+    """A constant input's value stored in the data file: one array of the input's whole shape."""
+    where = f"{option} {path}[{spec.name}]"
+    if path.suffix != ".npz" or spec.name not in member_names(str(path)):
+        msg = (
+            f"{option} {path}: model input {spec.name!r} takes one value for every sample; pass "
+            f"--const-input {spec.name}=VALUE, or store it in a .npz as an array named {spec.name!r}"
+        )
+        raise InputError(msg)
+    info = array_info(str(path), spec.name)
+    _check_dtype(where, info.dtype, spec)
+    wanted = spec.dims or ()
+    if len(info.shape) != len(wanted) or any(w is not None and w != h for h, w in zip(info.shape, wanted, strict=True)):
+        msg = f"{where}: shape {info.shape}, but constant input {spec.name!r} has shape {wanted} (no sample axis)"
+        raise InputError(msg)
+    size = int(np.prod(info.shape, dtype=np.int64)) * np.dtype(info.dtype).itemsize
+    if size > CONSTANT_BYTES:
+        msg = f"{where}: {size} bytes is too large for a constant (it travels with every task); give it samples"
+        raise InputError(msg)
+    return Constant.of(spec.name, read_whole(str(path), spec.name))
+
+
+def describe_dataset(
+    path: Path,
+    option: str,
+    inputs: list[InputSpec],
+    *,
+    labels: str | None = None,
+    constants: tuple[Constant, ...] = (),
+    output_axes: tuple[tuple[str, int], ...] = (),
+) -> DatasetSpec:
+    """Check a .npy/.npz dataset against the model inputs; read headers only (and small constants).
+
+    `labels` names the label array to use if present (None: no labels);
+    `constants` are the inputs' values given on the command line.
+    """
     if not path.is_file():
         msg = f"{option} {path}: file not found; pass an existing .npz or .npy file"
         raise InputError(msg)
     if path.suffix not in (".npy", ".npz"):
         msg = f"{option} {path}: unsupported file type {path.suffix!r}; pass a .npz (one array per input) or .npy"
         raise InputError(msg)
-    members = _members_for(path, option, inputs)
+    given = {c.name for c in constants}
+    batched = [i for i in inputs if i.batch_axis is not None]
+    constants = (
+        *constants,
+        *(_stored_constant(path, option, i) for i in inputs if i.batch_axis is None and i.name not in given),
+    )
+    members = _members_for(path, option, batched)
     by_name = {i.name: i for i in inputs}
     rows = {member or path.name: _check_array(path, option, member, by_name[name]) for name, member in members}
     if len(set(rows.values())) > 1:
@@ -161,15 +307,17 @@ def describe_dataset(path: Path, option: str, inputs: list[InputSpec], *, labels
     if n_rows == 0:
         msg = f"{option} {path}: holds no samples (axis 0 has length 0); pass at least one sample"
         raise InputError(msg)
-    labels = None
-    if labels_allowed and path.suffix == ".npz" and LABELS in member_names(str(path)):
-        info = array_info(str(path), LABELS)
+    if labels is not None and not (path.suffix == ".npz" and labels in member_names(str(path))):
+        labels = None
+    if labels is not None:
+        info = array_info(str(path), labels)
         if info.shape not in ((n_rows,), (n_rows, 1)) or not np.issubdtype(np.dtype(info.dtype), np.integer):
             msg = (
-                f"{option} {path}[labels]: want one integer class per sample, shape ({n_rows},); "
+                f"{option} {path}[{labels}]: want one integer class per sample, shape ({n_rows},); "
                 f"got shape {info.shape} of {np.dtype(info.dtype).name}"
             )
             raise InputError(msg)
-        labels = LABELS
     compressed = any(is_compressed(str(path), member) for _, member in members)
-    return DatasetSpec(str(path.resolve()), members, n_rows, sha256_file(path), labels, compressed)
+    axes = tuple((i.name, i.batch_axis) for i in batched if i.batch_axis)
+    feeding = Feeding(axes, output_axes, tuple(sorted(constants, key=lambda c: c.name)))
+    return DatasetSpec(str(path.resolve()), members, n_rows, sha256_file(path), labels, compressed, feeding)

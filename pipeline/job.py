@@ -14,18 +14,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dask_quant.pipeline import results
+from dask_quant.pipeline.advice import explain
 from dask_quant.pipeline.config import Metric, RunConfig
 from dask_quant.pipeline.failures import killed_worker_message
+from dask_quant.pipeline.gate import check_quantized
+from dask_quant.pipeline.guard import collapse_warning
 from dask_quant.pipeline.methods import Method
 from dask_quant.pipeline.progress import Progress
 from dask_quant.pipeline.qparams import QParam
 from dask_quant.pipeline.stages.calibrate import Calibration, calibrate
-from dask_quant.pipeline.stages.prepare import prepare
+from dask_quant.pipeline.stages.prepare import Prepared, prepare
 from dask_quant.pipeline.stages.publish import write_run
 from dask_quant.pipeline.stages.quantize import quantize
 from dask_quant.pipeline.stages.validate import validate
 from dask_quant.pipeline.workarea import WorkArea
-from dask_quant.tasks.errors import DaskQuantError
+from dask_quant.tasks.errors import DaskQuantError, InputError
 from dask_quant.tasks.latency import Latency
 from dask_quant.tasks.range_stats import RangeStats
 from dask_quant.tasks.validate import ValidationStats
@@ -123,17 +126,6 @@ def run_methods(
 
     quants = [replace(config.quant, method=method) for method in dict.fromkeys(methods)]  # each checks its settings
     lap = _Laps()
-    prepared = prepare(config)
-    lap("prepare")
-    for spec in (prepared.calib, prepared.val):
-        if spec is not None and spec.compressed:
-            log(
-                f"note: {spec.path} is compressed: each chunk decompresses from the start of its array; "
-                "numpy.savez (uncompressed) or .npy files are read directly"
-            )
-    work = WorkArea(config, prepared, quants)
-    if config.resume:
-        log(f"resuming: {work.count()} chunk checkpoints found in {work.folder}")
     bar = Progress(log, terminal=progress)
     names = [quant.method.value for quant in quants]
     with ExitStack() as stack:
@@ -141,10 +133,19 @@ def run_methods(
             stack.enter_context(results.RunDirectory(config.out, results.new_run_id(config.model, name)))
             for name in names
         ]
+        prepared = prepare(config)
+        stack.callback(prepared.discard)  # each run directory keeps its own link to the prepared model
+        config = replace(config, chunk_size=prepared.chunk_size)
+        _check_guard_data(config, prepared)
+        lap("prepare")
+        work = WorkArea(config, prepared, quants)
+        if config.resume:
+            log(f"resuming: {work.count()} chunk checkpoints found in {work.folder}")
         try:
             with _client_scope(config, client) as dask_client:
                 lap("cluster_start")
                 cluster, dashboard = _cluster_record(dask_client, log)
+                _log_preparation(prepared, log)  # once the job is sure to run: bad input stays one line
                 calibration = calibrate(
                     prepared,
                     dask_client,
@@ -160,6 +161,9 @@ def run_methods(
                 for quant, run_dir in zip(quants, run_dirs, strict=True):
                     own = _Laps()
                     quantized = quantize(calibration, quant, run_dir.tmp / results.MODEL_FILE)
+                    for line in explain(quantized.warnings):
+                        log(line)
+                    check_quantized(config, prepared, quantized, dask_client)
                     own("quantize")
                     if len(quants) > 1:
                         log(f"{quant.method.value}: quantized {quantized.activations} activations")
@@ -199,10 +203,37 @@ def run_methods(
         # Only after the cluster is down: an interrupt before this publishes nothing.
         finals = [run_dir.publish() for run_dir in run_dirs]
     work.discard()
-    return [
+    made_runs = [
         _result(run_dir.run_id, final, config, calibration, q, v, cluster, dashboard, {**lap.timings, **own.timings})
         for run_dir, final, (q, v, own) in zip(run_dirs, finals, made, strict=True)
     ]
+    guarded = config.min_cosine is not None or config.max_drop is not None  # the guard itself reports
+    for result in made_runs if not guarded else ():
+        warning = collapse_warning(result)
+        if warning:
+            log(warning)
+    return made_runs
+
+
+def _log_preparation(prepared: Prepared, log: Callable[[str], None]) -> None:
+    if prepared.steps:
+        log(f"prepared the model: {'; '.join(prepared.steps)}")
+    for spec in (prepared.calib, prepared.val):
+        if spec is not None and spec.compressed:
+            log(
+                f"note: {spec.path} is compressed: each chunk decompresses from the start of its array; "
+                "numpy.savez (uncompressed) or .npy files are read directly"
+            )
+
+
+def _check_guard_data(config: RunConfig, prepared: Prepared) -> None:
+    """The quality guard's flags need what they measure: validation data (with labels for --max-drop)."""
+    if (config.min_cosine is not None or config.max_drop is not None) and prepared.val is None:
+        msg = "--min-cosine/--max-drop judge the validation results: pass --val"
+        raise InputError(msg)
+    if config.max_drop is not None and prepared.val.labels is None:
+        msg = f"--max-drop compares FP32 and INT8 accuracy: --val {prepared.val.path} has no labels; use --min-cosine"
+        raise InputError(msg)
 
 
 def _cluster_record(client, log: Callable[[str], None]) -> tuple[dict, str | None]:

@@ -13,7 +13,8 @@ _CLASSIFIER_NAME = re.compile(r"logit|prob|score|class", re.IGNORECASE)
 
 def resolve_metric(requested: Metric, proto, has_labels: bool) -> Metric:
     """`requested`, or for auto: classification with labels or a classifier-looking output,
-    regression for one value per sample, else embedding."""
+    regression for one value per sample or a dense map (three or more axes per sample, e.g. C x H x W),
+    else embedding."""
     if requested is not Metric.AUTO:
         return requested
     if has_labels:
@@ -25,6 +26,8 @@ def resolve_metric(requested: Metric, proto, has_labels: bool) -> Metric:
     dims = output.type.tensor_type.shape.dim
     per_sample = [d.dim_value for d in dims[1:]]
     if per_sample and all(d > 0 for d in per_sample) and math.prod(per_sample) == 1:
+        return Metric.REGRESSION
+    if len(per_sample) >= 3:  # a detector's or segmenter's map: its values, not its direction, matter
         return Metric.REGRESSION
     return Metric.EMBEDDING
 

@@ -105,6 +105,7 @@ def validation_rows(chunks: list[ChunkValidation]) -> list[dict]:
             "signal": to_float(c.stats.signal),
             "neighbour_agree": c.stats.neighbour_agree,
             "neighbour_queries": c.stats.neighbour_queries,
+            "zero_pairs": c.stats.zero_pairs,
         }
         for c in chunks
     ]
@@ -197,6 +198,7 @@ def _validation_schema():
             ("signal", pa.float64()),
             ("neighbour_agree", pa.int64()),
             ("neighbour_queries", pa.int64()),
+            ("zero_pairs", pa.int64()),
         ]
     )
 

@@ -33,6 +33,8 @@ def summary_record(stats: ValidationStats | None, metric=None) -> dict | None:
         "mse": stats.mse,
         "sqnr_db": None if math.isinf(stats.sqnr_db) else stats.sqnr_db,
         "max_abs_error": stats.max_abs_error,
+        "zero_pairs": stats.zero_pairs,
+        "collapsed": stats.collapsed,
     }
 
 def run_record(config: RunConfig, run_id: str, sections: dict) -> dict:

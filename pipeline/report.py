@@ -119,6 +119,7 @@ def _config_table(run: dict) -> str:
         "validation data": "none"
         if not run["data"].get("val")
         else f"{run['data']['val']['path']} ({run['data']['val']['rows']} samples)",
+        "preparation": "; ".join(run.get("preparation", {}).get("steps", [])) or "none (--no-prepare)",
         "method": quant["method"] + _shared(run),
         "activations": f"{quant['activation_type']}, {'symmetric' if quant['symmetric'] else 'asymmetric'}",
         "weights": f"int8 symmetric, {'per-channel' if quant['per_channel'] else 'per-tensor'}",

@@ -22,7 +22,9 @@ from dask_quant.tasks.errors import InputError
 TENSORRT_DIR = "tensorrt"
 RUN_FILE = "run.json"
 MODEL_FILE = "model.int8.onnx"
+FP32_FILE = "model.fp32.onnx"  # the prepared FP32 model the INT8 model was made from (when preparation ran)
 STAGING = ".staging"
+WORK = ".work"  # OUT/.work: what a run needs while it lasts (chunk checkpoints, the prepared model)
 
 
 def write_json(data: dict, path: Path) -> None:
@@ -32,6 +34,17 @@ def write_json(data: dict, path: Path) -> None:
 def new_run_id(model: Path, method: str) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     return f"{model.stem}-{method}-{stamp}-{secrets.token_hex(3)}"
+
+
+def check_writable(folder: Path, option: str) -> None:
+    """InputError unless `folder` exists as a writable directory or could be created."""
+    existing = _first_existing(folder)
+    if not existing.is_dir():
+        msg = f"{option} {folder}: {existing} is a file, not a directory; choose a directory for results"
+        raise InputError(msg)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        msg = f"{option} {folder}: {existing} is not writable; choose a directory you can write to"
+        raise InputError(msg)
 
 
 def _first_existing(path: Path) -> Path:
@@ -57,13 +70,7 @@ class RunDirectory:
 
     def check(self) -> None:
         """Fail early, before any work, if results could not be written."""
-        existing = _first_existing(self.out)
-        if not existing.is_dir():
-            msg = f"--out {self.out}: {existing} is a file, not a directory; choose a directory for results"
-            raise InputError(msg)
-        if not os.access(existing, os.W_OK | os.X_OK):
-            msg = f"--out {self.out}: {existing} is not writable; choose a directory you can write to"
-            raise InputError(msg)
+        check_writable(self.out, "--out")
 
     def __enter__(self) -> RunDirectory:
         self.check()

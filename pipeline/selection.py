@@ -38,3 +38,34 @@ def tensors_to_calibrate(proto, op_types: tuple[str, ...] = ()) -> tuple[tuple[s
             if value.type.tensor_type.elem_type in float_types:
                 selected[name] = value.type.tensor_type.elem_type
     return tuple(sorted(selected.items()))
+
+
+def subgraph_owners(proto, op_types: tuple[str, ...] = ()) -> list[str]:
+    """Names of the control-flow nodes (If, Loop, Scan) whose subgraphs hold quantizable operators."""
+    from onnx import AttributeProto
+
+    wanted = set(op_types or default_op_types())
+
+    def quantizable(graph) -> bool:
+        for node in graph.node:
+            if node.op_type in wanted:
+                return True
+            if any(quantizable(g) for g in _subgraphs(node, AttributeProto)):
+                return True
+        return False
+
+    return [
+        f"{node.op_type} {node.name or node.output[0]!r}"
+        for node in proto.graph.node
+        if any(quantizable(g) for g in _subgraphs(node, AttributeProto))
+    ]
+
+
+def _subgraphs(node, attribute_proto) -> list:
+    graphs = []
+    for attribute in node.attribute:
+        if attribute.type == attribute_proto.GRAPH:
+            graphs.append(attribute.g)
+        elif attribute.type == attribute_proto.GRAPHS:
+            graphs.extend(attribute.graphs)
+    return graphs

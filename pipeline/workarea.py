@@ -14,10 +14,9 @@ from contextlib import suppress
 from dataclasses import replace
 
 from dask_quant.pipeline.config import RunConfig, config_dict
+from dask_quant.pipeline.results import WORK
 from dask_quant.pipeline.stages.prepare import Prepared
 from dask_quant.tasks.checkpoint import SUFFIX, Checkpoints
-
-WORK = ".work"
 
 
 class WorkArea:

@@ -12,21 +12,7 @@ from dask_quant.tasks.chunks import ChunkRef, read_feeds
 from dask_quant.tasks.errors import InputError
 from dask_quant.tasks.histogram import Histogram, Histograms, HistogramSpec
 from dask_quant.tasks.range_stats import RangeStats, TensorRange
-from dask_quant.tasks.sessions import ModelRef, SessionSpec, exposed_runs, run_in_batches, session_for
-
-
-def _where(chunk: ChunkRef) -> str:
-    return f" (rows {chunk.start}..{chunk.stop} of {chunk.path})"
-
-
-def check_finite_inputs(feeds: dict[str, np.ndarray], chunk: ChunkRef) -> None:
-    """Refuse NaN and infinities in the data itself, naming the input, the count and the rows."""
-    for name, array in feeds.items():
-        if np.issubdtype(array.dtype, np.floating):
-            bad = int((~np.isfinite(array)).sum())
-            if bad:
-                msg = f"{bad} NaN or infinite value(s) in input {name!r}{_where(chunk)}; fix or remove those samples"
-                raise InputError(msg)
+from dask_quant.tasks.sessions import ModelRef, SessionSpec, exposed_runs, fixed_batch, run_in_batches, session_for
 
 
 def chunk_range_stats(
@@ -40,21 +26,40 @@ def chunk_range_stats(
 
 def _content(chunk: ChunkRef) -> tuple:
     """What a chunk's values depend on: the file's bytes, the arrays and the rows (not its path)."""
-    return (chunk.sha256, chunk.members, chunk.start, chunk.stop)
+    return (chunk.sha256, chunk.members, chunk.start, chunk.stop, chunk.feeding)
 
 
 def _range_stats(chunk: ChunkRef, model: ModelRef, tensors: tuple[tuple[str, int], ...]) -> RangeStats:
     feeds = read_feeds(chunk)
-    check_finite_inputs(feeds, chunk)
     session = session_for(model, SessionSpec(extrema_of=tensors, calibration=True))
     names = [output for name, _ in tensors for output in extrema_names(name)]
     # One value per fixed-size batch (or one for the chunk): reduce them again.
-    outputs = iter(run_in_batches(session, names, feeds))
+    outputs = iter(run_in_batches(session, names, feeds, chunk.feeding))
     ranges = {}
     for name, _ in tensors:
         mins, maxs, sizes = next(outputs), next(outputs), next(outputs)
-        ranges[name] = TensorRange.of(mins, maxs, int(sizes.sum()), name, _where(chunk))
+        if not (np.isfinite(mins).all() and np.isfinite(maxs).all()):
+            _refuse_non_finite(session, name, feeds, chunk)
+        ranges[name] = TensorRange.of(mins, maxs, int(sizes.sum()), name)
     return RangeStats(tuple(sorted(ranges.items())))
+
+
+def _refuse_non_finite(session, tensor: str, feeds: dict[str, np.ndarray], chunk: ChunkRef) -> None:
+    """An activation that is NaN or infinite would give a NaN or infinite scale: name the tensor and the rows."""
+    names = extrema_names(tensor)[:2]
+    step = fixed_batch(session, chunk.feeding) or 1
+    bad = []
+    for start in range(0, chunk.rows, step):  # rare, so one batch at a time is fine: find the rows
+        part = {key: value[start : start + step] for key, value in feeds.items()}
+        if not all(np.isfinite(out).all() for out in run_in_batches(session, names, part, chunk.feeding)):
+            bad += range(chunk.start + start, chunk.start + min(start + step, chunk.rows))
+    shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    msg = (
+        f"tensor {tensor!r} is NaN or infinite on row(s) {shown or 'of this chunk'} of {chunk.path} "
+        f"(chunk rows {chunk.start}..{chunk.stop}): it overflows the float range there, so no finite scale exists; "
+        "fix or remove those samples"
+    )
+    raise InputError(msg)
 
 
 def chunk_histograms(
@@ -78,12 +83,12 @@ def chunk_histograms(
 
 def _histograms(chunk, model, tensors, specs) -> Histograms:
     feeds = read_feeds(chunk)
-    check_finite_inputs(feeds, chunk)
-    computed = tuple((name, elem) for name, elem in tensors if name not in feeds)
+    given = {*feeds, *(c.name for c in chunk.feeding.constants)}
+    computed = tuple((name, elem) for name, elem in tensors if name not in given)
     session = session_for(model, SessionSpec(expose=computed, calibration=True))
     names = [name for name, _ in computed]
     total = Histograms()
-    for part, (values,) in exposed_runs([(session, names)], feeds):
+    for _, part, (values,) in exposed_runs([(session, names)], feeds, feeding=chunk.feeding):
         values.update(part)
         counted = []
         for tensor in dict.fromkeys(spec.tensor for spec in specs):  # a tensor may have a signed and an |x| spec

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dask_quant.tasks.errors import InputError
+from dask_quant.tasks.feeding import NO_FEEDING, Feeding
 from dask_quant.tasks.npy_io import read_rows
 
 
@@ -19,7 +21,8 @@ class ChunkRef:
 
     `members` pairs each model input name with the array name in the file
     (NPY_MEMBER for a plain .npy); `labels` names the label array, if any;
-    `sha256` is the file's, so a chunk's statistics can be keyed by content.
+    `sha256` is the file's, so a chunk's statistics can be keyed by content;
+    `feeding` says how rows become the model's feeds (tasks.feeding).
     """
 
     path: str
@@ -29,6 +32,7 @@ class ChunkRef:
     index: int
     labels: str | None = None
     sha256: str = ""
+    feeding: Feeding = NO_FEEDING
 
     @property
     def rows(self) -> int:
@@ -42,6 +46,7 @@ def chunk_refs(
     chunk_size: int,
     labels: str | None = None,
     sha256: str = "",
+    feeding: Feeding = NO_FEEDING,
 ) -> list[ChunkRef]:
     """Split n_rows into consecutive chunks of chunk_size rows; a last row left alone joins the chunk before.
 
@@ -58,14 +63,27 @@ def chunk_refs(
         starts.pop()
     stops = [*starts[1:], n_rows]
     return [
-        ChunkRef(path, members, start, stop, index, labels, sha256)
+        ChunkRef(path, members, start, stop, index, labels, sha256, feeding)
         for index, (start, stop) in enumerate(zip(starts, stops, strict=True))
     ]
 
 
 def read_feeds(chunk: ChunkRef) -> dict[str, np.ndarray]:
-    """The model inputs of one chunk, keyed by model input name."""
-    return {name: read_rows(chunk.path, member, chunk.start, chunk.stop) for name, member in chunk.members}
+    """The model inputs of one chunk, keyed by model input name, samples on axis 0.
+
+    NaN and infinities in the data are refused, naming the input, the count and the rows.
+    """
+    feeds = {name: read_rows(chunk.path, member, chunk.start, chunk.stop) for name, member in chunk.members}
+    for name, array in feeds.items():
+        if np.issubdtype(array.dtype, np.floating):
+            bad = int((~np.isfinite(array)).sum())
+            if bad:
+                msg = (
+                    f"{bad} NaN or infinite value(s) in input {name!r} (rows {chunk.start}..{chunk.stop} of "
+                    f"{chunk.path}); fix or remove those samples"
+                )
+                raise InputError(msg)
+    return feeds
 
 
 def read_labels(chunk: ChunkRef) -> np.ndarray | None:

@@ -16,5 +16,38 @@ class InputError(DaskQuantError):
     """Bad input: the message says what, where, and what to do instead."""
 
 
+class DataError(InputError):
+    """ONNX Runtime failed on a chunk's values (not on the model): the chunk's rows are added to the message."""
+
+
 class ModelChangedError(DaskQuantError):
     """A worker read a model file whose sha256 is not the one the run started with."""
+
+
+class Refused:
+    """A chunk task's InputError, returned as a value: bad data fails the same way on every retry,
+    so it must not be retried (distributed retries whatever a task raises) but reported once.
+
+    Merges pass it on (the lowest chunk's wins, so the message does not depend on timing).
+    """
+
+    def __init__(self, index: int, message: str) -> None:
+        self.index, self.message = index, message
+
+    def merge(self, other):
+        return self if not isinstance(other, Refused) or self.index <= other.index else other
+
+    def raise_it(self):
+        raise InputError(self.message)
+
+
+def refusing(function, chunk, **kwargs):
+    """`function(chunk, **kwargs)`, or a Refused carrying its InputError."""
+    try:
+        return function(chunk, **kwargs)
+    except DataError as exc:
+        where = f"rows {chunk.start}..{chunk.stop} of {chunk.path}"
+        return Refused(chunk.index, f"ONNX Runtime failed on {where} ({exc}); check those samples against what "
+                       "the model accepts (for example token ids within the vocabulary)")
+    except InputError as exc:
+        return Refused(chunk.index, str(exc))

@@ -40,7 +40,7 @@ def measure_latency(chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, repeats: in
         durations = []
         for session in sessions:
             start = time.perf_counter()
-            run_in_batches(session, None, feeds)
+            run_in_batches(session, None, feeds, chunk.feeding)
             durations.append(time.perf_counter() - start)
         return durations[0], durations[1]
 

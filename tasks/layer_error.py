@@ -108,16 +108,17 @@ def chunk_layer_errors(
     as written, as in ONNX Runtime's qdq_loss_debug.
     """
     feeds = read_feeds(chunk)
-    fp32_exposed = tuple(sorted({(name, elem) for name, _, elem in pairs if name not in feeds}))
+    given = {*feeds, *(c.name for c in chunk.feeding.constants)}
+    fp32_exposed = tuple(sorted({(name, elem) for name, _, elem in pairs if name not in given}))
     int8_exposed = tuple(sorted({(name, elem) for _, name, elem in pairs}))
     fp32_names, int8_names = [n for n, _ in fp32_exposed], [n for n, _ in int8_exposed]
     fp32_session = session_for(fp32, SessionSpec(expose=fp32_exposed, calibration=True))
     int8_session = session_for(int8, SessionSpec(expose=int8_exposed, calibration=True))
     bins = {spec.tensor: spec for spec in specs}
     total = LayerErrors()
-    for part, (reference, quantized) in exposed_runs([(fp32_session, fp32_names), (int8_session, int8_names)], feeds):
+    runs = [(fp32_session, fp32_names), (int8_session, int8_names)]
+    for rows, part, (reference, quantized) in exposed_runs(runs, feeds, feeding=chunk.feeding):
         reference.update(part)
-        rows = len(next(iter(part.values())))
         errors = {name: LayerError.of(reference[name], quantized[dq], bins.get(name), rows) for name, dq, _ in pairs}
         total = total.merge(LayerErrors(tuple(sorted(errors.items()))))
     return total

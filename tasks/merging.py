@@ -6,6 +6,8 @@ from collections.abc import Iterable
 from functools import reduce
 from typing import Protocol, TypeVar
 
+from dask_quant.tasks.errors import Refused
+
 
 class Mergeable(Protocol):
     def merge(self, other): ...
@@ -19,6 +21,10 @@ def merge_all(parts: Iterable[T]) -> T:
 
     Each kind's `merge` is associative and commutative, so any grouping gives the same value.
     """
+    parts = list(parts)
+    refused = [part for part in parts if isinstance(part, Refused)]
+    if refused:  # bad data in a chunk: pass the refusal on instead of merging
+        return reduce(Refused.merge, refused)
     items = iter(parts)
     try:
         first = next(items)

@@ -129,3 +129,19 @@ def read_rows(path: str, member: str, start: int, stop: int) -> np.ndarray:
             raise InputError(msg)
         rows = np.frombuffer(raw, dtype=dtype).reshape((stop - start, *info.shape[1:]))
         return rows.astype(dtype.newbyteorder("="))  # a copy, in native byte order as ORT wants
+
+
+def read_whole(path: str, member: str) -> np.ndarray:
+    """A whole (small) array, scalars included, in native byte order."""
+    where = f"{path}[{member}]" if member else path
+    with _open_member(path, member) as handle:
+        info, _ = _read_header(handle, where)
+        dtype = np.dtype(info.dtype)
+        size = int(np.prod(info.shape, dtype=np.int64))
+        raw = handle.read(size * dtype.itemsize)
+        if len(raw) != size * dtype.itemsize:
+            msg = f"{where}: file is truncated; write it again"
+            raise InputError(msg)
+        order = "F" if info.fortran_order else "C"
+        array = np.frombuffer(raw, dtype=dtype).reshape(info.shape, order=order)
+        return np.ascontiguousarray(array).astype(dtype.newbyteorder("="))

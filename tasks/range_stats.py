@@ -41,11 +41,11 @@ class TensorRange:
 
     @classmethod
     def of(cls, mins: np.ndarray, maxs: np.ndarray, count: int, name: str, where: str = "") -> TensorRange:
-        """The range from partial minima and maxima (NaN refused: it would poison every merge)."""
+        """The range from partial minima and maxima (NaN and infinities refused: no finite scale exists)."""
         if count == 0:
             return cls(math.inf, -math.inf, 0, mins.dtype.name)
-        if np.isnan(mins).any() or np.isnan(maxs).any():
-            msg = f"NaN values in tensor {name!r}{where}; the model produces NaN on these samples: fix or remove them"
+        if not (np.isfinite(mins).all() and np.isfinite(maxs).all()):
+            msg = f"NaN or infinite values in tensor {name!r}{where}; no finite scale exists: fix or remove the samples"
             raise InputError(msg)
         return cls(float(mins.min()) + 0.0, float(maxs.max()) + 0.0, int(count), mins.dtype.name)
 

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from dask_quant.tasks.digest import sha256_bytes
-from dask_quant.tasks.errors import InputError, ModelChangedError
+from dask_quant.tasks.errors import DataError, InputError, ModelChangedError
+from dask_quant.tasks.feeding import NO_FEEDING, Feeding
 
 _CACHE_SIZE = 8  # a nightly zoo run visits many models; keep the cache bounded
 # Whole activations one run may hand back at once (histogram and per-layer passes).
@@ -77,6 +78,18 @@ def _ort_load_errors() -> tuple[type[Exception], ...]:
     return tuple(getattr(state, name) for name in names if hasattr(state, name))
 
 
+def _ort_run_errors() -> tuple[type[Exception], ...]:
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    names = ("Fail", "InvalidArgument", "RuntimeException")
+    return tuple(getattr(state, name) for name in names if hasattr(state, name))
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
 def _build(model: ModelRef, spec: SessionSpec):
     import onnxruntime as ort
 
@@ -92,8 +105,7 @@ def _build(model: ModelRef, spec: SessionSpec):
     try:
         return ort.InferenceSession(_model_bytes(model, spec), options, providers=["CPUExecutionProvider"])
     except _ort_load_errors() as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        msg = f"{model.path}: ONNX Runtime cannot load this model ({first_line}); check it with onnx.checker"
+        msg = f"{model.path}: ONNX Runtime cannot load this model ({_first_line(exc)}); check it with onnx.checker"
         raise InputError(msg) from None
 
 
@@ -112,29 +124,51 @@ def session_for(model: ModelRef, spec: SessionSpec = SessionSpec()):
         return session
 
 
-def fixed_batch(session) -> int | None:
-    """The batch size the model's inputs fix on axis 0, or None when it is symbolic."""
-    sizes = {i.shape[0] for i in session.get_inputs() if i.shape and isinstance(i.shape[0], int)}
+def fixed_batch(session, feeding: Feeding = NO_FEEDING) -> int | None:
+    """The batch size the model's inputs fix on their batch axes, or None when it is symbolic."""
+    constant = {c.name for c in feeding.constants}
+    sizes = set()
+    for value in session.get_inputs():
+        axis = feeding.batch_axis(value.name)
+        if value.name not in constant and len(value.shape) > axis and isinstance(value.shape[axis], int):
+            sizes.add(value.shape[axis])
     return sizes.pop() if len(sizes) == 1 else None
 
 
-def run_in_batches(session, names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """session.run over a chunk, in slices of the model's fixed batch size if it has one.
+def run_in_batches(
+    session, names: list[str] | None, feeds: dict[str, np.ndarray], feeding: Feeding = NO_FEEDING
+) -> list[np.ndarray]:
+    """session.run over a chunk's rows (samples on axis 0), in slices of the model's fixed batch size if it has one.
 
     Many exported models fix batch 1; a chunk still carries many rows.
+    `feeding` moves batch axes into place and adds constant inputs; the
+    outputs come back with samples on axis 0.
     """
-    batch = fixed_batch(session)
+    batch = fixed_batch(session, feeding)
     rows = len(next(iter(feeds.values())))
+    output_names = names or [o.name for o in session.get_outputs()]
+
+    def run(part: dict[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            outputs = session.run(names, feeding.to_model(part))
+        except _ort_run_errors() as exc:  # the model loaded, so the values are what it refuses
+            raise DataError(_first_line(exc)) from None
+        return feeding.to_rows(output_names, outputs)
+
     if batch is None or batch == rows:
-        return session.run(names, feeds)
-    parts = [session.run(names, {k: v[i : i + batch] for k, v in feeds.items()}) for i in range(0, rows, batch)]
+        return run(feeds)
+    parts = [run({k: v[i : i + batch] for k, v in feeds.items()}) for i in range(0, rows, batch)]
     return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
 
 
 def exposed_runs(
-    runs: list[tuple[Any, list[str]]], feeds: dict[str, np.ndarray], budget: int | None = None
-) -> Iterator[tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]]]]:
-    """Run each (session, output names) over the chunk in row slices; yield (feeds, [outputs per session]).
+    runs: list[tuple[Any, list[str]]],
+    feeds: dict[str, np.ndarray],
+    budget: int | None = None,
+    feeding: Feeding = NO_FEEDING,
+) -> Iterator[tuple[int, dict[str, np.ndarray], list[dict[str, np.ndarray]]]]:
+    """Run each (session, output names) over the chunk in row slices; yield (rows, feeds as the model
+    got them, [outputs per session]).
 
     The first slice is a few rows and tells how many bytes a row exposes; later
     slices hold as many rows as fit `budget`. Callers fold per-slice statistics
@@ -145,7 +179,7 @@ def exposed_runs(
     """
     budget = budget or EXPOSED_BYTES_PER_RUN
     rows = len(next(iter(feeds.values())))
-    unit = max((fixed_batch(session) or 1 for session, _ in runs), default=1)
+    unit = max((fixed_batch(session, feeding) or 1 for session, _ in runs), default=1)
     least = unit if unit > 1 else 2
     start, step = 0, least * 4
     while start < rows:
@@ -154,9 +188,9 @@ def exposed_runs(
             stop = rows
         part = {name: value[start:stop] for name, value in feeds.items()}
         outputs = [
-            dict(zip(names, run_in_batches(session, names, part), strict=True)) if names else {}
+            dict(zip(names, run_in_batches(session, names, part, feeding), strict=True)) if names else {}
             for session, names in runs
         ]
         per_row = max(1, sum(value.nbytes for output in outputs for value in output.values()) // (stop - start))
-        yield part, outputs
+        yield stop - start, feeding.to_model(part), outputs
         start, step = stop, max(least, budget // per_row // unit * unit)

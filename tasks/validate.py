@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dask_quant.tasks.chunks import ChunkRef, read_feeds, read_labels
+from dask_quant.tasks.errors import InputError
 from dask_quant.tasks.exact_sum import exact_sum, to_float
 from dask_quant.tasks.sessions import ModelRef, run_in_batches, session_for
 
@@ -38,6 +39,11 @@ class ValidationStats:
     signal: int = 0  # sum fp32**2, exact
     neighbour_agree: int = 0  # queries whose nearest anchor is the same under both models
     neighbour_queries: int = 0
+    zero_pairs: int = 0  # samples whose outputs are all zero under both models: no cosine, not counted as 1
+    # min and max over samples of each sample's output sum: equal for INT8 but not for FP32 means the INT8
+    # output no longer depends on the input (collapsed)
+    fp32_sum_range: tuple[float, float] = (math.inf, -math.inf)
+    int8_sum_range: tuple[float, float] = (math.inf, -math.inf)
 
     def merge(self, other: ValidationStats) -> ValidationStats:
         return ValidationStats(
@@ -54,7 +60,16 @@ class ValidationStats:
             self.signal + other.signal,
             self.neighbour_agree + other.neighbour_agree,
             self.neighbour_queries + other.neighbour_queries,
+            self.zero_pairs + other.zero_pairs,
+            _span(self.fp32_sum_range, other.fp32_sum_range),
+            _span(self.int8_sum_range, other.int8_sum_range),
         )
+
+    @property
+    def collapsed(self) -> bool:
+        """INT8 outputs are the same for every sample while FP32's are not."""
+        fp32, int8 = self.fp32_sum_range, self.int8_sum_range
+        return self.samples > 1 and int8[0] == int8[1] and fp32[0] != fp32[1]
 
     @property
     def agreement(self) -> float:
@@ -62,7 +77,8 @@ class ValidationStats:
 
     @property
     def mean_cosine(self) -> float:
-        return self.cosine_sum / self.samples if self.samples else float("nan")
+        compared = self.samples - self.zero_pairs
+        return self.cosine_sum / compared if compared else float("nan")
 
     @property
     def fp32_accuracy(self) -> float | None:
@@ -97,14 +113,20 @@ class ChunkValidation:
     stats: ValidationStats
 
 
+def _span(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
+    return (min(a[0], b[0]), max(a[1], b[1]))
+
+
 def _unit_rows(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _cosines(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, int]:
+    """Cosine of each pair of rows in which either is non-zero, and how many pairs were both zero."""
     both_zero = (np.linalg.norm(a, axis=1) == 0) & (np.linalg.norm(b, axis=1) == 0)
-    return np.where(both_zero, 1.0, np.einsum("ij,ij->i", _unit_rows(a), _unit_rows(b)))
+    cosines = np.einsum("ij,ij->i", _unit_rows(a), _unit_rows(b))
+    return cosines[~both_zero], int(both_zero.sum())
 
 
 def _neighbour_agreement(a, b, rows: np.ndarray, anchors: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[int, int]:
@@ -126,7 +148,16 @@ def compare_outputs(fp32, int8, labels=None, rows=None, anchors=None) -> Validat
     b = int8.reshape(len(int8), -1).astype(np.float64)
     top_a, top_b = a.argmax(axis=1), b.argmax(axis=1)
     flat_labels = None if labels is None else labels.reshape(len(labels))
-    cosines = _cosines(a, b)
+    if flat_labels is not None and len(flat_labels) and not 0 <= flat_labels.min() <= flat_labels.max() < a.shape[1]:
+        bad = np.flatnonzero((flat_labels < 0) | (flat_labels >= a.shape[1]))
+        msg = (
+            f"label {int(flat_labels[bad[0]])} of sample {int(rows[bad[0]]) if rows is not None else bad[0]} is not "
+            f"a class of the model's output, which has {a.shape[1]} values per sample (classes 0..{a.shape[1] - 1}); "
+            "fix the labels, or pass --metric embedding/regression without labels"
+        )
+        raise InputError(msg)
+    cosines, zero_pairs = _cosines(a, b)
+    sums_a, sums_b = a.sum(axis=1), b.sum(axis=1)
     agree, queries = (0, 0) if anchors is None else _neighbour_agreement(a, b, rows, anchors)
     return ValidationStats(
         samples=len(a),
@@ -142,6 +173,9 @@ def compare_outputs(fp32, int8, labels=None, rows=None, anchors=None) -> Validat
         signal=exact_sum(a * a),
         neighbour_agree=agree,
         neighbour_queries=queries,
+        zero_pairs=zero_pairs,
+        fp32_sum_range=(float(sums_a.min()), float(sums_a.max())) if len(a) else (math.inf, -math.inf),
+        int8_sum_range=(float(sums_b.min()), float(sums_b.max())) if len(b) else (math.inf, -math.inf),
     )
 
 
@@ -153,11 +187,11 @@ def validate_chunk(chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, anchors: Chu
     """
     sessions = session_for(fp32), session_for(int8)
     feeds = read_feeds(chunk)
-    out_fp32, out_int8 = (run_in_batches(s, None, feeds)[0] for s in sessions)
+    out_fp32, out_int8 = (run_in_batches(s, None, feeds, chunk.feeding)[0] for s in sessions)
     reference = None
     if anchors is not None:
         anchor_feeds = read_feeds(anchors)
-        outputs = [run_in_batches(s, None, anchor_feeds)[0] for s in sessions]
+        outputs = [run_in_batches(s, None, anchor_feeds, anchors.feeding)[0] for s in sessions]
         reference = (
             *(o.reshape(len(o), -1).astype(np.float64) for o in outputs),
             np.arange(anchors.start, anchors.stop),

@@ -20,6 +20,7 @@ from dask_quant.pipeline.graph import calibration_graph, histogram_graph
 from dask_quant.pipeline.outputs import CALIBRATION, HISTOGRAMS
 from dask_quant.pipeline.progress import Progress
 from dask_quant.pipeline.ranges import activation_ranges, histogram_specs
+from dask_quant.pipeline.results import FP32_FILE
 from dask_quant.pipeline.stages.prepare import Prepared, dataset_chunks
 from dask_quant.tasks.checkpoint import Checkpoints
 from dask_quant.tasks.errors import InputError
@@ -67,6 +68,8 @@ class Calibration:
         table, metadata = CALIBRATION.read(folder)
         try:
             model = ModelRef(metadata["model_path"], metadata["model_sha256"])
+            if (folder / FP32_FILE).is_file():  # a run keeps the prepared model it was calibrated on
+                model = ModelRef(str((folder / FP32_FILE).absolute()), model.sha256)
             stats = RangeStats(
                 tuple(
                     sorted(

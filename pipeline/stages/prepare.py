@@ -1,34 +1,89 @@
-"""Everything checked on the client before any work is submitted.
+"""The prepare stage: the model made ready for quantization, and everything checked before any work is submitted.
 
-Only headers are read: the model's graph and the data files' array headers.
+Model-level checks come first (can anything be quantized at all?), then the
+inputs, then the data files, of which only headers are read. With
+preparation on (the default) the graph goes through onnx's and ONNX Runtime's
+own tools (pipeline.preparation) and every later stage uses the prepared
+model, written next to the run's work area where the workers can read it.
 """
 
 from __future__ import annotations
 
+import math
+import secrets
+from contextlib import suppress
 from dataclasses import dataclass
+from pathlib import Path
 
 from dask_quant.pipeline.config import RunConfig
-from dask_quant.pipeline.inputs import DatasetSpec, describe_dataset, load_model, model_inputs
-from dask_quant.pipeline.selection import default_op_types, tensors_to_calibrate
+from dask_quant.pipeline.inputs import (
+    LABELS,
+    DatasetSpec,
+    InputSpec,
+    constant_value,
+    describe_dataset,
+    load_model,
+    model_inputs,
+    output_batch_axes,
+    with_layout,
+)
+from dask_quant.pipeline.preparation import prepare_graph
+from dask_quant.pipeline.results import WORK, check_writable
+from dask_quant.pipeline.selection import default_op_types, subgraph_owners, tensors_to_calibrate
 from dask_quant.tasks.chunks import ChunkRef, chunk_refs
-from dask_quant.tasks.digest import sha256_file
+from dask_quant.tasks.digest import sha256_bytes, sha256_file
 from dask_quant.tasks.errors import InputError
 from dask_quant.tasks.sessions import ModelRef
+
+DEFAULT_CHUNK_ROWS = 64
+PREPARED_DIR = "models"  # under OUT/.work: prepared models the workers read while a run lasts
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """Everything checked on the client before any work is submitted."""
+    """The model every stage uses, and everything checked on the client before any work is submitted.
+
+    `model` is the prepared file (or the user's, with preparation off);
+    `source` the user's file; `steps` what preparation did; `chunk_size` the
+    rows per task (the default rounded up to a multiple of a fixed batch).
+    """
 
     proto: object
     model: ModelRef
     tensors: tuple[tuple[str, int], ...]
     calib: DatasetSpec
     val: DatasetSpec | None
+    source: ModelRef | None = None
+    steps: tuple[str, ...] = ()
+    chunk_size: int = DEFAULT_CHUNK_ROWS
+
+    @property
+    def prepared(self) -> bool:
+        """Whether `model` is a prepared copy (not the user's file)."""
+        return self.source is not None and self.model != self.source
+
+    def __enter__(self) -> Prepared:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.discard()
+
+    def discard(self) -> None:
+        """Remove the prepared copy (the run directory keeps its own)."""
+        if self.prepared:
+            path = Path(self.model.path)
+            path.unlink(missing_ok=True)
+            for folder in (path.parent, path.parent.parent):  # models/, then .work/, when empty
+                with suppress(OSError):
+                    folder.rmdir()
 
 
-def prepare(config: RunConfig) -> Prepared:
-    """Check model and data (headers only); raise InputError on the first problem."""
+def prepare(config: RunConfig, folder: Path | None = None) -> Prepared:
+    """Prepare and check model and data; raise InputError on the first problem.
+
+    The prepared model is written to `folder` (default OUT/.work/models), which
+    the workers must be able to read; `Prepared.discard()` removes it.
+    """
     proto = load_model(config.model)
     if any(init.data_location == 1 for init in proto.graph.initializer):  # TensorProto.EXTERNAL
         msg = (
@@ -36,23 +91,81 @@ def prepare(config: RunConfig) -> Prepared:
             "save the model as one file"
         )
         raise InputError(msg)
+    source = ModelRef(str(config.model.resolve()), sha256_file(config.model))
+    steps: tuple[str, ...] = ()
+    if config.prepare:
+        graph = prepare_graph(proto, per_channel=config.quant.per_channel, where=str(config.model))
+        proto, steps = graph.proto, graph.steps
     inputs = model_inputs(proto)
-    for spec in inputs:
-        if spec.batch is not None and config.chunk_size % spec.batch:
-            msg = (
-                f"--chunk-size {config.chunk_size} is not a multiple of the batch size {spec.batch} that "
-                f"model input {spec.name!r} fixes; pass a multiple of it"
-            )
-            raise InputError(msg)
-    calib = describe_dataset(config.calib, "--calib", inputs, labels_allowed=False)
-    val = None if config.val is None else describe_dataset(config.val, "--val", inputs, labels_allowed=True)
+    tensors = _quantizable(proto, config)
     _check_names(proto, config)
+    inputs = with_layout(inputs, config.batch_axes, tuple(name for name, _ in config.const_inputs))
+    chunk_size = _chunk_size(config, inputs)
+    by_name = {spec.name: spec for spec in inputs}
+    constants = tuple(constant_value(by_name[name], value) for name, value in config.const_inputs)
+    layout = {"constants": constants, "output_axes": output_batch_axes(proto, inputs)}
+    calib = describe_dataset(config.calib, "--calib", inputs, **layout)
+    labels = _labels_key(config, inputs)
+    val = None if config.val is None else describe_dataset(config.val, "--val", inputs, labels=labels, **layout)
+    model = source
+    if config.prepare:
+        model = _write_prepared(proto, folder or config.out.absolute() / WORK / PREPARED_DIR, config.model.stem)
+    return Prepared(proto, model, tensors, calib, val, source, steps, chunk_size)
+
+
+def _write_prepared(proto, folder: Path, stem: str) -> ModelRef:
+    """The prepared model as a file of its own (unique name: concurrent runs never share or delete it)."""
+    check_writable(folder, "--out")
+    data = proto.SerializeToString()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{stem}-{secrets.token_hex(4)}.onnx"
+    partial = path.with_suffix(".partial")
+    partial.write_bytes(data)
+    partial.replace(path)
+    return ModelRef(str(path), sha256_bytes(data))
+
+
+def _quantizable(proto, config: RunConfig) -> tuple[tuple[str, int], ...]:
+    """The tensors to calibrate; InputError when the quantizer would find nothing to do."""
     tensors = tensors_to_calibrate(proto, config.quant.op_types)
-    if not tensors:
-        op_types = ", ".join(config.quant.op_types) or "ORT's default list"
-        msg = f"{config.model}: no operator that ONNX Runtime can quantize (op types: {op_types})"
+    if tensors:
+        return tensors
+    owners = subgraph_owners(proto, config.quant.op_types)
+    if owners:
+        msg = (
+            f"{config.model}: every quantizable operator is inside control flow ({', '.join(owners[:3])}), "
+            "whose subgraphs ONNX Runtime's quantizer leaves in FP32; export the model without If/Loop/Scan "
+            "(for example traced with fixed shapes)"
+        )
         raise InputError(msg)
-    return Prepared(proto, ModelRef(str(config.model.resolve()), sha256_file(config.model)), tensors, calib, val)
+    op_types = ", ".join(config.quant.op_types) or "ORT's default list"
+    msg = f"{config.model}: no operator that ONNX Runtime can quantize (op types: {op_types})"
+    raise InputError(msg)
+
+
+def _chunk_size(config: RunConfig, inputs: list[InputSpec]) -> int:
+    """--chunk-size, or the default rounded up to a multiple of a batch size the model fixes."""
+    fixed = next((spec for spec in inputs if spec.batch is not None), None)
+    if config.chunk_size is None:
+        return DEFAULT_CHUNK_ROWS if fixed is None else math.ceil(DEFAULT_CHUNK_ROWS / fixed.batch) * fixed.batch
+    if fixed is not None and config.chunk_size % fixed.batch:
+        msg = (
+            f"--chunk-size {config.chunk_size} is not a multiple of the batch size {fixed.batch} that "
+            f"model input {fixed.name!r} fixes; pass a multiple of it"
+        )
+        raise InputError(msg)
+    return config.chunk_size
+
+
+def _labels_key(config: RunConfig, inputs: list[InputSpec]) -> str | None:
+    """The validation labels' array name: --labels-key, else 'labels' unless that is a model input's name."""
+    names = {spec.name for spec in inputs}
+    if config.labels_key is None:
+        return None if LABELS in names else LABELS
+    if config.labels_key in names:
+        msg = f"--labels-key {config.labels_key!r} is the name of a model input; save the labels under another name"
+        raise InputError(msg)
+    return config.labels_key
 
 
 def _check_names(proto, config: RunConfig) -> None:
@@ -62,7 +175,11 @@ def _check_names(proto, config: RunConfig) -> None:
     if missing:
         example = ", ".join(sorted(nodes)[:3])
         names = ", ".join(map(repr, missing))
-        msg = f"--exclude-nodes: no node named {names} in {config.model} (node names look like: {example})"
+        prepared = " after preparation (--no-prepare keeps the graph as exported)" if config.prepare else ""
+        msg = (
+            f"--exclude-nodes: no node named {names} in {config.model}{prepared} "
+            f"(node names look like: {example})"
+        )
         raise InputError(msg)
     known = default_op_types()
     unknown = [op for op in config.quant.op_types if op not in known]
@@ -74,4 +191,4 @@ def _check_names(proto, config: RunConfig) -> None:
 
 
 def dataset_chunks(spec: DatasetSpec, chunk_size: int) -> list[ChunkRef]:
-    return chunk_refs(spec.path, spec.members, spec.rows, chunk_size, spec.labels, spec.sha256)
+    return chunk_refs(spec.path, spec.members, spec.rows, chunk_size, spec.labels, spec.sha256, spec.feeding)

@@ -6,6 +6,7 @@ one step (pipeline.results.RunDirectory), so readers never see half a run.
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -33,6 +34,8 @@ def write_run(
     if not (model.exists() and model.samefile(quantized.path)):
         shutil.copyfile(quantized.path, model)
     calibration = quantized.calibration
+    if prepared.prepared:  # a hard link when it can: several methods' runs share one prepared model
+        _link_or_copy(Path(prepared.model.path), tmp / results.FP32_FILE)
     outputs.QPARAMS.write(tmp, run_id, quantized.qparams, calibration.stats, quantized.ranges, quantized.quant)
     calibration.save(tmp, run_id)
     if validation.ran:
@@ -40,13 +43,19 @@ def write_run(
         outputs.LAYERS.write(tmp, run_id, validation.layers)
     if config.tensorrt_table:
         write_tensorrt_table(tensors_data(quantized.ranges, calibration.stats), tmp / results.TENSORRT_DIR)
-    config = replace(config, quant=quantized.quant)
+    config = replace(config, quant=quantized.quant, chunk_size=prepared.chunk_size)
+    source = prepared.source or prepared.model
     record = {
-        "model": {"path": prepared.model.path, "sha256": prepared.model.sha256, "bytes": config.model.stat().st_size},
+        "model": {"path": source.path, "sha256": source.sha256, "bytes": config.model.stat().st_size},
+        "preparation": {
+            "steps": list(prepared.steps),
+            "file": results.FP32_FILE if prepared.prepared else None,
+            "sha256": prepared.model.sha256 if prepared.prepared else None,
+        },
         "int8_model": {"file": results.MODEL_FILE, "sha256": sha256_file(model), "bytes": model.stat().st_size},
         "data": {
-            "calib": records.data_record(prepared.calib, config.chunk_size),
-            "val": records.data_record(prepared.val, config.chunk_size),
+            "calib": records.data_record(prepared.calib, prepared.chunk_size),
+            "val": records.data_record(prepared.val, prepared.chunk_size),
         },
         "tensors_calibrated": len(prepared.tensors),
         "summary": records.summary_record(validation.summary, validation.metric),
@@ -56,6 +65,13 @@ def write_run(
     }
     results.write_json(records.run_record(config, run_id, record), tmp / results.RUN_FILE)
     write_report(tmp)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem, or one without hard links
+        shutil.copyfile(source, target)
 
 
 def publish(

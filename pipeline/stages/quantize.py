@@ -8,16 +8,15 @@ the quantization itself is exactly the reference's code path.
 
 from __future__ import annotations
 
-import logging
 import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from dask_quant.pipeline.config import ActivationType, QuantConfig
+from dask_quant.pipeline.logs import captured_logs
 from dask_quant.pipeline.qparams import QParam, read_qparams
 from dask_quant.pipeline.selection import default_op_types
 from dask_quant.pipeline.stages.calibrate import Calibration
@@ -60,33 +59,12 @@ def quantize_kwargs(config: QuantConfig) -> dict:
     }
 
 
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-@contextmanager
-def _captured_warnings() -> Iterator[list[str]]:
-    """ORT's quantizer logs advice on the root logger; keep it for run.json instead of stderr."""
-    handler = _Collect()
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield handler.messages
-    finally:
-        root.removeHandler(handler)
-
-
 def write_quantized_model(model_proto, ranges, config: QuantConfig, out_path: Path) -> list[str]:
     """Write the QDQ model for `ranges` (a TensorsData) to out_path; return the quantizer's warnings."""
     from onnxruntime.quantization import CalibrationMethod, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
-    with tempfile.TemporaryDirectory(prefix="dask-quant-") as tmp, _captured_warnings() as messages:
+    with tempfile.TemporaryDirectory(prefix="dask-quant-") as tmp, captured_logs() as messages:
         cache = Path(tmp) / "calibration.json"
         save_tensors_data(ranges, cache)
         quantize_static(

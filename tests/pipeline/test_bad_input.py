@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from exported import if_only_model, recurrent_data, recurrent_model
 from models import digits_paths, with_fixed_batch
 from processes import dask_quant
 
@@ -147,11 +148,60 @@ CASES = {
         lambda t: [_sequence_input_model(t), "--calib", str(CALIB)],
         "model input 'input' is a sequence, not a tensor",
     ),
+    "control flow only, found before the data": (
+        lambda t: [str(if_only_model(t / "if.onnx")), "--calib", _npz(t, pixels=np.zeros((4, 1, 8, 8), np.float32))],
+        "every quantizable operator is inside control flow (If 'branch/If'), whose subgraphs ONNX Runtime's "
+        "quantizer leaves in FP32",
+    ),
+    "scalar input without a value": (
+        lambda t: [str(recurrent_model(t / "rnn.onnx")), "--calib", str(recurrent_data(t / "c.npz", 8, 1))],
+        "model input 'sr' takes one value for every sample; pass --const-input sr=VALUE, or store it in a .npz",
+    ),
+    "scalar stored per sample": (
+        lambda t: [
+            str(recurrent_model(t / "rnn.onnx")),
+            "--calib",
+            str(recurrent_data(t / "c.npz", 8, 1, sr=np.ones(8, np.float32))),
+        ],
+        "[sr]: shape (8,), but constant input 'sr' has shape () (no sample axis)",
+    ),
+    "batch axis of an unknown input": (
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--batch-axis", "state=1"],
+        "--batch-axis: the model has no input 'state' (inputs: input)",
+    ),
+    "batch axis outside the rank": (
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--batch-axis", "input=4"],
+        "--batch-axis input=4: input 'input' has rank 4, so the axis must be 0..3",
+    ),
+    "malformed NAME=VALUE": (
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--batch-axis", "input:1"],
+        "--batch-axis 'input:1': expected NAME=VALUE with an integer axis",
+    ),
+    "constant that is not a number": (
+        lambda t: [str(recurrent_model(t / "rnn.onnx")), "--calib", str(CALIB), "--const-input", "sr=fast"],
+        "--const-input sr=fast: not a float32 value; pass a number",
+    ),
+    "labels key that is a model input": (
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--val", str(VAL), "--labels-key", "input"],
+        "--labels-key 'input' is the name of a model input; save the labels under another name",
+    ),
+    "quality guard without validation data": (
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--min-cosine", "0.99"],
+        "--min-cosine/--max-drop judge the validation results: pass --val",
+    ),
+    "accuracy guard without labels": (
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--val", _val_without_labels(t), "--max-drop", "1"],
+        "has no labels; use --min-cosine",
+    ),
     "malformed scheduler address": (
         lambda t: [str(MODEL), "--calib", str(CALIB), "--scheduler", "garbage", "--connect-timeout", "2"],
         "could not reach the Dask scheduler at garbage within 2 s",
     ),
 }
+
+
+def _val_without_labels(tmp_path):
+    return _npz(tmp_path, input=np.zeros((4, 1, 8, 8), np.float32))
 
 
 def _val_with_labels(tmp_path, labels):
@@ -242,4 +292,4 @@ def test_big_endian_data_is_not_a_dtype_mismatch(tmp_path):
 
     path = tmp_path / "be.npy"
     np.save(path, np.load(CALIB).astype(">f4"))
-    assert prepare(RunConfig(model=MODEL, calib=path)).calib.rows == 300
+    assert prepare(RunConfig(model=MODEL, calib=path, prepare=False)).calib.rows == 300

@@ -17,7 +17,7 @@ from dask_quant.pipeline.stages.quantize import tensors_data
 from dask_quant.tasks.chunks import ChunkRef
 
 MODEL, CALIB, _ = digits_paths()
-PREPARED = prepare(RunConfig(model=MODEL, calib=CALIB))
+PREPARED = prepare(RunConfig(model=MODEL, calib=CALIB, prepare=False))  # the model as given: no files
 
 
 def _stats(chunks: list[ChunkRef], split_every: int):
@@ -137,7 +137,7 @@ def test_layer_errors_are_identical_for_any_chunking(tmp_path, monkeypatch):
     # model's one-row Gemm rounds differently (row 197 run alone moves /7/Relu by an INT8 step).
     first = tmp_path / "first198.npy"
     np.save(first, np.load(CALIB)[:198])
-    rows = prepare(RunConfig(model=MODEL, calib=first)).calib
+    rows = prepare(RunConfig(model=MODEL, calib=first, prepare=False)).calib
     pair = [
         layer_rows(layers, dask.compute(layer_graph(dataset_chunks(rows, size), PREPARED.model, int8, pairs))[0])
         for size in (198, 197)

@@ -68,14 +68,15 @@ DEFAULT_REFERENCE = QUANT_CONFIGS[0][1]
 )
 def test_model_is_bit_identical_to_quantize_static(case, quant, reference_options, residual, tmp_path):
     model, calib, names = _cases(residual)[case]
-    config = RunConfig(model=model, calib=calib, chunk_size=37, quant=quant)
+    config = RunConfig(out=tmp_path, model=model, calib=calib, chunk_size=37, quant=quant)
     prepared, stats = distributed_stats(config)
     ours = tmp_path / "ours.onnx"
     write_quantized_model(prepared.proto, minmax_data(stats), quant, ours)
 
     arrays = load_arrays(calib, names)
-    theirs = reference_model(
-        model, arrays, batch=len(next(iter(arrays.values()))), kwargs=reference_options, out=tmp_path / "ref.onnx"
+    theirs = reference_model(  # ORT on the model as prepared: what both quantizers are given
+        prepared.model.path, arrays, batch=len(next(iter(arrays.values()))), kwargs=reference_options,
+        out=tmp_path / "ref.onnx",
     )
     assert model_signature(ours) == model_signature(theirs)
 
@@ -83,9 +84,9 @@ def test_model_is_bit_identical_to_quantize_static(case, quant, reference_option
 @pytest.mark.parametrize("case", ["digits", "residual"])
 def test_ranges_are_bit_identical_to_ort_minmax_calibrator(case, residual, tmp_path):
     model, calib, names = _cases(residual)[case]
-    _, stats = distributed_stats(RunConfig(model=model, calib=calib, chunk_size=16))
+    prepared, stats = distributed_stats(RunConfig(out=tmp_path, model=model, calib=calib, chunk_size=16))
     reference = reference_ranges(
-        model, load_arrays(calib, names), batch=10, op_types=list(default_op_types()), tmp=tmp_path
+        prepared.model.path, load_arrays(calib, names), batch=10, op_types=list(default_op_types()), tmp=tmp_path
     )
     ours = minmax_data(stats)
     assert sorted(ours.keys()) == sorted(reference.keys())
@@ -99,12 +100,12 @@ def test_ranges_are_bit_identical_to_ort_minmax_calibrator(case, residual, tmp_p
 def test_op_types_and_excluded_nodes_match_reference(residual, tmp_path):
     model, calib, _ = residual
     quant = QuantConfig(op_types=("Conv", "MatMul", "Add"), exclude_nodes=("/conv2/Conv",))
-    prepared, stats = distributed_stats(RunConfig(model=model, calib=calib, chunk_size=25, quant=quant))
+    prepared, stats = distributed_stats(RunConfig(out=tmp_path, model=model, calib=calib, chunk_size=25, quant=quant))
     ours = tmp_path / "ours.onnx"
     write_quantized_model(prepared.proto, minmax_data(stats), quant, ours)
     arrays = load_arrays(calib, ["image", "extra"])
     options = dict(DEFAULT_REFERENCE, op_types_to_quantize=["Conv", "MatMul", "Add"], nodes_to_exclude=["/conv2/Conv"])
-    theirs = reference_model(model, arrays, batch=96, kwargs=options, out=tmp_path / "ref.onnx")
+    theirs = reference_model(prepared.model.path, arrays, batch=96, kwargs=options, out=tmp_path / "ref.onnx")
     assert model_signature(ours) == model_signature(theirs)
     import onnx
 
@@ -119,11 +120,11 @@ def test_fixed_batch_model_runs_chunks_in_batches_and_matches_reference(tmp_path
     model, calib, _ = digits_paths()
     fixed = with_fixed_batch(model, tmp_path / "batch2.onnx", 2)
     quant = QuantConfig()
-    prepared, stats = distributed_stats(RunConfig(model=fixed, calib=calib, chunk_size=14, quant=quant))
+    prepared, stats = distributed_stats(RunConfig(out=tmp_path, model=fixed, calib=calib, chunk_size=14, quant=quant))
     ours = tmp_path / "ours.onnx"
     write_quantized_model(prepared.proto, minmax_data(stats), quant, ours)
     theirs = reference_model(
-        fixed, load_arrays(calib, ["input"]), batch=2, kwargs=DEFAULT_REFERENCE, out=tmp_path / "r.onnx"
+        prepared.model.path, load_arrays(calib, ["input"]), batch=2, kwargs=DEFAULT_REFERENCE, out=tmp_path / "r.onnx"
     )
     assert model_signature(ours) == model_signature(theirs)
 
@@ -137,10 +138,10 @@ def test_float16_model_keeps_float16_ranges_like_reference(tmp_path):
     calib = tmp_path / "calib.npy"
     np.save(calib, np.random.default_rng(8).normal(size=(40, 8)).astype(np.float16))
     quant = QuantConfig()
-    prepared, stats = distributed_stats(RunConfig(model=model, calib=calib, chunk_size=9, quant=quant))
+    prepared, stats = distributed_stats(RunConfig(out=tmp_path, model=model, calib=calib, chunk_size=9, quant=quant))
     assert {r.dtype for _, r in stats.ranges} == {"float16"}
     ours = tmp_path / "ours.onnx"
     write_quantized_model(prepared.proto, minmax_data(stats), quant, ours)
     arrays = load_arrays(calib, ["x"])
-    theirs = reference_model(model, arrays, batch=40, kwargs=DEFAULT_REFERENCE, out=tmp_path / "ref.onnx")
+    theirs = reference_model(prepared.model.path, arrays, batch=40, kwargs=DEFAULT_REFERENCE, out=tmp_path / "ref.onnx")
     assert model_signature(ours) == model_signature(theirs)

@@ -32,6 +32,8 @@ def _model(op: str, output: str, dims: list):
         ("Relu", "logits", [8], False, Metric.CLASSIFICATION),
         ("Relu", "price", [1], False, Metric.REGRESSION),
         ("Relu", "embedding", [8], False, Metric.EMBEDDING),
+        ("Relu", "tokens", ["seq", 8], False, Metric.EMBEDDING),
+        ("Relu", "maps", [1, 160, 160], False, Metric.REGRESSION),  # a detector's dense map
     ],
 )
 def test_automatic_metric(op, output, dims, labels, expected):

@@ -20,6 +20,12 @@ TESTED_ELSEWHERE = {  # tests/cluster/*, tests/tasks/test_sessions.py, test_bad_
     "scheduler with no workers",
     "not a run directory (dask-quant report)",
     "workers without compatible packages",
+    "activation overflowing to infinity (found on a worker)",  # tests/cluster/test_exported_models.py, as below
+    "values ONNX Runtime fails on (found on a worker)",
+    "labels outside the classes (found on a worker)",
+    "gate: quantizer inserted nothing",
+    "gate: weights left in FP32",
+    "gate: INT8 model ONNX Runtime cannot load",
 }
 
 

@@ -48,7 +48,7 @@ def test_signed_zero_does_not_depend_on_order():
 
 
 def test_nan_names_tensor_and_rows():
-    with pytest.raises(InputError, match=r"NaN values in tensor 'x' \(rows 0\.\.4\)"):
+    with pytest.raises(InputError, match=r"NaN or infinite values in tensor 'x' \(rows 0\.\.4\)"):
         RangeStats.of({"x": np.array([1.0, np.nan, np.nan], np.float32)}, " (rows 0..4)")
 
 

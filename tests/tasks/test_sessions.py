@@ -95,10 +95,11 @@ def test_exposed_runs_fill_the_byte_budget_and_never_run_one_row_alone(tmp_path)
     feeds = {"input": np.load(calib)[:50]}
     row_bytes = 10 * 4  # one row of logits: 10 float32
     parts = list(sessions.exposed_runs([(session, ["logits"])], feeds, budget=7 * row_bytes + 3))
-    assert [len(part["input"]) for part, _ in parts] == [8, 7, 7, 7, 7, 7, 7]
+    assert [len(part["input"]) for _, part, _ in parts] == [8, 7, 7, 7, 7, 7, 7]
+    assert [rows for rows, _, _ in parts] == [8, 7, 7, 7, 7, 7, 7]
     parts = list(sessions.exposed_runs([(session, ["logits"])], {"input": feeds["input"][:23]}, budget=1))
-    assert [len(part["input"]) for part, _ in parts] == [8, 2, 2, 2, 2, 2, 2, 3]
-    joined = np.concatenate([outputs["logits"] for _, (outputs,) in parts])
+    assert [len(part["input"]) for _, part, _ in parts] == [8, 2, 2, 2, 2, 2, 2, 3]
+    joined = np.concatenate([outputs["logits"] for _, _, (outputs,) in parts])
     assert np.array_equal(joined, session.run(["logits"], {"input": feeds["input"][:23]})[0])
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from functools import reduce
 
 import numpy as np
+import pytest
 
+from dask_quant.tasks.errors import InputError
 from dask_quant.tasks.validate import ValidationStats, compare_outputs
 
 
@@ -53,3 +55,28 @@ def test_merged_chunks_equal_whole_batch():
 def test_without_labels_accuracy_is_none():
     stats = compare_outputs(np.eye(3, dtype=np.float32), np.eye(3, dtype=np.float32), None)
     assert stats.fp32_accuracy is None and stats.agreement == 1.0 and stats.mean_cosine == 1.0
+
+
+def test_all_zero_output_pairs_are_counted_apart_not_as_cosine_one():
+    fp32 = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [1.0, 1.0]], np.float32)
+    int8 = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, 0.0], [0.0, 0.0]], np.float32)
+    stats = compare_outputs(fp32, int8)
+    assert stats.zero_pairs == 1  # row 0; a one-sided zero (rows 2, 3) has cosine 0
+    assert stats.mean_cosine == 1 / 3 and stats.min_cosine == 0.0
+    half = compare_outputs(fp32[:2], int8[:2]).merge(compare_outputs(fp32[2:], int8[2:]))
+    assert half.zero_pairs == 1 and half.mean_cosine == stats.mean_cosine
+
+
+def test_collapsed_int8_output_is_detected():
+    rng = np.random.default_rng(0)
+    fp32 = rng.normal(size=(6, 4)).astype(np.float32)
+    assert compare_outputs(fp32, np.zeros_like(fp32)).collapsed
+    assert compare_outputs(fp32, np.tile(fp32[:1], (6, 1))).collapsed
+    assert not compare_outputs(fp32, fp32 * 0.9).collapsed
+
+
+def test_labels_outside_the_classes_are_refused_with_the_sample():
+    scores = np.zeros((3, 4), np.float32)
+    expected = r"label 4 of sample 11 is not a class .* 4 values per sample \(classes 0..3\)"
+    with pytest.raises(InputError, match=expected):
+        compare_outputs(scores, scores, labels=np.array([0, 3, 4]), rows=np.array([9, 10, 11]))

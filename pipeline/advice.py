@@ -1,0 +1,32 @@
+"""ONNX Runtime's quantizer warnings, each said once in one line with the fix."""
+
+from __future__ import annotations
+
+import re
+
+# (pattern in ORT's message, what it means for the user and what to do)
+_KNOWN = (
+    (
+        re.compile(r"pre-process|pre_process|preprocess", re.IGNORECASE),
+        "ONNX Runtime advises pre-processing the model before quantization: drop --no-prepare",
+    ),
+    (
+        re.compile(r"Expected bias .* to be an initializer|Bias of .* is not constant", re.IGNORECASE),
+        "biases that are not initializers stay FP32 (Constant nodes?): drop --no-prepare to fold them",
+    ),
+    (
+        re.compile(r"opset version .* does not support|Updating the model automatically to opset", re.IGNORECASE),
+        "the model's opset is too old for quantization and ONNX Runtime upgraded it: drop --no-prepare",
+    ),
+)
+
+
+def explain(warnings: tuple[str, ...]) -> list[str]:
+    """One line per kind of warning (known kinds explained, with how many times it was given)."""
+    counts: dict[str, int] = {}
+    for warning in warnings:
+        line = next((text for pattern, text in _KNOWN if pattern.search(warning)), None)
+        if line is None:
+            line = "ONNX Runtime's quantizer: " + warning.strip().splitlines()[0][:200]
+        counts[line] = counts.get(line, 0) + 1
+    return [line + (f" ({count} times)" if count > 1 else "") for line, count in counts.items()]

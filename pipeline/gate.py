@@ -1,0 +1,64 @@
+"""The gate before publishing: an INT8 model that ONNX Runtime cannot load, that quantizes nothing
+useful, or whose outputs are not finite is never published (exit 2, with what to do)."""
+
+from __future__ import annotations
+
+from dask_quant.pipeline.config import RunConfig
+from dask_quant.pipeline.selection import default_op_types
+from dask_quant.pipeline.stages.prepare import Prepared, dataset_chunks
+from dask_quant.pipeline.stages.quantize import QuantizedModel
+from dask_quant.tasks.errors import InputError
+from dask_quant.tasks.gate import int8_problem
+from dask_quant.tasks.sessions import ModelRef
+
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def constant_weight_nodes(proto, op_types: tuple[str, ...], excluded: tuple[str, ...]) -> list[str]:
+    """Names of the nodes to quantize whose weight (second input) is constant: an initializer or a Constant node."""
+    constants = {init.name for init in proto.graph.initializer}
+    constants |= {out for node in proto.graph.node if node.op_type == "Constant" for out in node.output}
+    wanted = set(op_types or default_op_types()) & set(WEIGHTED_OPS)
+    return [
+        node.name or node.output[0]
+        for node in proto.graph.node
+        if node.op_type in wanted and node.name not in excluded and len(node.input) > 1 and node.input[1] in constants
+    ]
+
+
+def check_quantized(config: RunConfig, prepared: Prepared, quantized: QuantizedModel, client) -> None:
+    """InputError (nothing published) unless the INT8 model is quantized, loads, and gives finite outputs."""
+    quant = quantized.quant
+    label = f"--method {quant.method.value}: " if quant.method is not config.quant.method else ""
+    if not quantized.qparams:
+        msg = (
+            f"{label}{config.model}: ONNX Runtime's quantizer inserted no quantization at all (the operators it "
+            "could quantize take no float input it supports), so the INT8 model would be the FP32 model; "
+            "nothing was published"
+        )
+        raise InputError(msg)
+    weighted = constant_weight_nodes(prepared.proto, quant.op_types, quant.exclude_nodes)
+    if weighted and quantized.activations == len(quantized.qparams):
+        fix = (
+            "drop --no-prepare: preparation folds Constant nodes into initializers"
+            if not prepared.prepared
+            else "store the weights as initializers"
+        )
+        msg = (
+            f"{label}{config.model}: {quantized.activations} activations were quantized but none of the weights of "
+            f"{len(weighted)} {'/'.join(WEIGHTED_OPS)} nodes (e.g. {weighted[0]!r}): ONNX Runtime's quantizer "
+            f"only quantizes weights stored as initializers, and this INT8 model would be larger and no faster; "
+            f"{fix}. Nothing was published"
+        )
+        raise InputError(msg)
+    chunk = dataset_chunks(prepared.calib, prepared.chunk_size)[0]
+    model = ModelRef(str(quantized.path), quantized.sha256)
+    problem = client.submit(int8_problem, chunk, model, pure=False).result()
+    if problem:
+        fix = (
+            "drop --no-prepare (preparation upgrades the opset), or pass --per-tensor"
+            if "cannot be loaded" in problem
+            else "keep the nodes that overflow in FP32 with --exclude-nodes"
+        )
+        msg = f"{label}the INT8 model ONNX Runtime's quantizer wrote {problem}; nothing was published: {fix}"
+        raise InputError(msg)

@@ -1,0 +1,53 @@
+"""The quality guard: did the INT8 model keep what the user needs?
+
+--min-cosine and --max-drop make a run fail (exit 1) after it is published;
+without them, a run whose INT8 outputs collapsed gets a loud warning. Either
+names the worst layers, which are the ones to keep in FP32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dask_quant.pipeline.config import RunConfig
+    from dask_quant.pipeline.job import RunResult
+
+COLLAPSED_COSINE = 0.9
+
+
+def _worst_layers(result: RunResult) -> str:
+    worst = result.layers[:3]
+    if not worst:
+        return ""
+    names = ", ".join(f"{row['node'] or row['tensor']!r} ({row['sqnr_db']:.1f} dB)" for row in worst)
+    return f"; worst layers: {names}; keep the nodes that make or feed them in FP32 with --exclude-nodes"
+
+
+def quality_failures(config: RunConfig, result: RunResult) -> list[str]:
+    """What --min-cosine / --max-drop found wrong with a published run (empty: it passed)."""
+    stats, failures = result.validation, []
+    if stats is None:
+        return failures
+    if config.min_cosine is not None and not stats.mean_cosine >= config.min_cosine:
+        failures.append(f"mean cosine {stats.mean_cosine:.4f} is below --min-cosine {config.min_cosine}")
+    if config.max_drop is not None and stats.fp32_accuracy is not None:
+        drop = 100 * (stats.fp32_accuracy - stats.int8_accuracy)
+        if drop > config.max_drop:
+            failures.append(f"accuracy drops {drop:.2f} points, more than --max-drop {config.max_drop}")
+    return [f"{result.run_id}: {failure}{_worst_layers(result)}" for failure in failures]
+
+
+def collapse_warning(result: RunResult) -> str | None:
+    """A loud warning when the INT8 outputs collapsed (without a guard flag the run still succeeds)."""
+    stats = result.validation
+    if stats is None:
+        return None
+    if stats.collapsed:
+        what = "the INT8 output is the same for every sample while FP32's is not"
+    elif not math.isnan(stats.mean_cosine) and stats.mean_cosine < COLLAPSED_COSINE:
+        what = f"mean cosine of INT8 to FP32 outputs is {stats.mean_cosine:.3f}"
+    else:
+        return None
+    return f"WARNING: {result.run_id}: the INT8 model looks broken: {what}{_worst_layers(result)}"

@@ -1,0 +1,111 @@
+"""Graph preparation: the model as ONNX Runtime's quantizer needs it, made by onnx's and ORT's own tools.
+
+Models exported by other tools keep weights in `Constant` nodes (the quantizer
+then leaves every weight in FP32) and use opsets below 13 (where ORT's
+per-channel DequantizeLinear, which carries an `axis`, is invalid). Before
+calibration the model goes through onnx's version converter when the options
+need a newer opset, then ORT's `quant_pre_process` (symbolic shape inference,
+ORT's basic graph optimisation, which folds constants into initializers, and
+ONNX shape inference). Everything after works on the prepared model, so the
+ranges and the QDQ model equal `quantize_static` run on that model.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from dask_quant.pipeline.logs import captured_logs
+from dask_quant.tasks.errors import InputError
+
+PER_CHANNEL_OPSET = 13  # DequantizeLinear's `axis` (per-channel weights) is new in opset 13
+
+
+@dataclass(frozen=True)
+class PreparedGraph:
+    """The prepared ModelProto and one line per step taken (what, and why when it fell back)."""
+
+    proto: object
+    steps: tuple[str, ...]
+
+
+def default_opset(proto) -> int:
+    """The model's ai.onnx opset version."""
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1][:200] if text else type(exc).__name__
+
+
+def _upgrade(proto, target: int, where: str) -> tuple[object, list[str]]:
+    import onnx
+
+    have = default_opset(proto)
+    if have >= target:
+        return proto, []
+    try:
+        upgraded = onnx.version_converter.convert_version(proto, target)
+    except Exception as exc:  # the converter raises bare RuntimeErrors from C++
+        msg = (
+            f"{where}: opset {have}, and per-channel weights need opset {target}, but onnx's version converter "
+            f"cannot upgrade it ({_first_line(exc)}); pass --per-tensor, or export the model at opset {target} or later"
+        )
+        raise InputError(msg) from None
+    return upgraded, [f"opset {have} -> {target} (onnx version converter: per-channel weights need opset {target})"]
+
+
+def _pre_process(proto, skip_symbolic: bool) -> tuple[object, list[str]]:
+    """ORT's quant_pre_process on `proto`; the lines it logged at ERROR (a failed optimisation) are returned."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="dask-quant-prepare-") as tmp, captured_logs(logging.ERROR) as errors:
+        out = Path(tmp) / "prepared.onnx"
+        quant_pre_process(proto, out, skip_symbolic_shape=skip_symbolic)
+        prepared = onnx.load(str(out))
+        if _casts(prepared) > _casts(proto):
+            # The CPU provider computes float16 in float32 and the optimiser saves the casts it inserted:
+            # that would change the model's precision, so keep its graph unoptimised.
+            quant_pre_process(proto, out, skip_optimization=True, skip_symbolic_shape=skip_symbolic)
+            prepared = onnx.load(str(out))
+            errors.append("it inserts float16/float32 casts on the CPU provider")
+        return prepared, list(errors)
+
+
+def _casts(proto) -> int:
+    return sum(node.op_type == "Cast" for node in proto.graph.node)
+
+
+def _constants(proto) -> int:
+    return sum(node.op_type == "Constant" for node in proto.graph.node)
+
+
+def prepare_graph(proto, *, per_channel: bool, where: str) -> PreparedGraph:
+    """The model ready for ORT's quantizer, with the steps taken; InputError when a needed step is impossible."""
+    proto, steps = _upgrade(proto, PER_CHANNEL_OPSET, where) if per_channel else (proto, [])
+    before_nodes, before_constants = len(proto.graph.node), _constants(proto)
+    try:
+        prepared, errors = _pre_process(proto, skip_symbolic=False)
+        steps.append("symbolic shape inference (ORT)")
+    except Exception as exc:  # ORT's symbolic inference fails on some exported graphs: fall back, and say so
+        reason = _first_line(exc)
+        try:
+            prepared, errors = _pre_process(proto, skip_symbolic=True)
+        except Exception as again:
+            steps.append(f"ORT's quant_pre_process failed ({_first_line(again)}); model kept as given")
+            return PreparedGraph(proto, tuple(steps))
+        steps.append(f"symbolic shape inference failed ({reason}); ONNX shape inference only")
+    if errors:
+        steps.append(f"ORT graph optimisation not used ({errors[0].splitlines()[0]}); constants not folded")
+    else:
+        folded = before_constants - _constants(prepared)
+        steps.append(
+            f"ORT basic graph optimisation: {folded} Constant nodes folded into initializers, "
+            f"{before_nodes} -> {len(prepared.graph.node)} nodes"
+        )
+    steps.append("ONNX shape inference")
+    return PreparedGraph(prepared, tuple(steps))

@@ -1,0 +1,32 @@
+"""The INT8 model's check before it is published: ONNX Runtime loads it, and its outputs are finite."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dask_quant.tasks.chunks import ChunkRef, read_feeds
+from dask_quant.tasks.sessions import ModelRef, run_in_batches, session_for
+
+
+def int8_problem(chunk: ChunkRef, model: ModelRef) -> str | None:
+    """What is wrong with the INT8 model on one calibration chunk (default optimisations, as deployed), or None."""
+    from dask_quant.tasks.errors import DataError, InputError
+
+    where = f"calibration rows {chunk.start}..{chunk.stop}"
+    try:
+        session = session_for(model)
+    except InputError as exc:
+        reason = str(exc).split("(", 1)[-1].rsplit(")", 1)[0]
+        return f"cannot be loaded by ONNX Runtime ({reason})"
+    try:
+        outputs = run_in_batches(session, None, read_feeds(chunk), chunk.feeding)
+    except DataError as exc:
+        return f"fails in ONNX Runtime on {where}, where the FP32 model runs ({exc})"
+    bad = [
+        meta.name
+        for meta, value in zip(session.get_outputs(), outputs, strict=True)
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all()
+    ]
+    if bad:
+        return f"outputs NaN or infinite values ({', '.join(map(repr, bad))}) on {where}, where FP32's are finite"
+    return None

@@ -1,0 +1,235 @@
+"""Models as other tools export them, run as a user would: `dask-quant run` on a LocalCluster.
+
+Each model is one of ours rewritten with onnx.helper to look like another
+exporter's (tests/exported.py). A run either publishes an INT8 model that
+ONNX Runtime loads, with weights quantized and finite outputs, or exits 2
+with one line and publishes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from exported import (
+    if_only_model,
+    recurrent_data,
+    recurrent_model,
+    token_model,
+    where_model,
+    with_constant_weights,
+    with_destroyed_layer,
+    with_opset,
+)
+from models import digits_paths, load_arrays, with_fixed_batch
+from onnxruntime.quantization import QuantType
+from processes import dask_quant
+from reference import model_signature, reference_model
+
+from dask_quant.pipeline import results
+from dask_quant.pipeline.outputs import CALIBRATION, QPARAMS
+from dask_quant.pipeline.preparation import default_opset
+from dask_quant.pipeline.selection import default_op_types
+
+MODEL, CALIB, VAL = digits_paths()
+# dask-quant's defaults spelled out for quantize_static (whose own activation default is int8).
+DEFAULT_REFERENCE = {"per_channel": True, "activation_type": QuantType.QUInt8, "weight_type": QuantType.QInt8}
+
+
+def _runs(out):
+    return sorted(p for p in out.iterdir() if not p.name.startswith(".")) if out.exists() else []
+
+
+def _refused(out, *args) -> str:
+    """Run, expect exit 2 with one line and nothing published; return the line."""
+    done = dask_quant("run", *map(str, args), "--out", str(out), "--workers", "2")
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("dask-quant: error: ")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert _runs(out) == [] and not (out / results.WORK).exists(), list(out.rglob("*"))
+    return errors[0]
+
+
+def _published(out, *args):
+    done = dask_quant("run", *map(str, args), "--out", str(out), "--workers", "2")
+    assert done.returncode == 0, done.stderr
+    (run_dir,) = _runs(out)
+    assert not (out / results.WORK).exists()  # the prepared model and checkpoints are gone
+    return run_dir, done
+
+
+def _weights(run_dir) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(kind == "weight" for kind in pq.read_table(run_dir / QPARAMS.name).column("kind").to_pylist())
+
+
+def test_constant_node_weights_at_opset_12_are_quantized_after_preparation(tmp_path):
+    model = with_constant_weights(MODEL, tmp_path / "paddle_style.onnx", opset=12)
+    run_dir, done = _published(tmp_path / "runs", model, "--calib", CALIB, "--val", VAL)
+    assert "8 Constant nodes folded into initializers" in done.stderr
+    assert "opset 12 -> 13" in done.stderr
+    assert _weights(run_dir) == 8 and "0 weights" not in done.stdout  # 4 weights, 4 biases
+    prepared = run_dir / results.FP32_FILE
+    assert default_opset(onnx.load(str(prepared))) == 13
+    record = json.loads((run_dir / results.RUN_FILE).read_text())
+    assert record["preparation"]["file"] == results.FP32_FILE and len(record["preparation"]["steps"]) >= 3
+
+    import onnxruntime as ort
+
+    ort.InferenceSession(str(run_dir / results.MODEL_FILE))  # loads
+    reference = reference_model(
+        prepared, load_arrays(CALIB, ["input"]), 300, DEFAULT_REFERENCE, tmp_path / "reference.onnx"
+    )
+    assert model_signature(run_dir / results.MODEL_FILE) == model_signature(reference)
+
+
+def test_constant_node_weights_without_preparation_are_stopped_by_the_gate(tmp_path):
+    model = with_constant_weights(MODEL, tmp_path / "paddle_style.onnx", opset=13)
+    line = _refused(tmp_path / "runs", model, "--calib", CALIB, "--no-prepare")
+    assert "activations were quantized but none of the weights of 4" in line
+    assert "drop --no-prepare" in line and "Nothing was published" in line
+
+
+@pytest.mark.parametrize("opset", [10, 12])
+def test_old_opset_with_per_channel_is_upgraded_and_bit_identical(opset, tmp_path):
+    model = with_opset(MODEL, tmp_path / f"opset{opset}.onnx", opset)
+    run_dir, done = _published(tmp_path / "runs", model, "--calib", CALIB)
+    assert f"opset {opset} -> 13" in done.stderr
+    prepared = run_dir / results.FP32_FILE
+    reference = reference_model(
+        prepared, load_arrays(CALIB, ["input"]), 300, DEFAULT_REFERENCE, tmp_path / "reference.onnx"
+    )
+    assert model_signature(run_dir / results.MODEL_FILE) == model_signature(reference)
+
+
+def test_old_opset_with_per_channel_and_no_preparation_is_stopped_by_the_gate(tmp_path):
+    model = with_opset(MODEL, tmp_path / "opset12.onnx", 12)
+    line = _refused(tmp_path / "runs", model, "--calib", CALIB, "--val", VAL, "--no-prepare")
+    assert "the INT8 model ONNX Runtime's quantizer wrote cannot be loaded by ONNX Runtime" in line
+    assert "drop --no-prepare" in line and ".staging" not in line
+
+
+def test_an_activation_overflowing_to_inf_on_one_row_is_refused_with_tensor_and_row(tmp_path):
+    data = np.load(CALIB)[:120].copy()
+    data[77] = 3e38  # finite input; the first convolution overflows
+    calib = tmp_path / "overflow.npy"
+    np.save(calib, data)
+    line = _refused(tmp_path / "runs", MODEL, "--calib", calib, "--chunk-size", "50")
+    assert "tensor '/0/Conv_output_0' is NaN or infinite on row(s) 77 of" in line
+    assert "(chunk rows 50..100)" in line
+
+
+@pytest.mark.parametrize("state", ["inferred", "flags"])
+def test_recurrent_model_with_a_state_and_a_scalar_runs_end_to_end(state, tmp_path):
+    model = recurrent_model(tmp_path / "rnn.onnx")
+    if state == "inferred":  # h0's batch axis from its dim name, sr from a 0-d array in the data
+        sr = {"sr": np.array(2.0, np.float32)}
+        calib, val = recurrent_data(tmp_path / "c.npz", 96, 1, **sr), recurrent_data(tmp_path / "v.npz", 40, 2, **sr)
+        flags = []
+    else:
+        calib, val = recurrent_data(tmp_path / "c.npz", 96, 1), recurrent_data(tmp_path / "v.npz", 40, 2)
+        flags = ["--batch-axis", "h0=1", "--const-input", "sr=2.0"]
+    run_dir, done = _published(tmp_path / "runs", model, "--calib", calib, "--val", val, "--chunk-size", "30", *flags)
+    record = json.loads((run_dir / results.RUN_FILE).read_text())
+    assert record["summary"]["samples"] == 40
+    assert record["summary"]["mean_cosine"] > 0.99
+
+    # The same ranges as ONNX Runtime's calibrator fed the arrays in the model's own layout.
+    from reference import reference_ranges
+
+    arrays = load_arrays(calib, ["x", "h0"])
+    feeds = {"x": arrays["x"], "h0": arrays["h0"].transpose(1, 0, 2), "sr": np.array(2.0, np.float32)}
+    op_types = list(default_op_types())
+    expected = reference_ranges(run_dir / results.FP32_FILE, feeds, 96, op_types, tmp_path, whole=True)
+    import pyarrow.parquet as pq
+
+    ours = {
+        r["tensor"]: (r["observed_min"], r["observed_max"])
+        for r in pq.read_table(run_dir / CALIBRATION.name).to_pylist()
+    }
+    assert sorted(ours) == sorted(expected.keys())
+    for name, (low, high) in ours.items():
+        assert (low, high) == (float(expected[name].lowest[0]), float(expected[name].highest[0])), name
+
+
+def test_fixed_batch_of_three_gets_a_default_chunk_size_it_divides(tmp_path):
+    model = with_fixed_batch(MODEL, tmp_path / "batch3.onnx", 3)
+    run_dir, _ = _published(tmp_path / "runs", model, "--calib", CALIB)
+    record = json.loads((run_dir / results.RUN_FILE).read_text())
+    assert record["config"]["chunk_size"] == 66 and record["data"]["calib"]["chunks"] == 5
+
+
+def test_quality_guard_fails_after_publishing_and_names_the_destroyed_layer(tmp_path):
+    model = with_destroyed_layer(MODEL, tmp_path / "destroyed.onnx")
+    out = tmp_path / "runs"
+    done = dask_quant(
+        "run", str(model), "--calib", str(CALIB), "--val", str(VAL), "--out", str(out), "--min-cosine", "0.99"
+    )
+    assert done.returncode == 1, done.stderr
+    assert "quality guard:" in done.stderr and "below --min-cosine 0.99" in done.stderr
+    worst = done.stderr.split("worst layers:")[1]
+    # The Add's range spans 1e5, so the Sub's output (what the next Conv reads) is the worst layer.
+    assert worst.split(",")[0].strip().startswith("'destroy/Sub'"), done.stderr
+    assert "WARNING" not in done.stderr  # the guard says it once
+    assert len(_runs(out)) == 1 and "run " in done.stdout  # published, and the summary printed
+
+
+def test_collapse_without_a_guard_flag_warns_loudly(tmp_path):
+    model = with_destroyed_layer(MODEL, tmp_path / "destroyed.onnx")
+    _, done = _published(tmp_path / "runs", model, "--calib", CALIB, "--val", VAL)
+    assert "WARNING:" in done.stderr and "looks broken" in done.stderr and "destroy/Sub" in done.stderr
+
+
+def test_where_model_where_the_quantizer_inserts_nothing_is_refused(tmp_path):
+    line = _refused(tmp_path / "runs", where_model(tmp_path / "where.onnx"), "--calib", CALIB)
+    assert "ONNX Runtime's quantizer inserted no quantization at all" in line
+
+
+def test_control_flow_only_model_is_refused_before_any_data_check(tmp_path):
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, pixels=np.zeros((4, 1, 8, 8), np.float32))  # would be refused too, later
+    line = _refused(tmp_path / "runs", if_only_model(tmp_path / "if.onnx"), "--calib", wrong)
+    assert "every quantizable operator is inside control flow (If 'branch/If')" in line
+
+
+def test_token_ids_outside_the_vocabulary_are_one_line_naming_the_rows(tmp_path):
+    ids = np.random.default_rng(3).integers(0, 10, size=(80, 5))
+    ids[45, 2] = 30522
+    calib = tmp_path / "ids.npz"
+    np.savez(calib, ids=ids)
+    line = _refused(tmp_path / "runs", token_model(tmp_path / "tokens.onnx"), "--calib", calib, "--chunk-size", "20")
+    assert f"ONNX Runtime failed on rows 40..60 of {calib}" in line and "indices" in line
+
+
+def test_nan_in_validation_data_is_refused(tmp_path):
+    val = np.load(VAL)
+    pixels = val["input"][:50].copy()
+    pixels[12, 0, 3, 3] = np.nan
+    path = tmp_path / "val.npz"
+    np.savez(path, input=pixels, labels=val["labels"][:50])
+    line = _refused(tmp_path / "runs", MODEL, "--calib", CALIB, "--val", path)
+    assert "1 NaN or infinite value(s) in input 'input' (rows 0..50 of" in line
+
+
+def test_labels_outside_the_class_range_are_refused(tmp_path):
+    val = np.load(VAL)
+    labels = val["labels"][:50].copy()
+    labels[31] = 12
+    path = tmp_path / "val.npz"
+    np.savez(path, input=val["input"][:50], labels=labels)
+    line = _refused(tmp_path / "runs", MODEL, "--calib", CALIB, "--val", path)
+    assert "label 12 of sample 31 is not a class of the model's output, which has 10 values" in line
+
+
+def test_a_model_input_named_labels_is_an_input(tmp_path):
+    model = token_model(tmp_path / "labels_input.onnx", input_name="labels")
+    ids = np.random.default_rng(4).integers(0, 10, size=(60, 5))
+    calib, val = tmp_path / "c.npz", tmp_path / "v.npz"
+    np.savez(calib, labels=ids)
+    np.savez(val, labels=ids[:30])
+    run_dir, _ = _published(tmp_path / "runs", model, "--calib", calib, "--val", val)
+    record = json.loads((run_dir / results.RUN_FILE).read_text())
+    assert record["data"]["val"]["labels"] is None and record["summary"]["samples"] == 30

@@ -1,0 +1,20 @@
+"""ONNX Runtime's quantizer warnings: one line per kind, with the fix."""
+
+from __future__ import annotations
+
+from dask_quant.pipeline.advice import explain
+
+
+def test_warnings_are_grouped_by_kind_and_explained():
+    warnings = (
+        "Please consider to run pre-processing before quantization. Refer to example: https://...",
+        "Please consider pre-processing before quantization. See https://...",
+        "Expected bias '0.bias' to be an initializer",
+        "Bias of Gemm node '/6/Gemm' is not constant. Please exclude this node for better performance.",
+        "Something new\nwith a second line",
+    )
+    assert explain(warnings) == [
+        "ONNX Runtime advises pre-processing the model before quantization: drop --no-prepare (2 times)",
+        "biases that are not initializers stay FP32 (Constant nodes?): drop --no-prepare to fold them (2 times)",
+        "ONNX Runtime's quantizer: Something new",
+    ]
