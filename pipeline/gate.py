@@ -53,7 +53,7 @@ def check_quantized(config: RunConfig, prepared: Prepared, quantized: QuantizedM
         raise InputError(msg)
     chunk = dataset_chunks(prepared.calib, prepared.chunk_size)[0]
     model = ModelRef(str(quantized.path), quantized.sha256)
-    problem = client.submit(int8_problem, chunk, model, pure=False).result()
+    problem = client.submit(int8_problem, chunk, prepared.model, model, pure=False).result()
     if problem:
         fix = (
             "drop --no-prepare (preparation upgrades the opset), or pass --per-tensor"

@@ -39,15 +39,19 @@ def quality_failures(config: RunConfig, result: RunResult) -> list[str]:
     return [f"{result.run_id}: {failure}{_worst_layers(result)}" for failure in failures]
 
 
+def collapse_reason(collapsed: bool, mean_cosine: float | None) -> str | None:
+    """Why the INT8 outputs look collapsed, or None (also read by the report, from run.json's summary)."""
+    if collapsed:
+        return "the INT8 output is the same for every sample while FP32's is not"
+    if mean_cosine is not None and not math.isnan(mean_cosine) and mean_cosine < COLLAPSED_COSINE:
+        return f"mean cosine of INT8 to FP32 outputs is {mean_cosine:.3f}"
+    return None
+
+
 def collapse_warning(result: RunResult) -> str | None:
     """A loud warning when the INT8 outputs collapsed (without a guard flag the run still succeeds)."""
     stats = result.validation
-    if stats is None:
-        return None
-    if stats.collapsed:
-        what = "the INT8 output is the same for every sample while FP32's is not"
-    elif not math.isnan(stats.mean_cosine) and stats.mean_cosine < COLLAPSED_COSINE:
-        what = f"mean cosine of INT8 to FP32 outputs is {stats.mean_cosine:.3f}"
-    else:
+    what = None if stats is None else collapse_reason(stats.collapsed, stats.mean_cosine)
+    if what is None:
         return None
     return f"WARNING: {result.run_id}: the INT8 model looks broken: {what}{_worst_layers(result)}"

@@ -60,6 +60,9 @@ class _Laps:
         self.timings: dict[str, float] = {}
         self._clock = time.perf_counter()
 
+    def restart(self) -> None:
+        self._clock = time.perf_counter()
+
     def __call__(self, stage: str) -> None:
         now = time.perf_counter()
         self.timings[stage] = round(now - self._clock, 4)
@@ -179,9 +182,11 @@ def run_methods(
                     )
                     own("validate")
                     made.append((quantized, validation, own))
+                    lap.restart()  # each method's own laps hold its time: count it once
             lap("cluster_stop")
             shared = _calibration_record(calibration, names)
             for (quantized, validation, own), run_dir in zip(made, run_dirs, strict=True):
+                own.restart()
                 sections = {"cluster": cluster, "calibration": shared, "timings_s": {**lap.timings, **own.timings}}
                 write_run(run_dir, config, prepared, quantized, validation, sections)
                 own("write")

@@ -64,13 +64,16 @@ def _pre_process(proto, skip_symbolic: bool) -> tuple[object, list[str]]:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory(prefix="dask-quant-prepare-") as tmp, captured_logs(logging.ERROR) as errors:
-        out = Path(tmp) / "prepared.onnx"
-        quant_pre_process(proto, out, skip_symbolic_shape=skip_symbolic)
+        # A path, not the ModelProto: ORT 1.32's optimisation step fails on an in-memory model
+        # without external data when symbolic shape inference is skipped.
+        given, out = Path(tmp) / "given.onnx", Path(tmp) / "prepared.onnx"
+        onnx.save(proto, str(given))
+        quant_pre_process(given, out, skip_symbolic_shape=skip_symbolic)
         prepared = onnx.load(str(out))
         if _casts(prepared) > _casts(proto):
             # The CPU provider computes float16 in float32 and the optimiser saves the casts it inserted:
             # that would change the model's precision, so keep its graph unoptimised.
-            quant_pre_process(proto, out, skip_optimization=True, skip_symbolic_shape=skip_symbolic)
+            quant_pre_process(given, out, skip_optimization=True, skip_symbolic_shape=skip_symbolic)
             prepared = onnx.load(str(out))
             errors.append("it inserts float16/float32 casts on the CPU provider")
         return prepared, list(errors)

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from dask_quant.pipeline import outputs, plots, results
+from dask_quant.pipeline.guard import collapse_reason
 from dask_quant.pipeline.methods import info
 from dask_quant.pipeline.metrics import headline_metrics
 from dask_quant.tasks.errors import InputError
@@ -24,6 +25,8 @@ body { font: 15px/1.45 system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif;
 h1 { font-size: 1.6em; margin-bottom: .1em; } h2 { font-size: 1.2em; margin-top: 1.8em;
      border-bottom: 1px solid #e0e0e0; padding-bottom: .2em; }
 .sub { color: #616161; margin-top: 0; }
+.warning { background: #ffebee; border: 1px solid #c62828; color: #b71c1c; border-radius: 8px;
+  padding: .6em .8em; font-weight: 600; }
 .cards { display: flex; flex-wrap: wrap; gap: .8em; margin: 1.2em 0; }
 .card { flex: 1 1 auto; background: #fff; border: 1px solid #e0e0e0; border-radius: 8px; padding: .6em .8em;
         min-width: 7.5em; }
@@ -131,6 +134,14 @@ def _config_table(run: dict) -> str:
     return "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows.items()) + "</table>"
 
 
+def _collapse(run: dict) -> str:
+    summary = run.get("summary") or {}
+    reason = collapse_reason(bool(summary.get("collapsed")), summary.get("mean_cosine"))
+    if reason is None:
+        return ""
+    return f'<p class="warning">The INT8 model looks broken: {_e(reason)}. See the worst layers below.</p>'
+
+
 def render(run_dir: Path) -> str:
     """The report page for a run directory."""
     run = json.loads((run_dir / results.RUN_FILE).read_text())
@@ -152,6 +163,7 @@ def render(run_dir: Path) -> str:
         f"<style>{_STYLE}</style><script>{_SCRIPT}</script></head><body>"
         f"<h1>{_e(name)} → INT8</h1><p class=sub>run {_e(run['run_id'])} · {_e(run['created_utc'])}</p>"
         '<div id="broken">Some charts failed to load.</div>'
+        f"{_collapse(run)}"
         f'<div class="cards">{_cards(run)}</div><h2>Per-layer error</h2>{per_layer}'
         f"<h2>Configuration</h2>{_config_table(run)}</body></html>"
     )

@@ -46,7 +46,7 @@ def refusing(function, chunk, **kwargs):
     try:
         return function(chunk, **kwargs)
     except DataError as exc:
-        where = f"rows {chunk.start}..{chunk.stop} of {chunk.path}"
+        where = f"rows {chunk.start}..{chunk.stop} (chunk {chunk.index}) of {chunk.path}"
         return Refused(chunk.index, f"ONNX Runtime failed on {where} ({exc}); check those samples against what "
                        "the model accepts (for example token ids within the vocabulary)")
     except InputError as exc:

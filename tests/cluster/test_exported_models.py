@@ -201,7 +201,7 @@ def test_token_ids_outside_the_vocabulary_are_one_line_naming_the_rows(tmp_path)
     calib = tmp_path / "ids.npz"
     np.savez(calib, ids=ids)
     line = _refused(tmp_path / "runs", token_model(tmp_path / "tokens.onnx"), "--calib", calib, "--chunk-size", "20")
-    assert f"ONNX Runtime failed on rows 40..60 of {calib}" in line and "indices" in line
+    assert f"ONNX Runtime failed on rows 40..60 (chunk 2) of {calib}" in line and "indices" in line
 
 
 def test_nan_in_validation_data_is_refused(tmp_path):

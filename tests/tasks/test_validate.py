@@ -80,3 +80,33 @@ def test_labels_outside_the_classes_are_refused_with_the_sample():
     expected = r"label 4 of sample 11 is not a class .* 4 values per sample \(classes 0..3\)"
     with pytest.raises(InputError, match=expected):
         compare_outputs(scores, scores, labels=np.array([0, 3, 4]), rows=np.array([9, 10, 11]))
+
+
+def test_the_gate_counts_non_finite_int8_outputs_only_where_fp32_is_finite(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from dask_quant.tasks.chunks import chunk_refs
+    from dask_quant.tasks.digest import sha256_file
+    from dask_quant.tasks.gate import int8_problem
+    from dask_quant.tasks.npy_io import NPY_MEMBER
+    from dask_quant.tasks.sessions import ModelRef
+
+    def model(name, op):  # Log of |x| (-inf at 0, as FP32 says) or of |x| - 10 (NaN where FP32 is finite)
+        nodes = [helper.make_node("Abs", ["x"], ["a"]), helper.make_node(op, ["a", "ten"], ["b"]),
+                 helper.make_node("Log", ["b"], ["y"])]
+        graph = helper.make_graph(
+            nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])],
+            initializer=[helper.make_tensor("ten", TensorProto.FLOAT, [], [10.0])],
+        )
+        path = tmp_path / f"{name}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+        return ModelRef(str(path), sha256_file(path))
+
+    data = tmp_path / "x.npy"
+    np.save(data, np.array([[0.0, 1.0], [2.0, 3.0]], np.float32))
+    chunk = chunk_refs(str(data), (("x", NPY_MEMBER),), 2, 2)[0]
+    fp32, same, broken = model("fp32", "Mul"), model("same", "Mul"), model("broken", "Sub")
+    assert int8_problem(chunk, fp32, same) is None  # -inf where FP32 has it too
+    assert "outputs NaN or infinite values ('y') on calibration rows 0..2" in int8_problem(chunk, fp32, broken)

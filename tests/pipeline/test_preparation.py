@@ -1,0 +1,68 @@
+"""Graph preparation: the steps taken, their fallbacks, and a prepared model that is the same every time."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+from exported import with_constant_weights
+from models import digits_paths
+
+from dask_quant.pipeline.config import RunConfig
+from dask_quant.pipeline.preparation import default_opset, prepare_graph
+from dask_quant.pipeline.stages.prepare import prepare
+from dask_quant.tasks.errors import InputError
+
+MODEL, CALIB, _ = digits_paths()
+
+
+@pytest.fixture
+def constant_weights(tmp_path):
+    return onnx.load(str(with_constant_weights(MODEL, tmp_path / "c12.onnx", opset=12)))
+
+
+def test_constants_are_folded_and_the_opset_upgraded_for_per_channel(constant_weights):
+    graph = prepare_graph(constant_weights, per_channel=True, where="m.onnx")
+    assert default_opset(graph.proto) == 13
+    assert not [n for n in graph.proto.graph.node if n.op_type == "Constant"]
+    assert len(graph.proto.graph.initializer) == 8
+    assert graph.steps[0].startswith("opset 12 -> 13")
+    assert "8 Constant nodes folded into initializers, 17 -> 9 nodes" in graph.steps[2]
+
+
+def test_per_tensor_keeps_the_opset(constant_weights):
+    graph = prepare_graph(constant_weights, per_channel=False, where="m.onnx")
+    assert default_opset(graph.proto) == 12 and not graph.steps[0].startswith("opset")
+
+
+def test_failed_symbolic_shape_inference_falls_back_and_says_so(constant_weights, monkeypatch):
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    def fail(*args, **kwargs):
+        msg = "Incomplete symbolic shape inference"
+        raise RuntimeError(msg)
+
+    monkeypatch.setattr(SymbolicShapeInference, "infer_shapes", staticmethod(fail))
+    graph = prepare_graph(constant_weights, per_channel=True, where="m.onnx")
+    assert "symbolic shape inference failed (Incomplete symbolic shape inference); ONNX shape inference only" in (
+        graph.steps
+    )
+    assert not [n for n in graph.proto.graph.node if n.op_type == "Constant"]  # the next steps still ran
+
+
+def test_an_opset_the_converter_cannot_upgrade_is_one_clear_error(constant_weights, monkeypatch):
+    def fail(model, target):
+        msg = "No Adapter From Version $12 for Foo"
+        raise RuntimeError(msg)
+
+    monkeypatch.setattr(onnx.version_converter, "convert_version", fail)
+    with pytest.raises(InputError, match=r"m.onnx: opset 12, and per-channel weights need opset 13, but onnx's "):
+        prepare_graph(constant_weights, per_channel=True, where="m.onnx")
+
+
+def test_the_prepared_model_is_the_same_every_time_and_removed_on_exit(tmp_path):
+    config = RunConfig(model=with_constant_weights(MODEL, tmp_path / "c.onnx"), calib=CALIB, out=tmp_path / "out")
+    with prepare(config) as first, prepare(config) as second:
+        assert first.model.sha256 == second.model.sha256  # checkpoints (--resume) are keyed by it
+        assert first.model.path != second.model.path  # concurrent runs never share or delete each other's
+        assert first.prepared and first.source.path == str(config.model.resolve())
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.onnx"))
