@@ -173,15 +173,15 @@ def exposed_runs(
     The first slice is a few rows and tells how many bytes a row exposes; later
     slices hold as many rows as fit `budget`. Callers fold per-slice statistics
     with their exact merge, so a worker holds one slice's activations at a time.
-    No slice has one row unless the chunk has: ORT's one-row GEMM takes another
-    kernel whose float sums can differ in the last bit, and the statistics must
-    not depend on the slicing.
+    No slice has one row unless the chunk has (or the model fixes a batch of
+    one): ORT's one-row GEMM takes another kernel whose float sums can differ
+    in the last bit, and the statistics must not depend on the slicing.
     """
     budget = budget or EXPOSED_BYTES_PER_RUN
     rows = len(next(iter(feeds.values())))
     unit = max((fixed_batch(session, feeding) or 1 for session, _ in runs), default=1)
     least = unit if unit > 1 else 2
-    start, step = 0, least * 4
+    start, step = 0, unit if unit > 1 else least * 4
     while start < rows:
         stop = min(rows, start + step)
         if 0 < rows - stop < least:  # no short tail of its own
@@ -193,4 +193,6 @@ def exposed_runs(
         ]
         per_row = max(1, sum(value.nbytes for output in outputs for value in output.values()) // (stop - start))
         yield stop - start, feeding.to_model(part), outputs
-        start, step = stop, max(least, budget // per_row // unit * unit)
+        # A model with a fixed batch runs one batch per slice: its exposed tensors then come straight from
+        # one session.run, in the layout of the feeds (whatever its batch axis), never concatenated.
+        start, step = stop, unit if unit > 1 else max(least, budget // per_row)

@@ -66,9 +66,9 @@ def with_destroyed_layer(source: Path, path: Path) -> Path:
     return _save(proto, path)
 
 
-def recurrent_model(path: Path, hidden: int = 16, scalar_name: str = "sr") -> Path:
+def recurrent_model(path: Path, hidden: int = 16, scalar_name: str = "sr", batch: str | int = "batch") -> Path:
     """A recurrent-style step: x [batch, 8], a state h0 [2, batch, H] (batch on axis 1) and a scalar input;
-    outputs out [batch, 4] and the next state h1 [2, batch, H]."""
+    outputs out [batch, 4] and the next state h1 [2, batch, H]. `batch`: a dim name, or a fixed size."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(11)
@@ -90,13 +90,13 @@ def recurrent_model(path: Path, hidden: int = 16, scalar_name: str = "sr") -> Pa
         nodes,
         "recurrent",
         [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8]),
-            helper.make_tensor_value_info("h0", TensorProto.FLOAT, [2, "batch", hidden]),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 8]),
+            helper.make_tensor_value_info("h0", TensorProto.FLOAT, [2, batch, hidden]),
             helper.make_tensor_value_info(scalar_name, TensorProto.FLOAT, []),
         ],
         [
-            helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 4]),
-            helper.make_tensor_value_info("h1", TensorProto.FLOAT, [2, "batch", hidden]),
+            helper.make_tensor_value_info("out", TensorProto.FLOAT, [batch, 4]),
+            helper.make_tensor_value_info("h1", TensorProto.FLOAT, [2, batch, hidden]),
         ],
         initializer=weights,
     )

@@ -18,27 +18,27 @@ class BatchReader:
         return next(self._batches, None)
 
 
-class WholeReader:
-    """A CalibrationDataReader giving the feeds once, as they are (inputs that are not batch-major, scalars)."""
+class FeedsReader:
+    """A CalibrationDataReader giving each feeds dict as it is (inputs that are not batch-major, scalars)."""
 
-    def __init__(self, feeds: dict[str, np.ndarray]) -> None:
-        self._feeds = iter([feeds])
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self._feeds = iter(feeds)
 
     def get_next(self):
         return next(self._feeds, None)
 
 
-def reference_ranges(
-    model: Path, arrays: dict[str, np.ndarray], batch: int, op_types: list[str], tmp: Path, whole: bool = False
-):
-    """ORT's MinMax calibrator's TensorsData for the data, as quantize_static computes it
-    (`whole`: the arrays are the model's feeds for one run, not batch-major samples)."""
+def reference_ranges(model: Path, arrays, batch: int, op_types: list[str], tmp: Path):
+    """ORT's MinMax calibrator's TensorsData for the data, as quantize_static computes it.
+
+    `arrays`: samples on axis 0, read in batches of `batch`; or a list of the model's feeds, one per run.
+    """
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
     calibrator = create_calibrator(
         model, op_types, augmented_model_path=str(tmp / "augmented.onnx"), calibrate_method=CalibrationMethod.MinMax
     )
-    calibrator.collect_data(WholeReader(arrays) if whole else BatchReader(arrays, batch))
+    calibrator.collect_data(FeedsReader(arrays) if isinstance(arrays, list) else BatchReader(arrays, batch))
     return calibrator.compute_data()
 
 

@@ -29,7 +29,7 @@ from processes import dask_quant
 from reference import model_signature, reference_model
 
 from dask_quant.pipeline import results
-from dask_quant.pipeline.outputs import CALIBRATION, QPARAMS
+from dask_quant.pipeline.outputs import CALIBRATION, LAYERS, QPARAMS
 from dask_quant.pipeline.preparation import default_opset
 from dask_quant.pipeline.selection import default_op_types
 
@@ -122,30 +122,40 @@ def test_an_activation_overflowing_to_inf_on_one_row_is_refused_with_tensor_and_
     assert "(chunk rows 50..100)" in line
 
 
-@pytest.mark.parametrize("state", ["inferred", "flags"])
+@pytest.mark.parametrize("state", ["inferred", "flags", "fixed batch"])
 def test_recurrent_model_with_a_state_and_a_scalar_runs_end_to_end(state, tmp_path):
-    model = recurrent_model(tmp_path / "rnn.onnx")
-    if state == "inferred":  # h0's batch axis from its dim name, sr from a 0-d array in the data
+    model = recurrent_model(tmp_path / "rnn.onnx", batch=4 if state == "fixed batch" else "batch")
+    if state == "fixed batch":  # [2, 4, H]: nothing says which axis holds the samples but the flag
+        sr = {"sr": np.array(2.0, np.float32)}
+        calib, val = recurrent_data(tmp_path / "c.npz", 96, 1, **sr), recurrent_data(tmp_path / "v.npz", 40, 2, **sr)
+        flags = ["--batch-axis", "h0=1"]
+    elif state == "inferred":  # h0's batch axis from its dim name, sr from a 0-d array in the data
         sr = {"sr": np.array(2.0, np.float32)}
         calib, val = recurrent_data(tmp_path / "c.npz", 96, 1, **sr), recurrent_data(tmp_path / "v.npz", 40, 2, **sr)
         flags = []
     else:
         calib, val = recurrent_data(tmp_path / "c.npz", 96, 1), recurrent_data(tmp_path / "v.npz", 40, 2)
         flags = ["--batch-axis", "h0=1", "--const-input", "sr=2.0"]
-    run_dir, done = _published(tmp_path / "runs", model, "--calib", calib, "--val", val, "--chunk-size", "30", *flags)
+    run_dir, done = _published(tmp_path / "runs", model, "--calib", calib, "--val", val, "--chunk-size", "24", *flags)
     record = json.loads((run_dir / results.RUN_FILE).read_text())
     assert record["summary"]["samples"] == 40
     assert record["summary"]["mean_cosine"] > 0.99
+    import pyarrow.parquet as pq
+
+    layers = {row["tensor"]: row for row in pq.read_table(run_dir / LAYERS.name).to_pylist()}
+    assert layers["h0"]["sqnr_db"] > 35  # a graph input's own 8-bit error: FP32 and INT8 values paired right
 
     # The same ranges as ONNX Runtime's calibrator fed the arrays in the model's own layout.
     from reference import reference_ranges
 
     arrays = load_arrays(calib, ["x", "h0"])
-    feeds = {"x": arrays["x"], "h0": arrays["h0"].transpose(1, 0, 2), "sr": np.array(2.0, np.float32)}
+    step = 4 if state == "fixed batch" else 96
+    feeds = [
+        {"x": arrays["x"][i : i + step], "h0": arrays["h0"][i : i + step].transpose(1, 0, 2), "sr": np.array(2, np.float32)}
+        for i in range(0, 96, step)
+    ]
     op_types = list(default_op_types())
-    expected = reference_ranges(run_dir / results.FP32_FILE, feeds, 96, op_types, tmp_path, whole=True)
-    import pyarrow.parquet as pq
-
+    expected = reference_ranges(run_dir / results.FP32_FILE, feeds, step, op_types, tmp_path)
     ours = {
         r["tensor"]: (r["observed_min"], r["observed_max"])
         for r in pq.read_table(run_dir / CALIBRATION.name).to_pylist()
