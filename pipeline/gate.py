@@ -26,8 +26,11 @@ def constant_weight_nodes(proto, op_types: tuple[str, ...], excluded: tuple[str,
     ]
 
 
-def check_quantized(config: RunConfig, prepared: Prepared, quantized: QuantizedModel, client) -> None:
-    """InputError (nothing published) unless the INT8 model is quantized, loads, and gives finite outputs."""
+def check_quantized(config: RunConfig, prepared: Prepared, quantized: QuantizedModel, client=None) -> None:
+    """InputError (nothing published) unless the INT8 model is quantized, loads, and gives finite outputs.
+
+    The run on a calibration chunk goes to `client`'s workers, or runs in this process without one.
+    """
     quant = quantized.quant
     label = f"--method {quant.method.value}: " if quant.method is not config.quant.method else ""
     if not quantized.qparams:
@@ -53,7 +56,10 @@ def check_quantized(config: RunConfig, prepared: Prepared, quantized: QuantizedM
         raise InputError(msg)
     chunk = dataset_chunks(prepared.calib, prepared.chunk_size)[0]
     model = ModelRef(str(quantized.path), quantized.sha256)
-    problem = client.submit(int8_problem, chunk, prepared.model, model, pure=False).result()
+    if client is None:
+        problem = int8_problem(chunk, prepared.model, model)
+    else:
+        problem = client.submit(int8_problem, chunk, prepared.model, model, pure=False).result()
     if problem:
         fix = (
             "drop --no-prepare (preparation upgrades the opset), or pass --per-tensor"

@@ -85,8 +85,12 @@ def publish(
     """Publish one run directory under `out` from the stages' results; returns its path.
 
     The INT8 model is copied from `quantized.path`; nothing is visible under
-    `out` until every file is written.
+    `out` until every file is written. It must pass the gate first
+    (pipeline.gate, run here in this process): InputError otherwise.
     """
+    from dask_quant.pipeline.gate import check_quantized
+
+    check_quantized(config, prepared, quantized)
     run_dir = results.RunDirectory(Path(out), results.new_run_id(config.model, quantized.quant.method.value))
     with run_dir:
         write_run(run_dir, config, prepared, quantized, validation, sections or {})

@@ -17,6 +17,7 @@ import numpy as np
 
 from dask_quant.pipeline.config import ActivationType, QuantConfig
 from dask_quant.pipeline.logs import captured_logs
+from dask_quant.pipeline.preparation import PER_CHANNEL_OPSET, default_opset
 from dask_quant.pipeline.qparams import QParam, read_qparams
 from dask_quant.pipeline.selection import default_op_types
 from dask_quant.pipeline.stages.calibrate import Calibration
@@ -134,6 +135,12 @@ def quantize(calibration: Calibration, quant: QuantConfig, path: Path, exclude: 
         raise InputError(msg)
     ranges = calibration.ranges(quant)
     proto = onnx.load(str(model_path))
+    if quant.per_channel and default_opset(proto) < PER_CHANNEL_OPSET:
+        msg = (
+            f"{model_path}: opset {default_opset(proto)}, but per-channel weights need opset {PER_CHANNEL_OPSET} "
+            "(ONNX Runtime could not load the result); prepare the model with per_channel=True, or quantize per tensor"
+        )
+        raise InputError(msg)
     path = Path(path)
     warnings = write_quantized_model(proto, tensors_data(ranges, calibration.stats), quant, path)
     qparams = tuple(read_qparams(onnx.load(str(path))))

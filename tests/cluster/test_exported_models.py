@@ -149,9 +149,9 @@ def test_recurrent_model_with_a_state_and_a_scalar_runs_end_to_end(state, tmp_pa
     from reference import reference_ranges
 
     arrays = load_arrays(calib, ["x", "h0"])
-    step = 4 if state == "fixed batch" else 96
+    step, sr_value = (4 if state == "fixed batch" else 96), np.array(2, np.float32)
     feeds = [
-        {"x": arrays["x"][i : i + step], "h0": arrays["h0"][i : i + step].transpose(1, 0, 2), "sr": np.array(2, np.float32)}
+        {"x": arrays["x"][i : i + step], "h0": arrays["h0"][i : i + step].transpose(1, 0, 2), "sr": sr_value}
         for i in range(0, 96, step)
     ]
     op_types = list(default_op_types())
