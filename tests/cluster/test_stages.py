@@ -75,3 +75,21 @@ def test_a_method_checks_only_the_settings_it_reads():
         dq.QuantConfig(method="entropy", num_bins=64)
     with pytest.raises(InputError, match="unknown method 'kl'; choose one of: minmax, entropy, percentile, mse"):
         dq.QuantConfig(method="kl")
+
+
+def test_the_staged_api_cannot_publish_what_the_command_line_refuses(tmp_path, client):
+    from exported import with_constant_weights, with_opset
+
+    old = with_opset(builtin_path(MODEL), tmp_path / "opset12.onnx", 12)
+    config = dq.RunConfig(model=old, calib=builtin_path(CALIB), out=tmp_path / "runs", prepare=False)
+    with dq.prepare(config) as prepared:
+        calibration = dq.calibrate(prepared, client)
+        with pytest.raises(InputError, match="opset 12, but per-channel weights need opset 13"):
+            dq.quantize(calibration, dq.QuantConfig(), tmp_path / "int8.onnx")
+    constant = with_constant_weights(builtin_path(MODEL), tmp_path / "constant.onnx", opset=13)
+    config = replace(config, model=constant)
+    with dq.prepare(config) as prepared:
+        quantized = dq.quantize(dq.calibrate(prepared, client), dq.QuantConfig(), tmp_path / "int8.onnx")
+        with pytest.raises(InputError, match="none of the weights of 4"):
+            dq.publish(config.out, config, prepared, quantized, dq.Validation())
+    assert not (tmp_path / "runs").exists()
