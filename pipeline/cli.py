@@ -285,6 +285,8 @@ def run(**options):
         _fail("interrupted; no run was published", EXIT_INTERRUPTED)
     except DaskQuantError as exc:
         _fail(str(exc), 1)
+    except OSError as exc:  # a full disk or a vanished --out while writing: nothing was published
+        _fail(f"could not write {exc.filename or 'results'} ({exc.strerror or exc}); nothing was published", 1)
 
 
 @main.command()

@@ -100,9 +100,11 @@ def layer_graph(chunks: list[ChunkRef], fp32: ModelRef, int8: ModelRef, pairs, s
     return _statistics_tree(chunks, chunk_layer_errors, kwargs, split_every)
 
 
-def validation_graph(chunks: list[ChunkRef], fp32: ModelRef, int8: ModelRef, anchors: ChunkRef | None = None):
+def validation_graph(
+    chunks: list[ChunkRef], fp32: ModelRef, int8: ModelRef, anchors: ChunkRef | None = None, output: str | None = None
+):
     """One ChunkValidation per chunk, as a list in chunk order (the rows of validation.parquet)."""
-    kwargs = {"fp32": fp32, "int8": int8, "anchors": anchors}
+    kwargs = {"fp32": fp32, "int8": int8, "anchors": anchors, "output": output}
     graph, chunk_keys, token = _chunk_tasks(chunks, validate_chunk, kwargs, "list")
     root = f"validation-{token}"
     graph[root] = (list, chunk_keys)

@@ -26,10 +26,16 @@ def _worst_layers(result: RunResult) -> str:
 
 
 def quality_failures(config: RunConfig, result: RunResult) -> list[str]:
-    """What --min-cosine / --max-drop found wrong with a published run (empty: it passed)."""
+    """What --min-cosine / --max-drop found wrong with a published run (empty: it passed).
+
+    With either flag, collapsed outputs fail too: an output offset by a constant keeps its cosine near 1
+    even when the INT8 model no longer depends on its input.
+    """
     stats, failures = result.validation, []
-    if stats is None:
+    if stats is None or (config.min_cosine is None and config.max_drop is None):
         return failures
+    if stats.collapsed:
+        failures.append(collapse_reason(True, None))
     if config.min_cosine is not None and not stats.mean_cosine >= config.min_cosine:
         failures.append(f"mean cosine {stats.mean_cosine:.4f} is below --min-cosine {config.min_cosine}")
     if config.max_drop is not None and stats.fp32_accuracy is not None:

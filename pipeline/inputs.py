@@ -127,7 +127,27 @@ def model_inputs(proto) -> list[InputSpec]:
             )
             symbols = tuple(d.dim_param for d in tensor_type.shape.dim)
         specs.append(InputSpec(value.name, dtype, dims, symbols, infer_batch_axis(dims, symbols)))
-    return specs
+    return _shared_batch_symbols(specs)
+
+
+def _ambiguous(spec: InputSpec) -> bool:
+    """Several symbolic dims, none named like a batch: axis 0 was only a guess."""
+    symbolic = [axis for axis, dim in enumerate(spec.dims or ()) if dim is None]
+    return len(symbolic) > 1 and not any(_BATCH_NAME.search(spec.symbols[axis]) for axis in symbolic)
+
+
+def _shared_batch_symbols(specs: list[InputSpec]) -> list[InputSpec]:
+    """An input whose batch axis was only a guess takes the dim whose name is another input's batch dim
+    (exporters name one dynamic dim alike across inputs: x ['unk__2', 8], h0 ['unk__1', 'unk__2', 16])."""
+    known = {spec.batch_symbol for spec in specs if not _ambiguous(spec)} - {""}
+    resolved = []
+    for spec in specs:
+        if _ambiguous(spec):
+            shared = [axis for axis, symbol in enumerate(spec.symbols) if symbol in known]
+            if len(shared) == 1:
+                spec = replace(spec, batch_axis=shared[0])
+        resolved.append(spec)
+    return resolved
 
 
 def with_layout(
@@ -235,18 +255,29 @@ def constant_value(spec: InputSpec, text: str) -> Constant:
     where = f"--const-input {spec.name}={text}"
     if spec.dims is None or any(dim is None for dim in spec.dims):
         msg = (
-            f"{where}: input {spec.name!r} has no fixed shape to fill; store its value in the data file "
-            "as one array of the input's shape instead"
+            f"{where}: input {spec.name!r} has dims that are not fixed ({spec.dims}), so one value cannot be "
+            "filled into it; give it one row per sample in the data file"
         )
         raise InputError(msg)
-    try:
-        value = np.array(text, dtype=np.dtype(spec.dtype)) if np.dtype(spec.dtype).kind != "b" else None
-    except ValueError:
-        value = None
+    dtype = np.dtype(spec.dtype).newbyteorder("=")
+    value = _parse_value(text, dtype)
     if value is None:
-        msg = f"{where}: not a {np.dtype(spec.dtype).name} value; pass a number"
+        kind = "true/false or 1/0" if dtype.kind == "b" else "a finite number"
+        msg = f"{where}: not a {dtype.name} value; pass {kind}"
         raise InputError(msg)
-    return Constant.of(spec.name, np.full(spec.dims, value, dtype=np.dtype(spec.dtype).newbyteorder("=")))
+    return Constant.of(spec.name, np.full(spec.dims, value, dtype=dtype))
+
+
+def _parse_value(text: str, dtype: np.dtype):
+    """`text` as one value of `dtype`, or None (NaN, infinity and overflow included)."""
+    if dtype.kind == "b":
+        return {"true": True, "1": True, "false": False, "0": False}.get(text.strip().lower())
+    try:
+        with np.errstate(all="ignore"):
+            value = np.array(text, dtype=dtype) if dtype.kind == "f" else np.array(int(text), dtype=dtype)
+    except (ValueError, OverflowError):
+        return None
+    return value if dtype.kind != "f" or np.isfinite(value) else None
 
 
 def _stored_constant(path: Path, option: str, spec: InputSpec) -> Constant:
@@ -268,7 +299,11 @@ def _stored_constant(path: Path, option: str, spec: InputSpec) -> Constant:
     if size > CONSTANT_BYTES:
         msg = f"{where}: {size} bytes is too large for a constant (it travels with every task); give it samples"
         raise InputError(msg)
-    return Constant.of(spec.name, read_whole(str(path), spec.name))
+    value = read_whole(str(path), spec.name)
+    if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+        msg = f"{where}: NaN or infinite values in constant input {spec.name!r}; store finite values"
+        raise InputError(msg)
+    return Constant.of(spec.name, value)
 
 
 def describe_dataset(
@@ -301,7 +336,10 @@ def describe_dataset(
     by_name = {i.name: i for i in inputs}
     rows = {member or path.name: _check_array(path, option, member, by_name[name]) for name, member in members}
     if len(set(rows.values())) > 1:
-        msg = f"{option} {path}: arrays have different sample counts {rows}; every input needs one row per sample"
+        msg = (
+            f"{option} {path}: arrays have different sample counts {rows}; every input needs one row per sample "
+            "(an input that is the same for every sample: --const-input NAME=VALUE)"
+        )
         raise InputError(msg)
     n_rows = next(iter(rows.values()))
     if n_rows == 0:

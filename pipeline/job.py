@@ -164,7 +164,7 @@ def run_methods(
                 for quant, run_dir in zip(quants, run_dirs, strict=True):
                     own = _Laps()
                     quantized = quantize(calibration, quant, run_dir.tmp / results.MODEL_FILE)
-                    for line in explain(quantized.warnings):
+                    for line in explain(quantized.warnings, prepared.prepared):
                         log(line)
                     check_quantized(config, prepared, quantized, dask_client)
                     own("quantize")

@@ -6,12 +6,44 @@ import math
 import re
 
 from dask_quant.pipeline.config import Metric
+from dask_quant.tasks.errors import InputError
 
 ANCHORS = 256  # validation rows every sample's nearest neighbour is looked up among
 _CLASSIFIER_NAME = re.compile(r"logit|prob|score|class", re.IGNORECASE)
 
 
-def resolve_metric(requested: Metric, proto, has_labels: bool) -> Metric:
+_FLOATS = (1, 10, 11, 16)  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
+def metric_output(proto, batch: int | None, output_axes: dict[str, int], where: str) -> str:
+    """The output validation compares: the first floating-point one with one row per sample.
+
+    An int64 ArgMax or an output that lost its batch axis (batch 1 squeezed to `[10]`) is skipped:
+    its rows are not samples. InputError when no output qualifies.
+    """
+    for value in proto.graph.output:
+        tensor = value.type.tensor_type
+        if tensor.elem_type not in _FLOATS:
+            continue
+        if not tensor.HasField("shape"):
+            return value.name
+        dims = tensor.shape.dim
+        axis = output_axes.get(value.name, 0)
+        if len(dims) <= axis:
+            continue
+        rows = dims[axis]
+        if not rows.HasField("dim_value") or (batch is not None and rows.dim_value == batch):
+            return value.name
+    shapes = ", ".join(f"{v.name} {[d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]}"
+                       for v in proto.graph.output)
+    msg = (
+        f"{where}: no floating-point output has one row per sample (outputs: {shapes}), so FP32 and INT8 "
+        "outputs cannot be compared sample by sample; run without --val"
+    )
+    raise InputError(msg)
+
+
+def resolve_metric(requested: Metric, proto, has_labels: bool, output: str | None = None) -> Metric:
     """`requested`, or for auto: classification with labels or a classifier-looking output,
     regression for one value per sample or a dense map (three or more axes per sample, e.g. C x H x W),
     else embedding."""
@@ -19,7 +51,7 @@ def resolve_metric(requested: Metric, proto, has_labels: bool) -> Metric:
         return requested
     if has_labels:
         return Metric.CLASSIFICATION
-    output = proto.graph.output[0]
+    output = next((o for o in proto.graph.output if o.name == output), proto.graph.output[0])
     producer = next((n for n in proto.graph.node if output.name in n.output), None)
     if (producer is not None and producer.op_type in ("Softmax", "LogSoftmax")) or _CLASSIFIER_NAME.search(output.name):
         return Metric.CLASSIFICATION

@@ -21,6 +21,7 @@ from dask_quant.pipeline.logs import captured_logs
 from dask_quant.tasks.errors import InputError
 
 PER_CHANNEL_OPSET = 13  # DequantizeLinear's `axis` (per-channel weights) is new in opset 13
+FLOAT16_OPSET = 19  # float16 scales (what ORT writes for a float16 model) are new in opset 19
 
 
 @dataclass(frozen=True)
@@ -41,21 +42,39 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[-1][:200] if text else type(exc).__name__
 
 
-def _upgrade(proto, target: int, where: str) -> tuple[object, list[str]]:
+def has_float16(proto) -> bool:
+    """Whether the graph computes in float16 (its quantization scales are then float16 too)."""
+    values = [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]
+    return any(v.type.tensor_type.elem_type == 10 for v in values) or any(
+        init.data_type == 10 for init in proto.graph.initializer
+    )  # 10: TensorProto.FLOAT16
+
+
+def needed_opset(proto, per_channel: bool) -> tuple[int, str]:
+    """The lowest opset the QDQ model needs for these options, and why ((0, "") when any will do)."""
+    if has_float16(proto):
+        return FLOAT16_OPSET, "float16 scales need"
+    if per_channel:
+        return PER_CHANNEL_OPSET, "per-channel weights need"
+    return 0, ""
+
+
+def _upgrade(proto, per_channel: bool, where: str) -> tuple[object, list[str]]:
     import onnx
 
-    have = default_opset(proto)
+    have, (target, why) = default_opset(proto), needed_opset(proto, per_channel)
     if have >= target:
         return proto, []
     try:
         upgraded = onnx.version_converter.convert_version(proto, target)
     except Exception as exc:  # the converter raises bare RuntimeErrors from C++
+        fix = "pass --per-tensor, or " if target == PER_CHANNEL_OPSET else ""
         msg = (
-            f"{where}: opset {have}, and per-channel weights need opset {target}, but onnx's version converter "
-            f"cannot upgrade it ({_first_line(exc)}); pass --per-tensor, or export the model at opset {target} or later"
+            f"{where}: opset {have}, and {why} opset {target}, but onnx's version converter cannot upgrade it "
+            f"({_first_line(exc)}); {fix}export the model at opset {target} or later"
         )
         raise InputError(msg) from None
-    return upgraded, [f"opset {have} -> {target} (onnx version converter: per-channel weights need opset {target})"]
+    return upgraded, [f"opset {have} -> {target} (onnx version converter: {why} opset {target})"]
 
 
 def _pre_process(proto, skip_symbolic: bool) -> tuple[object, list[str]]:
@@ -89,7 +108,7 @@ def _constants(proto) -> int:
 
 def prepare_graph(proto, *, per_channel: bool, where: str) -> PreparedGraph:
     """The model ready for ORT's quantizer, with the steps taken; InputError when a needed step is impossible."""
-    proto, steps = _upgrade(proto, PER_CHANNEL_OPSET, where) if per_channel else (proto, [])
+    proto, steps = _upgrade(proto, per_channel, where)
     before_nodes, before_constants = len(proto.graph.node), _constants(proto)
     try:
         prepared, errors = _pre_process(proto, skip_symbolic=False)

@@ -18,11 +18,12 @@ def data_record(spec: DatasetSpec | None, chunk_size: int) -> dict | None:
     chunks = len(dataset_chunks(spec, chunk_size))  # the one rule that splits rows into chunks
     return {"path": spec.path, "sha256": spec.sha256, "rows": spec.rows, "chunks": chunks, "labels": spec.labels}
 
-def summary_record(stats: ValidationStats | None, metric=None) -> dict | None:
+def summary_record(stats: ValidationStats | None, metric=None, output: str | None = None) -> dict | None:
     if stats is None:
         return None
     return {
         "metric": metric.value if metric is not None else None,
+        "output": output,
         "samples": stats.samples,
         "fp32_accuracy": stats.fp32_accuracy,
         "int8_accuracy": stats.int8_accuracy,

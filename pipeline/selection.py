@@ -3,7 +3,8 @@
 Mirrors the reference rule (onnxruntime.quantization.calibrate,
 CalibraterBase.select_tensors_to_calibrate) so our ranges cover exactly the
 tensors its MinMax calibrator reports: float/float16 inputs and outputs of
-nodes whose op type is quantizable, initializers excluded.
+nodes whose op type is quantizable, initializers excluded (and, unlike it,
+tensors that only --exclude-nodes touch, which are never quantized).
 """
 
 from __future__ import annotations
@@ -18,8 +19,14 @@ def default_op_types() -> tuple[str, ...]:
     return tuple(sorted(set(QLinearOpsRegistry) | set(QDQRegistry)))
 
 
-def tensors_to_calibrate(proto, op_types: tuple[str, ...] = ()) -> tuple[tuple[str, int], ...]:
-    """Sorted (tensor name, ONNX elem type) pairs to collect statistics for."""
+def tensors_to_calibrate(
+    proto, op_types: tuple[str, ...] = (), exclude_nodes: tuple[str, ...] = ()
+) -> tuple[tuple[str, int], ...]:
+    """Sorted (tensor name, ONNX elem type) pairs to collect statistics for.
+
+    Nodes in `exclude_nodes` are skipped: a tensor only they touch is never quantized, and may hold what
+    no range can (an attention mask's -inf), so it is not calibrated.
+    """
     import onnx
 
     inferred = onnx.shape_inference.infer_shapes(proto)
@@ -29,7 +36,7 @@ def tensors_to_calibrate(proto, op_types: tuple[str, ...] = ()) -> tuple[tuple[s
     float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
     selected = {}
     for node in inferred.graph.node:
-        if node.op_type not in wanted_types:
+        if node.op_type not in wanted_types or node.name in exclude_nodes:
             continue
         for name in chain(node.input, node.output):
             value = typed.get(name)

@@ -54,6 +54,13 @@ def _refuse_non_finite(session, tensor: str, feeds: dict[str, np.ndarray], chunk
         if not all(np.isfinite(out).all() for out in run_in_batches(session, names, part, chunk.feeding)):
             bad += range(chunk.start + start, chunk.start + min(start + step, chunk.rows))
     shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    if len(bad) == chunk.rows and chunk.rows > 1:  # every sample: the model itself makes it (a mask's -inf?)
+        msg = (
+            f"tensor {tensor!r} is NaN or infinite on every row of chunk rows {chunk.start}..{chunk.stop} of "
+            f"{chunk.path}: the model itself makes it (an attention mask's -inf?), and no finite scale exists; "
+            "keep the node that makes it and the nodes that read it in FP32 (--exclude-nodes), or narrow --op-types"
+        )
+        raise InputError(msg)
     msg = (
         f"tensor {tensor!r} is NaN or infinite on row(s) {shown or 'of this chunk'} of {chunk.path} "
         f"(chunk rows {chunk.start}..{chunk.stop}): it overflows the float range there, so no finite scale exists; "

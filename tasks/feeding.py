@@ -24,7 +24,7 @@ class Constant:
 
     @classmethod
     def of(cls, name: str, array: np.ndarray) -> Constant:
-        array = np.ascontiguousarray(array)
+        array = np.array(array, order="C")  # not ascontiguousarray: it turns a 0-d array into 1-d
         return cls(name, array.dtype.str, tuple(array.shape), array.tobytes())
 
     def array(self) -> np.ndarray:

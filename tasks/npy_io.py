@@ -144,4 +144,4 @@ def read_whole(path: str, member: str) -> np.ndarray:
             raise InputError(msg)
         order = "F" if info.fortran_order else "C"
         array = np.frombuffer(raw, dtype=dtype).reshape(info.shape, order=order)
-        return np.ascontiguousarray(array).astype(dtype.newbyteorder("="))
+        return np.array(array, order="C").astype(dtype.newbyteorder("="))

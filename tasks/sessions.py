@@ -100,6 +100,9 @@ def _build(model: ModelRef, spec: SessionSpec):
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    # ORT's own log lines would reach the user's terminal beside ours; its errors arrive as exceptions,
+    # which say the same in one line with the chunk and rows.
+    options.log_severity_level = 4
     if spec.calibration:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:

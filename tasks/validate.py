@@ -1,6 +1,7 @@
 """Validation task: FP32 against INT8 on one chunk, as mergeable partial sums.
 
-Metrics are taken on the model's first output, one flattened row per sample.
+Metrics are taken on one model output (the first floating-point output with one row
+per sample, chosen by pipeline.metrics), one flattened row per sample.
 Every metric is computed; the run's --metric only chooses which ones lead.
 """
 
@@ -179,7 +180,9 @@ def compare_outputs(fp32, int8, labels=None, rows=None, anchors=None) -> Validat
     )
 
 
-def validate_chunk(chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, anchors: ChunkRef | None = None) -> ChunkValidation:
+def validate_chunk(
+    chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, anchors: ChunkRef | None = None, output: str | None = None
+) -> ChunkValidation:
     """Run one chunk through both models (default graph optimisations, as deployed).
 
     With `anchors` (a fixed chunk of the validation set), also count
@@ -187,11 +190,12 @@ def validate_chunk(chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, anchors: Chu
     """
     sessions = session_for(fp32), session_for(int8)
     feeds = read_feeds(chunk)
-    out_fp32, out_int8 = (run_in_batches(s, None, feeds, chunk.feeding)[0] for s in sessions)
+    names = None if output is None else [output]  # None: the first output
+    out_fp32, out_int8 = (run_in_batches(s, names, feeds, chunk.feeding)[0] for s in sessions)
     reference = None
     if anchors is not None:
         anchor_feeds = read_feeds(anchors)
-        outputs = [run_in_batches(s, None, anchor_feeds, anchors.feeding)[0] for s in sessions]
+        outputs = [run_in_batches(s, names, anchor_feeds, anchors.feeding)[0] for s in sessions]
         reference = (
             *(o.reshape(len(o), -1).astype(np.float64) for o in outputs),
             np.arange(anchors.start, anchors.stop),

@@ -191,3 +191,81 @@ def token_model(path: Path, vocabulary: int = 10, input_name: str = "ids") -> Pa
         ],
     )
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def offset_model(path: Path) -> Path:
+    """out = x @ (w / 100) + 1000: a constant offset dwarfs what depends on the input, so INT8's output
+    is the same for every sample while its cosine to FP32 stays near 1."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(13)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["projected"], name="proj/MatMul"),
+            helper.make_node("Add", ["projected", "offset"], ["out"], name="offset/Add"),
+        ],
+        "offset",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[
+            numpy_helper.from_array((rng.normal(size=(8, 4)) / 100).astype(np.float32), "w"),
+            numpy_helper.from_array(np.full(4, 1000, np.float32), "offset"),
+        ],
+    )
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def argmax_first_model(source: Path, path: Path) -> Path:
+    """The digits CNN with an int64 ArgMax as its first output and the logits second (as some exporters do)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    proto = onnx.load(str(source))
+    proto.graph.node.append(helper.make_node("ArgMax", ["logits"], ["class"], axis=1, keepdims=0, name="pick"))
+    outputs = [helper.make_tensor_value_info("class", TensorProto.INT64, ["batch"]), *proto.graph.output]
+    del proto.graph.output[:]
+    proto.graph.output.extend(outputs)
+    return _save(proto, path)
+
+
+def masked_attention_model(path: Path) -> Path:
+    """Scores masked with -inf where the mask is 0 (by design, as a padding mask), then Softmax and MatMul."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(17)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["scores"], name="scores/MatMul"),
+            helper.make_node("Cast", ["mask"], ["keep"], to=TensorProto.BOOL),
+            helper.make_node("Where", ["keep", "scores", "minus_inf"], ["masked"], name="mask/Where"),
+            helper.make_node("Softmax", ["masked"], ["weights"], axis=-1, name="attn/Softmax"),
+            helper.make_node("MatMul", ["weights", "v"], ["out"], name="out/MatMul"),
+        ],
+        "masked",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8]),
+            helper.make_tensor_value_info("mask", TensorProto.INT64, ["batch", 6]),
+        ],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[
+            numpy_helper.from_array(rng.normal(size=(8, 6)).astype(np.float32), "w"),
+            numpy_helper.from_array(rng.normal(size=(6, 3)).astype(np.float32), "v"),
+            numpy_helper.from_array(np.array(-np.inf, np.float32), "minus_inf"),
+        ],
+    )
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def squeezed_output_model(source: Path, path: Path) -> Path:
+    """The digits CNN fixed to batch 1 with its logits reshaped to [10]: the output has no sample axis."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    proto = onnx.load(str(source))
+    for value in [*proto.graph.input, *proto.graph.output]:
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    proto.graph.initializer.append(numpy_helper.from_array(np.array([10], np.int64), "flat_shape"))
+    proto.graph.node.append(helper.make_node("Reshape", ["logits", "flat_shape"], ["flat"], name="squeeze"))
+    del proto.graph.output[:]
+    proto.graph.output.append(helper.make_tensor_value_info("flat", TensorProto.FLOAT, [10]))
+    return _save(proto, path)

@@ -27,6 +27,7 @@ from dask_quant.pipeline.inputs import (
     output_batch_axes,
     with_layout,
 )
+from dask_quant.pipeline.metrics import metric_output
 from dask_quant.pipeline.preparation import prepare_graph
 from dask_quant.pipeline.results import WORK, check_writable
 from dask_quant.pipeline.selection import default_op_types, subgraph_owners, tensors_to_calibrate
@@ -56,6 +57,7 @@ class Prepared:
     source: ModelRef | None = None
     steps: tuple[str, ...] = ()
     chunk_size: int = DEFAULT_CHUNK_ROWS
+    output: str | None = None  # the output validation compares (pipeline.metrics.metric_output)
 
     @property
     def prepared(self) -> bool:
@@ -106,28 +108,42 @@ def prepare(config: RunConfig, folder: Path | None = None) -> Prepared:
     layout = {"constants": constants, "output_axes": output_batch_axes(proto, inputs)}
     calib = describe_dataset(config.calib, "--calib", inputs, **layout)
     labels = _labels_key(config, inputs)
-    val = None if config.val is None else describe_dataset(config.val, "--val", inputs, labels=labels, **layout)
+    val, output = None, None
+    if config.val is not None:
+        val = describe_dataset(config.val, "--val", inputs, labels=labels, **layout)
+        _check_labels_key(config, val)
+        batch = next((spec.batch for spec in inputs if spec.batch is not None), None)
+        output = metric_output(proto, batch, dict(layout["output_axes"]), str(config.model))
     model = source
     if config.prepare:
         model = _write_prepared(proto, folder or config.out.absolute() / WORK / PREPARED_DIR, config.model.stem)
-    return Prepared(proto, model, tensors, calib, val, source, steps, chunk_size)
+    return Prepared(proto, model, tensors, calib, val, source, steps, chunk_size, output)
 
 
 def _write_prepared(proto, folder: Path, stem: str) -> ModelRef:
     """The prepared model as a file of its own (unique name: concurrent runs never share or delete it)."""
     check_writable(folder, "--out")
     data = proto.SerializeToString()
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{stem}-{secrets.token_hex(4)}.onnx"
     partial = path.with_suffix(".partial")
-    partial.write_bytes(data)
-    partial.replace(path)
+    created = [parent for parent in (folder, *folder.parents) if not parent.exists()]  # deepest first
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        partial.write_bytes(data)
+        partial.replace(path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        for empty in created:
+            with suppress(OSError):
+                empty.rmdir()
+        msg = f"--out: cannot write the prepared model to {folder} ({exc.strerror}); free space or choose another --out"
+        raise InputError(msg) from None
     return ModelRef(str(path), sha256_bytes(data))
 
 
 def _quantizable(proto, config: RunConfig) -> tuple[tuple[str, int], ...]:
     """The tensors to calibrate; InputError when the quantizer would find nothing to do."""
-    tensors = tensors_to_calibrate(proto, config.quant.op_types)
+    tensors = tensors_to_calibrate(proto, config.quant.op_types, config.quant.exclude_nodes)
     if tensors:
         return tensors
     owners = subgraph_owners(proto, config.quant.op_types)
@@ -166,6 +182,12 @@ def _labels_key(config: RunConfig, inputs: list[InputSpec]) -> str | None:
         msg = f"--labels-key {config.labels_key!r} is the name of a model input; save the labels under another name"
         raise InputError(msg)
     return config.labels_key
+
+
+def _check_labels_key(config: RunConfig, val: DatasetSpec) -> None:
+    if config.labels_key is not None and val.labels is None:
+        msg = f"--val {config.val}: no array named {config.labels_key!r} for --labels-key; check its spelling"
+        raise InputError(msg)
 
 
 def _check_names(proto, config: RunConfig) -> None:

@@ -58,7 +58,7 @@ def write_run(
             "val": records.data_record(prepared.val, prepared.chunk_size),
         },
         "tensors_calibrated": len(prepared.tensors),
-        "summary": records.summary_record(validation.summary, validation.metric),
+        "summary": records.summary_record(validation.summary, validation.metric, validation.output),
         "latency": records.latency_record(validation.latency),
         "quantizer_warnings": list(quantized.warnings),
         **sections,

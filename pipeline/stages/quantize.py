@@ -17,7 +17,7 @@ import numpy as np
 
 from dask_quant.pipeline.config import ActivationType, QuantConfig
 from dask_quant.pipeline.logs import captured_logs
-from dask_quant.pipeline.preparation import PER_CHANNEL_OPSET, default_opset
+from dask_quant.pipeline.preparation import PER_CHANNEL_OPSET, default_opset, needed_opset
 from dask_quant.pipeline.qparams import QParam, read_qparams
 from dask_quant.pipeline.selection import default_op_types
 from dask_quant.pipeline.stages.calibrate import Calibration
@@ -135,10 +135,12 @@ def quantize(calibration: Calibration, quant: QuantConfig, path: Path, exclude: 
         raise InputError(msg)
     ranges = calibration.ranges(quant)
     proto = onnx.load(str(model_path))
-    if quant.per_channel and default_opset(proto) < PER_CHANNEL_OPSET:
+    needed, why = needed_opset(proto, quant.per_channel)
+    if default_opset(proto) < needed:
         msg = (
-            f"{model_path}: opset {default_opset(proto)}, but per-channel weights need opset {PER_CHANNEL_OPSET} "
-            "(ONNX Runtime could not load the result); prepare the model with per_channel=True, or quantize per tensor"
+            f"{model_path}: opset {default_opset(proto)}, but {why} opset {needed} (ONNX Runtime could not load "
+            "the INT8 model); drop --no-prepare, which upgrades the opset"
+            + (", or pass --per-tensor" if needed == PER_CHANNEL_OPSET else "")
         )
         raise InputError(msg)
     path = Path(path)

@@ -35,6 +35,7 @@ class Validation:
     layers: tuple[dict, ...] = ()  # layers.parquet rows, worst SQNR first
     latency: Latency | None = None
     metric: Metric | None = None
+    output: str | None = None  # the model output compared
 
     @property
     def ran(self) -> bool:
@@ -62,7 +63,7 @@ def validate(
         return Validation()
     chunks = dataset_chunks(prepared.val, chunk_size)
     int8 = ModelRef(str(quantized.path), quantized.sha256)
-    metric = resolve_metric(metric, prepared.proto, prepared.val.labels is not None)
+    metric = resolve_metric(metric, prepared.proto, prepared.val.labels is not None, prepared.output)
     anchors = None
     if metric is Metric.EMBEDDING:  # whole chunks, so a fixed batch size still divides them
         anchor_rows = min(prepared.val.rows, chunk_size * max(1, ANCHORS // chunk_size))
@@ -72,10 +73,10 @@ def validate(
     log(f"validating FP32 against INT8 over {len(chunks)} chunks, {len(layers)} activations ({metric.value} metrics)")
     specs = report_specs(quantized.calibration.stats, layers)
     graphs = [
-        validation_graph(chunks, prepared.model, int8, anchors),
+        validation_graph(chunks, prepared.model, int8, anchors, prepared.output),
         layer_graph(chunks, prepared.model, int8, pairs, split_every, specs),
     ]
     outputs, errors = compute(client, graphs, "validation", progress)
     latency = client.submit(measure_latency, chunks[0], prepared.model, int8, LATENCY_REPEATS, pure=False).result()
     summary = reduce(ValidationStats.merge, (c.stats for c in outputs), ValidationStats())
-    return Validation(summary, tuple(outputs), tuple(layer_rows(layers, errors)), latency, metric)
+    return Validation(summary, tuple(outputs), tuple(layer_rows(layers, errors)), latency, metric, prepared.output)

@@ -14,7 +14,10 @@ import numpy as np
 import onnx
 import pytest
 from exported import (
+    argmax_first_model,
     if_only_model,
+    masked_attention_model,
+    offset_model,
     recurrent_data,
     recurrent_model,
     token_model,
@@ -23,7 +26,7 @@ from exported import (
     with_destroyed_layer,
     with_opset,
 )
-from models import digits_paths, load_arrays, with_fixed_batch
+from models import build_float16_model, digits_paths, load_arrays, with_fixed_batch
 from onnxruntime.quantization import QuantType
 from processes import dask_quant
 from reference import model_signature, reference_model
@@ -105,11 +108,11 @@ def test_old_opset_with_per_channel_is_upgraded_and_bit_identical(opset, tmp_pat
     assert model_signature(run_dir / results.MODEL_FILE) == model_signature(reference)
 
 
-def test_old_opset_with_per_channel_and_no_preparation_is_stopped_by_the_gate(tmp_path):
+def test_old_opset_with_per_channel_and_no_preparation_is_refused(tmp_path):
     model = with_opset(MODEL, tmp_path / "opset12.onnx", 12)
     line = _refused(tmp_path / "runs", model, "--calib", CALIB, "--val", VAL, "--no-prepare")
-    assert "the INT8 model ONNX Runtime's quantizer wrote cannot be loaded by ONNX Runtime" in line
-    assert "drop --no-prepare" in line and ".staging" not in line
+    assert "opset 12, but per-channel weights need opset 13 (ONNX Runtime could not load the INT8 model)" in line
+    assert "drop --no-prepare" in line and "--per-tensor" in line and ".staging" not in line
 
 
 def test_an_activation_overflowing_to_inf_on_one_row_is_refused_with_tensor_and_row(tmp_path):
@@ -243,3 +246,45 @@ def test_a_model_input_named_labels_is_an_input(tmp_path):
     run_dir, _ = _published(tmp_path / "runs", model, "--calib", calib, "--val", val)
     record = json.loads((run_dir / results.RUN_FILE).read_text())
     assert record["data"]["val"]["labels"] is None and record["summary"]["samples"] == 30
+
+
+def test_collapse_fails_the_guard_even_when_the_cosine_stays_high(tmp_path):
+    rng = np.random.default_rng(0)
+    calib, val = tmp_path / "c.npy", tmp_path / "v.npy"
+    np.save(calib, rng.normal(size=(64, 8)).astype(np.float32))
+    np.save(val, rng.normal(size=(32, 8)).astype(np.float32))
+    out = tmp_path / "runs"
+    args = [str(offset_model(tmp_path / "offset.onnx")), "--calib", str(calib), "--val", str(val), "--out", str(out)]
+    done = dask_quant("run", *args, "--min-cosine", "0.999")
+    assert done.returncode == 1, done.stderr
+    assert "the INT8 output is the same for every sample while FP32's is not" in done.stderr
+    assert "mean cosine" not in done.stderr.split("quality guard:")[1].split(";")[0]  # its cosine passed
+
+
+def test_an_int64_first_output_is_skipped_for_the_logits(tmp_path):
+    model = argmax_first_model(MODEL, tmp_path / "argmax_first.onnx")
+    run_dir, done = _published(tmp_path / "runs", model, "--calib", CALIB, "--val", VAL)
+    record = json.loads((run_dir / results.RUN_FILE).read_text())
+    assert record["summary"]["output"] == "logits" and record["summary"]["int8_accuracy"] > 0.95
+
+
+def test_a_float16_model_is_upgraded_to_the_opset_its_scales_need(tmp_path):
+    model = build_float16_model(tmp_path / "half.onnx")  # opset 17
+    calib = tmp_path / "calib.npy"
+    np.save(calib, np.random.default_rng(8).normal(size=(40, 8)).astype(np.float16))
+    run_dir, done = _published(tmp_path / "runs", model, "--calib", calib, "--val", calib)
+    assert "opset 17 -> 19 (onnx version converter: float16 scales need opset 19)" in done.stderr
+    assert json.loads((run_dir / results.RUN_FILE).read_text())["summary"]["mean_cosine"] > 0.99
+
+
+def test_a_mask_the_model_makes_infinite_is_explained_and_exclusion_works(tmp_path):
+    model = masked_attention_model(tmp_path / "masked.onnx")
+    rng = np.random.default_rng(1)
+    mask = np.ones((48, 6), np.int64)
+    mask[:, 4:] = 0  # padding: the last two positions of every sample
+    calib = tmp_path / "c.npz"
+    np.savez(calib, x=rng.normal(size=(48, 8)).astype(np.float32), mask=mask)
+    line = _refused(tmp_path / "runs", model, "--calib", calib)
+    assert "tensor 'masked' is NaN or infinite on every row of chunk rows 0..48" in line
+    assert "the model itself makes it (an attention mask's -inf?)" in line
+    _published(tmp_path / "ok", model, "--calib", calib, "--exclude-nodes", "mask/Where,attn/Softmax")

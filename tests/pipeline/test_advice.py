@@ -18,3 +18,9 @@ def test_warnings_are_grouped_by_kind_and_explained():
         "biases that are not initializers stay FP32 (Constant nodes?): drop --no-prepare to fold them (2 times)",
         "ONNX Runtime's quantizer: Something new",
     ]
+
+
+def test_after_preparation_the_advice_does_not_say_drop_no_prepare():
+    lines = explain(("Bias of Gemm node '/6/Gemm' is not constant. Please exclude this node.",), prepared=True)
+    expected = "biases that are not constant stay FP32 (for example an input added into a fused Gemm); nothing to do"
+    assert lines == [expected]

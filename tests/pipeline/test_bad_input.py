@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from exported import if_only_model, recurrent_data, recurrent_model
+from exported import if_only_model, recurrent_data, recurrent_model, squeezed_output_model
 from models import digits_paths, with_fixed_batch
 from processes import dask_quant
 
@@ -179,11 +179,23 @@ CASES = {
     ),
     "constant that is not a number": (
         lambda t: [str(recurrent_model(t / "rnn.onnx")), "--calib", str(CALIB), "--const-input", "sr=fast"],
-        "--const-input sr=fast: not a float32 value; pass a number",
+        "--const-input sr=fast: not a float32 value; pass a finite number",
     ),
     "labels key that is a model input": (
         lambda t: [str(MODEL), "--calib", str(CALIB), "--val", str(VAL), "--labels-key", "input"],
         "--labels-key 'input' is the name of a model input; save the labels under another name",
+    ),
+    "no output with one row per sample": (
+        lambda t: [str(squeezed_output_model(MODEL, t / "squeezed.onnx")), "--calib", str(CALIB), "--val", str(VAL)],
+        "no floating-point output has one row per sample (outputs: flat [10]), so FP32 and INT8 outputs cannot",
+    ),
+    "misspelled labels key": (
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--val", str(VAL), "--labels-key", "lables"],
+        "no array named 'lables' for --labels-key; check its spelling",
+    ),
+    "constant that is not finite": (
+        lambda t: [str(recurrent_model(t / "rnn.onnx")), "--calib", str(CALIB), "--const-input", "sr=nan"],
+        "--const-input sr=nan: not a float32 value; pass a finite number",
     ),
     "quality guard without validation data": (
         lambda t: [str(MODEL), "--calib", str(CALIB), "--min-cosine", "0.99"],

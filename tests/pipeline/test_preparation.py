@@ -66,3 +66,18 @@ def test_the_prepared_model_is_the_same_every_time_and_removed_on_exit(tmp_path)
         assert first.model.path != second.model.path  # concurrent runs never share or delete each other's
         assert first.prepared and first.source.path == str(config.model.resolve())
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.onnx"))
+
+
+def test_a_full_disk_while_writing_the_prepared_model_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    def full(self, data):
+        Path.touch(self)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    config = RunConfig(model=MODEL, calib=CALIB, out=tmp_path / "out")
+    with pytest.raises(InputError, match=r"--out: cannot write the prepared model to .* \(No space left on device\)"):
+        prepare(config)
+    assert not (tmp_path / "out").exists()

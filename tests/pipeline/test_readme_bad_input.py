@@ -25,7 +25,10 @@ TESTED_ELSEWHERE = {  # tests/cluster/*, tests/tasks/test_sessions.py, test_bad_
     "labels outside the classes (found on a worker)",
     "gate: quantizer inserted nothing",
     "gate: weights left in FP32",
-    "gate: INT8 model ONNX Runtime cannot load",
+    "gate: INT8 model ONNX Runtime cannot load",  # tests/pipeline/test_gate.py, as the next
+    "gate: INT8 outputs not finite",
+    "per-channel below opset 13 with --no-prepare",  # tests/cluster/test_exported_models.py, as the next
+    "an infinite tensor the model itself makes (found on a worker)",
 }
 
 

@@ -90,3 +90,14 @@ def test_a_last_row_left_alone_joins_the_chunk_before(rows, size, bounds):
     chunks = chunk_refs("x.npy", (("input", NPY_MEMBER),), rows, size)
     assert [(c.start, c.stop) for c in chunks] == bounds
     assert [c.index for c in chunks] == list(range(len(bounds)))
+
+
+def test_constants_keep_their_rank_zero(tmp_path):
+    from dask_quant.tasks.feeding import Constant, Feeding
+    from dask_quant.tasks.npy_io import read_whole
+
+    path = tmp_path / "c.npz"
+    np.savez(path, sr=np.array(16000.0, np.float32), table=np.arange(6, dtype=np.int64).reshape(2, 3))
+    assert read_whole(str(path), "sr").shape == () and read_whole(str(path), "table").shape == (2, 3)
+    feeds = Feeding(constants=(Constant.of("sr", np.array(2.0, np.float32)),)).to_model({})
+    assert feeds["sr"].shape == () and feeds["sr"] == 2.0
