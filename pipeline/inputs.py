@@ -226,6 +226,9 @@ def _check_array(path: Path, option: str, member: str, spec: InputSpec) -> int:
         )
         raise InputError(msg)
     _check_dtype(where, info.dtype, spec)
+    if info.fortran_order and len(info.shape) > 1:
+        msg = f"{where}: stored in Fortran order; save it C-contiguous (numpy.ascontiguousarray) to read by rows"
+        raise InputError(msg)
     for axis, (have, want) in enumerate(zip(info.shape[1:], (dims or info.shape)[1:], strict=True), start=1):
         if want is not None and have != want:
             msg = (

@@ -31,7 +31,10 @@ class ThresholdSettings:
 
 
 def clamp(low: float, high: float, observed: tuple[float, float]) -> tuple[float, float]:
-    return max(low, observed[0]), min(high, observed[1])
+    """The range cut to what was observed; the observed range itself when the cut misses it entirely
+    (a constant tensor sits inside one bin, whose edge can fall below its value)."""
+    low, high = max(low, observed[0]), min(high, observed[1])
+    return (low, high) if low <= high else observed
 
 
 def percentile_range(counts, edges, observed, settings: ThresholdSettings) -> tuple[float, float]:

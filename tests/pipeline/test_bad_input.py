@@ -189,6 +189,10 @@ CASES = {
         lambda t: [str(squeezed_output_model(MODEL, t / "squeezed.onnx")), "--calib", str(CALIB), "--val", str(VAL)],
         "no floating-point output has one row per sample (outputs: flat [10]), so FP32 and INT8 outputs cannot",
     ),
+    "Fortran-order array": (
+        lambda t: [str(MODEL), "--calib", _npy(t, np.asfortranarray(np.zeros((4, 1, 8, 8), np.float32)))],
+        "stored in Fortran order; save it C-contiguous (numpy.ascontiguousarray) to read by rows",
+    ),
     "misspelled labels key": (
         lambda t: [str(MODEL), "--calib", str(CALIB), "--val", str(VAL), "--labels-key", "lables"],
         "no array named 'lables' for --labels-key; check its spelling",

@@ -80,3 +80,12 @@ def test_mse_symmetric_range_is_symmetric_before_clamping():
     counts, edges, _ = _signed_histogram(data, 512)
     low, high = mse_range(counts, edges, (-100.0, 100.0), ThresholdSettings(symmetric=True))
     assert low == -high
+
+
+def test_a_constant_tensor_never_gets_an_inverted_range():
+    from dask_quant.tasks.histogram import HistogramSpec
+
+    spec = HistogramSpec("sr", -2.5, 2.5, 2048)
+    counts = spec.count(np.full(64, 2.5, np.float32))
+    low, high = percentile_range(counts, spec.edges(), (2.5, 2.5), ThresholdSettings(percentile=99.999))
+    assert low <= high and (low, high) == (2.5, 2.5)
