@@ -90,8 +90,10 @@ def test_constant_node_weights_at_opset_12_are_quantized_after_preparation(tmp_p
 
 
 def test_constant_node_weights_without_preparation_are_stopped_by_the_gate(tmp_path):
-    model = with_constant_weights(MODEL, tmp_path / "paddle_style.onnx", opset=13)
+    model = with_constant_weights(MODEL, tmp_path / "paddle_style.onnx", opset=12)
     line = _refused(tmp_path / "runs", model, "--calib", CALIB, "--no-prepare")
+    assert "opset 12, but per-channel weights need opset 13" in line  # the same model as above, as given
+    line = _refused(tmp_path / "runs", model, "--calib", CALIB, "--no-prepare", "--per-tensor")
     assert "activations were quantized but none of the weights of 4" in line
     assert "drop --no-prepare" in line and "Nothing was published" in line
 
