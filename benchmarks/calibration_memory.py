@@ -63,7 +63,12 @@ def worker_peak_kib(data: Path, chunk_size: int, out: Path) -> int:
     from dask_quant.pipeline.job import run
 
     config = RunConfig(
-        model=builtin_path(MODEL), calib=data, out=out, chunk_size=chunk_size, quant=QuantConfig(method="entropy")
+        model=builtin_path(MODEL),
+        calib=data,
+        out=out,
+        chunk_size=chunk_size,
+        quant=QuantConfig(method="entropy"),
+        prepare=False,  # the model ORT's calibrator is given, as is
     )
     with (
         local_cluster(1, dashboard_address=":0") as cluster,

@@ -37,7 +37,7 @@ def prepared_for(data: Path):
     from dask_quant.pipeline.config import RunConfig
     from dask_quant.pipeline.stages.prepare import prepare
 
-    return prepare(RunConfig(model=builtin_path(MODEL), calib=data))
+    return prepare(RunConfig(model=builtin_path(MODEL), calib=data, prepare=False))  # the model ORT's loop runs
 
 
 def bare_loop(prepared, chunk_size: int, part: int = 0, parts: int = 1, ready=None) -> float:
