@@ -17,7 +17,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SCRIPTS = ("entropy_speed.py", "calibration_memory.py", "overhead_scaling.py", "end_to_end.py")
+SCRIPTS = ("entropy_speed.py", "calibration_memory.py", "overhead_scaling.py", "tls_overhead.py", "end_to_end.py")
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 
 

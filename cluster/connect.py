@@ -84,11 +84,20 @@ def security(config: ClusterConfig):
     )
 
 
-def local_cluster(workers: int, threads_per_worker: int = 1, **options):
-    """The LocalCluster of process workers a run starts (the benchmarks start the same one)."""
+def local_cluster(workers: int, threads_per_worker: int = 1, locked: bool = True, **options):
+    """The LocalCluster of process workers a run starts (the benchmarks start the same one).
+
+    `locked`: TLS with a throw-away certificate made in this process, so that only this process (and the
+    workers it starts) can connect. Without it any local user who finds the port could run code on the
+    workers with our rights: a Dask scheduler runs whatever its clients send.
+    """
     import dask
     from distributed import LocalCluster
 
+    if locked:
+        from distributed.security import Security
+
+        options.setdefault("security", Security.temporary())
     # ORT keeps the memory arena a big chunk grew: a worker once past the pause
     # threshold stayed paused and the job waited forever. Results are small, so
     # there is nothing to spill; the nanny still stops a worker at 95% of

@@ -252,3 +252,21 @@ def test_a_chunk_that_keeps_killing_workers_is_named(tmp_path, chunk_size):
     ), last
     assert "Traceback" not in proc.stderr, proc.stderr
     assert not out.exists() or [p.name for p in out.iterdir()] == [WORK]  # at most checkpoints for --resume
+
+
+def test_only_this_process_can_connect_to_the_local_cluster():
+    from distributed.comm.core import CommClosedError
+    from distributed.security import Security
+
+    from dask_quant.cluster.config import ClusterConfig
+    from dask_quant.cluster.connect import cluster_client
+
+    with cluster_client(ClusterConfig(workers=1)) as client:
+        address = client.scheduler.address
+        assert address.startswith("tls://127.0.0.1:")
+        assert client.run(lambda: 1) == {next(iter(client.scheduler_info()["workers"])): 1}  # it works for us
+        for intruder in (Security(), Security.temporary()):  # no certificate; a certificate of its own
+            with pytest.raises((OSError, TypeError, CommClosedError)):
+                Client(address, timeout=3, security=intruder)
+        with pytest.raises((OSError, CommClosedError)):  # and not in the clear either
+            Client(address.replace("tls://", "tcp://"), timeout=3)
