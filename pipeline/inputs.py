@@ -14,7 +14,7 @@ import numpy as np
 from dask_quant.tasks.digest import sha256_file
 from dask_quant.tasks.errors import InputError
 from dask_quant.tasks.feeding import NO_FEEDING, Constant, Feeding
-from dask_quant.tasks.npy_io import NPY_MEMBER, array_info, is_compressed, member_names, read_whole
+from dask_quant.tasks.npy_io import NPY_MEMBER, array_info, check_crc, is_compressed, member_names, read_whole
 
 LABELS = "labels"  # the label array's name in a validation .npz, unless --labels-key says otherwise
 
@@ -358,6 +358,8 @@ def describe_dataset(
                 f"got shape {info.shape} of {np.dtype(info.dtype).name}"
             )
             raise InputError(msg)
+    for member in [m for _, m in members] + ([labels] if labels else []):
+        check_crc(str(path), member)
     compressed = any(is_compressed(str(path), member) for _, member in members)
     axes = tuple((i.name, i.batch_axis) for i in batched if i.batch_axis)
     feeding = Feeding(axes, output_axes, tuple(sorted(constants, key=lambda c: c.name)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,27 +44,42 @@ def _stored_offset(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> int | Non
     return info.header_offset + _LOCAL_HEADER + name_length + extra_length
 
 
+# What a corrupt file raises from the zip and zlib layers.
+_CORRUPT = (zipfile.BadZipFile, zipfile.LargeZipFile, KeyError, EOFError, struct.error, NotImplementedError, zlib.error)
+
+
+def _corrupt(where: str, exc: BaseException) -> InputError:
+    return InputError(f"{where}: cannot be read ({type(exc).__name__}: {exc}); the file is corrupt, write it again")
+
+
 @contextmanager
-def _open_member(path: str, member: str) -> Iterator[IO[bytes]]:
-    """A seekable handle positioned at the start of the member's .npy bytes.
+def _open_member(path: str, member: str) -> Iterator[tuple[IO[bytes], int]]:
+    """A seekable handle at the start of the member's .npy bytes, and the handle position where they end.
 
     Stored .npz members are read straight from the file (seeks cost nothing);
-    a deflated member can only be decompressed forward from its start.
+    a deflated member can only be decompressed forward from its start. Every
+    read must stay within the member's size: past it lie other members' bytes.
     """
+    where = f"{path}[{member}]" if member else path
     if member == NPY_MEMBER:
         with Path(path).open("rb") as handle:
-            yield handle
+            yield handle, Path(path).stat().st_size
         return
-    with zipfile.ZipFile(path) as archive:
+    try:
+        archive = zipfile.ZipFile(path)
         info = archive.getinfo(f"{member}.npy")
         offset = _stored_offset(archive, info)
-        if offset is None:
-            with archive.open(info) as handle:
-                yield handle
+        deflated = archive.open(info) if offset is None else None
+    except (*_CORRUPT, ValueError) as exc:
+        raise _corrupt(where, exc) from None
+    with archive:
+        if deflated is not None:
+            with deflated as handle:
+                yield handle, info.file_size
             return
     with Path(path).open("rb") as handle:
         handle.seek(offset)
-        yield handle
+        yield handle, offset + info.file_size
 
 
 def is_compressed(path: str, member: str) -> bool:
@@ -73,7 +89,8 @@ def is_compressed(path: str, member: str) -> bool:
         return archive.getinfo(f"{member}.npy").compress_type != zipfile.ZIP_STORED
 
 
-def _read_header(handle: IO[bytes], where: str) -> tuple[ArrayInfo, int]:
+def _read_header(handle: IO[bytes], where: str, end: int) -> tuple[ArrayInfo, int]:
+    """The array's header, and where its data starts; InputError unless the data fills the member exactly."""
     fmt = np.lib.format
     try:
         version = fmt.read_magic(handle)
@@ -81,13 +98,26 @@ def _read_header(handle: IO[bytes], where: str) -> tuple[ArrayInfo, int]:
             shape, fortran, dtype = fmt.read_array_header_1_0(handle)
         else:
             shape, fortran, dtype = fmt.read_array_header_2_0(handle)
-    except ValueError as exc:
-        msg = f"{where}: not a valid .npy array ({exc}); save it with numpy.save or numpy.savez"
-        raise InputError(msg) from exc
+    except _CORRUPT as exc:
+        raise _corrupt(where, exc) from None
+    except Exception as exc:  # noqa: BLE001  numpy parses a hostile header with tokenize and literal_eval:
+        # whatever they raise (TokenError, UnicodeDecodeError, SyntaxError, ...) means "not an array"
+        msg = f"{where}: not a valid .npy array ({type(exc).__name__}); save it with numpy.save or numpy.savez"
+        raise InputError(msg) from None
     if dtype.hasobject:
         msg = f"{where}: holds Python objects ({dtype}); only numeric arrays are read (nothing is unpickled)"
         raise InputError(msg)
-    return ArrayInfo(tuple(int(d) for d in shape), dtype.str, bool(fortran)), handle.tell()
+    info = ArrayInfo(tuple(int(d) for d in shape), dtype.str, bool(fortran))
+    start = handle.tell()
+    data = int(np.prod(info.shape, dtype=object)) * dtype.itemsize
+    if start + data != end:
+        rows = info.shape[0] if info.shape else 1
+        msg = (
+            f"{where}: its header says shape {info.shape} ({data} bytes of data), but it holds {end - start}; "
+            f"the file is truncated or corrupt ({rows} rows claimed): write it again"
+        )
+        raise InputError(msg)
+    return info, start
 
 
 def member_names(path: str) -> list[str]:
@@ -97,22 +127,22 @@ def member_names(path: str) -> list[str]:
     try:
         with zipfile.ZipFile(path) as archive:
             return sorted(n[: -len(".npy")] for n in archive.namelist() if n.endswith(".npy"))
-    except zipfile.BadZipFile as exc:
+    except (*_CORRUPT, ValueError) as exc:
         msg = f"{path}: not a .npz archive ({exc}); save it with numpy.savez"
         raise InputError(msg) from exc
 
 
 def array_info(path: str, member: str) -> ArrayInfo:
     where = f"{path}[{member}]" if member else path
-    with _open_member(path, member) as handle:
-        return _read_header(handle, where)[0]
+    with _open_member(path, member) as (handle, size):
+        return _read_header(handle, where, size)[0]
 
 
 def read_rows(path: str, member: str, start: int, stop: int) -> np.ndarray:
     """Rows [start, stop) along axis 0, reading only those bytes."""
     where = f"{path}[{member}]" if member else path
-    with _open_member(path, member) as handle:
-        info, offset = _read_header(handle, where)
+    with _open_member(path, member) as (handle, size):
+        info, offset = _read_header(handle, where, size)
         if info.fortran_order and len(info.shape) > 1:
             msg = f"{where}: stored in Fortran order; save it C-contiguous (numpy.ascontiguousarray) to read by rows"
             raise InputError(msg)
@@ -121,9 +151,12 @@ def read_rows(path: str, member: str, start: int, stop: int) -> np.ndarray:
         row_bytes = row_items * dtype.itemsize
         stop = min(stop, info.shape[0])
         # Seeking a deflated zip member decompresses forward without keeping it.
-        handle.seek(offset + start * row_bytes)
         wanted = (stop - start) * row_bytes
-        raw = handle.read(wanted)
+        try:
+            handle.seek(offset + start * row_bytes)
+            raw = handle.read(wanted)
+        except _CORRUPT as exc:
+            raise _corrupt(where, exc) from None
         if len(raw) != wanted:
             msg = f"{where}: file is truncated (rows {start}..{stop} not all present); write it again"
             raise InputError(msg)
@@ -134,14 +167,31 @@ def read_rows(path: str, member: str, start: int, stop: int) -> np.ndarray:
 def read_whole(path: str, member: str) -> np.ndarray:
     """A whole (small) array, scalars included, in native byte order."""
     where = f"{path}[{member}]" if member else path
-    with _open_member(path, member) as handle:
-        info, _ = _read_header(handle, where)
+    with _open_member(path, member) as (handle, stored):
+        info, _ = _read_header(handle, where, stored)
         dtype = np.dtype(info.dtype)
         size = int(np.prod(info.shape, dtype=np.int64))
-        raw = handle.read(size * dtype.itemsize)
+        try:
+            raw = handle.read(size * dtype.itemsize)
+        except _CORRUPT as exc:
+            raise _corrupt(where, exc) from None
         if len(raw) != size * dtype.itemsize:
             msg = f"{where}: file is truncated; write it again"
             raise InputError(msg)
         order = "F" if info.fortran_order else "C"
         array = np.frombuffer(raw, dtype=dtype).reshape(info.shape, order=order)
         return np.array(array, order="C").astype(dtype.newbyteorder("="))
+
+
+def check_crc(path: str, member: str) -> None:
+    """Read a .npz member to its end so zipfile checks its CRC-32 (the archive's own integrity claim);
+    InputError when it fails. A .npy has no checksum: nothing to do."""
+    if member == NPY_MEMBER:
+        return
+    where = f"{path}[{member}]"
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open(f"{member}.npy") as handle:
+            while handle.read(1 << 20):
+                pass
+    except (*_CORRUPT, ValueError) as exc:
+        raise _corrupt(where, exc) from None

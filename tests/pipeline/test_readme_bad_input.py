@@ -27,6 +27,8 @@ TESTED_ELSEWHERE = {  # tests/cluster/*, tests/tasks/test_sessions.py, test_bad_
     "gate: weights left in FP32",
     "gate: INT8 model ONNX Runtime cannot load",  # tests/pipeline/test_gate.py, as the next
     "gate: INT8 outputs not finite",
+    "array header that does not match its bytes",  # tests/tasks/test_npy_io.py, as the next
+    "corrupt .npz (zip structure or CRC)",  # and tests/pipeline/test_corrupt_data.py
     "per-channel below opset 13 with --no-prepare",  # tests/cluster/test_exported_models.py, as the next
     "an infinite tensor the model itself makes (found on a worker)",
 }

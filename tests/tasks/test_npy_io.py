@@ -101,3 +101,20 @@ def test_constants_keep_their_rank_zero(tmp_path):
     assert read_whole(str(path), "sr").shape == () and read_whole(str(path), "table").shape == (2, 3)
     feeds = Feeding(constants=(Constant.of("sr", np.array(2.0, np.float32)),)).to_model({})
     assert feeds["sr"].shape == () and feeds["sr"] == 2.0
+
+
+def test_a_member_whose_header_claims_more_rows_is_refused_not_read_past_its_end(tmp_path):
+    from dask_quant.tasks.errors import InputError
+    from dask_quant.tasks.npy_io import array_info, read_rows
+
+    path = tmp_path / "d.npz"
+    np.savez(path, input=np.zeros((10, 4), np.float32), other=np.full((10, 4), 3e37, np.float32))
+    data = path.read_bytes()
+    claim = b"(10, 4)"
+    assert data.count(claim) == 2
+    path.write_bytes(data.replace(claim, b"(20, 4)", 1))  # same length: only the header lies
+    message = r"\[input\]: its header says shape \(20, 4\) \(320 bytes of data\), but it holds 160"
+    with pytest.raises(InputError, match=message):
+        array_info(str(path), "input")
+    with pytest.raises(InputError, match=message):
+        read_rows(str(path), "input", 10, 20)
