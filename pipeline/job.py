@@ -28,6 +28,7 @@ from dask_quant.pipeline.stages.publish import write_run
 from dask_quant.pipeline.stages.quantize import quantize
 from dask_quant.pipeline.stages.validate import validate
 from dask_quant.pipeline.workarea import WorkArea
+from dask_quant.tasks.checkpoint import Source
 from dask_quant.tasks.errors import DaskQuantError, InputError
 from dask_quant.tasks.latency import Latency
 from dask_quant.tasks.range_stats import RangeStats
@@ -251,13 +252,14 @@ def _cluster_record(client, log: Callable[[str], None]) -> tuple[dict, str | Non
 
 
 def _calibration_record(calibration: Calibration, methods: list[str]) -> dict:
-    """run.json's calibration: the methods that shared it, and per pass the chunks computed or reused."""
+    """run.json's calibration: the methods that shared it, and per pass the chunks computed, reused from
+    checkpoints, and discarded (a checkpoint that failed its digests: recomputed, so also counted computed)."""
     passes = {"range_stats": calibration.stats}
     if calibration.histograms is not None:
         passes["histograms"] = calibration.histograms
     return {
         "methods": methods,
-        "passes": {name: {"computed": value.chunks[0], "reused": value.chunks[1]} for name, value in passes.items()},
+        "passes": {name: dict(zip(Source.names(), value.chunks, strict=True)) for name, value in passes.items()},
     }
 
 

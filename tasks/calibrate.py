@@ -20,8 +20,8 @@ def chunk_range_stats(
 ) -> RangeStats:
     """min/max/count of every tensor to calibrate ((name, elem type) pairs), over one chunk."""
     key = ("range-stats", model.sha256, _content(chunk), tensors)
-    stats, reused = cached(checkpoints, key, lambda: _range_stats(chunk, model, tensors), RangeStats.from_json)
-    return replace(stats, chunks=(0, 1) if reused else (1, 0))
+    stats, source = cached(checkpoints, key, lambda: _range_stats(chunk, model, tensors), RangeStats.from_json)
+    return replace(stats, chunks=source.counts)
 
 
 def _content(chunk: ChunkRef) -> tuple:
@@ -82,10 +82,10 @@ def chunk_histograms(
     feeds) and histogrammed one tensor at a time.
     """
     key = ("histograms", model.sha256, _content(chunk), tensors, specs)
-    histograms, reused = cached(
+    histograms, source = cached(
         checkpoints, key, lambda: _histograms(chunk, model, tensors, specs), Histograms.from_json
     )
-    return replace(histograms, chunks=(0, 1) if reused else (1, 0))
+    return replace(histograms, chunks=source.counts)
 
 
 def _histograms(chunk, model, tensors, specs) -> Histograms:

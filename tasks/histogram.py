@@ -88,11 +88,11 @@ class Histogram:
 class Histograms:
     """Histograms keyed by their spec's key (tensor, absolute, bins), sorted; `merge` adds counts.
 
-    `chunks` is (computed, read from a checkpoint), as for RangeStats.
+    `chunks` is (computed, read from a checkpoint, discarded), as for RangeStats.
     """
 
     entries: tuple[tuple[tuple[str, bool, int], Histogram], ...] = ()
-    chunks: tuple[int, int] = field(default=(0, 0), compare=False)
+    chunks: tuple[int, int, int] = field(default=(0, 0, 0), compare=False)
 
     @classmethod
     def of(cls, histograms: Iterable[Histogram]) -> Histograms:

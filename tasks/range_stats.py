@@ -55,11 +55,12 @@ class RangeStats:
     """TensorRange per tensor name, kept sorted by name so equal stats compare equal.
 
     `chunks` says how the value was made, (chunks computed, chunks read from a
-    checkpoint); it adds up on merge and is not part of the value's equality.
+    checkpoint, checkpoints discarded: tasks.checkpoint.Source); it adds up on
+    merge and is not part of the value's equality.
     """
 
     ranges: tuple[tuple[str, TensorRange], ...] = ()
-    chunks: tuple[int, int] = field(default=(0, 0), compare=False)
+    chunks: tuple[int, int, int] = field(default=(0, 0, 0), compare=False)
 
     @classmethod
     def empty(cls) -> RangeStats:

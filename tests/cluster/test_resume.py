@@ -39,12 +39,15 @@ def test_resume_computes_only_the_missing_chunks(tmp_path):
     assert 20 <= kept < 300
     assert [p.name for p in out.iterdir()] == [WORK]  # checkpoints, but no run
 
+    edited = _checkpoints(out)[0]  # a checkpoint edited while the run was stopped is never used
+    edited.write_text(edited.read_text().replace('"ranges": [[', '"ranges": [], "x": [[', 1))
     resumed = dask_quant("run", *args, "--resume", "--out", out)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming: {kept} chunk checkpoints found" in resumed.stderr
     (run_dir,) = [p for p in out.iterdir() if p.name != WORK]
     record = json.loads((run_dir / results.RUN_FILE).read_text())
-    assert record["calibration"]["passes"]["range_stats"] == {"computed": 300 - kept, "reused": kept}
+    passes = record["calibration"]["passes"]["range_stats"]
+    assert passes == {"computed": 300 - kept + 1, "reused": kept - 1, "discarded": 1}
     assert not (out / WORK).exists()  # a published run removes its work area
 
     fresh = dask_quant("run", *args, "--out", tmp_path / "fresh")
@@ -53,6 +56,7 @@ def test_resume_computes_only_the_missing_chunks(tmp_path):
     assert json.loads((fresh_dir / results.RUN_FILE).read_text())["calibration"]["passes"]["range_stats"] == {
         "computed": 300,
         "reused": 0,
+        "discarded": 0,
     }
     for name in (outputs.QPARAMS.name,):
         assert pq.read_table(run_dir / name).drop(["run_id"]) == pq.read_table(fresh_dir / name).drop(["run_id"])

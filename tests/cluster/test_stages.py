@@ -46,8 +46,8 @@ def test_methods_share_one_calibration_and_match_single_method_runs(tmp_path, cl
         record = json.loads((run_dir / results.RUN_FILE).read_text())["calibration"]
         assert record["methods"] == list(METHODS)
         # Each pass ran once over the chunks, for all four runs together.
-        assert record["passes"]["range_stats"] == {"computed": chunks, "reused": 0}
-        assert record["passes"]["histograms"] == {"computed": chunks, "reused": 0}
+        assert record["passes"]["range_stats"] == {"computed": chunks, "reused": 0, "discarded": 0}
+        assert record["passes"]["histograms"] == {"computed": chunks, "reused": 0, "discarded": 0}
         alone = dq.run(replace(config, out=tmp_path / method, quant=dq.QuantConfig(method=method)), client=client)
         assert (alone.run_dir / results.MODEL_FILE).read_bytes() == (run_dir / results.MODEL_FILE).read_bytes()
         assert _qparams(alone.run_dir).equals(_qparams(run_dir))  # every column but run_id
