@@ -45,7 +45,7 @@ def _chunk_tasks(chunks: list[ChunkRef], per_chunk, kwargs: dict, salt) -> tuple
         per_chunk.__qualname__,
         kwargs,
         salt,
-        [(c.path, c.members, c.start, c.stop, c.index, c.labels, c.sha256, c.feeding) for c in chunks],
+        [(c.path, c.members, c.start, c.stop, c.index, c.labels, c.sha256, c.feeding, c.identity) for c in chunks],
     )
     keys = [(f"{per_chunk.__name__}-{token}", i) for i in range(len(chunks))]
     return {key: (work, chunk) for key, chunk in zip(keys, chunks, strict=True)}, keys, token

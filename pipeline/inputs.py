@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dask_quant.tasks.digest import sha256_file
+from dask_quant.tasks.digest import fingerprint
 from dask_quant.tasks.errors import InputError
 from dask_quant.tasks.feeding import NO_FEEDING, Constant, Feeding
 from dask_quant.tasks.npy_io import NPY_MEMBER, array_info, check_crc, is_compressed, member_names, read_whole
@@ -81,6 +81,7 @@ class DatasetSpec:
     labels: str | None = None
     compressed: bool = False
     feeding: Feeding = NO_FEEDING
+    identity: tuple[int, int] = ()  # (size, mtime ns) when fingerprinted: workers check the file is still it
 
 
 def load_model(path: Path):
@@ -363,4 +364,5 @@ def describe_dataset(
     compressed = any(is_compressed(str(path), member) for _, member in members)
     axes = tuple((i.name, i.batch_axis) for i in batched if i.batch_axis)
     feeding = Feeding(axes, output_axes, tuple(sorted(constants, key=lambda c: c.name)))
-    return DatasetSpec(str(path.resolve()), members, n_rows, sha256_file(path), labels, compressed, feeding)
+    sha256, stamp = fingerprint(path, f"{option} {path}")
+    return DatasetSpec(str(path.resolve()), members, n_rows, sha256, labels, compressed, feeding, stamp)

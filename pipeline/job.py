@@ -145,6 +145,9 @@ def run_methods(
         work = WorkArea(config, prepared, quants)
         if config.resume:
             log(f"resuming: {work.count()} chunk checkpoints found in {work.folder}")
+        stale = work.start()
+        if stale:
+            log(f"removed {stale} work areas of interrupted runs whose model or data changed or is gone")
         try:
             with _client_scope(config, client) as dask_client:
                 lap("cluster_start")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dask_quant.tasks.digest import check_identity
 from dask_quant.tasks.errors import InputError
 from dask_quant.tasks.feeding import NO_FEEDING, Feeding
 from dask_quant.tasks.npy_io import read_rows
@@ -33,6 +34,7 @@ class ChunkRef:
     labels: str | None = None
     sha256: str = ""
     feeding: Feeding = NO_FEEDING
+    identity: tuple[int, int] = ()  # (size, mtime ns) of the fingerprinted file; () checks nothing
 
     @property
     def rows(self) -> int:
@@ -47,6 +49,7 @@ def chunk_refs(
     labels: str | None = None,
     sha256: str = "",
     feeding: Feeding = NO_FEEDING,
+    identity: tuple[int, int] = (),
 ) -> list[ChunkRef]:
     """Split n_rows into consecutive chunks of chunk_size rows; a last row left alone joins the chunk before.
 
@@ -63,7 +66,7 @@ def chunk_refs(
         starts.pop()
     stops = [*starts[1:], n_rows]
     return [
-        ChunkRef(path, members, start, stop, index, labels, sha256, feeding)
+        ChunkRef(path, members, start, stop, index, labels, sha256, feeding, identity)
         for index, (start, stop) in enumerate(zip(starts, stops, strict=True))
     ]
 
@@ -71,8 +74,10 @@ def chunk_refs(
 def read_feeds(chunk: ChunkRef) -> dict[str, np.ndarray]:
     """The model inputs of one chunk, keyed by model input name, samples on axis 0.
 
-    NaN and infinities in the data are refused, naming the input, the count and the rows.
+    NaN and infinities in the data are refused, naming the input, the count and the rows; so is a
+    file that is not the one fingerprinted when the run started (its checkpoints would lie).
     """
+    check_identity(chunk.path, chunk.identity)
     feeds = {name: read_rows(chunk.path, member, chunk.start, chunk.stop) for name, member in chunk.members}
     for name, array in feeds.items():
         if np.issubdtype(array.dtype, np.floating):
@@ -89,4 +94,5 @@ def read_feeds(chunk: ChunkRef) -> dict[str, np.ndarray]:
 def read_labels(chunk: ChunkRef) -> np.ndarray | None:
     if chunk.labels is None:
         return None
+    check_identity(chunk.path, chunk.identity)
     return read_rows(chunk.path, chunk.labels, chunk.start, chunk.stop)

@@ -17,5 +17,40 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def identity(path: str | Path) -> tuple[int, int]:
+    """(size, modification time in ns): what changes when a file is rewritten or replaced."""
+    stat = Path(path).stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+def fingerprint(path: str | Path, where: str) -> tuple[str, tuple[int, int]]:
+    """The file's sha256 and identity, refusing a file that changed while it was hashed."""
+    from dask_quant.tasks.errors import InputError
+
+    before = identity(path)
+    digest = sha256_file(path)
+    if identity(path) != before:
+        msg = f"{where}: the file changed while it was being fingerprinted; wait until it is written, then run again"
+        raise InputError(msg)
+    return digest, before
+
+
+def check_identity(path: str | Path, expected: tuple[int, int]) -> None:
+    """InputError when the file is not the one fingerprinted (rewritten or replaced since)."""
+    from dask_quant.tasks.errors import InputError
+
+    try:
+        now = identity(path)
+    except OSError as exc:
+        msg = f"{path}: the file went away during the run ({exc.strerror}); a file must stay while a run reads it"
+        raise InputError(msg) from None
+    if expected and now != expected:
+        msg = (
+            f"{path}: the file changed since the run started (size or modification time differ from when it "
+            "was fingerprinted); a file must not change while a run reads it: run again"
+        )
+        raise InputError(msg)
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()

@@ -29,6 +29,7 @@ TESTED_ELSEWHERE = {  # tests/cluster/*, tests/tasks/test_sessions.py, test_bad_
     "gate: INT8 outputs not finite",
     "array header that does not match its bytes",  # tests/tasks/test_npy_io.py, as the next
     "corrupt .npz (zip structure or CRC)",  # and tests/pipeline/test_corrupt_data.py
+    "data file changed during the run (found on a worker)",  # tests/pipeline/test_files_that_change.py
     "per-channel below opset 13 with --no-prepare",  # tests/cluster/test_exported_models.py, as the next
     "an infinite tensor the model itself makes (found on a worker)",
 }
