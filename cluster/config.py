@@ -7,6 +7,41 @@ from pathlib import Path
 
 from dask_quant.tasks.errors import InputError
 
+# An idle worker with ONNX Runtime imported holds about 85 MiB, and a session of a small model more:
+# below this a worker is killed as it starts, restarted, killed again, and the job never ends.
+MEMORY_FLOOR = 256 * 2**20
+
+
+def memory_limit_bytes(value: str) -> int | None:
+    """--memory-limit in bytes (None: auto or no limit), as distributed reads it; InputError when it is
+    not a size, or below MEMORY_FLOOR."""
+    text = str(value).strip().lower()
+    if text in ("auto", "0", "none", ""):
+        return None
+    from dask.utils import parse_bytes
+
+    try:
+        number = float(text)
+    except ValueError:
+        number = None
+    try:
+        if number is not None and 0 < number <= 1:  # a fraction of the machine's memory, as distributed reads it
+            import os
+
+            limit = int(number * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        else:
+            limit = parse_bytes(text)
+    except (ValueError, TypeError, OverflowError):
+        msg = f"--memory-limit {value!r}: not a size; pass for example 4GiB, auto, or 0 for no limit"
+        raise InputError(msg) from None
+    if limit < MEMORY_FLOOR:
+        msg = (
+            f"--memory-limit {value}: {limit} bytes is less than a worker needs to start ({MEMORY_FLOOR >> 20} MiB "
+            "at least; a number without a unit is bytes): pass for example 4GiB, auto, or 0 for no limit"
+        )
+        raise InputError(msg)
+    return limit
+
 
 @dataclass(frozen=True)
 class ClusterConfig:
@@ -43,6 +78,7 @@ class ClusterConfig:
             if value is not None and value < 1:
                 msg = f"--{name.replace('_', '-')} must be at least 1, got {value}"
                 raise InputError(msg)
-        if self.connect_timeout <= 0:
-            msg = f"connect timeout must be positive seconds, got {self.connect_timeout}"
+        if not 0 < self.connect_timeout < float("inf"):  # NaN fails this too
+            msg = f"--connect-timeout must be a positive number of seconds, got {self.connect_timeout}"
             raise InputError(msg)
+        memory_limit_bytes(self.memory_limit)

@@ -193,6 +193,18 @@ CASES = {
         lambda t: [str(MODEL), "--calib", _npy(t, np.asfortranarray(np.zeros((4, 1, 8, 8), np.float32)))],
         "stored in Fortran order; save it C-contiguous (numpy.ascontiguousarray) to read by rows",
     ),
+    "memory limit below what a worker needs": (
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--memory-limit", "4096"],
+        "--memory-limit 4096: 4096 bytes is less than a worker needs to start (256 MiB at least; a number without",
+    ),
+    "memory limit that is not a size": (
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--memory-limit", "lots"],
+        "--memory-limit 'lots': not a size; pass for example 4GiB, auto, or 0 for no limit",
+    ),
+    "connect timeout that is not a number": (
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--connect-timeout", "nan"],
+        "--connect-timeout must be a positive number of seconds, got nan",
+    ),
     "misspelled labels key": (
         lambda t: [str(MODEL), "--calib", str(CALIB), "--val", str(VAL), "--labels-key", "lables"],
         "no array named 'lables' for --labels-key; check its spelling",
