@@ -58,13 +58,16 @@ def scheduler_address(config: ClusterConfig) -> str | None:
         return config.scheduler
     if config.scheduler_file is not None:
         try:
-            return json.loads(config.scheduler_file.read_text())["address"]
-        except (ValueError, KeyError, OSError) as exc:
+            address = json.loads(config.scheduler_file.read_text())["address"]
+            if not isinstance(address, str) or not address:
+                raise TypeError(address)
+        except (ValueError, KeyError, OSError, TypeError) as exc:
             msg = (
-                f"--scheduler-file {config.scheduler_file}: no scheduler address in it ({exc}); "
+                f"--scheduler-file {config.scheduler_file}: no scheduler address in it ({type(exc).__name__}); "
                 "pass the file that `dask scheduler --scheduler-file` wrote"
             )
             raise InputError(msg) from None
+        return address
     import dask
 
     return dask.config.get("scheduler-address", None)

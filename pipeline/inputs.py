@@ -119,7 +119,14 @@ def model_inputs(proto) -> list[InputSpec]:
             )
             raise InputError(msg)
         tensor_type = value.type.tensor_type
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).str
+        try:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).str
+        except (KeyError, TypeError, ValueError):
+            msg = (
+                f"model input {value.name!r} has element type {tensor_type.elem_type}, which is undefined or has "
+                "no numpy equivalent; re-export the model with a numeric input type"
+            )
+            raise InputError(msg) from None
         dims, symbols = None, ()
         if tensor_type.HasField("shape"):
             # A dim_value of 0 or less fixes nothing we can feed: treat it as symbolic.

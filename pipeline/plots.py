@@ -10,6 +10,12 @@ _GOOD, _FAIR, _POOR = "#2e7d32", "#ef6c00", "#c62828"
 MAX_BARS = 40
 
 
+
+def literal(text: str) -> str:
+    """`text` drawn as written: matplotlib reads $...$ as math (a tensor named 'a$b$c' would crash it)."""
+    return text.replace("$", r"\$")
+
+
 def _png(fig) -> bytes:
     import matplotlib.pyplot as plt
 
@@ -32,7 +38,7 @@ def sqnr_chart(layers: list[dict]) -> bytes:
 
     shown = layers[:MAX_BARS]
     values = [min(row["sqnr_db"], 99.0) for row in shown]  # an exact layer (inf dB) is drawn at 99
-    labels = [f"{row['tensor']}  ({row['op_type'].strip('()')})" for row in shown]
+    labels = [literal(f"{row['tensor']}  ({row['op_type'].strip('()')})") for row in shown]
     fig, ax = plt.subplots(figsize=(9, 0.38 * len(shown) + 1.2))
     y = np.arange(len(shown))
     ax.barh(y, values, color=[sqnr_colour(v) for v in values], height=0.7)
@@ -79,5 +85,5 @@ def activation_histogram(layer: dict, clip: tuple[float, float], observed: tuple
     ax.set_ylabel("count (log)")
     ax.spines[["top", "right"]].set_visible(False)
     ax.legend(fontsize=8, frameon=False, loc="upper right")
-    ax.set_title(f"{layer['tensor']}  ·  SQNR {layer['sqnr_db']:.1f} dB", loc="left", fontsize=10)
+    ax.set_title(literal(f"{layer['tensor']}  ·  SQNR {layer['sqnr_db']:.1f} dB"), loc="left", fontsize=10)
     return _png(fig)

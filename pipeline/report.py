@@ -142,9 +142,22 @@ def _collapse(run: dict) -> str:
     return f'<p class="warning">The INT8 model looks broken: {_e(reason)}. See the worst layers below.</p>'
 
 
+def _run_record(run_dir: Path) -> dict:
+    """run.json, or InputError when it is not one dask-quant wrote (corrupt, edited, another tool's)."""
+    path = run_dir / results.RUN_FILE
+    try:
+        run = json.loads(path.read_text())
+        for key in ("run_id", "created_utc", "config", "model", "data", "versions"):
+            run[key]  # noqa: B018  (the keys every part of the report reads)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        msg = f"{path}: not a run.json dask-quant wrote ({type(exc).__name__}); pass a folder under --out"
+        raise InputError(msg) from None
+    return run
+
+
 def render(run_dir: Path) -> str:
     """The report page for a run directory."""
-    run = json.loads((run_dir / results.RUN_FILE).read_text())
+    run = _run_record(run_dir)
     layers = _read_table(run_dir / outputs.LAYERS.name)
     qparams = _read_table(run_dir / outputs.QPARAMS.name)
     name = Path(run["model"]["path"]).name

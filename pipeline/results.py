@@ -31,9 +31,13 @@ def write_json(data: dict, path: Path) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
+STEM_CHARS = 120  # a run id must stay a valid file name (255 bytes) whatever the model's file name
+
+
 def new_run_id(model: Path, method: str) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    return f"{model.stem}-{method}-{stamp}-{secrets.token_hex(3)}"
+    stem = model.stem.encode()[:STEM_CHARS].decode(errors="ignore")
+    return f"{stem}-{method}-{stamp}-{secrets.token_hex(3)}"
 
 
 def check_writable(folder: Path, option: str) -> None:
@@ -71,6 +75,12 @@ class RunDirectory:
     def check(self) -> None:
         """Fail early, before any work, if results could not be written."""
         check_writable(self.out, "--out")
+        for inner in (self.staging, self.out / WORK):  # dask-quant's own folders under --out
+            if inner.exists() or inner.is_symlink():
+                if not inner.is_dir():
+                    msg = f"--out {self.out}: {inner} is not a folder; remove it (dask-quant keeps its work there)"
+                    raise InputError(msg)
+                check_writable(inner, "--out")
 
     def __enter__(self) -> RunDirectory:
         self.check()
@@ -78,7 +88,16 @@ class RunDirectory:
             self._created = self.out
             while not self._created.parent.exists():
                 self._created = self._created.parent
-        self.tmp.mkdir(parents=True)
+        for attempt in range(3):
+            try:
+                self.tmp.mkdir(parents=True)
+                break
+            except OSError as exc:  # /proc, a dangling symlink, a read-only mount, a full disk
+                if isinstance(exc, FileNotFoundError) and attempt < 2 and self.out.is_dir():
+                    continue  # a concurrent run removed the empty .staging between two mkdirs
+                self.__exit__(type(exc), exc, None)
+                msg = f"--out {self.out}: cannot create {self.tmp.parent} ({exc.strerror}); choose another --out"
+                raise InputError(msg) from None
         return self
 
     def publish(self) -> Path:
@@ -98,5 +117,6 @@ class RunDirectory:
             return
         shutil.rmtree(self.tmp, ignore_errors=True)
         self._drop_empty_staging()
-        if self._created is not None and not any(self.out.iterdir()):
-            shutil.rmtree(self._created, ignore_errors=True)
+        with contextlib.suppress(OSError):  # best effort: --out may be a dangling symlink or gone
+            if self._created is not None and not self._created.is_symlink() and not any(self.out.iterdir()):
+                shutil.rmtree(self._created, ignore_errors=True)

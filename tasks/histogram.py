@@ -44,10 +44,11 @@ class HistogramSpec:
         low, high = (self.low, self.high) if self.high > self.low else (self.low - 0.5, self.high + 0.5)
         with np.errstate(over="ignore"):
             width = np.float32(high) - np.float32(low)
-        if not np.isfinite(width):
-            # A range wider than float32 holds (attention masks add -3.4e38): float32
-            # edges overflow and numpy refuses them (ORT's calibrators stop there);
-            # float64 edges still count every value.
+        if not np.isfinite(width) or not _distinct_edges(np.float32(low), np.float32(high), self.bins):
+            # A range wider than float32 holds (attention masks add -3.4e38), or one so
+            # narrow (all values denormal) that float32 has no `bins` distinct edges in it:
+            # numpy refuses float32 edges (ORT's calibrators stop there); float64 edges
+            # still count every value.
             return np.float64(low), np.float64(high)
         return np.float32(low), np.float32(high)
 
@@ -60,6 +61,14 @@ class HistogramSpec:
         low, high = self._range()
         counts, _ = np.histogram(np.clip(flat, low, high), bins=self.bins, range=(low, high))
         return counts.astype(np.int64)
+
+
+def _distinct_edges(low: np.float32, high: np.float32, bins: int) -> bool:
+    try:
+        np.histogram_bin_edges(np.empty(0, np.float32), bins=bins, range=(low, high))
+    except ValueError:  # "Too many bins for data range"
+        return False
+    return True
 
 
 @dataclass(frozen=True)

@@ -205,6 +205,14 @@ CASES = {
         lambda t: [str(MODEL), "--calib", str(CALIB), "--connect-timeout", "nan"],
         "--connect-timeout must be a positive number of seconds, got nan",
     ),
+    "scheduler file without an address": (
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--scheduler-file", _text(t, "s.json", '["tcp://x:1"]')],
+        "no scheduler address in it (TypeError); pass the file that `dask scheduler --scheduler-file` wrote",
+    ),
+    "input of an undefined element type": (
+        lambda t: [_undefined_type_model(t), "--calib", str(CALIB)],
+        "model input 'input' has element type 0, which is undefined or has no numpy equivalent",
+    ),
     "misspelled labels key": (
         lambda t: [str(MODEL), "--calib", str(CALIB), "--val", str(VAL), "--labels-key", "lables"],
         "no array named 'lables' for --labels-key; check its spelling",
@@ -267,9 +275,19 @@ def _abs_only_model(tmp_path):
     return str(path)
 
 
-def _text(tmp_path, name="model.onnx"):
+def _text(tmp_path, name="model.onnx", text="this is not a model\n" * 20):
     path = tmp_path / name
-    path.write_text("this is not a model\n" * 20)
+    path.write_text(text)
+    return str(path)
+
+
+def _undefined_type_model(tmp_path):
+    import onnx
+
+    proto = onnx.load(str(MODEL))
+    proto.graph.input[0].type.tensor_type.elem_type = 0
+    path = tmp_path / "undefined.onnx"
+    onnx.save(proto, str(path))
     return str(path)
 
 
