@@ -118,6 +118,24 @@ def local_cluster(workers: int, threads_per_worker: int = 1, locked: bool = True
 
 
 @contextmanager
+def _children_ignore_ctrl_c() -> Iterator[None]:
+    """Start processes with SIGINT ignored: they inherit it, and Python then installs no KeyboardInterrupt
+    for them. A terminal's Ctrl-C reaches the whole process group; the workers' part is to be shut down
+    by this process, not to print a traceback each."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
 def cluster_client(config: ClusterConfig) -> Iterator:
     """A distributed Client for `config`; closes the client (and cluster) it created."""
     from distributed import Client
@@ -142,15 +160,16 @@ def cluster_client(config: ClusterConfig) -> Iterator:
             client.close()
         return
 
-    cluster = local_cluster(
-        config.workers or default_workers(),
-        config.threads_per_worker,
-        memory_limit=config.memory_limit,
-        dashboard_address=_dashboard_address(),
-        # Task errors reach the user as one clear message from the client; a worker's own
-        # "Compute Failed" traceback on the terminal would only repeat it.
-        silence_logs=logging.CRITICAL,
-    )
+    with _children_ignore_ctrl_c():
+        cluster = local_cluster(
+            config.workers or default_workers(),
+            config.threads_per_worker,
+            memory_limit=config.memory_limit,
+            dashboard_address=_dashboard_address(),
+            # Task errors reach the user as one clear message from the client; a worker's own
+            # "Compute Failed" traceback on the terminal would only repeat it.
+            silence_logs=logging.CRITICAL,
+        )
     client = Client(cluster)
     try:
         yield client

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 from pathlib import Path
@@ -38,6 +39,8 @@ class _Interrupts:
     def __call__(self, signum, frame) -> None:
         if signum != signal.SIGALRM:
             self.count += 1
+        if self.count >= 2 and signum != signal.SIGALRM:  # asked twice: stop now, as SIGKILL would
+            _stop_now()
         raise KeyboardInterrupt
 
     def _unraisable(self, unraisable) -> None:
@@ -53,6 +56,23 @@ class _Interrupts:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM):
             signal.signal(signum, self)
         sys.unraisablehook = self._unraisable
+
+
+def _stop_now() -> None:
+    """Exit at once with one line: the worker processes we started are killed, not waited for.
+    Like SIGKILL, this may leave an unfinished run under OUT/.staging/ (never a published one)."""
+    import multiprocessing
+    import os
+
+    for child in multiprocessing.active_children():
+        child.kill()
+    # multiprocessing's resource tracker would outlive us and print a warning about leaked semaphores
+    tracker = getattr(getattr(multiprocessing, "resource_tracker", None), "_resource_tracker", None)
+    if getattr(tracker, "_pid", None):
+        with contextlib.suppress(OSError):
+            os.kill(tracker._pid, signal.SIGKILL)
+    os.write(2, b"dask-quant: error: interrupted twice; stopped at once, no run was published\n")
+    os._exit(EXIT_INTERRUPTED)
 
 
 def _fail(message: str, code: int) -> None:

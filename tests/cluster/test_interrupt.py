@@ -53,3 +53,30 @@ def test_an_interrupt_python_could_only_ignore_is_raised_again(capfd):
             signal.signal(signum, handler)
         sys.unraisablehook = hook
     assert "Exception ignored" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_in_a_terminal_reaches_the_workers_but_prints_one_line(tmp_path, presses):
+    """A terminal sends SIGINT to the whole process group: the workers ignore it (dask-quant shuts
+    them down), and a second Ctrl-C stops at once, still with one line and no traceback."""
+    import os
+    import subprocess
+    import time
+
+    from processes import _command
+
+    big = tmp_path / "big.npy"
+    np.save(big, np.tile(np.load(CALIB), (200, 1, 1, 1)))
+    out = str(tmp_path / "o")
+    args = ["run", str(MODEL), "--calib", str(big), "--chunk-size", "32", "--workers", "2", "--out", out]
+    proc = subprocess.Popen(_command(args), stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for_calibration(proc)
+    time.sleep(0.5)
+    for _ in range(presses):
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.05)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode in (130, -signal.SIGINT), stderr
+    lines = stderr.strip().splitlines()
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert len(lines) <= 2 and lines[-1].startswith("dask-quant: error: interrupted"), lines
