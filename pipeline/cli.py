@@ -27,18 +27,22 @@ class _Interrupts:
     Python cannot raise out of a gc callback or a __del__ (distributed runs one
     on every collection): an interrupt that lands there is printed as "Exception
     ignored" and lost. The unraisable hook catches that case, stays quiet, and
-    raises it again a moment later in ordinary code. The job also asks
-    `requested()` before it publishes, so an interrupt writes nothing even if
-    a library swallowed it some other way.
+    raises it again a moment later in ordinary code. The job asks
+    `commit_unless_requested()` just before it publishes, so an interrupt
+    writes nothing even if a library swallowed it some other way; from then
+    on the run is being published, and an interrupt is only noted.
     """
 
     def __init__(self) -> None:
         self.count = 0
+        self.committed = False
         self._hook = sys.unraisablehook
 
     def __call__(self, signum, frame) -> None:
         if signum != signal.SIGALRM:
             self.count += 1
+        if self.committed:  # publishing (or published): finish, then say so
+            return
         if self.count >= 2 and signum != signal.SIGALRM:  # asked twice: stop now, as SIGKILL would
             _stop_now()
         raise KeyboardInterrupt
@@ -51,6 +55,13 @@ class _Interrupts:
 
     def requested(self) -> bool:
         return self.count > 0
+
+    def commit_unless_requested(self) -> bool:
+        """True if an interrupt came (publish nothing); else the point of no return: publishing starts."""
+        if self.count > 0:
+            return True
+        self.committed = True
+        return False
 
     def install(self) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM):
@@ -294,8 +305,12 @@ def run(**options):
         interrupts.install()  # SIGTERM (a scheduler stopping us) cleans up like Ctrl-C
         log = lambda line: click.echo(f"dask-quant: {line}", err=True)  # noqa: E731
         terminal = sys.stderr.isatty()
-        results = run_methods(config, methods, log=log, progress=terminal, interrupted=interrupts.requested)
+        results = run_methods(
+            config, methods, log=log, progress=terminal, interrupted=interrupts.commit_unless_requested
+        )
         click.echo("\n".join(format_summary(result) for result in results))
+        if interrupts.count:
+            log("interrupted while publishing: the run was published and is complete")
         failures = [failure for result in results for failure in quality_failures(config, result)]
         if failures:
             _fail("quality guard: " + "\n".join(failures) + " (the runs were published)", 1)

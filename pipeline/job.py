@@ -107,7 +107,9 @@ def run(
     `progress`, a progress line every few seconds of a long stage);
     `progress` draws a progress bar on the terminal instead. If
     `interrupted()` is true just before publishing, nothing is published and
-    KeyboardInterrupt is raised.
+    KeyboardInterrupt is raised; once it has answered false, the runs are
+    published and the work area cleaned up whatever signal comes (the caller
+    must not raise one from then on).
     """
     (result,) = run_methods(config, (config.quant.method,), client, log, progress, interrupted)
     return result

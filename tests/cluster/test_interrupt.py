@@ -80,3 +80,35 @@ def test_ctrl_c_in_a_terminal_reaches_the_workers_but_prints_one_line(tmp_path, 
     lines = stderr.strip().splitlines()
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
     assert len(lines) <= 2 and lines[-1].startswith("dask-quant: error: interrupted"), lines
+
+
+def test_a_signal_landing_while_the_run_is_published_is_reported_as_published(tmp_path, monkeypatch):
+    import os
+    import sys
+
+    from click.testing import CliRunner
+
+    from dask_quant.pipeline import results
+    from dask_quant.pipeline.cli import main
+
+    publish = results.RunDirectory.publish
+
+    def publish_then_signal(self):
+        final = publish(self)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C right after the rename
+        return final
+
+    monkeypatch.setattr(results.RunDirectory, "publish", publish_then_signal)
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)}
+    hook = sys.unraisablehook
+    out = tmp_path / "runs"
+    try:
+        result = CliRunner().invoke(main, ["run", "--out", str(out), "--workers", "1"])
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+        sys.unraisablehook = hook
+    assert result.exit_code == 0, result.output
+    assert "interrupted while publishing: the run was published and is complete" in result.stderr
+    assert "no run was published" not in result.stderr
+    assert [p.name for p in out.iterdir()][0].startswith("digits_cnn-minmax-") and not (out / WORK).exists()
