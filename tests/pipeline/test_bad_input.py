@@ -194,8 +194,8 @@ CASES = {
         "stored in Fortran order; save it C-contiguous (numpy.ascontiguousarray) to read by rows",
     ),
     "memory limit below what a worker needs": (
-        lambda t: [str(MODEL), "--calib", str(CALIB), "--memory-limit", "4096"],
-        "--memory-limit 4096: 4096 bytes is less than a worker needs to start (256 MiB at least; a number without",
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--memory-limit", "1MiB"],
+        "--memory-limit 1MiB: 1048576 bytes is less than a worker needs to start (256 MiB at least; a number without",
     ),
     "memory limit that is not a size": (
         lambda t: [str(MODEL), "--calib", str(CALIB), "--memory-limit", "lots"],
