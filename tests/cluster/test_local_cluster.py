@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import numpy as np
@@ -270,3 +271,31 @@ def test_only_this_process_can_connect_to_the_local_cluster():
                 Client(address, timeout=3, security=intruder)
         with pytest.raises((OSError, CommClosedError)):  # and not in the clear either
             Client(address.replace("tls://", "tcp://"), timeout=3)
+
+
+def test_workers_that_die_before_running_anything_end_the_job_with_one_message(tmp_path, monkeypatch):
+    """Workers killed as they start (as a memory limit below what they need would) are restarted by
+    their nannies forever; the job must end instead of waiting."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    from dask_quant.pipeline import calibrate, prepare
+    from dask_quant.tasks.errors import DaskQuantError
+
+    class DieAtStart(WorkerPlugin):
+        name = "die-at-start"
+
+        def setup(self, worker):
+            import os
+
+            os._exit(1)
+
+    monkeypatch.setattr("dask_quant.pipeline.compute.NO_WORKERS_S", 3.0)
+    config = RunConfig(model=MODEL, calib=CALIB, out=tmp_path, prepare=False)
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        Client(cluster) as doomed,
+    ):
+        with contextlib.suppress(Exception):  # the worker it is sent to dies before it can answer
+            doomed.register_plugin(DieAtStart())
+        with pytest.raises(DaskQuantError, match=r"pass 1 \(ranges\): no worker stayed alive for 3 s before any"):
+            calibrate(prepare(config), doomed, chunk_size=50)
