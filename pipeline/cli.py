@@ -183,6 +183,12 @@ job_options = _options(
     ),
     click.option("--resume", is_flag=True, help="Reuse the chunk statistics an interrupted run of the same job kept."),
     click.option(
+        "--layers",
+        default="all",
+        show_default=True,
+        help="Per-layer error of every quantized activation (all) or none (skips that pass).",
+    ),
+    click.option(
         "--prepare/--no-prepare",
         default=True,
         show_default=True,
@@ -294,6 +300,7 @@ def run(**options):
             batch_axes=_pairs(options["batch_axis"], "--batch-axis", int),
             const_inputs=_pairs(options["const_input"], "--const-input"),
             labels_key=options["labels_key"],
+            layers=options["layers"],
             min_cosine=options["min_cosine"],
             max_drop=options["max_drop"],
         )

@@ -100,6 +100,7 @@ class RunConfig:
     batch_axes: tuple[tuple[str, int], ...] = ()  # inputs whose samples are not on the inferred axis
     const_inputs: tuple[tuple[str, str], ...] = ()  # inputs fed one value for every sample
     labels_key: str | None = None  # None: 'labels', unless a model input has that name
+    layers: str = "all"  # per-layer error: "all" quantized activations, or "none" (skip the pass)
     min_cosine: float | None = None  # quality guard: exit 1 after publishing below this mean cosine
     max_drop: float | None = None  # quality guard: exit 1 after publishing if accuracy drops more (points)
 
@@ -113,6 +114,9 @@ class RunConfig:
         except ValueError:
             msg = f"unknown metric {self.metric!r}; choose one of: {', '.join(m.value for m in Metric)}"
             raise InputError(msg) from None
+        if self.layers not in ("all", "none"):
+            msg = f"--layers must be all or none, got {self.layers!r}"
+            raise InputError(msg)
         object.__setattr__(self, "batch_axes", tuple((str(n), int(a)) for n, a in self.batch_axes))
         object.__setattr__(self, "const_inputs", tuple((str(n), str(v)) for n, v in self.const_inputs))
         if self.min_cosine is not None and not -1 <= self.min_cosine <= 1:

@@ -185,6 +185,7 @@ def run_methods(
                         split_every=config.split_every,
                         log=log,
                         progress=bar,
+                        per_layer=config.layers == "all",
                     )
                     own("validate")
                     made.append((quantized, validation, own))

@@ -169,6 +169,8 @@ def render(run_dir: Path) -> str:
             "<p>Validation-set values; shaded: outside the clip range the quantizer was given.</p>"
             f"{_histograms(layers, qparams)}"
         )
+    elif run["config"].get("layers") == "none" and run.get("summary"):
+        per_layer = "<p>The per-layer pass was skipped (<code>--layers none</code>).</p>"
     else:
         per_layer = "<p>No validation data was given (<code>--val</code>), so there is no per-layer error.</p>"
     return (

@@ -52,10 +52,12 @@ def validate(
     split_every: int = 8,
     log: Callable[[str], None] = lambda _: None,
     progress: Progress | None = None,
+    per_layer: bool = True,
 ) -> Validation:
     """Compare `quantized` with `prepared`'s FP32 model on `prepared.val` over `client`'s workers.
 
     `client` is the caller's and is never closed here. Without validation data, an empty Validation.
+    `per_layer=False` skips the per-layer pass (layers.parquet is then empty).
     """
     import onnx
 
@@ -70,13 +72,14 @@ def validate(
         anchors = dataset_chunks(prepared.val, anchor_rows)[0]
     layers = quantized_layers(prepared.proto, onnx.load(str(quantized.path)), dict(prepared.tensors))
     pairs = tuple((layer.tensor, layer.dequantized, layer.elem_type) for layer in layers)
-    log(f"validating FP32 against INT8 over {len(chunks)} chunks, {len(layers)} activations ({metric.value} metrics)")
+    compared = f"{len(layers)} activations" if per_layer else "per-layer error skipped"
+    log(f"validating FP32 against INT8 over {len(chunks)} chunks, {compared} ({metric.value} metrics)")
     specs = report_specs(quantized.calibration.stats, layers)
-    graphs = [
-        validation_graph(chunks, prepared.model, int8, anchors, prepared.output),
-        layer_graph(chunks, prepared.model, int8, pairs, split_every, specs),
-    ]
-    outputs, errors = compute(client, graphs, "validation", progress)
+    graphs = [validation_graph(chunks, prepared.model, int8, anchors, prepared.output)]
+    if per_layer:
+        graphs.append(layer_graph(chunks, prepared.model, int8, pairs, split_every, specs))
+    outputs, *per_layer_errors = compute(client, graphs, "validation", progress)
+    rows = tuple(layer_rows(layers, per_layer_errors[0])) if per_layer else ()
     latency = client.submit(measure_latency, chunks[0], prepared.model, int8, LATENCY_REPEATS, pure=False).result()
     summary = reduce(ValidationStats.merge, (c.stats for c in outputs), ValidationStats())
-    return Validation(summary, tuple(outputs), tuple(layer_rows(layers, errors)), latency, metric, prepared.output)
+    return Validation(summary, tuple(outputs), rows, latency, metric, prepared.output)

@@ -299,3 +299,13 @@ def test_workers_that_die_before_running_anything_end_the_job_with_one_message(t
             doomed.register_plugin(DieAtStart())
         with pytest.raises(DaskQuantError, match=r"pass 1 \(ranges\): no worker stayed alive for 3 s before any"):
             calibrate(prepare(config), doomed, chunk_size=50)
+
+
+def test_layers_none_skips_the_per_layer_pass_and_keeps_the_metrics(client, tmp_path):
+    full = run(RunConfig(model=MODEL, calib=CALIB, val=VAL, out=tmp_path / "all", chunk_size=50), client=client)
+    config = RunConfig(model=MODEL, calib=CALIB, val=VAL, out=tmp_path / "none", chunk_size=50, layers="none")
+    skipped = run(config, client=client)
+    assert full.layers and skipped.layers == []
+    assert pq.read_table(skipped.run_dir / outputs.LAYERS.name).num_rows == 0
+    assert skipped.validation == full.validation  # the model-output metrics do not depend on it
+    assert "--layers none" in (skipped.run_dir / REPORT_FILE).read_text()

@@ -213,6 +213,10 @@ CASES = {
         lambda t: [_undefined_type_model(t), "--calib", str(CALIB)],
         "model input 'input' has element type 0, which is undefined or has no numpy equivalent",
     ),
+    "unknown layers mode": (
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--layers", "some"],
+        "--layers must be all or none, got 'some'",
+    ),
     "misspelled labels key": (
         lambda t: [str(MODEL), "--calib", str(CALIB), "--val", str(VAL), "--labels-key", "lables"],
         "no array named 'lables' for --labels-key; check its spelling",
