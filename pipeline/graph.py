@@ -18,7 +18,7 @@ from dask_quant.tasks.histogram import HistogramSpec
 from dask_quant.tasks.layer_error import chunk_layer_errors
 from dask_quant.tasks.merging import merge_all
 from dask_quant.tasks.sessions import ModelRef
-from dask_quant.tasks.validate import validate_chunk
+from dask_quant.tasks.validate import anchor_outputs, validate_against
 
 
 class ChunkGraph(Delayed):
@@ -103,9 +103,18 @@ def layer_graph(chunks: list[ChunkRef], fp32: ModelRef, int8: ModelRef, pairs, s
 def validation_graph(
     chunks: list[ChunkRef], fp32: ModelRef, int8: ModelRef, anchors: ChunkRef | None = None, output: str | None = None
 ):
-    """One ChunkValidation per chunk, as a list in chunk order (the rows of validation.parquet)."""
-    kwargs = {"fp32": fp32, "int8": int8, "anchors": anchors, "output": output}
-    graph, chunk_keys, token = _chunk_tasks(chunks, validate_chunk, kwargs, "list")
+    """One ChunkValidation per chunk, as a list in chunk order (the rows of validation.parquet).
+
+    With `anchors`, one task computes both models' outputs on them and every chunk task reads its result.
+    """
+    kwargs = {"fp32": fp32, "int8": int8, "output": output}
+    graph, chunk_keys, token = _chunk_tasks(chunks, validate_against, kwargs, ("list", anchors))
+    reference = None
+    if anchors is not None:
+        reference = f"anchor_outputs-{token}"
+        graph[reference] = (partial(refusing, anchor_outputs, fp32=fp32, int8=int8, output=output), anchors)
+    for key in chunk_keys:  # the chunk tasks' second argument: the anchors' outputs (a key), or None
+        graph[key] = (*graph[key], reference)
     root = f"validation-{token}"
     graph[root] = (list, chunk_keys)
     return ChunkGraph(root, graph, chunk_keys)

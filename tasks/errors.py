@@ -41,10 +41,12 @@ class Refused:
         raise InputError(self.message)
 
 
-def refusing(function, chunk, **kwargs):
-    """`function(chunk, **kwargs)`, or a Refused carrying its InputError."""
+def refusing(function, chunk, *args, **kwargs):
+    """`function(chunk, *args, **kwargs)`, or a Refused carrying its InputError."""
+    if any(isinstance(arg, Refused) for arg in args):  # an input task refused: pass that on
+        return next(arg for arg in args if isinstance(arg, Refused))
     try:
-        return function(chunk, **kwargs)
+        return function(chunk, *args, **kwargs)
     except DataError as exc:
         where = f"rows {chunk.start}..{chunk.stop} (chunk {chunk.index}) of {chunk.path}"
         return Refused(chunk.index, f"ONNX Runtime failed on {where} ({exc}); check those samples against what "

@@ -180,6 +180,36 @@ def compare_outputs(fp32, int8, labels=None, rows=None, anchors=None) -> Validat
     )
 
 
+def _outputs(chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, output: str | None) -> list[np.ndarray]:
+    """One output of both models over a chunk (default graph optimisations, as deployed)."""
+    feeds = read_feeds(chunk)
+    names = None if output is None else [output]  # None: the first output
+    return [run_in_batches(session_for(model), names, feeds, chunk.feeding)[0] for model in (fp32, int8)]
+
+
+def anchor_outputs(
+    anchors: ChunkRef, fp32: ModelRef, int8: ModelRef, output: str | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The nearest-neighbour reference set: both models' outputs on a fixed chunk, and its row numbers.
+
+    One task per run computes it; every validation task reads its result.
+    """
+    return (
+        *(o.reshape(len(o), -1).astype(np.float64) for o in _outputs(anchors, fp32, int8, output)),
+        np.arange(anchors.start, anchors.stop),
+    )
+
+
+def validate_against(
+    chunk: ChunkRef, reference, fp32: ModelRef, int8: ModelRef, output: str | None = None
+) -> ChunkValidation:
+    """validate_chunk with the anchors' outputs given (None: no nearest-neighbour agreement)."""
+    out_fp32, out_int8 = _outputs(chunk, fp32, int8, output)
+    rows = np.arange(chunk.start, chunk.stop)
+    stats = compare_outputs(out_fp32, out_int8, read_labels(chunk), rows, reference)
+    return ChunkValidation(chunk.index, chunk.start, chunk.stop, stats)
+
+
 def validate_chunk(
     chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, anchors: ChunkRef | None = None, output: str | None = None
 ) -> ChunkValidation:
@@ -188,18 +218,5 @@ def validate_chunk(
     With `anchors` (a fixed chunk of the validation set), also count
     nearest-neighbour agreement against it.
     """
-    sessions = session_for(fp32), session_for(int8)
-    feeds = read_feeds(chunk)
-    names = None if output is None else [output]  # None: the first output
-    out_fp32, out_int8 = (run_in_batches(s, names, feeds, chunk.feeding)[0] for s in sessions)
-    reference = None
-    if anchors is not None:
-        anchor_feeds = read_feeds(anchors)
-        outputs = [run_in_batches(s, names, anchor_feeds, anchors.feeding)[0] for s in sessions]
-        reference = (
-            *(o.reshape(len(o), -1).astype(np.float64) for o in outputs),
-            np.arange(anchors.start, anchors.stop),
-        )
-    rows = np.arange(chunk.start, chunk.stop)
-    stats = compare_outputs(out_fp32, out_int8, read_labels(chunk), rows, reference)
-    return ChunkValidation(chunk.index, chunk.start, chunk.stop, stats)
+    reference = None if anchors is None else anchor_outputs(anchors, fp32, int8, output)
+    return validate_against(chunk, reference, fp32, int8, output)

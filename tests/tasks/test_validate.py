@@ -110,3 +110,4 @@ def test_the_gate_counts_non_finite_int8_outputs_only_where_fp32_is_finite(tmp_p
     fp32, same, broken = model("fp32", "Mul"), model("same", "Mul"), model("broken", "Sub")
     assert int8_problem(chunk, fp32, same) is None  # -inf where FP32 has it too
     assert "outputs NaN or infinite values ('y') on calibration rows 0..2" in int8_problem(chunk, fp32, broken)
+
