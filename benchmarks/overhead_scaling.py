@@ -40,6 +40,16 @@ def prepared_for(data: Path):
     return prepare(RunConfig(model=builtin_path(MODEL), calib=data, prepare=False))  # the model ORT's loop runs
 
 
+def tiled_calib(folder: Path, name: str, rows: int) -> Path:
+    """The built-in digits calibration split tiled to `rows` rows, saved as folder/name."""
+    from dask_quant.pipeline.builtin import CALIB, builtin_path
+
+    calib = np.load(builtin_path(CALIB))
+    path = folder / name
+    np.save(path, np.resize(calib, (rows, *calib.shape[1:])))
+    return path
+
+
 def bare_loop(prepared, chunk_size: int, part: int = 0, parts: int = 1, ready=None) -> float:
     """Seconds for one thread in this process to compute the same per-chunk statistics and merge them
     (every `parts`-th chunk from `part`; `ready`, a barrier, is waited on once the session is built)."""
@@ -101,7 +111,6 @@ def cluster(workers: int):
 
 
 def main() -> None:
-    from dask_quant.pipeline.builtin import CALIB, builtin_path
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=96000)
@@ -109,10 +118,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     print(machine_line())
-    calib = np.load(builtin_path(CALIB))
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "calib.npy"
-        np.save(data, np.resize(calib, (args.rows, *calib.shape[1:])))
+        data = tiled_calib(Path(tmp), "calib.npy", args.rows)
         prepared = prepared_for(data)
         one, two = cluster(1), cluster(2)
         try:
@@ -133,9 +140,7 @@ def main() -> None:
                 f"-> {b / p:.2f}x over one bare loop: what this machine allows two workers without Dask"
             )
             many = 5000
-            small = Path(tmp) / "small.npy"
-            np.save(small, np.resize(calib, (many, *calib.shape[1:])))
-            tiny = prepared_for(small)
+            tiny = prepared_for(tiled_calib(Path(tmp), "small.npy", many))
             rss_before = proc_status_kib("VmRSS")
             loop = statistics.median(bare_loop(tiny, 1) for _ in range(args.repeats))
             wall = statistics.median(cluster_pass(two[1], tiny, 1) for _ in range(args.repeats))

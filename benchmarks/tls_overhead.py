@@ -18,29 +18,23 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_line  # noqa: E402
-from overhead_scaling import cluster_pass, prepared_for  # noqa: E402
+from overhead_scaling import cluster_pass, prepared_for, tiled_calib  # noqa: E402
 
 
 def main() -> None:
     from distributed import Client
 
     from dask_quant.cluster.connect import local_cluster
-    from dask_quant.pipeline.builtin import CALIB, builtin_path
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, default=5000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     print(machine_line())
-    calib = np.load(builtin_path(CALIB))
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "small.npy"
-        np.save(data, np.resize(calib, (args.chunks, *calib.shape[1:])))
-        prepared = prepared_for(data)
+        prepared = prepared_for(tiled_calib(Path(tmp), "small.npy", args.chunks))
         clusters = {
             locked: local_cluster(2, locked=locked, dashboard_address=":0", silence_logs=logging.ERROR)
             for locked in (True, False)
