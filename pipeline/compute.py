@@ -53,7 +53,9 @@ class _Watchdog:
             seen = self._addresses()
             limit = WORKER_DEATHS_PER_WORKER * max(1, len(seen))
             empty_since = None
-            while not self._stop.wait(0.5):
+            # scheduler_info lists every worker: every 2 s is cheap on a large cluster, and soon enough
+            # for a job that would otherwise wait forever.
+            while not self._stop.wait(2.0):
                 now = self._addresses()
                 self.deaths += len(now - seen)
                 seen |= now

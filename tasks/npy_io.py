@@ -6,6 +6,7 @@ never by the file. Nothing is unpickled (object arrays are refused).
 
 from __future__ import annotations
 
+import os
 import struct
 import zipfile
 import zlib
@@ -63,14 +64,17 @@ def _open_member(path: str, member: str) -> Iterator[tuple[IO[bytes], int]]:
     where = f"{path}[{member}]" if member else path
     if member == NPY_MEMBER:
         with Path(path).open("rb") as handle:
-            yield handle, Path(path).stat().st_size
+            yield handle, os.fstat(handle.fileno()).st_size  # the size of the file we read, not of its path
         return
+    archive = None
     try:
         archive = zipfile.ZipFile(path)
         info = archive.getinfo(f"{member}.npy")
         offset = _stored_offset(archive, info)
         deflated = archive.open(info) if offset is None else None
     except (*_CORRUPT, ValueError) as exc:
+        if archive is not None:
+            archive.close()
         raise _corrupt(where, exc) from None
     with archive:
         if deflated is not None:
