@@ -80,6 +80,7 @@ def layer_rows(layers: list[Layer], errors: LayerErrors) -> list[dict]:
             "max_abs_error": measured[layer.tensor].max_abs_error,
             "samples": measured[layer.tensor].samples,
             "elements": measured[layer.tensor].elements,
+            "non_finite": measured[layer.tensor].non_finite,
             **_histogram_columns(measured[layer.tensor].histogram),
         }
         for layer in layers

@@ -41,7 +41,7 @@ class HistogramSpec:
     def _range(self) -> tuple[np.floating, np.floating]:
         # float32 bounds, as ONNX Runtime passes them: numpy then builds the very same edges.
         # numpy widens an empty range to +-0.5; do it here so edges and counts agree.
-        low, high = (self.low, self.high) if self.high > self.low else (self.low - 0.5, self.high + 0.5)
+        low, high = (self.low, self.high) if self.high > self.low else _widened(self.low)
         with np.errstate(over="ignore"):
             width = np.float32(high) - np.float32(low)
         if not np.isfinite(width) or not _distinct_edges(np.float32(low), np.float32(high), self.bins):
@@ -55,12 +55,17 @@ class HistogramSpec:
     def count(self, values: np.ndarray) -> np.ndarray:
         """Counts per bin; values outside [low, high] (only possible on data other than the
         calibration set that fixed the range) land in the end bins."""
-        flat = values.reshape(-1).astype(np.float32, copy=False)
-        if self.absolute:
-            flat = np.abs(flat)
+        from dask_quant.tasks import kernels
+
         low, high = self._range()
-        counts, _ = np.histogram(np.clip(flat, low, high), bins=self.bins, range=(low, high))
-        return counts.astype(np.int64)
+        # np.histogram(np.clip(|x| or x, low, high), bins, range=(low, high)) of float32 x, in one pass.
+        return kernels.count(values.astype(np.float32, copy=False), low, high, self.bins, self.absolute)
+
+
+def _widened(value: float) -> tuple[float, float]:
+    """numpy's +-0.5 around a single value; relative where 0.5 is below float64's resolution (|v| > 2**52)."""
+    half = max(0.5, abs(value) * 2.0**-20)
+    return value - half, value + half
 
 
 def _distinct_edges(low: np.float32, high: np.float32, bins: int) -> bool:

@@ -2,9 +2,10 @@
 
 For each quantized activation x (FP32 model) and y (the INT8 model's
 dequantized tensor) a chunk contributes sum(x*x), sum(y*y), sum(x*y),
-sum((x-y)**2), the count and max|x-y|. Each term is computed per element in
-float64 (the same bits whatever the chunk) and summed exactly (tasks.exact_sum),
-so SQNR and cosine come out identical for any chunking, order or merge tree.
+sum((x-y)**2), the count and max|x-y|. For float32 (and float16) tensors the
+sums are exact (tasks.kernels: a product of two float32s is exact), and
+sum((x-y)**2) = sum(x*x) + sum(y*y) - 2 sum(x*y) exactly; so SQNR and cosine
+come out identical for any chunking, order or merge tree.
 """
 
 from __future__ import annotations
@@ -33,22 +34,29 @@ class LayerError:
     noise: int = 0  # sum (x-y)**2
     max_abs_error: float = 0.0
     histogram: Histogram | None = None  # of x, for the report
+    non_finite: int = 0  # elements where x or y is inf or NaN, left out of the sums
 
     @classmethod
     def of(cls, x: np.ndarray, y: np.ndarray, spec: HistogramSpec | None = None, rows: int | None = None) -> LayerError:
         """Sums over x and y; `samples` is `rows` (the slice's rows: some tensors, such as
         scalars, have no batch axis), by default len(x)."""
-        a, b = x.astype(np.float64).reshape(-1), y.astype(np.float64).reshape(-1)
-        diff = a - b
+        if np.float64 in (x.dtype, y.dtype):
+            signal, quantized, product, noise, largest, non_finite = _float64_sums(x, y)
+        else:  # float32, and float16 values, which float32 holds exactly
+            from dask_quant.tasks import kernels
+
+            signal, quantized, product, largest, non_finite = kernels.product_sums(x, y)
+            noise = signal + quantized - 2 * product  # exact: sum (x-y)**2 of the exact products
         return cls(
-            elements=a.size,
+            elements=x.size,
             samples=len(x) if rows is None else rows,
-            signal=exact_sum(a * a),
-            quantized=exact_sum(b * b),
-            product=exact_sum(a * b),
-            noise=exact_sum(diff * diff),
-            max_abs_error=float(np.abs(diff).max()) if diff.size else 0.0,
+            signal=signal,
+            quantized=quantized,
+            product=product,
+            noise=noise,
+            max_abs_error=largest,
             histogram=None if spec is None else Histogram.of(spec, spec.count(x)),
+            non_finite=non_finite,
         )
 
     def merge(self, other: LayerError) -> LayerError:
@@ -61,6 +69,7 @@ class LayerError:
             self.noise + other.noise,
             max(self.max_abs_error, other.max_abs_error),
             _merge_optional(self.histogram, other.histogram),
+            self.non_finite + other.non_finite,
         )
 
     @property
@@ -77,6 +86,17 @@ class LayerError:
         return to_float(self.product) / norms if norms else 1.0
 
 
+def _float64_sums(x: np.ndarray, y: np.ndarray) -> tuple[int, int, int, int, float, int]:
+    """The sums for float64 tensors, whose products float64 cannot hold: each term is
+    rounded per element (the same bits whatever the chunk), then summed exactly."""
+    a, b = x.astype(np.float64).reshape(-1), y.astype(np.float64).reshape(-1)
+    finite = np.isfinite(a) & np.isfinite(b)
+    a, b = a[finite], b[finite]
+    diff = a - b
+    largest = float(np.abs(diff).max()) if diff.size else 0.0
+    return exact_sum(a * a), exact_sum(b * b), exact_sum(a * b), exact_sum(diff * diff), largest, int((~finite).sum())
+
+
 def _merge_optional(a: Histogram | None, b: Histogram | None) -> Histogram | None:
     if a is None or b is None:
         return a if b is None else b
@@ -91,7 +111,6 @@ class LayerErrors:
 
     def merge(self, other: LayerErrors) -> LayerErrors:
         return LayerErrors(merge_by_name(self.entries, other.entries))
-
 
 
 def chunk_layer_errors(
