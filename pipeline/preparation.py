@@ -12,6 +12,7 @@ ranges and the QDQ model equal `quantize_static` run on that model.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -82,7 +83,13 @@ def _pre_process(proto, skip_symbolic: bool) -> tuple[object, list[str]]:
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with tempfile.TemporaryDirectory(prefix="dask-quant-prepare-") as tmp, captured_logs(logging.ERROR) as errors:
+    with (
+        tempfile.TemporaryDirectory(prefix="dask-quant-prepare-") as tmp,
+        captured_logs(logging.ERROR) as errors,
+        # ORT saves `sym_shape_infer_temp.onnx` and its external data in the working directory when
+        # symbolic inference is incomplete: keep them in the temporary folder, never the user's.
+        contextlib.chdir(tmp),
+    ):
         # A path, not the ModelProto: ORT 1.32's optimisation step fails on an in-memory model
         # without external data when symbolic shape inference is skipped.
         given, out = Path(tmp) / "given.onnx", Path(tmp) / "prepared.onnx"

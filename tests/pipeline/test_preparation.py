@@ -49,6 +49,33 @@ def test_failed_symbolic_shape_inference_falls_back_and_says_so(constant_weights
     assert not [n for n in graph.proto.graph.node if n.op_type == "Constant"]  # the next steps still ran
 
 
+def test_a_real_symbolic_inference_failure_leaves_nothing_in_the_working_directory(tmp_path, monkeypatch):
+    """ORT saves `sym_shape_infer_temp.onnx` (and its external data) in the working directory when
+    symbolic inference is incomplete, as it is for a Resize by scales."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1]),
+            helper.make_node("Resize", ["c", "", "scales"], ["r"], mode="nearest"),
+            helper.make_node("Conv", ["x", "w"], ["s"], pads=[1, 1, 1, 1]),
+            helper.make_node("Add", ["r", "s"], ["y"]),
+        ],
+        "resize",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [weight, scales],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    monkeypatch.chdir(tmp_path)
+    prepared = prepare_graph(model, per_channel=False, where="m.onnx")
+    assert prepared.steps[0].startswith("symbolic shape inference failed (Incomplete symbolic shape inference)")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_opset_the_converter_cannot_upgrade_is_one_clear_error(constant_weights, monkeypatch):
     def fail(model, target):
         msg = "No Adapter From Version $12 for Foo"
