@@ -7,6 +7,7 @@ no bins grown on the fly. The result is the same for any chunking or order.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -35,31 +36,40 @@ class HistogramSpec:
         return (self.tensor, self.absolute, self.bins)
 
     def edges(self) -> np.ndarray:
-        """The float32 bin edges numpy counts float32 values with for range=(low, high)."""
-        return np.histogram_bin_edges(np.empty(0, np.float32), bins=self.bins, range=self._range())
-
-    def _range(self) -> tuple[np.floating, np.floating]:
-        # float32 bounds, as ONNX Runtime passes them: numpy then builds the very same edges.
-        # numpy widens an empty range to +-0.5; do it here so edges and counts agree.
-        low, high = (self.low, self.high) if self.high > self.low else _widened(self.low)
-        with np.errstate(over="ignore"):
-            width = np.float32(high) - np.float32(low)
-        if not np.isfinite(width) or not _distinct_edges(np.float32(low), np.float32(high), self.bins):
-            # A range wider than float32 holds (attention masks add -3.4e38), or one so
-            # narrow (all values denormal) that float32 has no `bins` distinct edges in it:
-            # numpy refuses float32 edges (ORT's calibrators stop there); float64 edges
-            # still count every value.
-            return np.float64(low), np.float64(high)
-        return np.float32(low), np.float32(high)
+        """The bin edges numpy counts float32 values with for range=(low, high) (read-only): float32,
+        or float64 where float32 has no `bins` distinct edges in the range."""
+        return _binning(self)[2]
 
     def count(self, values: np.ndarray) -> np.ndarray:
         """Counts per bin; values outside [low, high] (only possible on data other than the
         calibration set that fixed the range) land in the end bins."""
         from dask_quant.tasks import kernels
 
-        low, high = self._range()
         # np.histogram(np.clip(|x| or x, low, high), bins, range=(low, high)) of float32 x, in one pass.
-        return kernels.count(values.astype(np.float32, copy=False), low, high, self.bins, self.absolute)
+        return kernels.count(values.astype(np.float32, copy=False), _binning(self)[3], self.absolute)
+
+
+@functools.lru_cache(maxsize=4096)  # a worker counts the same tensors' histograms chunk after chunk
+def _binning(spec: HistogramSpec) -> tuple:
+    """(low, high, edges, kernels.Bins) numpy would count with, as np.histogram(range=(low, high)) takes them."""
+    from dask_quant.tasks import kernels
+
+    # float32 bounds, as ONNX Runtime passes them: numpy then builds the very same edges.
+    # numpy widens an empty range to +-0.5; do it here so edges and counts agree.
+    low, high = (spec.low, spec.high) if spec.high > spec.low else _widened(spec.low)
+    with np.errstate(over="ignore"):
+        width = np.float32(high) - np.float32(low)
+    if np.isfinite(width) and _distinct_edges(np.float32(low), np.float32(high), spec.bins):
+        low, high = np.float32(low), np.float32(high)
+    else:
+        # A range wider than float32 holds (attention masks add -3.4e38), or one so
+        # narrow (all values denormal) that float32 has no `bins` distinct edges in it:
+        # numpy refuses float32 edges (ORT's calibrators stop there); float64 edges
+        # still count every value.
+        low, high = np.float64(low), np.float64(high)
+    edges = np.histogram_bin_edges(np.empty(0, type(low)), bins=spec.bins, range=(low, high))
+    edges.flags.writeable = False
+    return low, high, edges, kernels.Bins.of(low, high, edges)
 
 
 def _widened(value: float) -> tuple[float, float]:

@@ -6,9 +6,11 @@ x*x, y*y and x*y exactly. Both passes run over every activation of every
 chunk, so they set the cost of the histogram methods and of per-layer error.
 
 Both are exact by construction, not approximately fast:
-- `count` repeats np.histogram's arithmetic for equal bins step by step (the
-  float index in the edges' dtype, truncation, then the same one-step
-  corrections against the edges), so its counts are numpy's, bit for bit.
+- `count` puts each value in the bin numpy's edges give it (edges[k] <= v <
+  edges[k + 1], the last bin closed), as np.histogram does: a monotonic
+  estimate places every value, and the few an estimate cannot place for
+  certain are checked against the edges (see Bins), so the counts are
+  numpy's, bit for bit.
 - `product_sums` splits each float32 into its integer mantissa and exponent
   (x = m * 2**e, m < 2**24): the product of two is an integer below 2**48
   times a power of two, added into integer accumulators per exponent. The
@@ -20,6 +22,8 @@ Import this module inside functions: numba is a heavy import.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numba
 import numpy as np
 
@@ -29,49 +33,117 @@ _BUCKETS = 2 * (104 - _LOWEST) + 1  # exponents of products of two float32s: 2*(
 _SPLIT = 24  # a product below 2**48 in two 24-bit halves: an int64 holds 2**39 of each
 
 
+@dataclass(frozen=True)
+class Bins:
+    """How `count` bins values for np.histogram(range=(first, last), bins=len(edges) - 1).
+
+    Values are first placed by an estimate, (v - first) * scale. The estimate is
+    monotonic in v (each float operation is), so if est(edges[k]) < est(v) <
+    est(edges[k + 1]), then edges[k] <= v < edges[k + 1]: the bin is exactly k.
+    `margin` is max |est(edges[k]) - k| over the edges, so any v whose estimate
+    lies further than `margin` from a whole number is in bin floor(est(v)) for
+    certain. The others are at most one bin off while margin < 0.5 (the bins of
+    est(edges[k -+ 1]) then lie beyond them), and take numpy's one-step
+    correction against the edges; a margin of 0.5 (a range float arithmetic
+    cannot divide well) sends every value to a binary search of the edges.
+    """
+
+    first: np.floating
+    last: np.floating
+    edges: np.ndarray
+    scale: np.floating
+    margin: np.floating
+    zero_bin: int  # the bin of 0.0 (exactly zero values are common: ReLU), or 0 when 0 is out of range
+
+    @classmethod
+    def of(cls, low: np.floating, high: np.floating, edges: np.ndarray) -> Bins:
+        kind = edges.dtype.type
+        first, last, bins = kind(low), kind(high), len(edges) - 1
+        with np.errstate(over="ignore", invalid="ignore"):
+            scale = kind(bins) / (last - first)
+            errors = np.abs(((edges - first) * scale).astype(np.float64) - np.arange(bins + 1))
+        if not np.isfinite(scale) or not np.isfinite(errors).all():
+            # A range of denormals: bins / width overflows. Every value then takes the exact search.
+            scale, errors = kind(0), np.array([0.5])
+        margin = kind(min(0.5, float(errors.max())))
+        zero = 0 if not first <= 0 <= last else min(bins - 1, int(np.searchsorted(edges, kind(0), "right")) - 1)
+        return cls(first, last, edges, scale, margin, zero)
+
+
 @numba.njit(cache=True, nogil=True)
-def _count(values, absolute, first, last, numerator, edges, bins):
-    # Two interleaved count arrays: runs of one value (the zeros after a ReLU) would
-    # otherwise make each increment wait for the one before it.
+def _count(values, absolute, first, last, scale, margin, zero_bin, edges):
+    bins = edges.size - 1
+    top = np.int32(bins - 1)
+    # Two interleaved count arrays: runs of one value would otherwise make each increment
+    # wait for the one before it.
     counts = np.zeros(2 * bins, np.int64)
-    clipped = np.empty(_BLOCK, values.dtype)
     index = np.empty(_BLOCK, np.int32)
-    denominator = last - first
-    top = bins - 1
+    unsure = np.empty(_BLOCK, np.int32)
+    clipped = np.empty(_BLOCK, values.dtype)
+    near = np.empty(_BLOCK, np.uint8)
+    far = 1 - margin
     missing = 0
     for start in range(0, values.size, _BLOCK):
         size = min(_BLOCK, values.size - start)
-        # The float index, as numpy computes it (vectorised: no branch depends on memory).
+        # The estimate, and whether it may be a bin off (no branch depends on memory).
         for j in range(size):
             value = values[start + j]
             if absolute:
                 value = abs(value)
-            if value != value:  # numpy drops NaN; it is counted in bin 0 here and taken out below
-                missing += 1
-                value = first
-            value = min(max(value, first), last)
+            nan = value != value  # numpy drops NaN: it goes to bin 0 here, and is taken out at the end
+            missing += nan
+            # Selects and bitwise logic, not branches, so that the loop vectorises.
+            value = first if (nan | (value < first)) else value
+            value = last if value > last else value
             clipped[j] = value
-            index[j] = min(np.int32(((value - first) / denominator) * numerator), top)
-        # numpy's corrections against the edges, then the count.
+            estimate = (value - first) * scale
+            k = np.int32(estimate)
+            k = top if k > top else k
+            fraction = estimate - k
+            zero = value == 0
+            index[j] = zero_bin if zero else k
+            near[j] = (~zero) & ((fraction <= margin) | (fraction >= far))
+        count = 0
         for j in range(size):
-            value, k = clipped[j], index[j]
-            if value < edges[k]:
-                k -= 1
-            elif k != top and value >= edges[k + 1]:
-                k += 1
-            counts[(j & 1) * bins + k] += 1
+            counts[(j & 1) * bins + index[j]] += 1
+            unsure[count] = j
+            count += near[j]
+        # The values near an edge, checked against the edges as numpy does.
+        for u in range(count):
+            j = unsure[u]
+            k = exact = index[j]
+            value = clipped[j]
+            if margin < 0.5:  # the estimate is at most one bin off: one step, as numpy corrects
+                if value < edges[k]:
+                    exact = k - 1
+                elif k != top and value >= edges[k + 1]:
+                    exact = k + 1
+            else:  # an estimate that may be further off: search
+                exact = min(max(np.searchsorted(edges, value, side="right") - 1, 0), top)
+            if exact != k:
+                counts[k] -= 1
+                counts[exact] += 1
     total = counts[:bins] + counts[bins:]
     total[0] -= missing
     return total
 
 
-def count(values: np.ndarray, low: np.floating, high: np.floating, bins: int, absolute: bool) -> np.ndarray:
-    """np.histogram(np.clip(v, low, high), bins, range=(low, high))[0] as int64, where v is
-    `values` (|values| when `absolute`) in low's dtype, float32 or float64."""
-    dtype = np.dtype(type(low))
-    flat = np.ascontiguousarray(values.reshape(-1), dtype=dtype)
-    edges = np.histogram_bin_edges(np.empty(0, dtype), bins=bins, range=(low, high))
-    return _count(flat, absolute, dtype.type(low), dtype.type(high), dtype.type(bins), edges, bins)
+def count(values: np.ndarray, bins: Bins, absolute: bool) -> np.ndarray:
+    """np.histogram(np.clip(v, first, last), len(edges) - 1, range=(first, last))[0] as int64, where
+    v is `values` (|values| when `absolute`) in the dtype of the edges (numpy's for that range)."""
+    flat = np.ascontiguousarray(values.reshape(-1), dtype=bins.edges.dtype)
+    return _count(flat, absolute, bins.first, bins.last, bins.scale, bins.margin, bins.zero_bin, bins.edges)
+
+
+def numpy_count(values: np.ndarray, low, high, edges: np.ndarray, absolute: bool) -> np.ndarray:
+    """What `count` computes, written with np.histogram (how dask-quant counted before `count`): the
+    definition the tests hold `count` to, and the baseline benchmarks/histogram_speed.py times."""
+    flat = values.reshape(-1).astype(np.float32, copy=False)
+    if absolute:
+        flat = np.abs(flat)
+    with np.errstate(invalid="ignore"):
+        counts, _ = np.histogram(np.clip(flat, low, high), bins=len(edges) - 1, range=(low, high))
+    return counts.astype(np.int64)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -126,7 +198,7 @@ def product_sums(x: np.ndarray, y: np.ndarray) -> tuple[int, int, int, float, in
     sums, largest, skipped = _product_sums(a, b)
     shift = 2 * _LOWEST - BASE_EXPONENT
     totals = []
-    for highs, lows in sums.tolist():
-        pairs = enumerate(zip(highs, lows, strict=True))
-        totals.append(sum(((h << _SPLIT) + low) << (bucket + shift) for bucket, (h, low) in pairs if h or low))
+    for highs, lows in sums:
+        used = np.flatnonzero(highs | lows).tolist()  # a tensor's values span a few dozen exponents
+        totals.append(sum(((int(highs[b]) << _SPLIT) + int(lows[b])) << (b + shift) for b in used))
     return totals[0], totals[1], totals[2], float(largest), int(skipped)

@@ -4,6 +4,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# No per-example deadline: the first example to reach a compiled loop (tasks/kernels.py) pays its
+# one-off JIT compilation; the tests check values, never times.
+settings.register_profile("dask-quant", deadline=None)
+settings.load_profile("dask-quant")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/models.py, tests/reference.py
 
