@@ -26,7 +26,7 @@ class Latency:
         return self.fp32_seconds_per_sample / self.int8_seconds_per_sample
 
 
-def measure_latency(chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, repeats: int, budget_s: float = 10.0) -> Latency:
+def measure_latency(chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, repeats: int, budget_s: float = 4.0) -> Latency:
     """Time both models on one chunk's rows (default graph optimisations, as deployed).
 
     Runs alternate FP32 and INT8 so both see the same machine load; the first
