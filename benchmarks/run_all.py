@@ -17,7 +17,17 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SCRIPTS = ("entropy_speed.py", "calibration_memory.py", "overhead_scaling.py", "tls_overhead.py", "end_to_end.py")
+SCRIPTS = (
+    "entropy_speed.py",
+    "histogram_speed.py",
+    "calibration_memory.py",
+    "overhead_scaling.py",
+    "tls_overhead.py",
+    "end_to_end.py",
+    "validation_speed.py",
+    "whole_run.py",
+    "profile_passes.py",
+)
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 
 
@@ -31,7 +41,7 @@ def commit() -> str:
 
 def _summary(line: str) -> bool:
     """Lines that state a goal, a failure, or a model's or method's end-to-end result."""
-    starts = ("minmax ", "percentile ", "entropy ", "method ", "digits:", "minilm:", "ceiling:")
+    starts = ("minmax ", "percentile ", "entropy ", "method ", "digits:", "minilm:", "detector:", "ceiling:")
     return "goal" in line or "FAILED" in line or line.startswith(starts)
 
 
