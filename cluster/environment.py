@@ -7,11 +7,12 @@ from importlib import metadata
 from dask_quant.tasks.errors import InputError
 
 # Recorded with every run (run.json).
-PACKAGES = ("dask-quant", "dask", "distributed", "onnx", "onnxruntime", "numpy", "pyarrow")
+PACKAGES = ("dask-quant", "dask", "distributed", "onnx", "onnxruntime", "numpy", "numba", "pyarrow")
 
 # What must match the client: dask-quant exactly, onnxruntime to the minor version
-# (ranges and scales depend on its kernels and quantizer), the others to the major.
-REQUIRED = {"dask-quant": 3, "onnxruntime": 2, "onnx": 1, "numpy": 1, "pyarrow": 1}
+# (ranges and scales depend on its kernels and quantizer), the others to the major
+# (numba compiles tasks/kernels.py, whose results are exact whatever compiles them).
+REQUIRED = {"dask-quant": 3, "onnxruntime": 2, "onnx": 1, "numpy": 1, "numba": 1, "pyarrow": 1}
 
 
 def package_versions() -> dict[str, str | None]:

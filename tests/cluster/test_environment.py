@@ -10,7 +10,10 @@ from distributed import Client, LocalCluster
 from dask_quant.cluster.environment import check_workers, incompatibilities, package_versions
 from dask_quant.tasks.errors import InputError
 
-CLIENT = {"dask-quant": "0.1.0", "onnxruntime": "1.32.0", "onnx": "1.23.2", "numpy": "2.4.6", "pyarrow": "26.0.1"}
+CLIENT = {
+    "dask-quant": "0.1.0", "onnxruntime": "1.32.0", "onnx": "1.23.2", "numpy": "2.4.6", "numba": "0.68.1",
+    "pyarrow": "26.0.1",
+}  # fmt: skip
 
 
 def test_incompatibilities_name_each_worker_and_what_it_lacks():
@@ -18,10 +21,12 @@ def test_incompatibilities_name_each_worker_and_what_it_lacks():
         "tcp://a:1": dict(CLIENT, onnxruntime="1.32.1", numpy="2.0.0"),  # compatible: same minor / same major
         "tcp://b:2": dict(CLIENT, **{"dask-quant": None}),
         "tcp://c:3": dict(CLIENT, onnxruntime="1.31.0", numpy="1.26.4"),
+        "tcp://d:4": dict(CLIENT, numba=None),  # the compiled loops (tasks/kernels.py) need it
     }
     assert incompatibilities(CLIENT, workers) == [
         "tcp://b:2: dask-quant missing",
         "tcp://c:3: onnxruntime 1.31.0 (client has 1.32.0), numpy 1.26.4 (client has 2.4.6)",
+        "tcp://d:4: numba missing",
     ]
 
 
