@@ -27,6 +27,20 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+
+def _compiled(**options):
+    """numba.njit, with the compiled code cached on disk where numba finds a writable place
+    (beside this file, or the user's cache folder) so a worker process loads it, not compiles it."""
+
+    def compile_(function):
+        try:
+            return numba.njit(cache=True, nogil=True, **options)(function)
+        except RuntimeError:  # "cannot cache function ...: no locator available": compile per process
+            return numba.njit(nogil=True, **options)(function)
+
+    return compile_
+
+
 _BLOCK = 2048  # values per block: the block's indices stay in the L1 cache
 _LOWEST = -149  # exponent of the smallest float32 subnormal's unit
 _BUCKETS = 2 * (104 - _LOWEST) + 1  # exponents of products of two float32s: 2*(-149) .. 2*104
@@ -70,7 +84,7 @@ class Bins:
         return cls(first, last, edges, scale, margin, zero)
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled()
 def _count(values, absolute, first, last, scale, margin, zero_bin, edges):
     bins = edges.size - 1
     top = np.int32(bins - 1)
@@ -146,7 +160,7 @@ def numpy_count(values: np.ndarray, low, high, edges: np.ndarray, absolute: bool
     return counts.astype(np.int64)
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@_compiled(inline="always")
 def _split(bits):
     """(sign, integer mantissa, exponent) of a float32 given as its int32 bits."""
     exponent = (bits >> 23) & 0xFF
@@ -158,14 +172,14 @@ def _split(bits):
     return (-1 if bits < 0 else 1), mantissa, exponent - 150
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@_compiled(inline="always")
 def _add(sums, term, sign, product, exponent):
     bucket = exponent - 2 * _LOWEST
     sums[term, 0, bucket] += sign * (product >> _SPLIT)
     sums[term, 1, bucket] += sign * (product & ((1 << _SPLIT) - 1))
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled()
 def _product_sums(x, y):
     sums = np.zeros((3, 2, _BUCKETS), np.int64)
     xbits, ybits = x.view(np.int32), y.view(np.int32)

@@ -95,3 +95,17 @@ def test_float16_and_float64_tensors_are_summed_too():
     assert LayerError.of(x16, x16).signal == LayerError.of(x16.astype(np.float32), x16.astype(np.float32)).signal
     x64 = np.array([0.1, 0.2], np.float64)
     assert scaled(LayerError.of(x64, x64).signal) == Fraction(0.1 * 0.1) + Fraction(0.2 * 0.2)
+
+
+def test_the_loops_still_compile_where_numba_finds_no_writable_cache_folder():
+    """A worker in a read-only image: numba refuses cache=True there; the loops compile per process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numba.core.caching as caching; caching.CacheImpl._locator_classes = []; "
+        "import numpy as np; from dask_quant.tasks.histogram import HistogramSpec; "
+        "print(HistogramSpec('t', 0.0, 4.0, 4).count(np.array([0.5, 3.5, 9.0], np.float32)).tolist())"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[1, 0, 0, 2]"
