@@ -127,6 +127,12 @@ def session_for(model: ModelRef, spec: SessionSpec = SessionSpec()):
         return session
 
 
+def drop_sessions() -> None:
+    """Forget this process's cached sessions (the next task builds its own, as a fresh worker would)."""
+    with _lock:
+        _sessions.clear()
+
+
 def fixed_batch(session, feeding: Feeding = NO_FEEDING) -> int | None:
     """The batch size the model's inputs fix on their batch axes, or None when it is symbolic."""
     constant = {c.name for c in feeding.constants}
