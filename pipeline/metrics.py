@@ -44,23 +44,22 @@ def metric_output(proto, batch: int | None, output_axes: dict[str, int], where: 
 
 
 def resolve_metric(requested: Metric, proto, has_labels: bool, output: str | None = None) -> Metric:
-    """`requested`, or for auto: classification with labels or a classifier-looking output,
-    regression for one value per sample or a dense map (three or more axes per sample, e.g. C x H x W),
-    else embedding."""
+    """`requested`, or for auto: classification with labels; regression for one value per sample or a
+    dense map (three or more axes per sample, e.g. C x H x W), whatever its name or producer; then
+    classification for a classifier-looking output; else embedding."""
     if requested is not Metric.AUTO:
         return requested
     if has_labels:
         return Metric.CLASSIFICATION
     output = next((o for o in proto.graph.output if o.name == output), proto.graph.output[0])
+    per_sample = [d.dim_value for d in output.type.tensor_type.shape.dim[1:]]
+    # A detector's score map or a segmenter's per-pixel classes: its values matter, and a top-1 over
+    # every pixel means nothing. Nor does one over a single value per sample.
+    if len(per_sample) >= 3 or (per_sample and all(d > 0 for d in per_sample) and math.prod(per_sample) == 1):
+        return Metric.REGRESSION
     producer = next((n for n in proto.graph.node if output.name in n.output), None)
     if (producer is not None and producer.op_type in ("Softmax", "LogSoftmax")) or _CLASSIFIER_NAME.search(output.name):
         return Metric.CLASSIFICATION
-    dims = output.type.tensor_type.shape.dim
-    per_sample = [d.dim_value for d in dims[1:]]
-    if per_sample and all(d > 0 for d in per_sample) and math.prod(per_sample) == 1:
-        return Metric.REGRESSION
-    if len(per_sample) >= 3:  # a detector's or segmenter's map: its values, not its direction, matter
-        return Metric.REGRESSION
     return Metric.EMBEDDING
 
 

@@ -34,6 +34,9 @@ def _model(op: str, output: str, dims: list):
         ("Relu", "embedding", [8], False, Metric.EMBEDDING),
         ("Relu", "tokens", ["seq", 8], False, Metric.EMBEDDING),
         ("Relu", "maps", [1, 160, 160], False, Metric.REGRESSION),  # a detector's dense map
+        ("Sigmoid", "score", [1, 320, 320], False, Metric.REGRESSION),  # a text detector's score map
+        ("Softmax", "prob", [21, 64, 64], False, Metric.REGRESSION),  # a segmenter's per-pixel classes
+        ("Sigmoid", "score", [1], False, Metric.REGRESSION),  # one logit per sample: no top-1 to agree on
     ],
 )
 def test_automatic_metric(op, output, dims, labels, expected):
