@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dask_quant.pipeline.qparams import qparam_rows
-from dask_quant.tasks.errors import InputError
+from dask_quant.tasks.errors import DaskQuantError, InputError
 from dask_quant.tasks.exact_sum import to_float
 from dask_quant.tasks.histogram import Histograms
 from dask_quant.tasks.range_stats import RangeStats
@@ -32,7 +32,12 @@ class ParquetFile:
         import pyarrow.parquet as pq
 
         rows = self.rows(*source)
-        table = pa.Table.from_pylist([{"run_id": run_id, **row} for row in rows], schema=self.schema())
+        schema = self.schema()
+        unknown = {key for row in rows for key in row} - set(schema.names)
+        if unknown:  # from_pylist would drop them without a word
+            msg = f"{self.name}: the rows have columns its schema lacks: {', '.join(sorted(unknown))}"
+            raise DaskQuantError(msg)
+        table = pa.Table.from_pylist([{"run_id": run_id, **row} for row in rows], schema=schema)
         if metadata:
             table = table.replace_schema_metadata({f"dask_quant.{k}": v for k, v in metadata.items()})
         path = Path(folder) / self.name
@@ -153,6 +158,7 @@ def _layers_schema():
             ("max_abs_error", pa.float64()),
             ("samples", pa.int64()),
             ("elements", pa.int64()),
+            ("non_finite", pa.int64()),
             ("hist_edges", pa.list_(pa.float32())),
             ("hist_counts", pa.list_(pa.int64())),
         ]

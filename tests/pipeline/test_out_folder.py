@@ -72,3 +72,12 @@ def test_tensor_names_with_dollar_signs_are_drawn_literally():
         {"tensor": "$\\nope{$", "op_type": "Add", "sqnr_db": 30.0},
     ]
     assert plots.sqnr_chart(rows)  # matplotlib would parse $...$ as math and fail on it
+
+
+def test_a_row_column_missing_from_the_schema_is_an_error_not_a_silent_drop(tmp_path):
+    from dask_quant.pipeline.outputs import LAYERS, ParquetFile
+    from dask_quant.tasks.errors import DaskQuantError
+
+    with pytest.raises(DaskQuantError, match=r"layers.parquet: the rows have columns its schema lacks: surprise"):
+        ParquetFile(LAYERS.name, LAYERS.schema, list).write(tmp_path, "run", [{"tensor": "t", "surprise": 1}])
+    assert not (tmp_path / LAYERS.name).exists()
