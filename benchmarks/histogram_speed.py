@@ -59,7 +59,7 @@ def best(repeats: int, fn, *args) -> tuple[float, np.ndarray]:
 
 def main() -> None:
     from dask_quant.tasks import kernels
-    from dask_quant.tasks.histogram import HistogramSpec, _binning
+    from dask_quant.tasks.histogram import HistogramSpec
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="minilm", choices=("minilm", "digits"))
@@ -80,8 +80,7 @@ def main() -> None:
         for name, array in activations.items():
             bound = float(np.abs(array).max())
             spec = HistogramSpec(name, 0.0 if absolute else -bound, bound, bins, absolute)
-            low, high, edges, _ = _binning(spec)
-            t_numpy, expected = best(args.repeats, kernels.numpy_count, array, low, high, edges, absolute)
+            t_numpy, expected = best(args.repeats, kernels.numpy_count, array, spec.binning, absolute)
             t_compiled, counts = best(args.repeats, spec.count, array)
             if not np.array_equal(counts, expected):
                 msg = f"counts of {name} differ from numpy's"

@@ -145,18 +145,13 @@ def minilm_case(tmp: Path):
 def inference_only(chunk, fp32, int8, pairs, output) -> int:
     """The inference one validation chunk runs, and nothing else; the rows seen."""
     from dask_quant.tasks.chunks import read_feeds
-    from dask_quant.tasks.sessions import SessionSpec, exposed_runs, run_in_batches, session_for
+    from dask_quant.tasks.layer_error import exposing_runs
+    from dask_quant.tasks.sessions import exposed_runs, run_in_batches, session_for
 
     feeds = read_feeds(chunk)
     for model in (fp32, int8):  # the metric pass: as deployed
         run_in_batches(session_for(model), [output] if output else None, feeds, chunk.feeding)
-    given = {*feeds, *(c.name for c in chunk.feeding.constants)}
-    fp32_exposed = tuple(sorted({(name, elem) for name, _, elem in pairs if name not in given}))
-    int8_exposed = tuple(sorted({(name, elem) for _, name, elem in pairs}))
-    runs = [
-        (session_for(fp32, SessionSpec(expose=fp32_exposed, calibration=True)), [n for n, _ in fp32_exposed]),
-        (session_for(int8, SessionSpec(expose=int8_exposed, calibration=True)), [n for n, _ in int8_exposed]),
-    ]
+    runs = exposing_runs(chunk, feeds, fp32, int8, pairs)  # the per-layer pass's own sessions
     return sum(rows for rows, _, _ in exposed_runs(runs, feeds, feeding=chunk.feeding))
 
 

@@ -38,7 +38,12 @@ class HistogramSpec:
     def edges(self) -> np.ndarray:
         """The bin edges numpy counts float32 values with for range=(low, high) (read-only): float32,
         or float64 where float32 has no `bins` distinct edges in the range."""
-        return _binning(self)[2]
+        return self.binning.edges
+
+    @property
+    def binning(self):
+        """The tasks.kernels.Bins that numpy's np.histogram(range=(low, high)) would count with."""
+        return _binning(self)
 
     def count(self, values: np.ndarray) -> np.ndarray:
         """Counts per bin; values outside [low, high] (only possible on data other than the
@@ -46,12 +51,12 @@ class HistogramSpec:
         from dask_quant.tasks import kernels
 
         # np.histogram(np.clip(|x| or x, low, high), bins, range=(low, high)) of float32 x, in one pass.
-        return kernels.count(values.astype(np.float32, copy=False), _binning(self)[3], self.absolute)
+        return kernels.count(values.astype(np.float32, copy=False), self.binning, self.absolute)
 
 
 @functools.lru_cache(maxsize=4096)  # a worker counts the same tensors' histograms chunk after chunk
-def _binning(spec: HistogramSpec) -> tuple:
-    """(low, high, edges, kernels.Bins) numpy would count with, as np.histogram(range=(low, high)) takes them."""
+def _binning(spec: HistogramSpec):
+    """The spec's kernels.Bins: numpy's bounds and edges for it, and the estimate that places values."""
     from dask_quant.tasks import kernels
 
     # float32 bounds, as ONNX Runtime passes them: numpy then builds the very same edges.
@@ -69,7 +74,7 @@ def _binning(spec: HistogramSpec) -> tuple:
         low, high = np.float64(low), np.float64(high)
     edges = np.histogram_bin_edges(np.empty(0, type(low)), bins=spec.bins, range=(low, high))
     edges.flags.writeable = False
-    return low, high, edges, kernels.Bins.of(low, high, edges)
+    return kernels.Bins.of(low, high, edges)
 
 
 def _widened(value: float) -> tuple[float, float]:

@@ -149,14 +149,15 @@ def count(values: np.ndarray, bins: Bins, absolute: bool) -> np.ndarray:
     return _count(flat, absolute, bins.first, bins.last, bins.scale, bins.margin, bins.zero_bin, bins.edges)
 
 
-def numpy_count(values: np.ndarray, low, high, edges: np.ndarray, absolute: bool) -> np.ndarray:
+def numpy_count(values: np.ndarray, bins: Bins, absolute: bool) -> np.ndarray:
     """What `count` computes, written with np.histogram (how dask-quant counted before `count`): the
     definition the tests hold `count` to, and the baseline benchmarks/histogram_speed.py times."""
     flat = values.reshape(-1).astype(np.float32, copy=False)
     if absolute:
         flat = np.abs(flat)
+    low, high = bins.first, bins.last
     with np.errstate(invalid="ignore"):
-        counts, _ = np.histogram(np.clip(flat, low, high), bins=len(edges) - 1, range=(low, high))
+        counts, _ = np.histogram(np.clip(flat, low, high), bins=len(bins.edges) - 1, range=(low, high))
     return counts.astype(np.int64)
 
 

@@ -113,6 +113,18 @@ class LayerErrors:
         return LayerErrors(merge_by_name(self.entries, other.entries))
 
 
+def exposing_runs(chunk: ChunkRef, feeds: dict, fp32: ModelRef, int8: ModelRef, pairs) -> list[tuple]:
+    """(session, output names) of the FP32 and the INT8 model with every compared tensor exposed
+    (graph optimisations off), for tasks.sessions.exposed_runs; inputs the chunk feeds are not outputs."""
+    given = {*feeds, *(c.name for c in chunk.feeding.constants)}
+    fp32_exposed = tuple(sorted({(name, elem) for name, _, elem in pairs if name not in given}))
+    int8_exposed = tuple(sorted({(name, elem) for _, name, elem in pairs}))
+    return [
+        (session_for(model, SessionSpec(expose=exposed, calibration=True)), [name for name, _ in exposed])
+        for model, exposed in ((fp32, fp32_exposed), (int8, int8_exposed))
+    ]
+
+
 def chunk_layer_errors(
     chunk: ChunkRef,
     fp32: ModelRef,
@@ -127,16 +139,11 @@ def chunk_layer_errors(
     as written, as in ONNX Runtime's qdq_loss_debug.
     """
     feeds = read_feeds(chunk)
-    given = {*feeds, *(c.name for c in chunk.feeding.constants)}
-    fp32_exposed = tuple(sorted({(name, elem) for name, _, elem in pairs if name not in given}))
-    int8_exposed = tuple(sorted({(name, elem) for _, name, elem in pairs}))
-    fp32_names, int8_names = [n for n, _ in fp32_exposed], [n for n, _ in int8_exposed]
-    fp32_session = session_for(fp32, SessionSpec(expose=fp32_exposed, calibration=True))
-    int8_session = session_for(int8, SessionSpec(expose=int8_exposed, calibration=True))
     bins = {spec.tensor: spec for spec in specs}
     total = LayerErrors()
-    runs = [(fp32_session, fp32_names), (int8_session, int8_names)]
-    for rows, part, (reference, quantized) in exposed_runs(runs, feeds, feeding=chunk.feeding):
+    for rows, part, (reference, quantized) in exposed_runs(
+        exposing_runs(chunk, feeds, fp32, int8, pairs), feeds, feeding=chunk.feeding
+    ):
         reference.update(part)
         errors = {name: LayerError.of(reference[name], quantized[dq], bins.get(name), rows) for name, dq, _ in pairs}
         total = total.merge(LayerErrors(tuple(sorted(errors.items()))))

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from dask_quant.tasks import kernels
 from dask_quant.tasks.exact_sum import BASE_EXPONENT
-from dask_quant.tasks.histogram import HistogramSpec, _binning
+from dask_quant.tasks.histogram import HistogramSpec
 from dask_quant.tasks.layer_error import LayerError
 
 any_float32 = st.floats(width=32, allow_nan=True, allow_infinity=True)
@@ -18,8 +18,7 @@ finite32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
 
 
 def numpy_counts(spec: HistogramSpec, values: np.ndarray) -> np.ndarray:
-    low, high, edges, _ = _binning(spec)
-    return kernels.numpy_count(values, low, high, edges, spec.absolute)
+    return kernels.numpy_count(values, spec.binning, spec.absolute)
 
 
 @settings(max_examples=300)
