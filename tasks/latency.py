@@ -6,10 +6,15 @@ import statistics
 import time
 from dataclasses import dataclass
 
+from dataclasses import replace
+
 from dask_quant.tasks.chunks import ChunkRef, read_feeds
-from dask_quant.tasks.sessions import ModelRef, run_in_batches, session_for
+from dask_quant.tasks.sessions import ModelRef, fixed_batch, run_in_batches, session_for
 
 _WARMUP = 3
+# Rows timed per run: a serving batch, not a whole chunk. A 64-row chunk of a transformer takes
+# about a second per model, so the three repeats a fair median needs would take most of a minute.
+BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -26,15 +31,21 @@ class Latency:
         return self.fp32_seconds_per_sample / self.int8_seconds_per_sample
 
 
-def measure_latency(chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, repeats: int, budget_s: float = 4.0) -> Latency:
-    """Time both models on one chunk's rows (default graph optimisations, as deployed).
+def measure_latency(
+    chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, repeats: int, budget_s: float = 2.0, batch: int = BATCH
+) -> Latency:
+    """Time both models on the first `batch` rows of a chunk (default graph optimisations, as deployed);
+    a model that fixes its batch size runs whole batches of it.
 
     Runs alternate FP32 and INT8 so both see the same machine load; the first
     few runs only warm up. A large model gets fewer repeats (at least 3), so
     timing takes about `budget_s` seconds, not minutes.
     """
-    feeds = read_feeds(chunk)
     sessions = (session_for(fp32), session_for(int8))
+    fixed = fixed_batch(sessions[0], chunk.feeding) or 1
+    rows = min(chunk.rows, max(fixed, batch - batch % fixed))
+    chunk = replace(chunk, stop=chunk.start + rows)
+    feeds = read_feeds(chunk)
 
     def timed_pair() -> tuple[float, float]:
         durations = []
