@@ -5,7 +5,7 @@ from __future__ import annotations
 from dask_quant.pipeline.config import RunConfig
 from dask_quant.pipeline.stages.prepare import Prepared, dataset_chunks
 
-_VALIDATION_TASKS = ("validate_against", "anchor_outputs", "chunk_layer_errors")
+_VALIDATION_TASKS = ("validate_against", "chunk_outputs", "compare_chunk", "chunk_layer_errors")
 
 
 def killed_worker_message(error, config: RunConfig, prepared: Prepared) -> str:

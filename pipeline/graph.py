@@ -18,7 +18,7 @@ from dask_quant.tasks.histogram import HistogramSpec
 from dask_quant.tasks.layer_error import chunk_layer_errors
 from dask_quant.tasks.merging import merge_all
 from dask_quant.tasks.sessions import ModelRef
-from dask_quant.tasks.validate import anchor_outputs, validate_against
+from dask_quant.tasks.validate import chunk_outputs, compare_chunk, join_anchors, validate_against
 
 
 class ChunkGraph(Delayed):
@@ -101,19 +101,27 @@ def layer_graph(chunks: list[ChunkRef], fp32: ModelRef, int8: ModelRef, pairs, s
 
 
 def validation_graph(
-    chunks: list[ChunkRef], fp32: ModelRef, int8: ModelRef, anchors: ChunkRef | None = None, output: str | None = None
+    chunks: list[ChunkRef], fp32: ModelRef, int8: ModelRef, anchors: int = 0, output: str | None = None
 ):
     """One ChunkValidation per chunk, as a list in chunk order (the rows of validation.parquet).
 
-    With `anchors`, one task computes both models' outputs on them and every chunk task reads its result.
+    With `anchors` > 0, the first `anchors` chunks are the nearest-neighbour reference set: their
+    outputs are computed once, joined into one task every chunk task reads, and compared there
+    without running the models again.
     """
     kwargs = {"fp32": fp32, "int8": int8, "output": output}
     graph, chunk_keys, token = _chunk_tasks(chunks, validate_against, kwargs, ("list", anchors))
     reference = None
-    if anchors is not None:
-        reference = f"anchor_outputs-{token}"
-        graph[reference] = (partial(refusing, anchor_outputs, fp32=fp32, int8=int8, output=output), anchors)
-    for key in chunk_keys:  # the chunk tasks' second argument: the anchors' outputs (a key), or None
+    if anchors:
+        run = partial(refusing, chunk_outputs, **kwargs)
+        outputs = [(f"chunk_outputs-{token}", i) for i in range(anchors)]
+        graph.update((key, (run, chunk)) for key, chunk in zip(outputs, chunks, strict=False))
+        reference = f"join_anchors-{token}"
+        graph[reference] = (join_anchors, outputs, chunks[0].start, chunks[anchors - 1].stop)
+        compare = partial(refusing, compare_chunk)
+        for key, chunk, output_key in zip(chunk_keys, chunks, outputs, strict=False):  # the anchors' own chunks
+            graph[key] = (compare, chunk, output_key)
+    for key in chunk_keys:  # the chunk tasks' last argument: the anchors' reference set (a key), or None
         graph[key] = (*graph[key], reference)
     root = f"validation-{token}"
     graph[root] = (list, chunk_keys)

@@ -23,6 +23,7 @@ _CACHE_SIZE = 8  # a nightly zoo run visits many models; keep the cache bounded
 # Whole activations one run may hand back at once (histogram and per-layer passes).
 # A 64-row chunk of a transformer exposes GBs; its rows run in slices of this size.
 EXPOSED_BYTES_PER_RUN = 128 * 2**20
+ROWS_PER_RUN = 8  # rows per session.run of a model without a fixed batch size (run_in_batches)
 _sessions: OrderedDict[tuple, Any] = OrderedDict()
 _lock = threading.Lock()
 
@@ -144,14 +145,28 @@ def fixed_batch(session, feeding: Feeding = NO_FEEDING) -> int | None:
     return sizes.pop() if len(sizes) == 1 else None
 
 
-def run_in_batches(
-    session, names: list[str] | None, feeds: dict[str, np.ndarray], feeding: Feeding = NO_FEEDING
-) -> list[np.ndarray]:
-    """session.run over a chunk's rows (samples on axis 0), in slices of the model's fixed batch size if it has one.
+def _slice_end(rows: int, start: int, step: int, least: int) -> int:
+    """Where a slice of `step` rows from `start` ends: no shorter tail than `least` rows is left on its own."""
+    stop = min(rows, start + step)
+    return rows if 0 < rows - stop < least else stop
 
-    Many exported models fix batch 1; a chunk still carries many rows.
-    `feeding` moves batch axes into place and adds constant inputs; the
-    outputs come back with samples on axis 0.
+
+def run_in_batches(
+    session,
+    names: list[str] | None,
+    feeds: dict[str, np.ndarray],
+    feeding: Feeding = NO_FEEDING,
+    rows_per_run: int | None = ROWS_PER_RUN,
+) -> list[np.ndarray]:
+    """session.run over a chunk's rows (samples on axis 0): in slices of the model's fixed batch size if
+    it has one, else of about `rows_per_run` rows (None: all at once).
+
+    Many exported models fix batch 1; a chunk still carries many rows. A
+    transformer's attention maps for a whole 64-row chunk overflow the CPU's
+    caches: slices of 8 rows run it 15-20% faster. No slice has one row
+    unless the chunk has (see exposed_runs), so the outputs do not depend on
+    the slicing. `feeding` moves batch axes into place and adds constant
+    inputs; the outputs come back with samples on axis 0.
     """
     batch = fixed_batch(session, feeding)
     rows = len(next(iter(feeds.values())))
@@ -164,9 +179,14 @@ def run_in_batches(
             raise DataError(_first_line(exc)) from None
         return feeding.to_rows(output_names, outputs)
 
-    if batch is None or batch == rows:
+    step, least = (batch, 1) if batch is not None else (rows_per_run or rows, 2)
+    if step >= rows:
         return run(feeds)
-    parts = [run({k: v[i : i + batch] for k, v in feeds.items()}) for i in range(0, rows, batch)]
+    parts, start = [], 0
+    while start < rows:
+        stop = _slice_end(rows, start, step, least)
+        parts.append(run({k: v[start:stop] for k, v in feeds.items()}))
+        start = stop
     return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
 
 
@@ -192,12 +212,10 @@ def exposed_runs(
     least = unit if unit > 1 else 2
     start, step = 0, unit if unit > 1 else least * 4
     while start < rows:
-        stop = min(rows, start + step)
-        if 0 < rows - stop < least:  # no short tail of its own
-            stop = rows
+        stop = _slice_end(rows, start, step, least)
         part = {name: value[start:stop] for name, value in feeds.items()}
-        outputs = [
-            dict(zip(names, run_in_batches(session, names, part, feeding), strict=True)) if names else {}
+        outputs = [  # the slice is sized already: one run (or its fixed batches)
+            dict(zip(names, run_in_batches(session, names, part, feeding, None), strict=True)) if names else {}
             for session, names in runs
         ]
         per_row = max(1, sum(value.nbytes for output in outputs for value in output.values()) // (stop - start))

@@ -8,12 +8,13 @@ Every metric is computed; the run's --metric only chooses which ones lead.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from dask_quant.tasks.chunks import ChunkRef, read_feeds, read_labels
-from dask_quant.tasks.errors import InputError
+from dask_quant.tasks.errors import InputError, Refused
 from dask_quant.tasks.exact_sum import exact_sum, to_float
 from dask_quant.tasks.sessions import ModelRef, run_in_batches, session_for
 
@@ -180,43 +181,48 @@ def compare_outputs(fp32, int8, labels=None, rows=None, anchors=None) -> Validat
     )
 
 
-def _outputs(chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, output: str | None) -> list[np.ndarray]:
+def chunk_outputs(chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, output: str | None = None) -> list[np.ndarray]:
     """One output of both models over a chunk (default graph optimisations, as deployed)."""
     feeds = read_feeds(chunk)
     names = None if output is None else [output]  # None: the first output
     return [run_in_batches(session_for(model), names, feeds, chunk.feeding)[0] for model in (fp32, int8)]
 
 
-def anchor_outputs(
-    anchors: ChunkRef, fp32: ModelRef, int8: ModelRef, output: str | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The nearest-neighbour reference set: both models' outputs on a fixed chunk, and its row numbers.
+def join_anchors(parts: list, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | Refused:
+    """The nearest-neighbour reference set from the chunk_outputs of the chunks covering rows
+    [start, stop): both models' outputs, one row per sample, and the row numbers."""
+    refused = next((part for part in parts if isinstance(part, Refused)), None)
+    if refused is not None:
+        return refused
+    fp32, int8 = (np.concatenate([part[i].reshape(len(part[i]), -1) for part in parts]) for i in (0, 1))
+    return fp32.astype(np.float64), int8.astype(np.float64), np.arange(start, stop)
 
-    One task per run computes it; every validation task reads its result.
-    """
-    return (
-        *(o.reshape(len(o), -1).astype(np.float64) for o in _outputs(anchors, fp32, int8, output)),
-        np.arange(anchors.start, anchors.stop),
-    )
+
+def compare_chunk(chunk: ChunkRef, outputs: list[np.ndarray], reference=None) -> ChunkValidation:
+    """A chunk's statistics from its chunk_outputs, with the anchors' reference set (None: no
+    nearest-neighbour agreement)."""
+    rows = np.arange(chunk.start, chunk.stop)
+    stats = compare_outputs(outputs[0], outputs[1], read_labels(chunk), rows, reference)
+    return ChunkValidation(chunk.index, chunk.start, chunk.stop, stats)
 
 
 def validate_against(
     chunk: ChunkRef, reference, fp32: ModelRef, int8: ModelRef, output: str | None = None
 ) -> ChunkValidation:
-    """validate_chunk with the anchors' outputs given (None: no nearest-neighbour agreement)."""
-    out_fp32, out_int8 = _outputs(chunk, fp32, int8, output)
-    rows = np.arange(chunk.start, chunk.stop)
-    stats = compare_outputs(out_fp32, out_int8, read_labels(chunk), rows, reference)
-    return ChunkValidation(chunk.index, chunk.start, chunk.stop, stats)
+    """validate_chunk with the anchors' reference set given (None: no nearest-neighbour agreement)."""
+    return compare_chunk(chunk, chunk_outputs(chunk, fp32, int8, output), reference)
 
 
 def validate_chunk(
-    chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, anchors: ChunkRef | None = None, output: str | None = None
+    chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, anchors: Sequence[ChunkRef] = (), output: str | None = None
 ) -> ChunkValidation:
     """Run one chunk through both models (default graph optimisations, as deployed).
 
-    With `anchors` (a fixed chunk of the validation set), also count
-    nearest-neighbour agreement against it.
+    With `anchors` (consecutive chunks of the validation set), also count
+    nearest-neighbour agreement against their rows.
     """
-    reference = None if anchors is None else anchor_outputs(anchors, fp32, int8, output)
+    reference = None
+    if anchors:
+        parts = [chunk_outputs(anchor, fp32, int8, output) for anchor in anchors]
+        reference = join_anchors(parts, anchors[0].start, anchors[-1].stop)
     return validate_against(chunk, reference, fp32, int8, output)

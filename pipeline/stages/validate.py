@@ -66,10 +66,8 @@ def validate(
     chunks = dataset_chunks(prepared.val, chunk_size)
     int8 = ModelRef(str(quantized.path), quantized.sha256)
     metric = resolve_metric(metric, prepared.proto, prepared.val.labels is not None, prepared.output)
-    anchors = None
-    if metric is Metric.EMBEDDING:  # whole chunks, so a fixed batch size still divides them
-        anchor_rows = min(prepared.val.rows, chunk_size * max(1, ANCHORS // chunk_size))
-        anchors = dataset_chunks(prepared.val, anchor_rows)[0]
+    # Embeddings: the first whole chunks, about ANCHORS rows, are the nearest-neighbour reference set.
+    anchors = min(len(chunks), max(1, ANCHORS // chunk_size)) if metric is Metric.EMBEDDING else 0
     layers = quantized_layers(prepared.proto, onnx.load(str(quantized.path)), dict(prepared.tensors))
     pairs = tuple((layer.tensor, layer.dequantized, layer.elem_type) for layer in layers)
     compared = f"{len(layers)} activations" if per_layer else "per-layer error skipped"
