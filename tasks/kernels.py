@@ -88,45 +88,49 @@ class Bins:
 def _count(values, absolute, first, last, scale, margin, zero_bin, edges):
     bins = edges.size - 1
     top = np.int32(bins - 1)
-    # Two interleaved count arrays: runs of one value would otherwise make each increment
+    # Four interleaved count arrays: runs of one bin would otherwise make each increment
     # wait for the one before it.
-    counts = np.zeros(2 * bins, np.int64)
+    counts = np.zeros(4 * bins, np.int64)
     index = np.empty(_BLOCK, np.int32)
     unsure = np.empty(_BLOCK, np.int32)
-    clipped = np.empty(_BLOCK, values.dtype)
     near = np.empty(_BLOCK, np.uint8)
     far = 1 - margin
     missing = 0
     for start in range(0, values.size, _BLOCK):
         size = min(_BLOCK, values.size - start)
-        # The estimate, and whether it may be a bin off (no branch depends on memory).
+        block = values[start : start + size]
+        # The estimate, and whether it may be a bin off. Nothing but selects and arithmetic, no
+        # branch and no running count: that is what lets the compiler vectorise it (a NaN count
+        # kept here made the loop four times slower).
+        nan = np.uint8(0)
         for j in range(size):
-            value = values[start + j]
-            if absolute:
-                value = abs(value)
-            nan = value != value  # numpy drops NaN: it goes to bin 0 here, and is taken out at the end
-            missing += nan
-            # Selects and bitwise logic, not branches, so that the loop vectorises.
-            value = first if (nan | (value < first)) else value
-            value = last if value > last else value
-            clipped[j] = value
+            value = abs(block[j]) if absolute else block[j]
+            nan |= np.uint8(value != value)
+            value = min(max(value, first), last)
             estimate = (value - first) * scale
-            k = np.int32(estimate)
-            k = top if k > top else k
-            fraction = estimate - k
-            zero = value == 0
-            index[j] = zero_bin if zero else k
-            near[j] = (~zero) & ((fraction <= margin) | (fraction >= far))
+            k = min(np.int32(estimate), top)
+            fraction = estimate - np.float32(k)
+            index[j] = zero_bin if value == 0 else k
+            near[j] = (value != 0) & ((fraction <= margin) | (fraction >= far))
+        if nan:  # numpy drops NaN: put it in bin 0 here, and take it out at the end
+            for j in range(size):
+                if block[j] != block[j]:
+                    index[j], near[j] = 0, 0
+                    missing += 1
+        for j in range(0, size - 3, 4):
+            for w in range(4):
+                counts[w * bins + index[j + w]] += 1
+        for j in range(size - size % 4, size):
+            counts[index[j]] += 1
         count = 0
         for j in range(size):
-            counts[(j & 1) * bins + index[j]] += 1
             unsure[count] = j
             count += near[j]
         # The values near an edge, checked against the edges as numpy does.
         for u in range(count):
             j = unsure[u]
             k = exact = index[j]
-            value = clipped[j]
+            value = min(max(abs(block[j]) if absolute else block[j], first), last)
             if margin < 0.5:  # the estimate is at most one bin off: one step, as numpy corrects
                 if value < edges[k]:
                     exact = k - 1
@@ -137,7 +141,7 @@ def _count(values, absolute, first, last, scale, margin, zero_bin, edges):
             if exact != k:
                 counts[k] -= 1
                 counts[exact] += 1
-    total = counts[:bins] + counts[bins:]
+    total = counts[:bins] + counts[bins : 2 * bins] + counts[2 * bins : 3 * bins] + counts[3 * bins :]
     total[0] -= missing
     return total
 
