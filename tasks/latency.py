@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
-
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from dask_quant.tasks.chunks import ChunkRef, read_feeds
 from dask_quant.tasks.sessions import ModelRef, fixed_batch, run_in_batches, session_for

@@ -1,4 +1,4 @@
-"""The validation graph: the anchor chunks' outputs computed once and shared, the same statistics as each chunk alone."""
+"""The validation graph: anchor chunks' outputs computed once and shared; the same statistics as each chunk alone."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 def test_validation_graph_computes_the_anchors_once_and_shares_them(anchors, monkeypatch):
     import dask
 
-    from dask_quant.pipeline.builtin import CALIB, MODEL, builtin_path
     from dask_quant.pipeline import graph as graphs
+    from dask_quant.pipeline.builtin import CALIB, MODEL, builtin_path
     from dask_quant.tasks import validate
     from dask_quant.tasks.chunks import chunk_refs
     from dask_quant.tasks.digest import sha256_file

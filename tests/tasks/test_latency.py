@@ -1,4 +1,4 @@
-"""Latency: both models on the same rows, a serving batch of them; a slow model gets fewer repeats, never fewer than 3."""
+"""Latency: both models on the same serving batch of rows; a slow model gets fewer repeats, never fewer than 3."""
 
 from __future__ import annotations
 
