@@ -3,6 +3,9 @@ useful, or whose outputs are not finite is never published (exit 2, with what to
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from dask_quant.pipeline.config import RunConfig
 from dask_quant.pipeline.selection import default_op_types
 from dask_quant.pipeline.stages.prepare import Prepared, dataset_chunks
@@ -31,6 +34,33 @@ def check_quantized(config: RunConfig, prepared: Prepared, quantized: QuantizedM
 
     The run on a calibration chunk goes to `client`'s workers, or runs in this process without one.
     """
+    start_check(config, prepared, quantized, client).verdict()
+
+
+@dataclass(frozen=True)
+class PendingCheck:
+    """The gate's run of the INT8 model on a worker, started; `verdict` waits for it."""
+
+    outcome: Any  # a distributed Future of tasks.gate.int8_problem, or its result when run in process
+    label: str
+
+    def verdict(self) -> None:
+        """InputError (nothing is to be published) if the INT8 model failed its run."""
+        problem = self.outcome.result() if hasattr(self.outcome, "result") else self.outcome
+        if problem:
+            fix = (
+                "drop --no-prepare (preparation upgrades the opset), or pass --per-tensor"
+                if "cannot be loaded" in problem
+                else "keep the nodes that overflow in FP32 with --exclude-nodes"
+            )
+            msg = f"{self.label}the INT8 model ONNX Runtime's quantizer wrote {problem}; nothing was published: {fix}"
+            raise InputError(msg)
+
+
+def start_check(config: RunConfig, prepared: Prepared, quantized: QuantizedModel, client=None) -> PendingCheck:
+    """check_quantized in two halves: what the model file shows is checked now (InputError); the run on
+    a calibration chunk starts on `client`'s workers (in this process without one), so validation can
+    share the cluster with it, and the returned check's `verdict` gives its outcome."""
     quant = quantized.quant
     label = f"--method {quant.method.value}: " if quant.method is not config.quant.method else ""
     if not quantized.qparams:
@@ -57,14 +87,5 @@ def check_quantized(config: RunConfig, prepared: Prepared, quantized: QuantizedM
     chunk = dataset_chunks(prepared.calib, prepared.chunk_size)[0]
     model = ModelRef(str(quantized.path), quantized.sha256)
     if client is None:
-        problem = int8_problem(chunk, prepared.model, model)
-    else:
-        problem = client.submit(int8_problem, chunk, prepared.model, model, pure=False).result()
-    if problem:
-        fix = (
-            "drop --no-prepare (preparation upgrades the opset), or pass --per-tensor"
-            if "cannot be loaded" in problem
-            else "keep the nodes that overflow in FP32 with --exclude-nodes"
-        )
-        msg = f"{label}the INT8 model ONNX Runtime's quantizer wrote {problem}; nothing was published: {fix}"
-        raise InputError(msg)
+        return PendingCheck(int8_problem(chunk, prepared.model, model), label)
+    return PendingCheck(client.submit(int8_problem, chunk, prepared.model, model, pure=False), label)

@@ -17,7 +17,7 @@ from dask_quant.pipeline import results
 from dask_quant.pipeline.advice import explain
 from dask_quant.pipeline.config import Metric, RunConfig
 from dask_quant.pipeline.failures import killed_worker_message
-from dask_quant.pipeline.gate import check_quantized
+from dask_quant.pipeline.gate import start_check
 from dask_quant.pipeline.guard import collapse_warning
 from dask_quant.pipeline.methods import Method
 from dask_quant.pipeline.progress import Progress
@@ -172,21 +172,28 @@ def run_methods(
                     quantized = quantize(calibration, quant, run_dir.tmp / results.MODEL_FILE)
                     for line in explain(quantized.warnings, prepared.prepared):
                         log(line)
-                    check_quantized(config, prepared, quantized, dask_client)
+                    # The gate's run on a worker shares the cluster with validation; nothing is published
+                    # before its verdict, which wins over validation's own failure on a broken model.
+                    gate = start_check(config, prepared, quantized, dask_client)
                     own("quantize")
                     if len(quants) > 1:
                         log(f"{quant.method.value}: quantized {quantized.activations} activations")
-                    validation = validate(
-                        prepared,
-                        quantized,
-                        dask_client,
-                        metric=config.metric,
-                        chunk_size=config.chunk_size,
-                        split_every=config.split_every,
-                        log=log,
-                        progress=bar,
-                        per_layer=config.layers == "all",
-                    )
+                    try:
+                        validation = validate(
+                            prepared,
+                            quantized,
+                            dask_client,
+                            metric=config.metric,
+                            chunk_size=config.chunk_size,
+                            split_every=config.split_every,
+                            log=log,
+                            progress=bar,
+                            per_layer=config.layers == "all",
+                        )
+                    except DaskQuantError:
+                        gate.verdict()
+                        raise
+                    gate.verdict()
                     own("validate")
                     made.append((quantized, validation, own))
                     lap.restart()  # each method's own laps hold its time: count it once
