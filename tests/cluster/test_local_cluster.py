@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from distributed import Client, LocalCluster
-from models import digits_paths, load_arrays
+from models import digits_paths, load_arrays, with_fixed_batch
 from onnxruntime.quantization import QuantType
 from processes import dask_quant
 from reference import model_signature, reference_model
@@ -225,13 +225,14 @@ def test_tensorrt_table_holds_the_chosen_ranges(client, tmp_path):
 def test_a_chunk_that_keeps_killing_workers_is_named(tmp_path, chunk_size):
     """36,000 rows: one chunk with two 295 MB activations alive at once, against 300 MB per worker.
     In 12,000-row chunks a restarted worker used to sit paused above 80% (ORT keeps its arena)
-    and the job waited forever."""
+    and the job waited forever. The model fixes its batch to the chunk: otherwise a chunk runs
+    in slices of a few rows, and no chunk of this model is too large."""
     huge = tmp_path / "huge.npy"
     np.save(huge, np.tile(np.load(CALIB), (120, 1, 1, 1)))
     out = tmp_path / "o"
     proc = dask_quant(
         "run",
-        MODEL,
+        with_fixed_batch(MODEL, tmp_path / "whole_chunk.onnx", chunk_size),
         "--calib",
         huge,
         "--chunk-size",
