@@ -30,17 +30,26 @@ def _content(chunk: ChunkRef) -> tuple:
 
 
 def _range_stats(chunk: ChunkRef, model: ModelRef, tensors: tuple[tuple[str, int], ...]) -> RangeStats:
+    from onnx import helper
+
     feeds = read_feeds(chunk)
     session = session_for(model, SessionSpec(extrema_of=tensors, calibration=True))
     names = [output for name, _ in tensors for output in extrema_names(name)]
-    # One value per fixed-size batch (or one for the chunk): reduce them again.
-    outputs = iter(run_in_batches(session, names, feeds, chunk.feeding))
+    sizes = [extrema_names(name)[2] for name, _ in tensors]
+    itemsizes = [np.dtype(helper.tensor_dtype_to_np_dtype(elem)).itemsize for _, elem in tensors]
+
+    def activation_bytes(outputs: list[dict[str, np.ndarray]]) -> int:  # what a slice's activations took
+        return sum(int(outputs[0][size].sum()) * item for size, item in zip(sizes, itemsizes, strict=True))
+
+    # One min, max and size per run (a slice, or a fixed-size batch): reduced again below.
+    parts = [outputs for _, _, (outputs,) in exposed_runs([(session, names)], feeds, feeding=chunk.feeding,
+                                                          row_bytes=activation_bytes)]  # fmt: skip
     ranges = {}
     for name, _ in tensors:
-        mins, maxs, sizes = next(outputs), next(outputs), next(outputs)
-        if not (np.isfinite(mins).all() and np.isfinite(maxs).all()):
+        low, high, size = (np.concatenate([np.atleast_1d(part[out]) for part in parts]) for out in extrema_names(name))
+        if not (np.isfinite(low).all() and np.isfinite(high).all()):
             _refuse_non_finite(session, name, feeds, chunk)
-        ranges[name] = TensorRange.of(mins, maxs, int(sizes.sum()), name)
+        ranges[name] = TensorRange.of(low, high, int(size.sum()), name)
     return RangeStats(tuple(sorted(ranges.items())))
 
 

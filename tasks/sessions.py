@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,6 @@ _CACHE_SIZE = 8  # a nightly zoo run visits many models; keep the cache bounded
 # Whole activations one run may hand back at once (histogram and per-layer passes).
 # A 64-row chunk of a transformer exposes GBs; its rows run in slices of this size.
 EXPOSED_BYTES_PER_RUN = 128 * 2**20
-ROWS_PER_RUN = 8  # rows per session.run of a model without a fixed batch size (run_in_batches)
 _sessions: OrderedDict[tuple, Any] = OrderedDict()
 _lock = threading.Lock()
 
@@ -145,28 +144,14 @@ def fixed_batch(session, feeding: Feeding = NO_FEEDING) -> int | None:
     return sizes.pop() if len(sizes) == 1 else None
 
 
-def _slice_end(rows: int, start: int, step: int, least: int) -> int:
-    """Where a slice of `step` rows from `start` ends: no shorter tail than `least` rows is left on its own."""
-    stop = min(rows, start + step)
-    return rows if 0 < rows - stop < least else stop
-
-
 def run_in_batches(
-    session,
-    names: list[str] | None,
-    feeds: dict[str, np.ndarray],
-    feeding: Feeding = NO_FEEDING,
-    rows_per_run: int | None = ROWS_PER_RUN,
+    session, names: list[str] | None, feeds: dict[str, np.ndarray], feeding: Feeding = NO_FEEDING
 ) -> list[np.ndarray]:
-    """session.run over a chunk's rows (samples on axis 0): in slices of the model's fixed batch size if
-    it has one, else of about `rows_per_run` rows (None: all at once).
+    """session.run over a chunk's rows (samples on axis 0), in slices of the model's fixed batch size if it has one.
 
-    Many exported models fix batch 1; a chunk still carries many rows. A
-    transformer's attention maps for a whole 64-row chunk overflow the CPU's
-    caches: slices of 8 rows run it 15-20% faster. No slice has one row
-    unless the chunk has (see exposed_runs), so the outputs do not depend on
-    the slicing. `feeding` moves batch axes into place and adds constant
-    inputs; the outputs come back with samples on axis 0.
+    Many exported models fix batch 1; a chunk still carries many rows.
+    `feeding` moves batch axes into place and adds constant inputs; the
+    outputs come back with samples on axis 0.
     """
     batch = fixed_batch(session, feeding)
     rows = len(next(iter(feeds.values())))
@@ -179,14 +164,9 @@ def run_in_batches(
             raise DataError(_first_line(exc)) from None
         return feeding.to_rows(output_names, outputs)
 
-    step, least = (batch, 1) if batch is not None else (rows_per_run or rows, 2)
-    if step >= rows:
+    if batch is None or batch == rows:
         return run(feeds)
-    parts, start = [], 0
-    while start < rows:
-        stop = _slice_end(rows, start, step, least)
-        parts.append(run({k: v[start:stop] for k, v in feeds.items()}))
-        start = stop
+    parts = [run({k: v[i : i + batch] for k, v in feeds.items()}) for i in range(0, rows, batch)]
     return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
 
 
@@ -195,12 +175,17 @@ def exposed_runs(
     feeds: dict[str, np.ndarray],
     budget: int | None = None,
     feeding: Feeding = NO_FEEDING,
+    row_bytes: Callable[[list[dict[str, np.ndarray]]], int] | None = None,
 ) -> Iterator[tuple[int, dict[str, np.ndarray], list[dict[str, np.ndarray]]]]:
     """Run each (session, output names) over the chunk in row slices; yield (rows, feeds as the model
     got them, [outputs per session]).
 
-    The first slice is a few rows and tells how many bytes a row exposes; later
-    slices hold as many rows as fit `budget`. Callers fold per-slice statistics
+    The first slice is a few rows and tells how many bytes a row exposes (the
+    outputs' bytes, or `row_bytes(outputs)` for runs whose activations are not
+    their outputs); later slices hold as many rows as fit `budget`. Slices also
+    run faster than whole chunks where activations are large: a transformer's
+    attention maps for 64 rows overflow the CPU's caches, and MiniLM runs
+    15-20% faster in slices of about ten rows. Callers fold per-slice statistics
     with their exact merge, so a worker holds one slice's activations at a time.
     No slice has one row unless the chunk has (or the model fixes a batch of
     one): ORT's one-row GEMM takes another kernel whose float sums can differ
@@ -212,13 +197,16 @@ def exposed_runs(
     least = unit if unit > 1 else 2
     start, step = 0, unit if unit > 1 else least * 4
     while start < rows:
-        stop = _slice_end(rows, start, step, least)
+        stop = min(rows, start + step)
+        if 0 < rows - stop < least:  # no short tail of its own
+            stop = rows
         part = {name: value[start:stop] for name, value in feeds.items()}
-        outputs = [  # the slice is sized already: one run (or its fixed batches)
-            dict(zip(names, run_in_batches(session, names, part, feeding, None), strict=True)) if names else {}
+        outputs = [
+            dict(zip(names, run_in_batches(session, names, part, feeding), strict=True)) if names else {}
             for session, names in runs
         ]
-        per_row = max(1, sum(value.nbytes for output in outputs for value in output.values()) // (stop - start))
+        made = row_bytes(outputs) if row_bytes else sum(v.nbytes for output in outputs for v in output.values())
+        per_row = max(1, made // (stop - start))
         yield stop - start, feeding.to_model(part), outputs
         # A model with a fixed batch runs one batch per slice: its exposed tensors then come straight from
         # one session.run, in the layout of the feeds (whatever its batch axis), never concatenated.

@@ -225,8 +225,8 @@ def test_tensorrt_table_holds_the_chosen_ranges(client, tmp_path):
 def test_a_chunk_that_keeps_killing_workers_is_named(tmp_path, chunk_size):
     """36,000 rows: one chunk with two 295 MB activations alive at once, against 300 MB per worker.
     In 12,000-row chunks a restarted worker used to sit paused above 80% (ORT keeps its arena)
-    and the job waited forever. The model fixes its batch to the chunk: otherwise a chunk runs
-    in slices of a few rows, and no chunk of this model is too large."""
+    and the job waited forever. The model fixes its batch to the chunk: otherwise a chunk runs in
+    slices of about 128 MiB of activations, and no chunk of this model is too large."""
     huge = tmp_path / "huge.npy"
     np.save(huge, np.tile(np.load(CALIB), (120, 1, 1, 1)))
     out = tmp_path / "o"
