@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -145,14 +146,21 @@ def cluster_client(config: ClusterConfig) -> Iterator:
         if address.startswith("tls://") and config.tls_ca_file is None:
             msg = f"{address} is a TLS scheduler: pass --tls-ca-file (and --tls-cert/--tls-key if it checks clients)"
             raise InputError(msg)
+        failure = None
         try:
             client = Client(address, timeout=config.connect_timeout, security=security(config))
         except (OSError, TimeoutError, ValueError) as exc:  # ValueError: a malformed address
+            failure = type(exc).__name__
+        if failure is not None:
+            # The failed Client sits in a reference cycle with its traceback. Free it here: freed by a
+            # collection that happens to run inside a later Client's start, its __del__ waits for the
+            # event loop that start is making, and the process hangs.
+            gc.collect()
             msg = (
                 f"could not reach the Dask scheduler at {address} within {config.connect_timeout:g} s "
-                f"({type(exc).__name__}); check the address and that the scheduler is running"
+                f"({failure}); check the address and that the scheduler is running"
             )
-            raise InputError(msg) from None
+            raise InputError(msg)
         try:
             require_workers(client, config.connect_timeout)
             yield client
