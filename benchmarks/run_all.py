@@ -26,6 +26,7 @@ SCRIPTS = (
     "end_to_end.py",
     "validation_speed.py",
     "whole_run.py",
+    "smoothquant_minilm.py",
     "profile_passes.py",
 )
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"

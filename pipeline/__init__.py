@@ -1,6 +1,7 @@
 """Client side of dask-quant: the public stages, and `run`, their chain.
 
     prepare(config)                           -> Prepared        model and data checked (headers only)
+    smooth(prepared, config, client)          -> Prepared        SmoothQuant's rewrite (config.smooth_quant)
     calibrate(prepared, client, quants)       -> Calibration     statistics over the cluster (save/load: Parquet)
     quantize(calibration, quant, path)        -> QuantizedModel  ORT's quantizer; pure, no cluster
     validate(prepared, quantized, client)     -> Validation      FP32 against INT8 over the cluster
@@ -23,6 +24,7 @@ _EXPORTS = {
     "Method": "methods",
     "Prepared": "stages.prepare",
     "prepare": "stages.prepare",
+    "smooth": "stages.smooth",
     "Calibration": "stages.calibrate",
     "calibrate": "stages.calibrate",
     "QuantizedModel": "stages.quantize",

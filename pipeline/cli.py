@@ -156,6 +156,12 @@ quant_options = _options(
     ),
     click.option("--exclude-nodes", multiple=True, help="Node names to leave in FP32 (comma-separated or repeated)."),
     click.option("--op-types", multiple=True, help="Only quantize these op types (comma-separated or repeated)."),
+    click.option(
+        "--fp32-outputs",
+        multiple=True,
+        metavar="OP_TYPES",
+        help="Op types quantized on their inputs only: their outputs stay FP32 (e.g. MatMul for transformers).",
+    ),
 )
 
 # Model, data and where results go.
@@ -193,6 +199,13 @@ job_options = _options(
         default=True,
         show_default=True,
         help="Prepare the graph first (shapes, constants folded into initializers, opset upgrade).",
+    ),
+    click.option(
+        "--smooth-quant",
+        type=float,
+        default=None,
+        metavar="ALPHA",
+        help="SmoothQuant: move activation outliers into MatMul/Gemm weights with strength ALPHA in (0, 1].",
     ),
     click.option("--batch-axis", multiple=True, help="NAME=AXIS: where input NAME's samples go (default: inferred)."),
     click.option("--const-input", multiple=True, help="NAME=VALUE: feed input NAME this value for every sample."),
@@ -245,6 +258,7 @@ def quant_config(options: dict, method):
         activation_type=options["activation_type"],
         exclude_nodes=_split(options["exclude_nodes"]),
         op_types=_split(options["op_types"]),
+        fp32_outputs=_split(options["fp32_outputs"]),
     )
 
 
@@ -301,6 +315,7 @@ def run(**options):
             const_inputs=_pairs(options["const_input"], "--const-input"),
             labels_key=options["labels_key"],
             layers=options["layers"],
+            smooth_quant=options["smooth_quant"],
             min_cosine=options["min_cosine"],
             max_drop=options["max_drop"],
         )

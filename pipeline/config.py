@@ -50,6 +50,7 @@ class QuantConfig:
     num_quantized_bins: int = 128
     op_types: tuple[str, ...] = ()
     exclude_nodes: tuple[str, ...] = ()
+    fp32_outputs: tuple[str, ...] = ()  # op types quantized on their inputs only (their outputs stay FP32)
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -62,6 +63,7 @@ class QuantConfig:
             raise InputError(msg) from None
         object.__setattr__(self, "op_types", tuple(self.op_types))
         object.__setattr__(self, "exclude_nodes", tuple(self.exclude_nodes))
+        object.__setattr__(self, "fp32_outputs", tuple(self.fp32_outputs))
         used = info(self.method).settings  # a method checks only the settings it reads
         if "percentile" in used and not 0 < self.percentile <= 100:
             msg = f"--percentile must be in (0, 100], got {self.percentile}"
@@ -101,6 +103,7 @@ class RunConfig:
     const_inputs: tuple[tuple[str, str], ...] = ()  # inputs fed one value for every sample
     labels_key: str | None = None  # None: 'labels', unless a model input has that name
     layers: str = "all"  # per-layer error: "all" quantized activations, or "none" (skip the pass)
+    smooth_quant: float | None = None  # SmoothQuant's alpha (pipeline.smoothing); None: no smoothing
     min_cosine: float | None = None  # quality guard: exit 1 after publishing below this mean cosine
     max_drop: float | None = None  # quality guard: exit 1 after publishing if accuracy drops more (points)
 
@@ -119,6 +122,9 @@ class RunConfig:
             raise InputError(msg)
         object.__setattr__(self, "batch_axes", tuple((str(n), int(a)) for n, a in self.batch_axes))
         object.__setattr__(self, "const_inputs", tuple((str(n), str(v)) for n, v in self.const_inputs))
+        if self.smooth_quant is not None and not 0 < self.smooth_quant <= 1:
+            msg = f"--smooth-quant {self.smooth_quant}: alpha must be in (0, 1]; 0.5 is the usual choice"
+            raise InputError(msg)
         if self.min_cosine is not None and not -1 <= self.min_cosine <= 1:
             msg = f"--min-cosine must be in [-1, 1], got {self.min_cosine}"
             raise InputError(msg)

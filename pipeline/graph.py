@@ -18,6 +18,7 @@ from dask_quant.tasks.histogram import HistogramSpec
 from dask_quant.tasks.layer_error import chunk_layer_errors
 from dask_quant.tasks.merging import merge_all
 from dask_quant.tasks.sessions import ModelRef
+from dask_quant.tasks.smoothing import chunk_channel_max
 from dask_quant.tasks.validate import chunk_outputs, compare_chunk, join_anchors, validate_against
 
 
@@ -92,6 +93,13 @@ def histogram_graph(
     needed = tuple(t for t in tensors if t[0] in wanted)
     kwargs = {"model": model, "tensors": needed, "specs": specs, "checkpoints": checkpoints}
     return _statistics_tree(chunks, chunk_histograms, kwargs, split_every)
+
+
+def channel_max_graph(
+    chunks: list[ChunkRef], model: ModelRef, tensors: tuple[tuple[str, int, int], ...], split_every: int = 8
+):
+    """SmoothQuant's statistic: every chunk's per-channel abs-max of `tensors`, merged in a tree."""
+    return _statistics_tree(chunks, chunk_channel_max, {"model": model, "tensors": tensors}, split_every)
 
 
 def layer_graph(chunks: list[ChunkRef], fp32: ModelRef, int8: ModelRef, pairs, split_every: int = 8, specs=()):

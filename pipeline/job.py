@@ -26,6 +26,7 @@ from dask_quant.pipeline.stages.calibrate import Calibration, calibrate
 from dask_quant.pipeline.stages.prepare import Prepared, prepare
 from dask_quant.pipeline.stages.publish import write_run
 from dask_quant.pipeline.stages.quantize import quantize
+from dask_quant.pipeline.stages.smooth import smooth, smoothed_activations
 from dask_quant.pipeline.stages.validate import validate
 from dask_quant.pipeline.workarea import WorkArea
 from dask_quant.tasks.checkpoint import Source
@@ -143,6 +144,8 @@ def run_methods(
         stack.callback(prepared.discard)  # each run directory keeps its own link to the prepared model
         config = replace(config, chunk_size=prepared.chunk_size)
         _check_guard_data(config, prepared)
+        if config.smooth_quant is not None:
+            smoothed_activations(prepared, config)  # bad input stays one line, before any cluster starts
         lap("prepare")
         work = WorkArea(config, prepared, quants)
         if config.resume:
@@ -155,6 +158,9 @@ def run_methods(
                 lap("cluster_start")
                 cluster, dashboard = _cluster_record(dask_client, log)
                 _log_preparation(prepared, log)  # once the job is sure to run: bad input stays one line
+                if config.smooth_quant is not None:
+                    prepared = smooth(prepared, config, dask_client, log, bar)
+                    stack.callback(prepared.discard)
                 calibration = calibrate(
                     prepared,
                     dask_client,

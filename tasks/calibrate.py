@@ -6,13 +6,21 @@ from dataclasses import replace
 
 import numpy as np
 
-from dask_quant.tasks.augment import extrema_names
+from dask_quant.tasks.augment import extrema_names, itemsize
 from dask_quant.tasks.checkpoint import Checkpoints, cached
 from dask_quant.tasks.chunks import ChunkRef, read_feeds
 from dask_quant.tasks.errors import InputError
 from dask_quant.tasks.histogram import Histogram, Histograms, HistogramSpec
 from dask_quant.tasks.range_stats import RangeStats, TensorRange
-from dask_quant.tasks.sessions import ModelRef, SessionSpec, exposed_runs, fixed_batch, run_in_batches, session_for
+from dask_quant.tasks.sessions import (
+    ModelRef,
+    SessionSpec,
+    exposed_runs,
+    fixed_batch,
+    reduced_runs,
+    run_in_batches,
+    session_for,
+)
 
 
 def chunk_range_stats(
@@ -30,20 +38,13 @@ def _content(chunk: ChunkRef) -> tuple:
 
 
 def _range_stats(chunk: ChunkRef, model: ModelRef, tensors: tuple[tuple[str, int], ...]) -> RangeStats:
-    from onnx import helper
-
     feeds = read_feeds(chunk)
     session = session_for(model, SessionSpec(extrema_of=tensors, calibration=True))
     names = [output for name, _ in tensors for output in extrema_names(name)]
     sizes = [extrema_names(name)[2] for name, _ in tensors]
-    itemsizes = [np.dtype(helper.tensor_dtype_to_np_dtype(elem)).itemsize for _, elem in tensors]
-
-    def activation_bytes(outputs: list[dict[str, np.ndarray]]) -> int:  # what a slice's activations took
-        return sum(int(outputs[0][size].sum()) * item for size, item in zip(sizes, itemsizes, strict=True))
-
+    itemsizes = [itemsize(elem) for _, elem in tensors]
     # One min, max and size per run (a slice, or a fixed-size batch): reduced again below.
-    parts = [outputs for _, _, (outputs,) in exposed_runs([(session, names)], feeds, feeding=chunk.feeding,
-                                                          row_bytes=activation_bytes)]  # fmt: skip
+    parts = reduced_runs(session, names, feeds, chunk.feeding, sizes, itemsizes)
     ranges = {}
     for name, _ in tensors:
         low, high, size = (np.concatenate([np.atleast_1d(part[out]) for part in parts]) for out in extrema_names(name))

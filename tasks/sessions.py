@@ -48,6 +48,7 @@ class SessionSpec:
 
     extrema_of: tuple[tuple[str, int], ...] = ()
     expose: tuple[tuple[str, int], ...] = ()
+    channel_max_of: tuple[tuple[str, int, int], ...] = ()  # (name, elem type, channels): SmoothQuant's statistic
     calibration: bool = False
     intra_op_threads: int = 1
 
@@ -60,14 +61,15 @@ def _model_bytes(model: ModelRef, spec: SessionSpec) -> bytes:
             "or this worker sees another file at that path (workers need the same file)"
         )
         raise ModelChangedError(msg)
-    if not spec.extrema_of and not spec.expose:
+    if not spec.extrema_of and not spec.expose and not spec.channel_max_of:
         return data
     import onnx
 
-    from dask_quant.tasks.augment import add_extrema_outputs, add_outputs
+    from dask_quant.tasks.augment import add_channel_max_outputs, add_extrema_outputs, add_outputs
 
     proto = add_outputs(onnx.load_from_string(data), spec.expose)
-    return add_extrema_outputs(proto, spec.extrema_of).SerializeToString()
+    proto = add_extrema_outputs(proto, spec.extrema_of)
+    return (add_channel_max_outputs(proto, spec.channel_max_of) if spec.channel_max_of else proto).SerializeToString()
 
 
 def _ort_load_errors() -> tuple[type[Exception], ...]:
@@ -211,3 +213,17 @@ def exposed_runs(
         # A model with a fixed batch runs one batch per slice: its exposed tensors then come straight from
         # one session.run, in the layout of the feeds (whatever its batch axis), never concatenated.
         start, step = stop, unit if unit > 1 else max(least, budget // per_row)
+
+
+def reduced_runs(
+    session, names: list[str], feeds: dict[str, np.ndarray], feeding: Feeding, sizes: list[str], itemsizes: list[int]
+) -> list[dict[str, np.ndarray]]:
+    """`names` of each row slice of a chunk, for a session that reduces its activations inside (their
+    element counts are the Size outputs `sizes`, of `itemsizes` bytes a value): the slices hold about
+    EXPOSED_BYTES_PER_RUN of those activations, as exposed_runs' do."""
+
+    def row_bytes(outputs: list[dict[str, np.ndarray]]) -> int:
+        return sum(int(np.sum(outputs[0][size])) * item for size, item in zip(sizes, itemsizes, strict=True))
+
+    slices = exposed_runs([(session, names)], feeds, feeding=feeding, row_bytes=row_bytes)
+    return [outputs for _, _, (outputs,) in slices]

@@ -99,7 +99,7 @@ def prepare(config: RunConfig, folder: Path | None = None) -> Prepared:
         graph = prepare_graph(proto, per_channel=config.quant.per_channel, where=str(config.model))
         proto, steps = graph.proto, graph.steps
     inputs = model_inputs(proto)
-    tensors = _quantizable(proto, config)
+    tensors = quantizable(proto, config)
     _check_names(proto, config)
     inputs = with_layout(inputs, config.batch_axes, tuple(name for name, _ in config.const_inputs))
     chunk_size = _chunk_size(config, inputs)
@@ -116,11 +116,11 @@ def prepare(config: RunConfig, folder: Path | None = None) -> Prepared:
         output = metric_output(proto, batch, dict(layout["output_axes"]), str(config.model))
     model = source
     if config.prepare:
-        model = _write_prepared(proto, folder or config.out.absolute() / WORK / PREPARED_DIR, config.model.stem)
+        model = write_prepared(proto, folder or config.out.absolute() / WORK / PREPARED_DIR, config.model.stem)
     return Prepared(proto, model, tensors, calib, val, source, steps, chunk_size, output)
 
 
-def _write_prepared(proto, folder: Path, stem: str) -> ModelRef:
+def write_prepared(proto, folder: Path, stem: str) -> ModelRef:
     """The prepared model as a file of its own (unique name: concurrent runs never share or delete it)."""
     check_writable(folder, "--out")
     data = proto.SerializeToString()
@@ -141,7 +141,7 @@ def _write_prepared(proto, folder: Path, stem: str) -> ModelRef:
     return ModelRef(str(path), sha256_bytes(data))
 
 
-def _quantizable(proto, config: RunConfig) -> tuple[tuple[str, int], ...]:
+def quantizable(proto, config: RunConfig) -> tuple[tuple[str, int], ...]:
     """The tensors to calibrate; InputError when the quantizer would find nothing to do."""
     tensors = tensors_to_calibrate(proto, config.quant.op_types, config.quant.exclude_nodes)
     if tensors:
@@ -191,7 +191,7 @@ def _check_labels_key(config: RunConfig, val: DatasetSpec) -> None:
 
 
 def _check_names(proto, config: RunConfig) -> None:
-    """--exclude-nodes and --op-types must name things that exist: ORT would ignore a typo silently."""
+    """--exclude-nodes, --op-types and --fp32-outputs must name things that exist: ORT would ignore a typo silently."""
     nodes = {node.name for node in proto.graph.node}
     missing = [name for name in config.quant.exclude_nodes if name not in nodes]
     if missing:
@@ -204,12 +204,12 @@ def _check_names(proto, config: RunConfig) -> None:
         )
         raise InputError(msg)
     known = default_op_types()
-    unknown = [op for op in config.quant.op_types if op not in known]
-    if unknown:
-        msg = (
-            f"--op-types: ONNX Runtime cannot quantize {', '.join(map(repr, unknown))}; choose from: {', '.join(known)}"
-        )
-        raise InputError(msg)
+    for option, ops in (("--op-types", config.quant.op_types), ("--fp32-outputs", config.quant.fp32_outputs)):
+        unknown = [op for op in ops if op not in known]
+        if unknown:
+            names = ", ".join(map(repr, unknown))
+            msg = f"{option}: ONNX Runtime cannot quantize {names}; choose from: {', '.join(known)}"
+            raise InputError(msg)
 
 
 def dataset_chunks(spec: DatasetSpec, chunk_size: int) -> list[ChunkRef]:

@@ -56,8 +56,17 @@ def quantize_kwargs(config: QuantConfig) -> dict:
         "activation_type": activation,
         "weight_type": QuantType.QInt8,
         "nodes_to_exclude": list(config.exclude_nodes),
-        "extra_options": {"ActivationSymmetric": True} if config.symmetric else {},
+        "extra_options": _extra_options(config),
     }
+
+
+def _extra_options(config: QuantConfig) -> dict:
+    options = {}
+    if config.symmetric:
+        options["ActivationSymmetric"] = True
+    if config.fp32_outputs:  # ORT then puts QDQ on these nodes' inputs and weights only
+        options["OpTypesToExcludeOutputQuantization"] = list(config.fp32_outputs)
+    return options
 
 
 def write_quantized_model(model_proto, ranges, config: QuantConfig, out_path: Path) -> list[str]:

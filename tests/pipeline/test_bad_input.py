@@ -213,6 +213,18 @@ CASES = {
         lambda t: [_undefined_type_model(t), "--calib", str(CALIB)],
         "model input 'input' has element type 0, which is undefined or has no numpy equivalent",
     ),
+    "unknown op type in --fp32-outputs": (
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--fp32-outputs", "matmul"],
+        "--fp32-outputs: ONNX Runtime cannot quantize 'matmul'; choose from: Add, ArgMax",
+    ),
+    "SmoothQuant alpha outside (0, 1]": (
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--smooth-quant", "0"],
+        "--smooth-quant 0.0: alpha must be in (0, 1]; 0.5 is the usual choice",
+    ),
+    "SmoothQuant with nothing to smooth": (
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--op-types", "Conv", "--smooth-quant", "0.5"],
+        "so there is nothing to smooth; drop --smooth-quant",
+    ),
     "unknown layers mode": (
         lambda t: [str(MODEL), "--calib", str(CALIB), "--layers", "some"],
         "--layers must be all or none, got 'some'",

@@ -58,13 +58,24 @@ QUANT_CONFIGS = [
             extra_options={"ActivationSymmetric": True},
         ),
     ),
+    (
+        QuantConfig(fp32_outputs=("MatMul", "Gemm", "Conv")),
+        dict(
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm", "Conv"]},
+        ),
+    ),
 ]
 DEFAULT_REFERENCE = QUANT_CONFIGS[0][1]
 
 
 @pytest.mark.parametrize("case", ["digits", "residual"])
 @pytest.mark.parametrize(
-    ("quant", "reference_options"), QUANT_CONFIGS, ids=["default", "per-tensor-int8", "symmetric-activations"]
+    ("quant", "reference_options"),
+    QUANT_CONFIGS,
+    ids=["default", "per-tensor-int8", "symmetric-activations", "fp32-outputs"],
 )
 def test_model_is_bit_identical_to_quantize_static(case, quant, reference_options, residual, tmp_path):
     model, calib, names = _cases(residual)[case]
