@@ -262,6 +262,30 @@ def quant_config(options: dict, method):
     )
 
 
+def _run_config(options: dict, model, calib, val, quant, **more):
+    """The RunConfig of the job options every job command shares."""
+    from dask_quant.pipeline.config import RunConfig
+
+    return RunConfig(
+        model=model,
+        calib=calib,
+        val=val,
+        out=options["out"],
+        chunk_size=options["chunk_size"],
+        metric=options["metric"],
+        resume=options["resume"],
+        quant=quant,
+        cluster=cluster_config(options),
+        prepare=options["prepare"],
+        batch_axes=_pairs(options["batch_axis"], "--batch-axis", int),
+        const_inputs=_pairs(options["const_input"], "--const-input"),
+        labels_key=options["labels_key"],
+        layers=options["layers"],
+        smooth_quant=options["smooth_quant"],
+        **more,
+    )
+
+
 def _model_and_data(model, calib, val):
     """MODEL with its data, or the built-in default when no MODEL is given."""
     if model is None:
@@ -289,7 +313,6 @@ def run(**options):
     With several methods (--method minmax,entropy), one calibration serves
     them all and each is published as its own run.
     """
-    from dask_quant.pipeline.config import RunConfig
     from dask_quant.pipeline.methods import parse_method
 
     try:
@@ -299,23 +322,13 @@ def run(**options):
             msg = f"--method needs at least one of: {choices()}"
             raise InputError(msg)
         quants = [quant_config(options, method) for method in methods]  # each method checks its own settings
-        config = RunConfig(
-            model=model,
-            calib=calib,
-            val=val,
-            out=options["out"],
-            chunk_size=options["chunk_size"],
+        config = _run_config(
+            options,
+            model,
+            calib,
+            val,
+            quants[0],
             tensorrt_table=options["tensorrt_table"],
-            metric=options["metric"],
-            resume=options["resume"],
-            quant=quants[0],
-            cluster=cluster_config(options),
-            prepare=options["prepare"],
-            batch_axes=_pairs(options["batch_axis"], "--batch-axis", int),
-            const_inputs=_pairs(options["const_input"], "--const-input"),
-            labels_key=options["labels_key"],
-            layers=options["layers"],
-            smooth_quant=options["smooth_quant"],
             min_cosine=options["min_cosine"],
             max_drop=options["max_drop"],
         )
@@ -343,6 +356,83 @@ def run(**options):
     except DaskQuantError as exc:
         _fail(str(exc), 1)
     except OSError as exc:  # a full disk or a vanished --out while writing: nothing was published
+        _fail(f"could not write {exc.filename or 'results'} ({exc.strerror or exc}); nothing was published", 1)
+
+
+_DURATION = {"s": 1, "m": 60, "h": 3600}
+
+
+def _duration(text: str | None) -> float | None:
+    """--time-budget: seconds, or a number with s, m or h."""
+    if text is None:
+        return None
+    value, unit = (text[:-1], text[-1]) if text and text[-1] in _DURATION else (text, "s")
+    try:
+        return float(value) * _DURATION[unit]
+    except ValueError:
+        msg = f"--time-budget {text!r}: write a duration such as 90s, 30m or 2h"
+        raise InputError(msg) from None
+
+
+@main.command()
+@job_options
+@quant_options
+@cluster_options
+@click.option("--target", default=None, help='What the tuned model must reach on --val, e.g. "cosine>=0.99".')
+@click.option("--max-drop", type=float, default=None, help="Instead of --target: accuracy drop at most this (points).")
+@click.option(
+    "--ranking-samples", type=int, default=64, show_default=True, help="Validation rows the ranking scores."
+)
+@click.option("--time-budget", default=None, help="Stop after this long (90s, 30m, 2h) with the best model so far.")
+def tune(**options):
+    """Find which nodes of MODEL must stay FP32 for --target, and publish that model.
+
+    Calibration runs once; every experiment (a variant with some nodes in FP32)
+    is a task on the cluster, and each finished one is kept for --resume.
+    """
+    from dask_quant.pipeline.methods import parse_method
+    from dask_quant.pipeline.summary import format_summary
+    from dask_quant.pipeline.target import Target
+    from dask_quant.pipeline.tune import TuneConfig
+    from dask_quant.pipeline.tune import tune as tune_job
+
+    try:
+        if options["model"] is None:
+            msg = "tune needs a MODEL with --calib and --val"
+            raise InputError(msg)
+        model, calib, val = _model_and_data(options["model"], options["calib"], options["val"])
+        methods = [parse_method(m) for m in _split((options["methods"],))]
+        if len(methods) != 1:
+            msg = f"tune searches with one --method, got {len(methods)}"
+            raise InputError(msg)
+        target = Target.parse(options["target"], options["max_drop"])
+        tuning = TuneConfig(target, options["ranking_samples"], _duration(options["time_budget"]))
+        config = _run_config(options, model, calib, val, quant_config(options, methods[0]))
+        interrupts = _Interrupts()
+        interrupts.install()
+        log = lambda line: click.echo(f"dask-quant: {line}", err=True)  # noqa: E731
+        result = tune_job(
+            config, tuning, log=log, progress=sys.stderr.isatty(), interrupted=interrupts.commit_unless_requested
+        )
+        search = result.search
+        click.echo(format_summary(result.run))
+        click.echo(f"  tune             {target.describe()}: {'met' if search.met else 'NOT met'} ({search.stopped})")
+        click.echo(
+            f"  kept in FP32     {len(search.reverted)} of {len(result.groups)} groups"
+            + (f": {', '.join(search.reverted)}" if search.reverted else "")
+        )
+        click.echo(
+            f"  experiments      {result.trials_computed} run, {result.trials_reused} reused (trials.parquet)"
+        )
+        if not search.met:
+            _fail(f"tune: {target.describe()} not reached; the best model found was published", 1)
+    except InputError as exc:
+        _fail(str(exc), EXIT_INPUT)
+    except KeyboardInterrupt:
+        _fail("interrupted; no run was published (run again with --resume to reuse finished experiments)", 130)
+    except DaskQuantError as exc:
+        _fail(str(exc), 1)
+    except OSError as exc:
         _fail(f"could not write {exc.filename or 'results'} ({exc.strerror or exc}); nothing was published", 1)
 
 

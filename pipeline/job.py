@@ -55,7 +55,7 @@ class RunResult:
     metric: Metric | None = None  # which validation metrics lead
 
 
-class _Laps:
+class Laps:
     """Seconds spent per stage, for run.json."""
 
     def __init__(self) -> None:
@@ -72,7 +72,7 @@ class _Laps:
 
 
 @contextmanager
-def _client_scope(config: RunConfig, client) -> Iterator:
+def client_scope(config: RunConfig, client) -> Iterator:
     from dask_quant.cluster.connect import cluster_client, require_workers
     from dask_quant.cluster.environment import check_workers
 
@@ -132,7 +132,7 @@ def run_methods(
     from distributed import KilledWorker
 
     quants = [replace(config.quant, method=method) for method in dict.fromkeys(methods)]  # each checks its settings
-    lap = _Laps()
+    lap = Laps()
     bar = Progress(log, terminal=progress)
     names = [quant.method.value for quant in quants]
     with ExitStack() as stack:
@@ -154,10 +154,10 @@ def run_methods(
         if stale:
             log(f"removed {stale} work areas of interrupted runs whose model or data changed or is gone")
         try:
-            with _client_scope(config, client) as dask_client:
+            with client_scope(config, client) as dask_client:
                 lap("cluster_start")
-                cluster, dashboard = _cluster_record(dask_client, log)
-                _log_preparation(prepared, log)  # once the job is sure to run: bad input stays one line
+                cluster, dashboard = cluster_record(dask_client, log)
+                log_preparation(prepared, log)  # once the job is sure to run: bad input stays one line
                 if config.smooth_quant is not None:
                     prepared = smooth(prepared, config, dask_client, log, bar)
                     stack.callback(prepared.discard)
@@ -174,7 +174,7 @@ def run_methods(
                 lap("calibrate")
                 made = []
                 for quant, run_dir in zip(quants, run_dirs, strict=True):
-                    own = _Laps()
+                    own = Laps()
                     quantized = quantize(calibration, quant, run_dir.tmp / results.MODEL_FILE)
                     for line in explain(quantized.warnings, prepared.prepared):
                         log(line)
@@ -204,7 +204,7 @@ def run_methods(
                     made.append((quantized, validation, own))
                     lap.restart()  # each method's own laps hold its time: count it once
             lap("cluster_stop")
-            shared = _calibration_record(calibration, names)
+            shared = calibration_record(calibration, names)
             for (quantized, validation, own), run_dir in zip(made, run_dirs, strict=True):
                 own.restart()
                 sections = {"cluster": cluster, "calibration": shared, "timings_s": {**lap.timings, **own.timings}}
@@ -229,7 +229,7 @@ def run_methods(
         finals = [run_dir.publish() for run_dir in run_dirs]
     work.discard()
     made_runs = [
-        _result(run_dir.run_id, final, config, calibration, q, v, cluster, dashboard, {**lap.timings, **own.timings})
+        run_result(run_dir.run_id, final, config, calibration, q, v, cluster, dashboard, {**lap.timings, **own.timings})
         for run_dir, final, (q, v, own) in zip(run_dirs, finals, made, strict=True)
     ]
     guarded = config.min_cosine is not None or config.max_drop is not None  # the guard itself reports
@@ -240,7 +240,7 @@ def run_methods(
     return made_runs
 
 
-def _log_preparation(prepared: Prepared, log: Callable[[str], None]) -> None:
+def log_preparation(prepared: Prepared, log: Callable[[str], None]) -> None:
     if prepared.steps:
         log(f"prepared the model: {'; '.join(prepared.steps)}")
     for spec in (prepared.calib, prepared.val):
@@ -261,7 +261,7 @@ def _check_guard_data(config: RunConfig, prepared: Prepared) -> None:
         raise InputError(msg)
 
 
-def _cluster_record(client, log: Callable[[str], None]) -> tuple[dict, str | None]:
+def cluster_record(client, log: Callable[[str], None]) -> tuple[dict, str | None]:
     """run.json's cluster record, and the dashboard link (live only while the run lasts)."""
     workers = len(client.scheduler_info(n_workers=-1)["workers"])
     dashboard = client.dashboard_link if _has_dashboard(client) else None
@@ -270,7 +270,7 @@ def _cluster_record(client, log: Callable[[str], None]) -> tuple[dict, str | Non
     return {"scheduler": client.scheduler.address, "workers": workers}, dashboard
 
 
-def _calibration_record(calibration: Calibration, methods: list[str]) -> dict:
+def calibration_record(calibration: Calibration, methods: list[str]) -> dict:
     """run.json's calibration: the methods that shared it, and per pass the chunks computed, reused from
     checkpoints, and discarded (a checkpoint that failed its digests: recomputed, so also counted computed)."""
     passes = {"range_stats": calibration.stats}
@@ -282,7 +282,7 @@ def _calibration_record(calibration: Calibration, methods: list[str]) -> dict:
     }
 
 
-def _result(run_id, final: Path, config, calibration, quantized, validation, cluster, dashboard, timings) -> RunResult:
+def run_result(run_id, final: Path, config, calibration, quantized, validation, cluster, dashboard, timings):
     return RunResult(
         run_id,
         final,

@@ -224,9 +224,36 @@ def _calibration_schema():
     )
 
 
+def _trials_schema():
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("key", pa.string()),
+            ("phase", pa.string()),
+            ("group_node", pa.string()),
+            ("reverted", pa.list_(pa.string())),
+            ("reverted_count", pa.int32()),
+            ("rows", pa.string()),
+            ("samples", pa.int64()),
+            ("metric", pa.float64()),
+            ("mean_cosine", pa.float64()),
+            ("agreement", pa.float64()),
+            ("int8_accuracy", pa.float64()),
+            ("seconds", pa.float64()),
+            ("worker", pa.string()),
+            ("finished_utc", pa.string()),
+            ("stats_json", pa.string()),
+        ]
+    )
+
+
 QPARAMS = ParquetFile("qparams.parquet", _qparams_schema, qparam_rows)
 VALIDATION = ParquetFile("validation.parquet", _validation_schema, validation_rows)
 # Validation builds these rows (pipeline.layers.layer_rows) as it measures them.
 LAYERS = ParquetFile("layers.parquet", _layers_schema, list)
 HISTOGRAMS = ParquetFile("histograms.parquet", _histograms_schema, histogram_rows)
 CALIBRATION = ParquetFile("calibration.parquet", _calibration_schema, calibration_rows)
+# The tune search builds these rows (pipeline.trials) as experiments finish.
+TRIALS = ParquetFile("trials.parquet", _trials_schema, list)

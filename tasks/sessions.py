@@ -114,6 +114,11 @@ def _build(model: ModelRef, spec: SessionSpec):
         raise InputError(msg) from None
 
 
+def fresh_session(model: ModelRef, spec: SessionSpec = SessionSpec()):
+    """A session of its own, not cached: for a model used once (a tune variant), which would evict the rest."""
+    return _build(model, spec)
+
+
 def session_for(model: ModelRef, spec: SessionSpec = SessionSpec()):
     """The cached session for (model, spec), built on first use in this process."""
     key = (model.sha256, spec)

@@ -98,3 +98,43 @@ def build_float16_model(path: Path) -> Path:
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
+
+
+def build_outlier_mlp(path: Path, hidden_layers: int = 1) -> Path:
+    """MatMuls "first", "hidden1".."hiddenN", "last" with Tanh between them (seeded weights);
+    outlier_mlp_data's calibration set has one row with a huge first feature, so only the first MatMul's
+    input range (and its output's) is ruined."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    names = ["first", *(f"hidden{i}" for i in range(1, hidden_layers + 1)), "last"]
+    sizes = [(8, 16), *[(16, 16)] * hidden_layers, (16, 4)]
+    weights, nodes, current = [], [], "x"
+    for i, (name, size) in enumerate(zip(names, sizes, strict=True)):
+        weights.append(numpy_helper.from_array((rng.normal(size=size) / np.sqrt(size[0])).astype(np.float32), f"w{i}"))
+        made = "out" if name == "last" else f"h{i}"
+        nodes.append(helper.make_node("MatMul", [current, f"w{i}"], [made], name=name))
+        if name != "last":
+            nodes.append(helper.make_node("Tanh", [made], [f"t{i}"], name=f"tanh{i}"))
+            current = f"t{i}"
+    graph = helper.make_graph(
+        nodes,
+        "outlier_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 4])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def outlier_mlp_data(path: Path, rows: int, seed: int, outlier: bool) -> Path:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 8)).astype(np.float32)
+    if outlier:
+        x[rows // 2, 0] = 5000.0  # one rare value: the uint8 scale of x then has ~40 per step
+    np.savez(path, x=x)
+    return path

@@ -1,0 +1,138 @@
+"""The tune search: which quantizer groups go back to FP32, decided greedily from experiments.
+
+Pure decision logic: experiments are run by a callback (on the cluster, or
+from trials a resumed search already has) and return ValidationStats; every
+decision depends only on those values and the groups' graph order, so the
+same inputs give the same ranking and the same reverted set for any number
+of workers.
+
+1. Rank: one experiment per remaining group, the model with that group (and
+   those already reverted) in FP32, scored on the ranking rows (the
+   validation samples the full INT8 model gets most wrong); the first round
+   also scores each group alone quantized (its isolated error).
+2. Walk the ranking: revert the next group, scored on every validation row;
+   keep it while the metric improves and the target is not met. A step that
+   does not improve ends the walk and the groups are ranked again. The walk
+   runs `speculate` prefixes at once (reverted + g1, + g1 g2, ...), so the
+   workers stay busy; prefixes after a failed step are discarded.
+3. Stop when the target holds on every validation row, when no group
+   improves the metric, or when the time is up (the best so far stands).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from dask_quant.pipeline.target import Target
+from dask_quant.tasks.errors import InputError
+from dask_quant.tasks.validate import ValidationStats
+
+RANKING, ALL = "ranking", "all"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One variant to score: `reverted` nodes in FP32, on the ranking rows or all validation rows."""
+
+    phase: str  # "baseline", "rank", "isolated" or "step"
+    reverted: tuple[str, ...]
+    group: str | None
+    rows: str
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    reverted: tuple[str, ...]
+    final: ValidationStats
+    baseline: ValidationStats
+    met: bool
+    rankings: tuple[tuple[tuple[str, float], ...], ...] = ()  # per round: (group, metric with it reverted)
+    isolated: tuple[tuple[str, float], ...] = ()  # (group, metric with only it quantized)
+    stopped: str = ""  # why the search ended
+    experiments: int = 0
+    rounds: int = field(default=0)
+
+
+def _key(target: Target, stats: ValidationStats) -> tuple[float, float]:
+    """Order of merit: the target's metric, then mean cosine (NaN last)."""
+    values = (target.value(stats), stats.mean_cosine)
+    return tuple(-math.inf if math.isnan(v) else v for v in values)
+
+
+def greedy_search(
+    groups: Sequence[str],
+    target: Target,
+    run: Callable[[list[Experiment]], list[ValidationStats | None]],
+    *,
+    speculate: int = 4,
+    isolated: bool = True,
+    log: Callable[[str], None] = lambda _: None,
+) -> SearchResult:
+    """Revert groups until `target` holds on every validation row. `run` returns None for experiments it
+    did not finish (the time budget ran out): the search then ends with the best so far."""
+    groups = tuple(groups)
+    order_of = {group: index for index, group in enumerate(groups)}
+    count = 0
+
+    def canonical(nodes) -> tuple[str, ...]:
+        return tuple(sorted(set(nodes), key=order_of.__getitem__))
+
+    def score(experiments: list[Experiment]) -> list[ValidationStats | None]:
+        nonlocal count
+        count += len(experiments)
+        return run(experiments)
+
+    (baseline,) = score([Experiment("baseline", (), None, ALL)])
+    if baseline is None:
+        msg = "--time-budget ran out before the full INT8 model was even scored: allow more time"
+        raise InputError(msg)
+    reverted, current = (), baseline
+    rankings, alone, stopped = [], (), ""
+    while not stopped:
+        if target.met(current):
+            stopped = "target met"
+            break
+        remaining = [g for g in groups if g not in reverted]
+        if not remaining:
+            stopped = "every group is in FP32"
+            break
+        batch = [Experiment("rank", canonical((*reverted, g)), g, RANKING) for g in remaining]
+        if isolated and not rankings:
+            batch += [Experiment("isolated", canonical(set(groups) - {g}), g, RANKING) for g in groups]
+        stats = score(batch)
+        if any(s is None for s in stats):
+            stopped = "time budget"
+            break
+        ranked = {e.group: s for e, s in zip(batch, stats, strict=True) if e.phase == "rank"}
+        if isolated and not rankings:
+            pairs = zip(batch, stats, strict=True)
+            alone = tuple((e.group, target.value(s)) for e, s in pairs if e.phase == "isolated")
+        order = sorted(remaining, key=lambda g: (tuple(-v for v in _key(target, ranked[g])), order_of[g]))
+        rankings.append(tuple((g, target.value(ranked[g])) for g in order))
+        log(f"ranked {len(order)} groups; most sensitive: {', '.join(order[:3])}")
+        improved, walk = False, True
+        for start in range(0, len(order), speculate):
+            part = order[start : start + speculate]
+            prefixes = [canonical((*reverted, *part[: i + 1])) for i in range(len(part))]
+            steps = score([Experiment("step", p, g, ALL) for p, g in zip(prefixes, part, strict=True)])
+            for prefix, group, step in zip(prefixes, part, steps, strict=True):
+                if step is None:
+                    stopped, walk = "time budget", False
+                    break
+                if _key(target, step) <= _key(target, current):
+                    walk = False  # no better: rank again from here
+                    break
+                reverted, current, improved = prefix, step, True
+                log(f"reverted {group}: {target.metric} {target.value(current):.5f} on every validation row")
+                if target.met(current):
+                    walk = False
+                    break
+            if not walk:
+                break
+        if not improved and not stopped:
+            stopped = "no remaining group improves the metric"
+    return SearchResult(
+        reverted, current, baseline, target.met(current), tuple(rankings), alone, stopped, count, len(rankings)
+    )

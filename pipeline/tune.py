@@ -1,0 +1,288 @@
+"""`tune`: calibrate once, then find which nodes must stay FP32 for a target metric (pipeline.search),
+every experiment a task on the cluster, and publish the result as a run with its trials.
+
+    prepare -> [smooth] -> calibrate -> quantize (all groups) -> rank rows -> search -> quantize -> validate
+    -> publish (run directory + trials.parquet + run.json "tune")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from dask_quant.pipeline import results
+from dask_quant.pipeline.compute import TASK_RETRIES, compute
+from dask_quant.pipeline.config import RunConfig, config_dict
+from dask_quant.pipeline.experiments import run_experiment
+from dask_quant.pipeline.gate import check_quantized
+from dask_quant.pipeline.graph import sample_cosine_graph
+from dask_quant.pipeline.groups import int8_share, quantized_nodes
+from dask_quant.pipeline.job import (
+    Laps,
+    RunResult,
+    calibration_record,
+    client_scope,
+    cluster_record,
+    log_preparation,
+    run_result,
+)
+from dask_quant.pipeline.progress import Progress
+from dask_quant.pipeline.search import ALL, RANKING, Experiment, SearchResult, greedy_search
+from dask_quant.pipeline.selection import default_op_types
+from dask_quant.pipeline.stages.calibrate import calibrate
+from dask_quant.pipeline.stages.prepare import dataset_chunks, prepare
+from dask_quant.pipeline.stages.publish import write_run
+from dask_quant.pipeline.stages.quantize import quantize
+from dask_quant.pipeline.stages.smooth import smooth, smoothed_activations
+from dask_quant.pipeline.stages.validate import validate
+from dask_quant.pipeline.target import Target
+from dask_quant.pipeline.trials import TrialStore
+from dask_quant.pipeline.workarea import WorkArea
+from dask_quant.tasks.errors import DaskQuantError, InputError
+from dask_quant.tasks.reference_rows import gather_rows
+from dask_quant.tasks.sessions import ModelRef
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """The search's own options (the job's are a RunConfig)."""
+
+    target: Target
+    ranking_samples: int = 64  # validation rows the ranking scores: those the full INT8 model gets most wrong
+    time_budget: float | None = None  # seconds; then the best model so far is published
+    speculate: int = 4  # steps of the walk scored at once (fixed: the decisions never depend on the workers)
+    isolated: bool = True  # also score each group quantized alone (first round)
+
+    def __post_init__(self) -> None:
+        if self.ranking_samples < 1:
+            msg = f"--ranking-samples must be at least 1, got {self.ranking_samples}"
+            raise InputError(msg)
+        if self.time_budget is not None and self.time_budget <= 0:
+            msg = f"--time-budget must be positive, got {self.time_budget:g} s"
+            raise InputError(msg)
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    run: RunResult
+    search: SearchResult
+    groups: tuple[str, ...]
+    trials_computed: int
+    trials_reused: int
+
+
+def _job_key(config: RunConfig, prepared, ranking_rows: tuple[int, ...]) -> str:
+    key = [
+        prepared.model.sha256,
+        prepared.calib.sha256,
+        prepared.val.sha256,
+        config.chunk_size,
+        config_dict(config)["quant"],
+        list(ranking_rows),
+        prepared.output,
+    ]
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _ranking_rows(per_chunk: list[np.ndarray], chunks, samples: int) -> tuple[int, ...]:
+    """The `samples` rows with the lowest cosine under full INT8 (ties: lower row first), sorted."""
+    cosines = np.concatenate(per_chunk)
+    rows = np.concatenate([np.arange(c.start, c.stop) for c in chunks])
+    order = np.lexsort((rows, cosines))[:samples]
+    return tuple(sorted(int(r) for r in rows[order]))
+
+
+class _Runner:
+    """The search's `run`: experiments from the trial store, or as tasks on the cluster."""
+
+    def __init__(self, client, calibration, quant, rows: dict, output, store: TrialStore, deadline, progress):
+        self.client, self.calibration, self.quant, self.rows = client, calibration, quant, rows
+        self.output, self.store, self.deadline, self.progress = output, store, deadline, progress
+
+    def __call__(self, experiments: list[Experiment]):
+        from distributed import as_completed
+
+        values = [self.store.get(e) for e in experiments]
+        todo = [i for i, v in enumerate(values) if v is None]
+        if not todo:
+            return values
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return values
+        futures = {
+            self.client.submit(
+                run_experiment,
+                self.calibration,
+                self.quant,
+                experiments[i].reverted,
+                self.rows[experiments[i].rows],
+                self.output,
+                pure=False,
+                retries=TASK_RETRIES,
+            ): i
+            for i in todo
+        }
+        label = experiments[todo[0]].phase
+        pending = as_completed(futures, timeout=None)
+
+        def finished():
+            for future in pending:
+                i = futures[future]
+                stats, seconds, worker = future.result()
+                self.store.add(experiments[i], stats, seconds, worker)
+                values[i] = stats
+                yield
+                if self.deadline is not None and time.monotonic() >= self.deadline:
+                    self.client.cancel(list(futures))
+                    return
+
+        if self.progress is not None:
+            self.progress.track(finished(), len(todo), f"tune {label}")
+        else:
+            for _ in finished():
+                pass
+        return values
+
+
+def tune(
+    config: RunConfig,
+    tuning: TuneConfig,
+    client=None,
+    log: Callable[[str], None] = lambda _: None,
+    progress: bool = False,
+    interrupted: Callable[[], bool] = lambda: False,
+) -> TuneResult:
+    """Search the nodes to keep in FP32 until `tuning.target` holds, and publish the best model found."""
+    if config.val is None:
+        msg = "tune scores every variant on validation data: pass --val"
+        raise InputError(msg)
+    lap = Laps()
+    bar = Progress(log, terminal=progress)
+    target = tuning.target
+    deadline = None if tuning.time_budget is None else time.monotonic() + tuning.time_budget
+    with ExitStack() as stack:
+        run_dir = stack.enter_context(
+            results.RunDirectory(config.out, results.new_run_id(config.model, f"{config.quant.method.value}-tuned"))
+        )
+        prepared = prepare(config)
+        stack.callback(prepared.discard)
+        config = replace(config, chunk_size=prepared.chunk_size)
+        if target.needs_labels() and prepared.val.labels is None:
+            msg = f"--target {target.describe()} needs labels: --val {prepared.val.path} has none; use cosine"
+            raise InputError(msg)
+        if config.smooth_quant is not None:
+            smoothed_activations(prepared, config)
+        lap("prepare")
+        work = WorkArea(config, prepared)
+        work.start()
+        store = None
+        try:
+            with client_scope(config, client) as dask_client:
+                lap("cluster_start")
+                cluster, dashboard = cluster_record(dask_client, log)
+                log_preparation(prepared, log)
+                if config.smooth_quant is not None:
+                    prepared = smooth(prepared, config, dask_client, log, bar)
+                    stack.callback(prepared.discard)
+                checkpoints = work.checkpoints(config.resume)
+                calibration = calibrate(
+                    prepared, dask_client, [config.quant], chunk_size=config.chunk_size,
+                    split_every=config.split_every, checkpoints=checkpoints, log=log, progress=bar,
+                )  # fmt: skip
+                lap("calibrate")
+                full = quantize(calibration, config.quant, work.folder / "full.int8.onnx")
+                op_types = config.quant.op_types or default_op_types()
+                groups = quantized_nodes(_load(full.path), prepared.proto, op_types)
+                if not groups:
+                    msg = f"{config.model}: ONNX Runtime's quantizer quantized no node, so there is nothing to tune"
+                    raise InputError(msg)
+                chunks = dataset_chunks(prepared.val, config.chunk_size)
+                int8 = ModelRef(str(full.path), full.sha256)
+                (per_chunk,) = compute(
+                    dask_client, [sample_cosine_graph(chunks, prepared.model, int8, prepared.output)], "ranking rows"
+                )
+                ranking = _ranking_rows(per_chunk, chunks, tuning.ranking_samples)
+                every = tuple(range(chunks[0].start, chunks[-1].stop))
+                shared = {
+                    name: dask_client.submit(gather_rows, chunks, rows, prepared.model, prepared.output, pure=False)
+                    for name, rows in ((RANKING, ranking), (ALL, every))
+                }
+                store = TrialStore(work.folder, _job_key(config, prepared, ranking), target, config.resume)
+                if store.rows:
+                    log(f"resuming: {len(store.rows)} finished experiments found in {work.folder}")
+                log(
+                    f"tune: {len(groups)} quantizer groups, target {target.describe()}; ranking on the "
+                    f"{len(ranking)} validation rows full INT8 gets most wrong"
+                )
+                calibration_future = dask_client.scatter(calibration, broadcast=True)
+                runner = _Runner(
+                    dask_client, calibration_future, config.quant, shared, prepared.output, store, deadline, bar
+                )
+                search = greedy_search(
+                    groups, target, runner, speculate=tuning.speculate, isolated=tuning.isolated, log=log
+                )
+                lap("search")
+                log(
+                    f"tune: {search.stopped}; {len(search.reverted)} of {len(groups)} groups in FP32, "
+                    f"{target.metric} {target.value(search.baseline):.5f} -> {target.value(search.final):.5f}"
+                )
+                quantized = quantize(calibration, config.quant, run_dir.tmp / results.MODEL_FILE, search.reverted)
+                check_quantized(config, prepared, quantized)
+                validation = validate(
+                    prepared, quantized, dask_client, metric=config.metric, chunk_size=config.chunk_size,
+                    split_every=config.split_every, log=log, progress=bar, per_layer=config.layers == "all",
+                )  # fmt: skip
+                lap("validate")
+            lap("cluster_stop")
+            store.write(run_dir.tmp, run_dir.run_id)
+            sections = {
+                "cluster": cluster,
+                "calibration": calibration_record(calibration, [config.quant.method.value]),
+                "timings_s": lap.timings,
+                "tune": _tune_record(tuning, search, groups, store, _load(run_dir.tmp / results.MODEL_FILE)),
+            }
+            write_run(run_dir, config, prepared, quantized, validation, sections)
+            if interrupted():
+                raise KeyboardInterrupt
+        except DaskQuantError:
+            work.discard()
+            raise
+        except BaseException:  # interrupted, out of memory, the cluster went away: keep the work for --resume
+            if store is not None and store.rows:
+                log(f"kept {len(store.rows)} finished experiments in {work.folder}: run again with --resume")
+            raise
+        final = run_dir.publish()
+    work.discard()
+    run = run_result(run_dir.run_id, final, config, calibration, quantized, validation, cluster, dashboard, lap.timings)
+    return TuneResult(run, search, groups, store.computed, store.reused)
+
+
+def _load(path: Path):
+    import onnx
+
+    return onnx.load(str(path))
+
+
+def _tune_record(tuning: TuneConfig, search: SearchResult, groups, store: TrialStore, int8_proto) -> dict:
+    target = tuning.target
+    return {
+        "target": target.describe(),
+        "met": search.met,
+        "stopped": search.stopped,
+        "groups": len(groups),
+        "reverted": list(search.reverted),
+        "metric_before": target.value(search.baseline),
+        "metric_after": target.value(search.final),
+        "ranking_samples": tuning.ranking_samples,
+        "rounds": search.rounds,
+        "experiments": {"computed": store.computed, "reused": store.reused},
+        "ranking": [[{"group": g, "metric": v} for g, v in ranking] for ranking in search.rankings],
+        "isolated": [{"group": g, "metric": v} for g, v in search.isolated],
+        "int8_share": {op: {"int8": done, "total": total} for op, (done, total) in int8_share(int8_proto).items()},
+    }

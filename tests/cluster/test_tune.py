@@ -1,0 +1,194 @@
+"""`tune`: the search reverts the layer known to be sensitive, decides the same for any worker count and
+chunking, and a killed search resumes from its finished experiments."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from distributed import Client, LocalCluster
+from models import build_outlier_mlp, outlier_mlp_data
+from processes import dask_quant
+
+from dask_quant import pipeline as dq
+from dask_quant.pipeline import results
+from dask_quant.pipeline.search import ALL, Experiment, greedy_search
+from dask_quant.pipeline.target import Target
+from dask_quant.pipeline.tune import TuneConfig, tune
+from dask_quant.tasks.errors import InputError
+from dask_quant.tasks.validate import ValidationStats
+
+TARGET = Target("cosine", 0.999)
+
+
+@pytest.fixture(scope="module")
+def mlp(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mlp")
+    model = build_outlier_mlp(folder / "mlp.onnx")
+    return (
+        model,
+        outlier_mlp_data(folder / "calib.npz", 200, 1, True),
+        outlier_mlp_data(folder / "val.npz", 120, 2, False),
+    )
+
+
+def _tuned(mlp, out, client, chunk_size=None, **tuning):
+    model, calib, val = mlp
+    config = dq.RunConfig(model=model, calib=calib, val=val, out=out, chunk_size=chunk_size, layers="none")
+    return tune(config, TuneConfig(TARGET, ranking_samples=16, **tuning), client=client)
+
+
+def _trials(run_dir: Path):
+    return pq.read_table(run_dir / "trials.parquet").to_pandas()
+
+
+def _readme_block() -> str:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text[text.index("## Tune") :]
+    return re.findall(r"```python\n(.*?)```", section[: section.index("\n## ", 1)], flags=re.S)[0]
+
+
+def test_search_reverts_exactly_the_outlier_layer_for_any_workers_and_chunking(mlp, tmp_path, monkeypatch):
+    outcomes = []
+    for workers, chunk_size in ((1, None), (2, None), (2, 7)):
+        with LocalCluster(n_workers=workers, threads_per_worker=1) as cluster, Client(cluster) as client:
+            outcomes.append(_tuned(mlp, tmp_path / f"{workers}-{chunk_size}", client, chunk_size))
+    first = outcomes[0]
+    assert first.search.reverted == ("first",)  # the MatMul whose input holds the rare outlier
+    assert first.search.met and first.search.final.mean_cosine >= 0.999 > first.search.baseline.mean_cosine
+    assert first.groups == ("first", "hidden1", "last")
+    for other in outcomes[1:]:
+        assert other.search.reverted == first.search.reverted
+        assert other.search.rankings == first.search.rankings  # the same ranking, value for value
+        assert other.search.isolated == first.search.isolated
+        assert other.search.final == first.search.final
+    record = json.loads((first.run.run_dir / results.RUN_FILE).read_text())["tune"]
+    assert (
+        record["reverted"] == ["first"] and record["met"] and record["int8_share"]["MatMul"] == {"int8": 2, "total": 3}
+    )
+    trials = _trials(first.run.run_dir)
+    assert len(trials) == record["experiments"]["computed"] == first.trials_computed
+    assert set(trials["phase"]) == {"baseline", "rank", "isolated", "step"}
+    assert (trials["run_id"] == first.run.run_id).all()
+    # Its own error: the first layer alone quantized is what breaks the model.
+    isolated = dict(first.search.isolated)
+    assert isolated["first"] < 0.5 < min(isolated["hidden1"], isolated["last"])
+    # The README's query runs as written on this run's folder.
+    (tmp_path / "dask-quant-runs").symlink_to(first.run.run_dir.parent)
+    monkeypatch.chdir(tmp_path)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(_readme_block(), {})  # noqa: S102
+    header, top, *_ = printed.getvalue().splitlines()
+    assert header.split() == ["group_node", "metric", "seconds"] and top.split()[1] == "first"
+
+
+def test_search_logic_reverts_greedily_and_ranks_again_when_a_step_does_not_help():
+    # A made-up model: each group costs its penalty; "b" and "d" together cost nothing extra when reverted.
+    penalty = {"a": 0.001, "b": 0.02, "c": 0.0, "d": 0.01}
+
+    def stats(cosine: float) -> ValidationStats:
+        return ValidationStats(samples=1, cosine_sum=cosine)
+
+    seen = []
+
+    def run(experiments: list[Experiment]):
+        seen.append([e.phase for e in experiments])
+        return [stats(1 - sum(v for g, v in penalty.items() if g not in e.reverted)) for e in experiments]
+
+    result = greedy_search(("a", "b", "c", "d"), Target("cosine", 0.9985), run, speculate=2)
+    assert result.reverted == ("b", "d")  # most sensitive first, then the next; stops once the target holds
+    assert result.met and result.stopped == "target met"
+    assert [g for g, _ in result.rankings[0]] == ["b", "d", "a", "c"]
+    assert seen[0] == ["baseline"] and seen[1].count("isolated") == 4
+    unreachable = greedy_search(("a", "b", "c", "d"), Target("cosine", 1.5), run, speculate=2, isolated=False)
+    assert not unreachable.met and unreachable.stopped in (
+        "every group is in FP32",
+        "no remaining group improves the metric",
+    )
+    assert unreachable.final.mean_cosine == 1.0
+
+
+def test_time_budget_stops_with_the_best_so_far():
+    def run(experiments):
+        return [ValidationStats(samples=1, cosine_sum=0.5) if e.rows == ALL and not e.reverted else None
+                for e in experiments]  # fmt: skip
+
+    result = greedy_search(("a", "b"), TARGET, run)
+    assert result.stopped == "time budget" and result.reverted == () and not result.met
+
+
+def test_bad_targets_are_refused_in_one_line():
+    for text in ("cosine > 0.9", "latency>=3", "cosine>=abc", "cosine>=nan"):
+        with pytest.raises(InputError, match="--target"):
+            Target.parse(text)
+    with pytest.raises(InputError, match="exactly one of"):
+        Target.parse("cosine>=0.9", 1.0)
+    assert Target.parse(" agreement >= 0.98 ") == Target("agreement", 0.98)
+    assert Target.parse(None, 1.0).describe() == "accuracy at most 1 points below FP32's"
+
+
+def test_cli_tune_refuses_bad_input_with_exit_2(mlp, tmp_path):
+    model, calib, val = mlp
+    cases = [
+        ([model, "--calib", calib, "--target", "cosine>=0.99"], "pass --val"),
+        ([model, "--calib", calib, "--val", val, "--target", "cosine=0.99"], "write it as NAME>=VALUE"),
+        ([model, "--calib", calib, "--val", val, "--max-drop", "1"], "needs labels"),
+        ([model, "--calib", calib, "--val", val, "--target", "cosine>=0.9", "--time-budget", "soon"], "90s, 30m"),
+    ]
+    for args, message in cases:
+        proc = dask_quant("tune", *args, "--out", tmp_path / "out")
+        assert proc.returncode == 2, proc.stderr
+        assert message in proc.stderr and "Traceback" not in proc.stderr
+        assert not list((tmp_path / "out").glob("*/run.json"))
+
+
+def _rows(path: Path) -> int:
+    try:
+        return pq.read_metadata(path).num_rows
+    except (OSError, ValueError):
+        return 0
+
+
+def test_killed_search_resumes_from_its_finished_experiments(tmp_path):
+    model = build_outlier_mlp(tmp_path / "mlp.onnx", hidden_layers=8)
+    calib = outlier_mlp_data(tmp_path / "calib.npz", 200, 1, True)
+    val = outlier_mlp_data(tmp_path / "val.npz", 120, 2, False)
+    args = [str(model), "--calib", str(calib), "--val", str(val), "--target", "cosine>=0.9999", "--workers", "2",
+            "--ranking-samples", "16", "--layers", "none"]  # fmt: skip
+    command = [sys.executable, "-m", "dask_quant", "tune", *args, "--out", str(tmp_path / "out")]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    seen, deadline = 0, time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        found = list((tmp_path / "out" / ".work").glob("*/trials.parquet"))
+        seen = _rows(found[0]) if found else 0
+        if seen >= 4:
+            os.killpg(proc.pid, signal.SIGKILL)  # the client and its LocalCluster, at once
+            break
+        time.sleep(0.01)
+    proc.wait(timeout=60)
+    assert seen >= 4, f"the search ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    assert not list((tmp_path / "out").glob("*/run.json"))  # nothing was published
+    resumed = dask_quant("tune", *args, "--out", tmp_path / "out", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "finished experiments found" in resumed.stderr
+    (run_dir,) = [d for d in (tmp_path / "out").iterdir() if d.name != ".work" and not d.name.startswith(".")]
+    record = json.loads((run_dir / results.RUN_FILE).read_text())["tune"]
+    assert record["experiments"]["reused"] >= seen
+    fresh = dask_quant("tune", *args, "--out", tmp_path / "fresh")
+    assert fresh.returncode == 0, fresh.stderr
+    (fresh_dir,) = [d for d in (tmp_path / "fresh").iterdir() if not d.name.startswith(".")]
+    again = json.loads((fresh_dir / results.RUN_FILE).read_text())["tune"]
+    assert again["reverted"] == record["reverted"] and again["metric_after"] == record["metric_after"]
+    assert again["experiments"]["reused"] == 0
+    assert len(_trials(run_dir)) == len(_trials(fresh_dir))  # the same experiments, some of them reused
