@@ -56,6 +56,35 @@ def sqnr_chart(layers: list[dict]) -> bytes:
     return _png(fig)
 
 
+def sensitivity_chart(ranking: list[dict], isolated: dict[str, float], reverted: set[str], metric: str) -> bytes:
+    """The tune search's first ranking: per group, the metric with it in FP32 (bar) and with it alone
+    quantized (dot); reverted groups in red. Most sensitive at the top (at most MAX_BARS)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = ranking[:MAX_BARS]
+    values = [row["metric"] for row in shown]
+    fig, ax = plt.subplots(figsize=(9, 0.38 * len(shown) + 1.2))
+    y = np.arange(len(shown))
+    colours = [_POOR if row["group"] in reverted else "#607d8b" for row in shown]
+    ax.barh(y, values, color=colours, height=0.7, label=f"{metric} with the group in FP32")
+    alone = [isolated.get(row["group"], np.nan) for row in shown]
+    ax.plot(alone, y, "o", color="#212121", markersize=4, label=f"{metric} with only the group quantized")
+    ax.set_yticks(y, [literal(row["group"]) for row in shown], fontsize=9)
+    ax.invert_yaxis()
+    finite = [v for v in [*values, *alone] if np.isfinite(v)]
+    low = min(finite) if finite else 0.0
+    ax.set_xlim(low - (1 - low) * 0.05 - 1e-6, 1 + (1 - low) * 0.02 + 1e-6)
+    ax.set_xlabel(f"{metric} on the ranking rows, higher is better")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
+    title = "Sensitivity: most sensitive group first; red: kept in FP32"
+    ax.set_title(title + (f" (top {MAX_BARS} of {len(ranking)})" if len(ranking) > MAX_BARS else ""), loc="left")
+    return _png(fig)
+
+
 def activation_histogram(layer: dict, clip: tuple[float, float], observed: tuple[float, float]) -> bytes:
     """One activation's validation-set histogram, with the quantization clip range marked."""
     import matplotlib

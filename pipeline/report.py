@@ -142,6 +142,30 @@ def _collapse(run: dict) -> str:
     return f'<p class="warning">The INT8 model looks broken: {_e(reason)}. See the worst layers below.</p>'
 
 
+def _tune(run: dict) -> str:
+    """The tune search's section: what was reverted, the metric before and after, the sensitivity chart."""
+    tune = run.get("tune")
+    if not tune:
+        return ""
+    share = ", ".join(f"{v['int8']} of {v['total']} {op}" for op, v in sorted(tune["int8_share"].items()))
+    reverted = ", ".join(f"<code>{_e(n)}</code>" for n in tune["reverted"]) or "none"
+    status = "met" if tune["met"] else "<b>not met</b>"
+    chart = ""
+    if tune["ranking"]:
+        isolated = {row["group"]: row["metric"] for row in tune["isolated"]}
+        metric = tune["target"].split(">=")[0] if ">=" in tune["target"] else "accuracy"
+        png = plots.sensitivity_chart(tune["ranking"][0], isolated, set(tune["reverted"]), metric)
+        chart = _img(png, "sensitivity of each quantizer group")
+    experiments = tune["experiments"]
+    return (
+        f"<h2>Tune</h2><p>Target <code>{_e(tune['target'])}</code>: {status} ({_e(tune['stopped'])}). "
+        f"{len(tune['reverted'])} of {tune['groups']} quantizer groups kept in FP32: {reverted}. "
+        f"Metric on every validation row {tune['metric_before']:.5f} → {tune['metric_after']:.5f}; "
+        f"INT8: {_e(share) or '-'}. {experiments['computed']} experiments run, {experiments['reused']} reused, "
+        f"{tune['rounds']} ranking rounds on {tune['ranking_samples']} rows (<code>trials.parquet</code>).</p>{chart}"
+    )
+
+
 def _run_record(run_dir: Path) -> dict:
     """run.json, or InputError when it is not one dask-quant wrote (corrupt, edited, another tool's)."""
     path = run_dir / results.RUN_FILE
@@ -179,7 +203,7 @@ def render(run_dir: Path) -> str:
         f"<h1>{_e(name)} → INT8</h1><p class=sub>run {_e(run['run_id'])} · {_e(run['created_utc'])}</p>"
         '<div id="broken">Some charts failed to load.</div>'
         f"{_collapse(run)}"
-        f'<div class="cards">{_cards(run)}</div><h2>Per-layer error</h2>{per_layer}'
+        f'<div class="cards">{_cards(run)}</div>{_tune(run)}<h2>Per-layer error</h2>{per_layer}'
         f"<h2>Configuration</h2>{_config_table(run)}</body></html>"
     )
 

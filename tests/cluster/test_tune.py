@@ -83,6 +83,8 @@ def test_search_reverts_exactly_the_outlier_layer_for_any_workers_and_chunking(m
     # Its own error: the first layer alone quantized is what breaks the model.
     isolated = dict(first.search.isolated)
     assert isolated["first"] < 0.5 < min(isolated["hidden1"], isolated["last"])
+    page = (first.run.run_dir / "report.html").read_text()
+    assert 'alt="sensitivity of each quantizer group"' in page and "1 of 3 quantizer groups kept in FP32" in page
     # The README's query runs as written on this run's folder.
     (tmp_path / "dask-quant-runs").symlink_to(first.run.run_dir.parent)
     monkeypatch.chdir(tmp_path)
