@@ -95,6 +95,32 @@ def test_search_reverts_exactly_the_outlier_layer_for_any_workers_and_chunking(m
     assert header.split() == ["group_node", "metric", "seconds"] and top.split()[1] == "first"
 
 
+def test_remembered_weights_write_the_models_quantize_static_writes(residual, tmp_path, monkeypatch):
+    from onnxruntime.quantization import qdq_quantizer
+
+    from dask_quant.pipeline.experiments import _remember_weights
+
+    model, calib, _ = residual
+    config = dq.RunConfig(model=model, calib=calib, out=tmp_path)
+    _remember_weights()
+    compute, to_initializer = qdq_quantizer._dask_quant_originals
+    with dq.prepare(config) as prepared, Client(processes=False, n_workers=1, dashboard_address=":0") as client:
+        calibration = dq.calibrate(prepared, client, [config.quant])
+        nodes = [n.name for n in prepared.proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+        variants = [(), (nodes[0],), tuple(nodes[1:]), ()]  # the last one again: from what was remembered
+        with monkeypatch.context() as plain:  # ORT's own functions
+            plain.setattr(qdq_quantizer, "compute_data_quant_params", compute)
+            plain.setattr(qdq_quantizer, "quantize_onnx_initializer", to_initializer)
+            expected = [
+                dq.quantize(calibration, config.quant, tmp_path / f"plain{i}.onnx", v) for i, v in enumerate(variants)
+            ]
+        got = [dq.quantize(calibration, config.quant, tmp_path / f"memo{i}.onnx", v) for i, v in enumerate(variants)]
+    assert qdq_quantizer.compute_data_quant_params is not compute  # the remembered ones ran
+    for a, b in zip(expected, got, strict=True):
+        assert a.path.read_bytes() == b.path.read_bytes()
+    assert len({q.sha256 for q in got}) == 3
+
+
 def test_search_logic_reverts_greedily_and_ranks_again_when_a_step_does_not_help():
     # A made-up model: each group costs its penalty; "b" and "d" together cost nothing extra when reverted.
     penalty = {"a": 0.001, "b": 0.02, "c": 0.0, "d": 0.01}
