@@ -27,6 +27,7 @@ SCRIPTS = (
     "validation_speed.py",
     "whole_run.py",
     "smoothquant_minilm.py",
+    "tune_vs_nncf.py",
     "profile_passes.py",
 )
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"

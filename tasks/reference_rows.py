@@ -14,8 +14,10 @@ import numpy as np
 
 from dask_quant.tasks.chunks import ChunkRef, read_feeds, read_labels
 from dask_quant.tasks.feeding import Feeding
-from dask_quant.tasks.sessions import ModelRef, fresh_session, run_in_batches, session_for
+from dask_quant.tasks.sessions import ModelRef, fixed_batch, fresh_session, run_in_batches, session_for
 from dask_quant.tasks.validate import ValidationStats, _cosines, chunk_outputs, compare_outputs
+
+SLICE_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -31,9 +33,22 @@ class ReferenceRows:
     def score(self, model: ModelRef, output: str | None = None) -> ValidationStats:
         """The statistics of `model`'s outputs on these rows against FP32's (as validation computes them);
         the model's session is not cached (a variant is scored once)."""
-        names = None if output is None else [output]
-        (outputs,) = run_in_batches(fresh_session(model), names, self.feeds, self.feeding)
+        outputs = _run_sliced(fresh_session(model), output, self.feeds, self.feeding)
         return compare_outputs(self.fp32, outputs, self.labels, np.asarray(self.rows))
+
+
+def _run_sliced(session, output: str | None, feeds: dict[str, np.ndarray], feeding: Feeding) -> np.ndarray:
+    """One output over every row, SLICE_ROWS rows per run (a multiple of a fixed batch): the same slices
+    whatever the caller, and a worker's memory bounded by them, not by how many rows are scored."""
+    names = None if output is None else [output]
+    batch = fixed_batch(session, feeding) or 1
+    step = max(1, SLICE_ROWS // batch) * batch
+    rows = len(next(iter(feeds.values())))
+    parts = [
+        run_in_batches(session, names, {k: v[i : i + step] for k, v in feeds.items()}, feeding)[0]
+        for i in range(0, rows, step)
+    ]
+    return np.concatenate(parts)
 
 
 def sample_cosines(chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, output: str | None = None) -> np.ndarray:
@@ -63,8 +78,7 @@ def gather_rows(
             labels.append(chunk_labels[inside])
     joined = {name: np.concatenate(parts) for name, parts in feeds.items()}
     feeding = chunks[0].feeding
-    names = None if output is None else [output]
-    (outputs,) = run_in_batches(session_for(fp32), names, joined, feeding)
+    outputs = _run_sliced(session_for(fp32), output, joined, feeding)
     return ReferenceRows(
         tuple(int(r) for r in wanted), joined, outputs, np.concatenate(labels) if labels else None, feeding
     )
