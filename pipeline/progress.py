@@ -1,4 +1,4 @@
-"""Progress of a cluster stage, counted in chunks done of total.
+"""Progress of a cluster stage, counted in chunks (or another unit: tune's experiments) done of total.
 
 On a terminal: rich's progress bar (chunks, rate, time left), erased when the
 stage ends. Elsewhere (a log file, CI, a scheduler's job output): one plain
@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterable
 INTERVAL_S = 5.0
 
 
-def _plain(label: str, done: int, total: int, elapsed: float) -> str:
+def _plain(label: str, done: int, total: int, elapsed: float, unit: str = "chunks") -> str:
     rate = done / elapsed if elapsed > 0 else 0.0
     left = f", ~{(total - done) / rate:.0f} s left" if rate > 0 and done < total else ""
-    return f"{label}: {done}/{total} chunks ({rate:.1f} chunks/s{left})"
+    return f"{label}: {done}/{total} {unit} ({rate:.1f} {unit}/s{left})"
 
 
 class Progress:
@@ -31,23 +31,23 @@ class Progress:
         self.terminal = terminal
         self.interval = interval
 
-    def track(self, done_events: Iterable[object], total: int, label: str) -> None:
+    def track(self, done_events: Iterable[object], total: int, label: str, unit: str = "chunks") -> None:
         if self.terminal:
-            self._bar(done_events, total, label)
+            self._bar(done_events, total, label, unit)
         else:
-            self._lines(done_events, total, label)
+            self._lines(done_events, total, label, unit)
 
-    def _lines(self, done_events: Iterable[object], total: int, label: str) -> None:
+    def _lines(self, done_events: Iterable[object], total: int, label: str, unit: str) -> None:
         start = last = time.monotonic()
         done = 0
         for _ in done_events:
             done += 1
             now = time.monotonic()
             if now - last >= self.interval and done < total:
-                self.log(_plain(label, done, total, now - start))
+                self.log(_plain(label, done, total, now - start, unit))
                 last = now
 
-    def _bar(self, done_events: Iterable[object], total: int, label: str) -> None:
+    def _bar(self, done_events: Iterable[object], total: int, label: str, unit: str) -> None:
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -61,7 +61,7 @@ class Progress:
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("chunks {task.fields[rate]}"),
+            TextColumn(unit + " {task.fields[rate]}"),
             TimeRemainingColumn(),
         )
         with Bar(*columns, console=Console(stderr=True), transient=True) as bar:

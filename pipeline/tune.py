@@ -143,7 +143,7 @@ class _Runner:
                     return
 
         if self.progress is not None:
-            self.progress.track(finished(), len(todo), f"tune {label}")
+            self.progress.track(finished(), len(todo), f"tune {label}", "experiments")
         else:
             for _ in finished():
                 pass
