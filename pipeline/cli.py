@@ -384,6 +384,12 @@ def _duration(text: str | None) -> float | None:
     "--ranking-samples", type=int, default=64, show_default=True, help="Validation rows the ranking scores."
 )
 @click.option("--time-budget", default=None, help="Stop after this long (90s, 30m, 2h) with the best model so far.")
+@click.option(
+    "--isolated-errors/--no-isolated-errors",
+    default=True,
+    show_default=True,
+    help="Also score each group quantized alone (its own error, for the report; doubles the first ranking).",
+)
 def tune(**options):
     """Find which nodes of MODEL must stay FP32 for --target, and publish that model.
 
@@ -406,7 +412,12 @@ def tune(**options):
             msg = f"tune searches with one --method, got {len(methods)}"
             raise InputError(msg)
         target = Target.parse(options["target"], options["max_drop"])
-        tuning = TuneConfig(target, options["ranking_samples"], _duration(options["time_budget"]))
+        tuning = TuneConfig(
+            target,
+            options["ranking_samples"],
+            _duration(options["time_budget"]),
+            isolated=options["isolated_errors"],
+        )
         config = _run_config(options, model, calib, val, quant_config(options, methods[0]))
         interrupts = _Interrupts()
         interrupts.install()

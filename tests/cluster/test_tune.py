@@ -60,9 +60,9 @@ def _readme_block() -> str:
 
 def test_search_reverts_exactly_the_outlier_layer_for_any_workers_and_chunking(mlp, tmp_path, monkeypatch):
     outcomes = []
-    for workers, chunk_size in ((1, None), (2, None), (2, 7)):
+    for workers, chunk_size, isolated in ((1, None, True), (2, None, True), (2, 7, False)):
         with LocalCluster(n_workers=workers, threads_per_worker=1) as cluster, Client(cluster) as client:
-            outcomes.append(_tuned(mlp, tmp_path / f"{workers}-{chunk_size}", client, chunk_size))
+            outcomes.append(_tuned(mlp, tmp_path / f"{workers}-{chunk_size}", client, chunk_size, isolated=isolated))
     first = outcomes[0]
     assert first.search.reverted == ("first",)  # the MatMul whose input holds the rare outlier
     assert first.search.met and first.search.final.mean_cosine >= 0.999 > first.search.baseline.mean_cosine
@@ -70,8 +70,10 @@ def test_search_reverts_exactly_the_outlier_layer_for_any_workers_and_chunking(m
     for other in outcomes[1:]:
         assert other.search.reverted == first.search.reverted
         assert other.search.rankings == first.search.rankings  # the same ranking, value for value
-        assert other.search.isolated == first.search.isolated
         assert other.search.final == first.search.final
+    assert outcomes[1].search.isolated == first.search.isolated
+    assert outcomes[2].search.isolated == ()  # --no-isolated-errors: the ranking alone
+    assert "isolated" not in set(_trials(outcomes[2].run.run_dir)["phase"])
     record = json.loads((first.run.run_dir / results.RUN_FILE).read_text())["tune"]
     assert (
         record["reverted"] == ["first"] and record["met"] and record["int8_share"]["MatMul"] == {"int8": 2, "total": 3}
