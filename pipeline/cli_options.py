@@ -1,0 +1,238 @@
+"""The command line's shared options and how they become typed configs (pipeline.config).
+
+Every job command (run, tune) declares its options from these groups and
+builds its RunConfig with `run_config`, so an option means the same in each.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dask_quant.pipeline.methods import Method, cli_help
+from dask_quant.tasks.errors import InputError
+
+
+def split_values(values: tuple[str, ...]) -> tuple[str, ...]:
+    """Accept repeated options and comma-separated lists alike."""
+    return tuple(item.strip() for value in values for item in value.split(",") if item.strip())
+
+
+def option_group(*decorators):
+    """Several click options as one decorator, so subcommands share their declarations."""
+
+    def apply(function):
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+
+    return apply
+
+
+# Where the work runs: every subcommand that computes takes these.
+cluster_options = option_group(
+    click.option("--workers", type=int, default=None, help="LocalCluster workers [default: one per CPU]."),
+    click.option(
+        "--threads-per-worker", type=int, default=1, show_default=True, help="Threads per LocalCluster worker."
+    ),
+    click.option("--scheduler", default=None, help="Connect to this scheduler instead of starting a LocalCluster."),
+    click.option("--scheduler-file", type=click.Path(path_type=Path), help="Connect to the scheduler this file names."),
+    click.option("--tls-ca-file", type=click.Path(path_type=Path), help="CA certificate (PEM) of a tls:// scheduler."),
+    click.option(
+        "--tls-cert", type=click.Path(path_type=Path), help="Client certificate (PEM) for a tls:// scheduler."
+    ),
+    click.option("--tls-key", type=click.Path(path_type=Path), help="Private key (PEM) of --tls-cert."),
+    click.option(
+        "--memory-limit", default="auto", show_default=True, help="Memory per LocalCluster worker (e.g. 4GiB; 0: none)."
+    ),
+    click.option(
+        "--connect-timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for --scheduler."
+    ),
+)
+
+# How a model is quantized.
+quant_options = option_group(
+    click.option(
+        "--per-channel/--per-tensor", default=True, show_default=True, help="Weight quantization granularity."
+    ),
+    click.option("--method", "methods", default=Method.MINMAX.value, show_default=True, help=cli_help()),
+    click.option(
+        "--percentile", type=float, default=99.999, show_default=True, help="Percentile kept by --method percentile."
+    ),
+    click.option("--num-bins", type=int, default=2048, show_default=True, help="Histogram bins (histogram methods)."),
+    click.option(
+        "--num-quantized-bins", type=int, default=128, show_default=True, help="Target levels of --method entropy."
+    ),
+    click.option(
+        "--activation-type",
+        default="uint8",
+        show_default=True,
+        help="Activation type: uint8, int8, uint16 or int16; weights are int8 symmetric.",
+    ),
+    click.option(
+        "--symmetric/--asymmetric",
+        default=False,
+        show_default=True,
+        help="Symmetric activation ranges (zero point in the middle).",
+    ),
+    click.option("--exclude-nodes", multiple=True, help="Node names to leave in FP32 (comma-separated or repeated)."),
+    click.option("--op-types", multiple=True, help="Only quantize these op types (comma-separated or repeated)."),
+    click.option(
+        "--fp32-outputs",
+        multiple=True,
+        metavar="OP_TYPES",
+        help="Op types quantized on their inputs only: their outputs stay FP32 (e.g. MatMul for transformers).",
+    ),
+)
+
+# Model, data and where results go.
+job_options = option_group(
+    click.argument("model", required=False, type=click.Path(path_type=Path)),
+    click.option(
+        "--calib", type=click.Path(path_type=Path), help="Calibration data: .npz (one array per input) or .npy."
+    ),
+    click.option("--val", type=click.Path(path_type=Path), help="Validation data (.npz may hold 'labels')."),
+    click.option(
+        "--out",
+        type=click.Path(path_type=Path),
+        default=Path("dask-quant-runs"),
+        show_default=True,
+        help="Directory where run directories are published.",
+    ),
+    click.option(
+        "--chunk-size", type=int, default=None, help="Rows per task [default: 64, or a multiple of a fixed batch]."
+    ),
+    click.option(
+        "--metric",
+        default="auto",
+        show_default=True,
+        help="Validation metrics that lead: auto, classification, embedding or regression.",
+    ),
+    click.option("--resume", is_flag=True, help="Reuse the chunk statistics an interrupted run of the same job kept."),
+    click.option(
+        "--layers",
+        default="all",
+        show_default=True,
+        help="Per-layer error of every quantized activation (all) or none (skips that pass).",
+    ),
+    click.option(
+        "--prepare/--no-prepare",
+        default=True,
+        show_default=True,
+        help="Prepare the graph first (shapes, constants folded into initializers, opset upgrade).",
+    ),
+    click.option(
+        "--smooth-quant",
+        type=float,
+        default=None,
+        metavar="ALPHA",
+        help="SmoothQuant: move activation outliers into MatMul/Gemm weights with strength ALPHA in (0, 1].",
+    ),
+    click.option("--batch-axis", multiple=True, help="NAME=AXIS: where input NAME's samples go (default: inferred)."),
+    click.option("--const-input", multiple=True, help="NAME=VALUE: feed input NAME this value for every sample."),
+    click.option("--labels-key", default=None, help="Name of the labels array in --val [default: labels]."),
+)
+
+# What the INT8 model must keep: the run fails (exit 1) after publishing when it does not.
+guard_options = option_group(
+    click.option("--min-cosine", type=float, default=None, help="Fail if the mean output cosine is below this."),
+    click.option("--max-drop", type=float, default=None, help="Fail if accuracy drops more (points; needs labels)."),
+)
+
+
+def pairs(values: tuple[str, ...], option: str, convert=str) -> tuple[tuple[str, object], ...]:
+    """NAME=VALUE options (repeated or comma-separated) as pairs."""
+    pairs = []
+    for item in split_values(values):
+        name, sep, value = item.partition("=")
+        try:
+            if not (sep and name.strip() and value.strip()):
+                raise ValueError
+            pairs.append((name.strip(), convert(value.strip())))
+        except ValueError:
+            msg = f"{option} {item!r}: expected NAME=VALUE" + (" with an integer axis" if convert is int else "")
+            raise InputError(msg) from None
+    return tuple(pairs)
+
+
+def cluster_config(options: dict):
+    from dask_quant.cluster.config import ClusterConfig
+
+    names = ("workers", "threads_per_worker", "scheduler", "scheduler_file", "tls_ca_file", "tls_cert", "tls_key")
+    return ClusterConfig(
+        **{name: options[name] for name in names},
+        memory_limit=options["memory_limit"],
+        connect_timeout=options["connect_timeout"],
+    )
+
+
+def quant_config(options: dict, method):
+    from dask_quant.pipeline.config import QuantConfig
+
+    return QuantConfig(
+        method=method,
+        percentile=options["percentile"],
+        num_bins=options["num_bins"],
+        num_quantized_bins=options["num_quantized_bins"],
+        symmetric=options["symmetric"],
+        per_channel=options["per_channel"],
+        activation_type=options["activation_type"],
+        exclude_nodes=split_values(options["exclude_nodes"]),
+        op_types=split_values(options["op_types"]),
+        fp32_outputs=split_values(options["fp32_outputs"]),
+    )
+
+
+def run_config(options: dict, model, calib, val, quant, **more):
+    """The RunConfig of the job options every job command shares."""
+    from dask_quant.pipeline.config import RunConfig
+
+    return RunConfig(
+        model=model,
+        calib=calib,
+        val=val,
+        out=options["out"],
+        chunk_size=options["chunk_size"],
+        metric=options["metric"],
+        resume=options["resume"],
+        quant=quant,
+        cluster=cluster_config(options),
+        prepare=options["prepare"],
+        batch_axes=pairs(options["batch_axis"], "--batch-axis", int),
+        const_inputs=pairs(options["const_input"], "--const-input"),
+        labels_key=options["labels_key"],
+        layers=options["layers"],
+        smooth_quant=options["smooth_quant"],
+        **more,
+    )
+
+
+def model_and_data(model, calib, val):
+    """MODEL with its data, or the built-in default when no MODEL is given."""
+    if model is None:
+        if calib is not None or val is not None:
+            msg = "--calib/--val need a MODEL argument; run without them for the built-in default"
+            raise InputError(msg)
+        from dask_quant.pipeline.builtin import CALIB, MODEL, VAL, builtin_path
+
+        return builtin_path(MODEL), builtin_path(CALIB), builtin_path(VAL)
+    if calib is None:
+        msg = f"{model}: --calib is required with a MODEL; pass a .npz or .npy of calibration samples"
+        raise InputError(msg)
+    return model, calib, val
+
+
+_DURATION = {"s": 1, "m": 60, "h": 3600}
+
+
+def duration(text: str | None) -> float | None:
+    """--time-budget: seconds, or a number with s, m or h."""
+    if text is None:
+        return None
+    value, unit = (text[:-1], text[-1]) if text and text[-1] in _DURATION else (text, "s")
+    try:
+        return float(value) * _DURATION[unit]
+    except ValueError:
+        msg = f"--time-budget {text!r}: write a duration such as 90s, 30m or 2h"
+        raise InputError(msg) from None
