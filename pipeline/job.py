@@ -22,6 +22,7 @@ from dask_quant.pipeline.guard import collapse_warning
 from dask_quant.pipeline.methods import Method
 from dask_quant.pipeline.progress import Progress
 from dask_quant.pipeline.qparams import QParam
+from dask_quant.pipeline.smoothing import excluding_smoothing
 from dask_quant.pipeline.stages.calibrate import Calibration, calibrate
 from dask_quant.pipeline.stages.prepare import Prepared, prepare
 from dask_quant.pipeline.stages.publish import write_run
@@ -161,6 +162,7 @@ def run_methods(
                 if config.smooth_quant is not None:
                     prepared = smooth(prepared, config, dask_client, log, bar)
                     stack.callback(prepared.discard)
+                    quants = [excluding_smoothing(quant, prepared.proto) for quant in quants]
                 calibration = calibrate(
                     prepared,
                     dask_client,

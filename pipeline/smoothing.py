@@ -19,6 +19,7 @@ import numpy as np
 from dask_quant.tasks.smoothing import ChannelMaxima
 
 SMOOTHED_OPS = ("MatMul", "Gemm")
+_INVERSE = "dask_quant_smooth_inverse"
 _LIMITS = (1e-5, 1e5)  # scales outside this would only trade one outlier for another
 
 
@@ -101,7 +102,7 @@ def smooth_model(proto, targets: list[SmoothTarget], maxima: ChannelMaxima, alph
         rows = [_weight_rows(n, numpy_helper.to_array(weights[n.input[1]])) for n in readers]
         weight_max = np.max([np.abs(r).max(axis=1) for r in rows], axis=0).astype(np.float64)
         scales = smoothing_scales(maxima.get(target.tensor).array(), weight_max, alpha)
-        inverse, smoothed = f"{target.tensor}/dask_quant_smooth_inverse", f"{target.tensor}/smoothed"
+        inverse, smoothed = f"{target.tensor}/{_INVERSE}", f"{target.tensor}/smoothed"
         graph.initializer.append(numpy_helper.from_array((np.float32(1) / scales).astype(np.float32), inverse))
         for node, weight in zip(readers, rows, strict=True):
             scaled = (weight * scales[:, None]).astype(np.float32)
@@ -114,3 +115,21 @@ def smooth_model(proto, targets: list[SmoothTarget], maxima: ChannelMaxima, alph
         graph.node.insert(index, node)
     return model
 
+
+
+def smoothing_muls(proto) -> tuple[str, ...]:
+    """The Mul nodes smooth_model inserted. They are never quantized: a QDQ pair on their input would
+    quantize the activation with the very outliers smoothing moved out of it."""
+    return tuple(
+        node.name
+        for node in proto.graph.node
+        if node.op_type == "Mul" and len(node.input) == 2 and node.input[1].endswith(f"/{_INVERSE}")
+    )
+
+
+def excluding_smoothing(quant, proto):
+    """`quant` with the smoothing Muls of `proto` added to its excluded nodes."""
+    from dataclasses import replace
+
+    extra = tuple(name for name in smoothing_muls(proto) if name not in quant.exclude_nodes)
+    return replace(quant, exclude_nodes=(*quant.exclude_nodes, *extra)) if extra else quant

@@ -36,6 +36,7 @@ from dask_quant.pipeline.job import (
 from dask_quant.pipeline.progress import Progress
 from dask_quant.pipeline.search import ALL, RANKING, Experiment, SearchResult, greedy_search
 from dask_quant.pipeline.selection import default_op_types
+from dask_quant.pipeline.smoothing import excluding_smoothing
 from dask_quant.pipeline.stages.calibrate import calibrate
 from dask_quant.pipeline.stages.prepare import dataset_chunks, prepare
 from dask_quant.pipeline.stages.publish import write_run
@@ -190,6 +191,7 @@ def tune(
                 if config.smooth_quant is not None:
                     prepared = smooth(prepared, config, dask_client, log, bar)
                     stack.callback(prepared.discard)
+                    config = replace(config, quant=excluding_smoothing(config.quant, prepared.proto))
                 checkpoints = work.checkpoints(config.resume)
                 calibration = calibrate(
                     prepared, dask_client, [config.quant], chunk_size=config.chunk_size,

@@ -1,6 +1,7 @@
 """The smooth stage (SmoothQuant, `--smooth-quant ALPHA`): one pass over the calibration data for each
 activation's per-channel abs-max, then the FP32 model rewritten so its MatMul/Gemm weights take the
-activations' outliers (pipeline.smoothing). Every later stage uses the smoothed model."""
+activations' outliers (pipeline.smoothing). Every later stage uses the smoothed model, and quantizes it
+with pipeline.smoothing.excluding_smoothing(quant, proto): the inserted Muls stay FP32."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from dask_quant.pipeline.config import RunConfig
 from dask_quant.pipeline.graph import channel_max_graph
 from dask_quant.pipeline.progress import Progress
 from dask_quant.pipeline.results import WORK
-from dask_quant.pipeline.smoothing import SmoothTarget, smooth_model, smoothing_targets
+from dask_quant.pipeline.smoothing import SmoothTarget, excluding_smoothing, smooth_model, smoothing_targets
 from dask_quant.pipeline.stages.prepare import PREPARED_DIR, Prepared, dataset_chunks, quantizable, write_prepared
 from dask_quant.tasks.errors import InputError
 
@@ -53,4 +54,5 @@ def smooth(
     prepared.discard()
     step = f"SmoothQuant (alpha {alpha:g}): {len(targets)} activations into the weights of {nodes} MatMul/Gemm nodes"
     steps = (*prepared.steps, step)
+    config = replace(config, quant=excluding_smoothing(config.quant, proto))  # the new Muls stay FP32
     return replace(prepared, proto=proto, model=model, tensors=quantizable(proto, config), steps=steps)

@@ -145,6 +145,11 @@ def test_run_publishes_the_smoothed_model_and_records_the_step(residual, tmp_pat
     producers = {o: n for n in int8.graph.node for o in n.output}
     assert all(producers[name].op_type == "DequantizeLinear" for name in readers.values())  # inputs quantized
     assert not any(n.op_type == "QuantizeLinear" and n.input[0] == "out" for n in int8.graph.node)  # FP32 output
+    # The smoothing Muls stay FP32: a QDQ on their input would quantize the outliers smoothing moved away
+    # (the Tanh's output has none; the Concat's has its own, as ORT quantizes a Concat's output).
+    muls = {n.output[0]: n for n in int8.graph.node if n.op_type == "Mul" and n.output[0].endswith("/smoothed")}
+    assert len(muls) == 2 and producers[muls["/Tanh_output_0/smoothed"].input[0]].op_type == "Tanh"
+    assert {n.name for n in muls.values()} <= set(record["config"]["quant"]["exclude_nodes"])
     assert result.validation.mean_cosine > 0.99
     # Same job without smoothing: a different model, same chunks (the statistics pass adds no chunk state).
     plain = dq.run(replace(config, smooth_quant=None, out=tmp_path / "plain"), client=client)
