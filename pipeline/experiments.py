@@ -3,9 +3,9 @@ shared calibration, with some nodes in FP32, and scored on a fixed set of valida
 
 Every variant of a model quantizes the same weights the same way, and ORT's quantizer spends most of a
 variant's time recomputing that in Python (per-channel scales one channel at a time, then the quantized
-initializers). Both are pure functions of their arguments, so each worker remembers their results
-(`_remember_weights`): the variant it writes is byte for byte the one quantize_static writes
-(tests/cluster/test_tune.py), in about half the time on MiniLM.
+initializers). Both are pure functions of the weight and the quantizer's settings, so each worker remembers
+their results per weight (`_remember_weights`): the variant it writes is byte for byte the one
+quantize_static writes (tests/cluster/test_tune.py).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dask_quant.tasks.reference_rows import ReferenceRows
 from dask_quant.tasks.sessions import ModelRef
 from dask_quant.tasks.validate import ValidationStats
 
-_REMEMBERED = 200_000  # channel scales and quantized initializers kept per worker process
+_REMEMBERED = 20_000  # weights whose parameters and quantized initializer each worker process keeps
 _lock = threading.Lock()
 
 
@@ -53,25 +53,77 @@ def _bounded(function, key_of):
 
 def _digest(array: np.ndarray) -> tuple:
     array = np.ascontiguousarray(array)
-    return (array.dtype.str, array.shape, hashlib.blake2b(array.view(np.uint8).ravel()).digest())
+    return (array.dtype.str, array.shape, hashlib.sha256(array.view(np.uint8).ravel()).digest())
+
+
+def _tensor_digest(tensor) -> tuple:
+    """What an initializer holds (name aside): its type, shape and a digest of its values."""
+    if tensor.raw_data:
+        return tensor.data_type, tuple(tensor.dims), hashlib.sha256(tensor.raw_data).digest()  # sha256: hardware
+    from onnx import numpy_helper
+
+    return tensor.data_type, _digest(numpy_helper.to_array(tensor))
+
+
+def _quantizer_settings(quantizer) -> tuple:
+    """Everything besides the weight itself that ORT's weight parameters read from its quantizer."""
+    return (
+        quantizer.weight_qType,
+        quantizer.activation_qType,
+        quantizer.reduce_range,
+        quantizer.min_real_range,
+        quantizer.is_activation_symmetric,
+        getattr(quantizer, "block_size", 0),
+        repr(sorted(quantizer.extra_options.items(), key=lambda item: item[0])),
+    )
 
 
 def _remember_weights() -> None:
-    """Memoize the two pure functions ORT's QDQ quantizer calls per weight (once per process)."""
+    """Memoize, once per process, the two pure computations ORT's QDQ quantizer repeats for every weight:
+    its scales and zero points (`_calc_initializer_quant_params`, one weight at a time) and the quantized
+    initializer (`quantize_onnx_initializer`). The originals stay in `_dask_quant_originals` for the test."""
     import onnx
     from onnxruntime.quantization import qdq_quantizer
+    from onnxruntime.quantization.quant_utils import find_by_name
 
     if getattr(qdq_quantizer, "_dask_quant_remembers", False):
         return
-    compute = qdq_quantizer.compute_data_quant_params
+    quantizer_class = qdq_quantizer.QDQQuantizer
+    weight_params = quantizer_class._calc_initializer_quant_params
     to_initializer = qdq_quantizer.quantize_onnx_initializer
+
+    def one_weight(quantizer, name, info):
+        alone = quantizer.tensors_to_quantize  # ORT's own code, asked about this weight only
+        quantizer.tensors_to_quantize = {name: info}
+        try:
+            return weight_params(quantizer).get(name)
+        finally:
+            quantizer.tensors_to_quantize = alone
+
+    def weight_key(quantizer, name, info) -> tuple:
+        initializer = find_by_name(name, quantizer.model.initializer())
+        overrides = quantizer.tensor_quant_overrides.get(name, None)
+        info_key = (info.tensor_type, info.axis, info.data_type, info.is_shared)
+        return _tensor_digest(initializer), info_key, repr(overrides), _quantizer_settings(quantizer)
+
+    remembered_weight = _bounded(one_weight, weight_key)
+
+    def calc_initializer_quant_params(quantizer):
+        params = {}
+        for name, info in quantizer.tensors_to_quantize.items():
+            if find_by_name(name, quantizer.model.initializer()) is None:
+                continue
+            value = remembered_weight(quantizer, name, info)
+            if value is not None:
+                params[name] = value
+        return params
 
     def key(*args, **kwargs) -> tuple:
         def part(value):
             if isinstance(value, np.ndarray):
                 return _digest(value)
             if isinstance(value, onnx.TensorProto):
-                return hashlib.blake2b(value.SerializeToString()).digest()
+                return _tensor_digest(value), value.name
             return value
 
         return tuple(map(part, args)), tuple((name, part(value)) for name, value in sorted(kwargs.items()))
@@ -83,11 +135,11 @@ def _remember_weights() -> None:
         copy.CopyFrom(remembered_initializer(*args, **kwargs))
         return copy
 
-    def channel_key(data, *args, **kwargs) -> tuple:  # called once per channel: the cheapest exact key
-        return data.dtype.str, data.shape, data.tobytes(), args, tuple(sorted(kwargs.items()))
-
-    qdq_quantizer._dask_quant_originals = (compute, to_initializer)  # for the test that compares both
-    qdq_quantizer.compute_data_quant_params = _bounded(compute, channel_key)
+    qdq_quantizer._dask_quant_originals = (  # (owner, attribute, original): for the test that compares both
+        (quantizer_class, "_calc_initializer_quant_params", weight_params),
+        (qdq_quantizer, "quantize_onnx_initializer", to_initializer),
+    )
+    quantizer_class._calc_initializer_quant_params = calc_initializer_quant_params
     qdq_quantizer.quantize_onnx_initializer = quantize_initializer
     qdq_quantizer._dask_quant_remembers = True
 

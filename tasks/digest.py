@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -15,6 +16,18 @@ def sha256_file(path: str | Path) -> str:
         while block := handle.read(_BLOCK):
             digest.update(block)
     return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_as_of(path: str, stat: tuple[int, int, int, int]) -> str:
+    return sha256_file(path)
+
+
+def known_sha256(path: str | Path) -> str:
+    """sha256_file, remembered per process while the file keeps its device, inode, size and modification
+    time: for a file checked again and again (the model every tune variant is quantized from)."""
+    stat = Path(path).stat()
+    return _sha256_as_of(str(Path(path).resolve()), (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns))
 
 
 def identity(path: str | Path) -> tuple[int, int]:

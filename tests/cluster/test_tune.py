@@ -105,19 +105,19 @@ def test_remembered_weights_write_the_models_quantize_static_writes(residual, tm
     model, calib, _ = residual
     config = dq.RunConfig(model=model, calib=calib, out=tmp_path)
     _remember_weights()
-    compute, to_initializer = qdq_quantizer._dask_quant_originals
+    originals = qdq_quantizer._dask_quant_originals
     with dq.prepare(config) as prepared, Client(processes=False, n_workers=1, dashboard_address=":0") as client:
         calibration = dq.calibrate(prepared, client, [config.quant])
         nodes = [n.name for n in prepared.proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
         variants = [(), (nodes[0],), tuple(nodes[1:]), ()]  # the last one again: from what was remembered
         with monkeypatch.context() as plain:  # ORT's own functions
-            plain.setattr(qdq_quantizer, "compute_data_quant_params", compute)
-            plain.setattr(qdq_quantizer, "quantize_onnx_initializer", to_initializer)
+            for owner, attribute, original in originals:
+                plain.setattr(owner, attribute, original)
             expected = [
                 dq.quantize(calibration, config.quant, tmp_path / f"plain{i}.onnx", v) for i, v in enumerate(variants)
             ]
         got = [dq.quantize(calibration, config.quant, tmp_path / f"memo{i}.onnx", v) for i, v in enumerate(variants)]
-    assert qdq_quantizer.compute_data_quant_params is not compute  # the remembered ones ran
+    assert all(getattr(owner, name) is not original for owner, name, original in originals)  # remembered ones ran
     for a, b in zip(expected, got, strict=True):
         assert a.path.read_bytes() == b.path.read_bytes()
     assert len({q.sha256 for q in got}) == 3
