@@ -216,7 +216,7 @@ def tune(**options):
         click.echo(format_summary(result.run))
         click.echo(f"  tune             {target.describe()}: {'met' if search.met else 'NOT met'} ({search.stopped})")
         click.echo(
-            f"  kept in FP32     {len(search.reverted)} of {len(result.groups)} groups"
+            f"  kept in FP32     {len(search.groups)} of {len(result.groups)} groups, {len(search.reverted)} nodes"
             + (f": {', '.join(search.reverted)}" if search.reverted else "")
         )
         click.echo(

@@ -1,14 +1,33 @@
-"""Quantizer groups for the tune search: the nodes ONNX Runtime's quantizer quantized.
+"""Quantizer groups for the tune search: sets of nodes that go back to FP32 together.
 
 ORT places QDQ pairs per node (its inputs, its weights, its output), and
-`nodes_to_exclude` takes a node back out with all of them: so a group is one
-node, named as in the prepared model, and reverting any set of groups is one
-more `--exclude-nodes` list that always yields a valid model.
+`nodes_to_exclude` takes a node back out with all of them, so any set of
+excluded nodes is a valid model. But an activation keeps its one QDQ pair
+while any node that asked for it is still quantized (its producer, if that
+quantizes its output, and each quantized reader), and every reader then
+reads the dequantized value. So there are two kinds of group:
+
+- a node: its weights, and the activations only it asked for;
+- a shared quantizer: every node of the quantized op types next to one
+  quantized activation (producer and readers), for an activation that two
+  or more of them share. Reverting it is what takes that QDQ pair out: a
+  mask or a residual whose range is ruined reaches every reader, and no
+  single node's revert changes anything (MiniLM from every op type).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str  # the node's name, or the shared activation's
+    nodes: tuple[str, ...]  # in graph order
+    shared: bool = False  # a shared quantizer's group
 
 
 def quantized_nodes(int8_proto, fp32_proto, op_types: tuple[str, ...]) -> tuple[str, ...]:
@@ -19,11 +38,57 @@ def quantized_nodes(int8_proto, fp32_proto, op_types: tuple[str, ...]) -> tuple[
     quantized = {
         node.name
         for node in int8_proto.graph.node
-        if node.op_type not in ("QuantizeLinear", "DequantizeLinear")
-        and any(made_by.get(name) == "DequantizeLinear" for name in node.input)
+        if node.op_type not in _QDQ and any(made_by.get(name) == "DequantizeLinear" for name in node.input)
     }
     wanted = set(op_types)
     return tuple(node.name for node in fp32_proto.graph.node if node.name in quantized and node.op_type in wanted)
+
+
+def _quantized_activations(int8_proto, fp32_names: set[str]) -> set[str]:
+    """Activations of the FP32 model that have a QuantizeLinear in the INT8 model. ORT quantizes a graph
+    output through a renamed copy (`NAME_QuantizeInput`), so a name the FP32 model lacks is mapped back."""
+    found = set()
+    for node in int8_proto.graph.node:
+        if node.op_type == "QuantizeLinear":
+            name = node.input[0]
+            if name not in fp32_names and name.endswith("_QuantizeInput"):
+                name = name[: -len("_QuantizeInput")]
+            found.add(name)
+    return found
+
+
+def quantizer_groups(
+    int8_proto, fp32_proto, op_types: tuple[str, ...], excluded: tuple[str, ...] = ()
+) -> tuple[Group, ...]:
+    """Every quantized node as its own group, then one group per activation whose QDQ pair two or more of
+    the nodes that may ask for it share (unless the same nodes already form a group), in graph order."""
+    nodes = quantized_nodes(int8_proto, fp32_proto, op_types)
+    groups = [Group(name, (name,)) for name in nodes]
+    order = {node.name: i for i, node in enumerate(fp32_proto.graph.node)}
+    wanted, skipped = set(op_types), set(excluded)
+    quantized = set(nodes)
+    askers: dict[str, list[str]] = {}  # activation -> the nodes that may have asked for its QDQ pair
+    for node in fp32_proto.graph.node:
+        if node.op_type in wanted and node.name not in skipped:
+            read = [name for name in node.input if name] if node.name in quantized else []
+            for name in dict.fromkeys([*read, *node.output]):  # its writer may quantize it without reading one
+                askers.setdefault(name, []).append(node.name)
+    names = {*order, *(g.name for g in groups)}
+    tensors = {name for node in fp32_proto.graph.node for name in (*node.input, *node.output)}
+    seen = {g.nodes for g in groups}
+    shared = sorted(_quantized_activations(int8_proto, tensors) & set(askers), key=lambda t: _first(t, askers, order))
+    for tensor in shared:
+        members = tuple(sorted(set(askers[tensor]), key=order.__getitem__))
+        if len(members) < 2 or members in seen:
+            continue
+        seen.add(members)
+        label = tensor if tensor not in names else f"{tensor} (activation)"
+        groups.append(Group(label, members, shared=True))
+    return tuple(groups)
+
+
+def _first(tensor: str, askers: dict[str, list[str]], order: dict[str, int]) -> tuple[int, str]:
+    return min(order[n] for n in askers[tensor]), tensor
 
 
 def int8_share(int8_proto, op_types: tuple[str, ...] = WEIGHTED) -> dict[str, tuple[int, int]]:

@@ -232,7 +232,7 @@ def _trials_schema():
             ("run_id", pa.string()),
             ("key", pa.string()),
             ("phase", pa.string()),
-            ("group_node", pa.string()),
+            ("group", pa.string()),
             ("reverted", pa.list_(pa.string())),
             ("reverted_count", pa.int32()),
             ("rows", pa.string()),

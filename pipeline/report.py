@@ -148,22 +148,35 @@ def _tune(run: dict) -> str:
     if not tune:
         return ""
     share = ", ".join(f"{v['int8']} of {v['total']} {op}" for op, v in sorted(tune["int8_share"].items()))
-    reverted = ", ".join(f"<code>{_e(n)}</code>" for n in tune["reverted"]) or "none"
+    taken = tune.get("reverted_groups", tune["reverted"])  # runs made before shared quantizer groups
+    shared = tune.get("shared_groups", {})
+    reverted = (
+        ", ".join(
+            f"<code>{_e(g)}</code>" + (f" (shared quantizer of {len(shared[g])} nodes)" if g in shared else "")
+            for g in taken
+        )
+        or "none"
+    )
     status = "met" if tune["met"] else "<b>not met</b>"
     chart = ""
     if tune["ranking"]:
         isolated = {row["group"]: row["metric"] for row in tune["isolated"]}
         metric = tune["target"].split(">=")[0] if ">=" in tune["target"] else "accuracy"
-        png = plots.sensitivity_chart(tune["ranking"][0], isolated, set(tune["reverted"]), metric)
+        png = plots.sensitivity_chart(tune["ranking"][0], isolated, set(taken), metric)
         chart = _img(png, "sensitivity of each quantizer group")
     experiments = tune["experiments"]
     return (
         f"<h2>Tune</h2><p>Target <code>{_e(tune['target'])}</code>: {status} ({_e(tune['stopped'])}). "
-        f"{len(tune['reverted'])} of {tune['groups']} quantizer groups kept in FP32: {reverted}. "
+        f"{len(taken)} of {tune['groups']} quantizer groups kept in FP32 ({_plural(len(tune['reverted']), 'node')}): "
+        f"{reverted}. "
         f"Metric on every validation row {tune['metric_before']:.5f} → {tune['metric_after']:.5f}; "
         f"INT8: {_e(share) or '-'}. {experiments['computed']} experiments run, {experiments['reused']} reused, "
         f"{tune['rounds']} ranking rounds on {tune['ranking_samples']} rows (<code>trials.parquet</code>).</p>{chart}"
     )
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def _run_record(run_dir: Path) -> dict:

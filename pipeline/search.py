@@ -22,7 +22,7 @@ of workers.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from dask_quant.pipeline.target import Target
@@ -44,7 +44,7 @@ class Experiment:
 
 @dataclass(frozen=True)
 class SearchResult:
-    reverted: tuple[str, ...]
+    reverted: tuple[str, ...]  # nodes in FP32
     final: ValidationStats
     baseline: ValidationStats
     met: bool
@@ -53,6 +53,7 @@ class SearchResult:
     stopped: str = ""  # why the search ended
     experiments: int = 0
     rounds: int = field(default=0)
+    groups: tuple[str, ...] = ()  # the groups reverted, in the order the walk took them
 
 
 def _key(target: Target, stats: ValidationStats) -> tuple[float, float]:
@@ -62,7 +63,7 @@ def _key(target: Target, stats: ValidationStats) -> tuple[float, float]:
 
 
 def greedy_search(
-    groups: Sequence[str],
+    groups: Mapping[str, Sequence[str]] | Sequence[str],
     target: Target,
     run: Callable[[list[Experiment]], list[ValidationStats | None]],
     *,
@@ -70,37 +71,49 @@ def greedy_search(
     isolated: bool = True,
     log: Callable[[str], None] = lambda _: None,
 ) -> SearchResult:
-    """Revert groups until `target` holds on every validation row. `run` returns None for experiments it
-    did not finish (the time budget ran out): the search then ends with the best so far."""
-    groups = tuple(groups)
-    order_of = {group: index for index, group in enumerate(groups)}
+    """Revert groups (name -> its nodes; a bare name is a group of that one node) until `target` holds on
+    every validation row. `run` returns None for experiments it did not finish (the time budget ran out):
+    the search then ends with the best so far."""
+    members = {g: tuple(groups[g]) for g in groups} if isinstance(groups, Mapping) else {g: (g,) for g in groups}
+    labels = tuple(members)
+    order_of = {group: index for index, group in enumerate(labels)}
+    node_order: dict[str, int] = {}
+    for group in labels:
+        for node in members[group]:
+            node_order.setdefault(node, len(node_order))
     count = 0
 
     def canonical(nodes) -> tuple[str, ...]:
-        return tuple(sorted(set(nodes), key=order_of.__getitem__))
+        return tuple(sorted(set(nodes), key=node_order.__getitem__))
 
     def score(experiments: list[Experiment]) -> list[ValidationStats | None]:
+        """Each distinct model once: two groups can leave the same nodes in FP32."""
         nonlocal count
-        count += len(experiments)
-        return run(experiments)
+        first = {}
+        for e in experiments:
+            first.setdefault((e.rows, e.reverted), e)
+        count += len(first)
+        values = dict(zip(first, run(list(first.values())), strict=True))
+        return [values[(e.rows, e.reverted)] for e in experiments]
 
     (baseline,) = score([Experiment("baseline", (), None, ALL)])
     if baseline is None:
         msg = "--time-budget ran out before the full INT8 model was even scored: allow more time"
         raise InputError(msg)
-    reverted, current = (), baseline
+    reverted, current, taken = (), baseline, ()
     rankings, alone, stopped = [], (), ""
     while not stopped:
         if target.met(current):
             stopped = "target met"
             break
-        remaining = [g for g in groups if g not in reverted]
+        remaining = [g for g in labels if not set(members[g]) <= set(reverted)]
         if not remaining:
             stopped = "every group is in FP32"
             break
-        batch = [Experiment("rank", canonical((*reverted, g)), g, RANKING) for g in remaining]
+        batch = [Experiment("rank", canonical((*reverted, *members[g])), g, RANKING) for g in remaining]
         if isolated and not rankings:
-            batch += [Experiment("isolated", canonical(set(groups) - {g}), g, RANKING) for g in groups]
+            everything = set(node_order)
+            batch += [Experiment("isolated", canonical(everything - set(members[g])), g, RANKING) for g in labels]
         stats = score(batch)
         if any(s is None for s in stats):
             stopped = "time budget"
@@ -112,10 +125,18 @@ def greedy_search(
         order = sorted(remaining, key=lambda g: (tuple(-v for v in _key(target, ranked[g])), order_of[g]))
         rankings.append(tuple((g, target.value(ranked[g])) for g in order))
         log(f"ranked {len(order)} groups; most sensitive: {', '.join(order[:3])}")
-        improved, walk = False, True
-        for start in range(0, len(order), speculate):
-            part = order[start : start + speculate]
-            prefixes = [canonical((*reverted, *part[: i + 1])) for i in range(len(part))]
+        improved, walk, pending = False, True, list(order)
+        while walk and pending:
+            part, prefixes, ahead = [], [], reverted
+            while pending and len(part) < speculate:
+                group = pending.pop(0)
+                prefix = canonical((*ahead, *members[group]))
+                if prefix != ahead:  # a group the steps before already took back adds nothing
+                    part.append(group)
+                    prefixes.append(prefix)
+                    ahead = prefix
+            if not part:
+                break
             steps = score([Experiment("step", p, g, ALL) for p, g in zip(prefixes, part, strict=True)])
             for prefix, group, step in zip(prefixes, part, steps, strict=True):
                 if step is None:
@@ -124,15 +145,14 @@ def greedy_search(
                 if _key(target, step) <= _key(target, current):
                     walk = False  # no better: rank again from here
                     break
-                reverted, current, improved = prefix, step, True
-                log(f"reverted {group}: {target.metric} {target.value(current):.5f} on every validation row")
+                reverted, current, improved, taken = prefix, step, True, (*taken, group)
+                size = f" ({len(members[group])} nodes)" if len(members[group]) > 1 else ""
+                log(f"reverted {group}{size}: {target.metric} {target.value(current):.5f} on every validation row")
                 if target.met(current):
                     walk = False
                     break
-            if not walk:
-                break
         if not improved and not stopped:
             stopped = "no remaining group improves the metric"
     return SearchResult(
-        reverted, current, baseline, target.met(current), tuple(rankings), alone, stopped, count, len(rankings)
+        reverted, current, baseline, target.met(current), tuple(rankings), alone, stopped, count, len(rankings), taken
     )

@@ -75,7 +75,7 @@ class TrialStore:
             {
                 "key": key,
                 "phase": experiment.phase,
-                "group_node": experiment.group,
+                "group": experiment.group,
                 "reverted": list(experiment.reverted),
                 "reverted_count": len(experiment.reverted),
                 "rows": experiment.rows,

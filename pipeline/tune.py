@@ -23,7 +23,7 @@ from dask_quant.pipeline.config import RunConfig, config_dict
 from dask_quant.pipeline.experiments import run_experiment
 from dask_quant.pipeline.gate import check_quantized
 from dask_quant.pipeline.graph import sample_cosine_graph
-from dask_quant.pipeline.groups import int8_share, quantized_nodes
+from dask_quant.pipeline.groups import Group, int8_share, quantizer_groups
 from dask_quant.pipeline.job import (
     Laps,
     RunResult,
@@ -74,7 +74,7 @@ class TuneConfig:
 class TuneResult:
     run: RunResult
     search: SearchResult
-    groups: tuple[str, ...]
+    groups: tuple[Group, ...]
     trials_computed: int
     trials_reused: int
 
@@ -200,7 +200,7 @@ def tune(
                 lap("calibrate")
                 full = quantize(calibration, config.quant, work.folder / "full.int8.onnx")
                 op_types = config.quant.op_types or default_op_types()
-                groups = quantized_nodes(_load(full.path), prepared.proto, op_types)
+                groups = quantizer_groups(_load(full.path), prepared.proto, op_types, config.quant.exclude_nodes)
                 if not groups:
                     msg = f"{config.model}: ONNX Runtime's quantizer quantized no node, so there is nothing to tune"
                     raise InputError(msg)
@@ -218,20 +218,28 @@ def tune(
                 store = TrialStore(work.folder, _job_key(config, prepared, ranking), target, config.resume)
                 if store.rows:
                     log(f"resuming: {len(store.rows)} finished experiments found in {work.folder}")
+                sharing = sum(g.shared for g in groups)
                 log(
-                    f"tune: {len(groups)} quantizer groups, target {target.describe()}; ranking on the "
-                    f"{len(ranking)} validation rows full INT8 gets most wrong"
+                    f"tune: {len(groups)} quantizer groups ({len(groups) - sharing} nodes, {sharing} shared), "
+                    f"target {target.describe()}; ranking on the {len(ranking)} validation rows full INT8 gets "
+                    "most wrong"
                 )
                 calibration_future = dask_client.scatter(calibration, broadcast=True)
                 runner = _Runner(
                     dask_client, calibration_future, config.quant, shared, prepared.output, store, deadline, bar
                 )
                 search = greedy_search(
-                    groups, target, runner, speculate=tuning.speculate, isolated=tuning.isolated, log=log
+                    {g.name: g.nodes for g in groups},
+                    target,
+                    runner,
+                    speculate=tuning.speculate,
+                    isolated=tuning.isolated,
+                    log=log,
                 )
                 lap("search")
                 log(
-                    f"tune: {search.stopped}; {len(search.reverted)} of {len(groups)} groups in FP32, "
+                    f"tune: {search.stopped}; {len(search.groups)} of {len(groups)} groups ({len(search.reverted)} "
+                    "nodes) in FP32, "
                     f"{target.metric} {target.value(search.baseline):.5f} -> {target.value(search.final):.5f}"
                 )
                 quantized = quantize(calibration, config.quant, run_dir.tmp / results.MODEL_FILE, search.reverted)
@@ -278,6 +286,8 @@ def _tune_record(tuning: TuneConfig, search: SearchResult, groups, store: TrialS
         "met": search.met,
         "stopped": search.stopped,
         "groups": len(groups),
+        "shared_groups": {g.name: list(g.nodes) for g in groups if g.shared},
+        "reverted_groups": list(search.groups),
         "reverted": list(search.reverted),
         "metric_before": target.value(search.baseline),
         "metric_after": target.value(search.final),

@@ -104,8 +104,7 @@ def build_outlier_mlp(path: Path, hidden_layers: int = 1) -> Path:
     """MatMuls "first", "hidden1".."hiddenN", "last" with Tanh between them (seeded weights);
     outlier_mlp_data's calibration set has one row with a huge first feature, so only the first MatMul's
     input range (and its output's) is ruined."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(7)
     names = ["first", *(f"hidden{i}" for i in range(1, hidden_layers + 1)), "last"]
@@ -118,11 +117,19 @@ def build_outlier_mlp(path: Path, hidden_layers: int = 1) -> Path:
         if name != "last":
             nodes.append(helper.make_node("Tanh", [made], [f"t{i}"], name=f"tanh{i}"))
             current = f"t{i}"
+    return _save_checked(path, nodes, "outlier_mlp", weights, 4)
+
+
+def _save_checked(path: Path, nodes, name: str, weights, outputs: int) -> Path:
+    """An opset-17 model of `nodes` from input x [n, 8] to output out [n, `outputs`], checked, saved."""
+    import onnx
+    from onnx import TensorProto, helper
+
     graph = helper.make_graph(
         nodes,
-        "outlier_mlp",
+        name,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", outputs])],
         weights,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -138,3 +145,28 @@ def outlier_mlp_data(path: Path, rows: int, seed: int, outlier: bool) -> Path:
         x[rows // 2, 0] = 5000.0  # one rare value: the uint8 scale of x then has ~40 per step
     np.savez(path, x=x)
     return path
+
+
+def build_shared_outlier_model(path: Path) -> Path:
+    """x -> Add "shift" -> s, read by MatMuls "left" and "right" -> Tanh each -> Add "join" -> out.
+
+    With outlier_mlp_data's calibration set, s's range is ruined, and three nodes ask ORT for s's one QDQ
+    pair (shift for its output, left and right for their input): no single node's revert takes it out,
+    only the three together (the shared quantizer's group)."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(11)
+    weights = [
+        numpy_helper.from_array(rng.normal(size=(8,)).astype(np.float32) * 0.1, "c"),
+        numpy_helper.from_array((rng.normal(size=(8, 16)) / np.sqrt(8)).astype(np.float32), "wl"),
+        numpy_helper.from_array((rng.normal(size=(8, 16)) / np.sqrt(8)).astype(np.float32), "wr"),
+    ]
+    nodes = [
+        helper.make_node("Add", ["x", "c"], ["s"], name="shift"),
+        helper.make_node("MatMul", ["s", "wl"], ["l"], name="left"),
+        helper.make_node("MatMul", ["s", "wr"], ["r"], name="right"),
+        helper.make_node("Tanh", ["l"], ["tl"], name="tanh_left"),
+        helper.make_node("Tanh", ["r"], ["tr"], name="tanh_right"),
+        helper.make_node("Add", ["tl", "tr"], ["out"], name="join"),
+    ]
+    return _save_checked(path, nodes, "shared_outlier", weights, 16)

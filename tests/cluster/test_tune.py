@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from distributed import Client, LocalCluster
-from models import build_outlier_mlp, outlier_mlp_data
+from models import build_outlier_mlp, build_shared_outlier_model, outlier_mlp_data
 from processes import dask_quant
 
 from dask_quant import pipeline as dq
@@ -66,7 +66,8 @@ def test_search_reverts_exactly_the_outlier_layer_for_any_workers_and_chunking(m
     first = outcomes[0]
     assert first.search.reverted == ("first",)  # the MatMul whose input holds the rare outlier
     assert first.search.met and first.search.final.mean_cosine >= 0.999 > first.search.baseline.mean_cosine
-    assert first.groups == ("first", "hidden1", "last")
+    names = ("first", "hidden1", "last")
+    assert [(g.name, g.nodes, g.shared) for g in first.groups] == [(n, (n,), False) for n in names]
     for other in outcomes[1:]:
         assert other.search.reverted == first.search.reverted
         assert other.search.rankings == first.search.rankings  # the same ranking, value for value
@@ -86,7 +87,8 @@ def test_search_reverts_exactly_the_outlier_layer_for_any_workers_and_chunking(m
     isolated = dict(first.search.isolated)
     assert isolated["first"] < 0.5 < min(isolated["hidden1"], isolated["last"])
     page = (first.run.run_dir / "report.html").read_text()
-    assert 'alt="sensitivity of each quantizer group"' in page and "1 of 3 quantizer groups kept in FP32" in page
+    assert 'alt="sensitivity of each quantizer group"' in page
+    assert "1 of 3 quantizer groups kept in FP32 (1 node)" in page
     # The README's query runs as written on this run's folder.
     (tmp_path / "dask-quant-runs").symlink_to(first.run.run_dir.parent)
     monkeypatch.chdir(tmp_path)
@@ -94,7 +96,28 @@ def test_search_reverts_exactly_the_outlier_layer_for_any_workers_and_chunking(m
     with contextlib.redirect_stdout(printed):
         exec(_readme_block(), {})  # noqa: S102
     header, top, *_ = printed.getvalue().splitlines()
-    assert header.split() == ["group_node", "metric", "seconds"] and top.split()[1] == "first"
+    assert header.split() == ["group", "metric", "seconds"] and top.split()[1] == "first"
+
+
+def test_a_quantizer_three_nodes_share_is_reverted_as_one_group(mlp, tmp_path):
+    # The ruined activation "s" keeps its QDQ pair while any of shift, left, right is quantized.
+    _, calib, val = mlp
+    model = build_shared_outlier_model(tmp_path / "shared.onnx")
+    config = dq.RunConfig(model=model, calib=calib, val=val, out=tmp_path / "runs", layers="none")
+    with Client(processes=False, n_workers=1, dashboard_address=":0") as client:
+        result = tune(config, TuneConfig(TARGET, ranking_samples=16), client=client)
+    groups = {g.name: (g.nodes, g.shared) for g in result.groups}
+    assert groups["s"] == (("shift", "left", "right"), True)
+    assert {name for name, (_, shared) in groups.items() if not shared} == {"shift", "left", "right", "join"}
+    search = result.search
+    assert search.groups == ("s",) and search.reverted == ("shift", "left", "right") and search.met
+    assert search.baseline.mean_cosine < 0.5
+    first_round = dict(search.rankings[0])
+    assert all(first_round[node] < TARGET.bound for node in ("shift", "left", "right", "join"))  # no node alone
+    record = json.loads((result.run.run_dir / results.RUN_FILE).read_text())["tune"]
+    assert record["reverted_groups"] == ["s"] and record["shared_groups"] == {"s": ["shift", "left", "right"]}
+    page = (result.run.run_dir / "report.html").read_text()
+    assert "1 of 5 quantizer groups kept in FP32 (3 nodes)" in page and "shared quantizer of 3 nodes" in page
 
 
 def test_remembered_weights_write_the_models_quantize_static_writes(residual, tmp_path, monkeypatch):
