@@ -30,6 +30,9 @@ from dask_quant.tasks.validate import ValidationStats
 
 _REMEMBERED = 20_000  # weights whose parameters and quantized initializer each worker process keeps
 _lock = threading.Lock()
+# Variants scored by this process, by the model's sha256 and the rows: reverting a node whose every QDQ pair
+# another node also asks for writes the very model scored before (frequent with every op type quantized).
+_scored: OrderedDict = OrderedDict()
 
 
 def _bounded(function, key_of):
@@ -152,5 +155,13 @@ def run_experiment(
     _remember_weights()
     with tempfile.TemporaryDirectory(prefix="dask-quant-variant-") as tmp:
         quantized = quantize(calibration, quant, Path(tmp) / "variant.onnx", exclude=reverted)
-        stats = rows.score(ModelRef(str(quantized.path), quantized.sha256), output)
+        key = (quantized.sha256, rows.rows, output)
+        with _lock:
+            stats = _scored.get(key)
+        if stats is None:
+            stats = rows.score(ModelRef(str(quantized.path), quantized.sha256), output)
+            with _lock:
+                _scored[key] = stats
+                while len(_scored) > _REMEMBERED:
+                    _scored.popitem(last=False)
     return stats, time.perf_counter() - start, f"{socket.gethostname()}:{os.getpid()}"

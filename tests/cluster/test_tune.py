@@ -146,6 +146,25 @@ def test_remembered_weights_write_the_models_quantize_static_writes(residual, tm
     assert len({q.sha256 for q in got}) == 3
 
 
+def test_a_worker_scores_each_distinct_variant_once(mlp, tmp_path, monkeypatch):
+    from dask_quant.pipeline.experiments import run_experiment
+    from dask_quant.pipeline.stages.prepare import dataset_chunks
+    from dask_quant.tasks.reference_rows import ReferenceRows, gather_rows
+
+    model, calib, val = mlp
+    config = dq.RunConfig(model=model, calib=calib, val=val, out=tmp_path)
+    scored = []
+    score = ReferenceRows.score
+    monkeypatch.setattr(ReferenceRows, "score", lambda self, *a: scored.append(1) or score(self, *a))
+    with dq.prepare(config) as prepared, Client(processes=False, n_workers=1, dashboard_address=":0") as client:
+        calibration = dq.calibrate(prepared, client, [config.quant])
+        rows = gather_rows(dataset_chunks(prepared.val, 64), range(10), prepared.model)
+        # "last" twice (the same model), then "first": the second one comes from what this process scored.
+        results = [run_experiment(calibration, config.quant, nodes, rows, None)[0] for nodes in [("last",)] * 2]
+        other = run_experiment(calibration, config.quant, ("first",), rows, None)[0]
+    assert results[0] == results[1] != other and len(scored) == 2
+
+
 def test_search_logic_reverts_greedily_and_ranks_again_when_a_step_does_not_help():
     # A made-up model: each group costs its penalty; "b" and "d" together cost nothing extra when reverted.
     penalty = {"a": 0.001, "b": 0.02, "c": 0.0, "d": 0.01}
