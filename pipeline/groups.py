@@ -12,7 +12,14 @@ reads the dequantized value. So there are two kinds of group:
   quantized activation (producer and readers), for an activation that two
   or more of them share. Reverting it is what takes that QDQ pair out: a
   mask or a residual whose range is ruined reaches every reader, and no
-  single node's revert changes anything (MiniLM from every op type).
+  single node's revert changes anything (MiniLM from every op type);
+- an op type: every quantized node of a type that holds no weights (all
+  the Adds, all the LayerNormalizations), for a type with two or more.
+  With every op type quantized, the error is spread over hundreds of small
+  QDQ pairs whose reverts each help a little; a few of these groups take
+  it back in a few steps. Weighted types (MatMul, Conv, Gemm) never form
+  one: their INT8 is the point of quantizing, and the search picks by the
+  metric alone.
 """
 
 from __future__ import annotations
@@ -23,11 +30,18 @@ WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 
+NODE, SHARED, OP_TYPE = "node", "shared", "op type"
+
+
 @dataclass(frozen=True)
 class Group:
-    name: str  # the node's name, or the shared activation's
+    name: str  # the node's name, the shared activation's, or "all OPTYPE"
     nodes: tuple[str, ...]  # in graph order
-    shared: bool = False  # a shared quantizer's group
+    kind: str = NODE
+
+    @property
+    def shared(self) -> bool:
+        return self.kind == SHARED
 
 
 def quantized_nodes(int8_proto, fp32_proto, op_types: tuple[str, ...]) -> tuple[str, ...]:
@@ -61,7 +75,8 @@ def quantizer_groups(
     int8_proto, fp32_proto, op_types: tuple[str, ...], excluded: tuple[str, ...] = ()
 ) -> tuple[Group, ...]:
     """Every quantized node as its own group, then one group per activation whose QDQ pair two or more of
-    the nodes that may ask for it share (unless the same nodes already form a group), in graph order."""
+    the nodes that may ask for it share, then one per unweighted op type with two or more quantized nodes
+    (each unless the same nodes already form a group), in graph order."""
     nodes = quantized_nodes(int8_proto, fp32_proto, op_types)
     groups = [Group(name, (name,)) for name in nodes]
     order = {node.name: i for i, node in enumerate(fp32_proto.graph.node)}
@@ -83,7 +98,16 @@ def quantizer_groups(
             continue
         seen.add(members)
         label = tensor if tensor not in names else f"{tensor} (activation)"
-        groups.append(Group(label, members, shared=True))
+        groups.append(Group(label, members, SHARED))
+    op_of = {node.name: node.op_type for node in fp32_proto.graph.node}
+    by_type: dict[str, list[str]] = {}
+    for name in nodes:
+        by_type.setdefault(op_of[name], []).append(name)
+    for op_type, members in by_type.items():
+        if op_type not in WEIGHTED and len(members) >= 2 and tuple(members) not in seen:
+            seen.add(tuple(members))
+            label = f"all {op_type}" if f"all {op_type}" not in names else f"all {op_type} (op type)"
+            groups.append(Group(label, tuple(members), OP_TYPE))
     return tuple(groups)
 
 

@@ -149,10 +149,11 @@ def _tune(run: dict) -> str:
         return ""
     share = ", ".join(f"{v['int8']} of {v['total']} {op}" for op, v in sorted(tune["int8_share"].items()))
     taken = tune.get("reverted_groups", tune["reverted"])  # runs made before shared quantizer groups
-    shared = tune.get("shared_groups", {})
+    composite = tune.get("composite_groups", {})
     reverted = (
         ", ".join(
-            f"<code>{_e(g)}</code>" + (f" (shared quantizer of {len(shared[g])} nodes)" if g in shared else "")
+            f"<code>{_e(g)}</code>"
+            + (f" ({composite[g]['kind']}, {len(composite[g]['nodes'])} nodes)" if g in composite else "")
             for g in taken
         )
         or "none"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
@@ -23,7 +24,7 @@ from dask_quant.pipeline.config import RunConfig, config_dict
 from dask_quant.pipeline.experiments import run_experiment
 from dask_quant.pipeline.gate import check_quantized
 from dask_quant.pipeline.graph import sample_cosine_graph
-from dask_quant.pipeline.groups import Group, int8_share, quantizer_groups
+from dask_quant.pipeline.groups import NODE, Group, int8_share, quantizer_groups
 from dask_quant.pipeline.job import (
     Laps,
     RunResult,
@@ -218,9 +219,9 @@ def tune(
                 store = TrialStore(work.folder, _job_key(config, prepared, ranking), target, config.resume)
                 if store.rows:
                     log(f"resuming: {len(store.rows)} finished experiments found in {work.folder}")
-                sharing = sum(g.shared for g in groups)
+                kinds = Counter(g.kind for g in groups)
                 log(
-                    f"tune: {len(groups)} quantizer groups ({len(groups) - sharing} nodes, {sharing} shared), "
+                    f"tune: {len(groups)} quantizer groups ({', '.join(f'{n} {k}' for k, n in kinds.items())}), "
                     f"target {target.describe()}; ranking on the {len(ranking)} validation rows full INT8 gets "
                     "most wrong"
                 )
@@ -286,7 +287,7 @@ def _tune_record(tuning: TuneConfig, search: SearchResult, groups, store: TrialS
         "met": search.met,
         "stopped": search.stopped,
         "groups": len(groups),
-        "shared_groups": {g.name: list(g.nodes) for g in groups if g.shared},
+        "composite_groups": {g.name: {"kind": g.kind, "nodes": list(g.nodes)} for g in groups if g.kind != NODE},
         "reverted_groups": list(search.groups),
         "reverted": list(search.reverted),
         "metric_before": target.value(search.baseline),

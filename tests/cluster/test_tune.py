@@ -67,7 +67,7 @@ def test_search_reverts_exactly_the_outlier_layer_for_any_workers_and_chunking(m
     assert first.search.reverted == ("first",)  # the MatMul whose input holds the rare outlier
     assert first.search.met and first.search.final.mean_cosine >= 0.999 > first.search.baseline.mean_cosine
     names = ("first", "hidden1", "last")
-    assert [(g.name, g.nodes, g.shared) for g in first.groups] == [(n, (n,), False) for n in names]
+    assert [(g.name, g.nodes, g.kind) for g in first.groups] == [(n, (n,), "node") for n in names]
     for other in outcomes[1:]:
         assert other.search.reverted == first.search.reverted
         assert other.search.rankings == first.search.rankings  # the same ranking, value for value
@@ -106,18 +106,24 @@ def test_a_quantizer_three_nodes_share_is_reverted_as_one_group(mlp, tmp_path):
     config = dq.RunConfig(model=model, calib=calib, val=val, out=tmp_path / "runs", layers="none")
     with Client(processes=False, n_workers=1, dashboard_address=":0") as client:
         result = tune(config, TuneConfig(TARGET, ranking_samples=16), client=client)
-    groups = {g.name: (g.nodes, g.shared) for g in result.groups}
-    assert groups["s"] == (("shift", "left", "right"), True)
-    assert {name for name, (_, shared) in groups.items() if not shared} == {"shift", "left", "right", "join"}
+    groups = {g.name: (g.nodes, g.kind) for g in result.groups}
+    assert groups["s"] == (("shift", "left", "right"), "shared")
+    assert groups["all Add"] == (("shift", "join"), "op type")  # MatMul never forms one
+    assert {name for name, (_, kind) in groups.items() if kind == "node"} == {"shift", "left", "right", "join"}
     search = result.search
     assert search.groups == ("s",) and search.reverted == ("shift", "left", "right") and search.met
     assert search.baseline.mean_cosine < 0.5
     first_round = dict(search.rankings[0])
     assert all(first_round[node] < TARGET.bound for node in ("shift", "left", "right", "join"))  # no node alone
+    assert first_round["all Add"] < TARGET.bound
     record = json.loads((result.run.run_dir / results.RUN_FILE).read_text())["tune"]
-    assert record["reverted_groups"] == ["s"] and record["shared_groups"] == {"s": ["shift", "left", "right"]}
+    assert record["reverted_groups"] == ["s"]
+    assert record["composite_groups"] == {
+        "s": {"kind": "shared", "nodes": ["shift", "left", "right"]},
+        "all Add": {"kind": "op type", "nodes": ["shift", "join"]},
+    }
     page = (result.run.run_dir / "report.html").read_text()
-    assert "1 of 5 quantizer groups kept in FP32 (3 nodes)" in page and "shared quantizer of 3 nodes" in page
+    assert "1 of 6 quantizer groups kept in FP32 (3 nodes)" in page and "(shared, 3 nodes)" in page
 
 
 def test_remembered_weights_write_the_models_quantize_static_writes(residual, tmp_path, monkeypatch):
