@@ -11,10 +11,12 @@ of workers.
    validation samples the full INT8 model gets most wrong); the first round
    also scores each group alone quantized (its isolated error).
 2. Walk the ranking: revert the next group, scored on every validation row;
-   keep it while the metric improves and the target is not met. A step that
-   does not improve ends the walk and the groups are ranked again. The walk
-   runs `speculate` prefixes at once (reverted + g1, + g1 g2, ...), so the
-   workers stay busy; prefixes after a failed step are discarded.
+   keep it if the metric improves, skip it if not, until the target holds.
+   `patience` skips in a row end the walk and the groups are ranked again
+   (a ranking costs one experiment per group, a skip one). The walk runs
+   `speculate` prefixes at once (reverted + g1, + g1 g2, ...), so the
+   workers stay busy; prefixes after a skipped group are scored again
+   without it.
 3. Stop when the target holds on every validation row, when no group
    improves the metric, or when the time is up (the best so far stands).
 """
@@ -68,6 +70,7 @@ def greedy_search(
     run: Callable[[list[Experiment]], list[ValidationStats | None]],
     *,
     speculate: int = 4,
+    patience: int = 4,
     isolated: bool = True,
     log: Callable[[str], None] = lambda _: None,
 ) -> SearchResult:
@@ -125,7 +128,7 @@ def greedy_search(
         order = sorted(remaining, key=lambda g: (tuple(-v for v in _key(target, ranked[g])), order_of[g]))
         rankings.append(tuple((g, target.value(ranked[g])) for g in order))
         log(f"ranked {len(order)} groups; most sensitive: {', '.join(order[:3])}")
-        improved, walk, pending = False, True, list(order)
+        improved, walk, pending, misses = False, True, list(order), 0
         while walk and pending:
             part, prefixes, ahead = [], [], reverted
             while pending and len(part) < speculate:
@@ -138,14 +141,18 @@ def greedy_search(
             if not part:
                 break
             steps = score([Experiment("step", p, g, ALL) for p, g in zip(prefixes, part, strict=True)])
-            for prefix, group, step in zip(prefixes, part, steps, strict=True):
+            for i, (prefix, group, step) in enumerate(zip(prefixes, part, steps, strict=True)):
                 if step is None:
                     stopped, walk = "time budget", False
                     break
                 if _key(target, step) <= _key(target, current):
-                    walk = False  # no better: rank again from here
+                    # No better: skip it and walk on from here (the steps scored after it included it),
+                    # until `patience` in a row miss; then rank again.
+                    misses += 1
+                    pending[:0] = part[i + 1 :]
+                    walk = misses < patience
                     break
-                reverted, current, improved, taken = prefix, step, True, (*taken, group)
+                reverted, current, improved, taken, misses = prefix, step, True, (*taken, group), 0
                 size = f" ({len(members[group])} nodes)" if len(members[group]) > 1 else ""
                 log(f"reverted {group}{size}: {target.metric} {target.value(current):.5f} on every validation row")
                 if target.met(current):

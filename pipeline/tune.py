@@ -60,6 +60,7 @@ class TuneConfig:
     ranking_samples: int = 64  # validation rows the ranking scores: those the full INT8 model gets most wrong
     time_budget: float | None = None  # seconds; then the best model so far is published
     speculate: int = 4  # steps of the walk scored at once (fixed: the decisions never depend on the workers)
+    patience: int = 4  # groups in a row that do not help before the walk ranks again
     isolated: bool = True  # also score each group quantized alone (first round)
 
     def __post_init__(self) -> None:
@@ -234,6 +235,7 @@ def tune(
                     target,
                     runner,
                     speculate=tuning.speculate,
+                    patience=tuning.patience,
                     isolated=tuning.isolated,
                     log=log,
                 )
@@ -243,6 +245,12 @@ def tune(
                     "nodes) in FP32, "
                     f"{target.metric} {target.value(search.baseline):.5f} -> {target.value(search.final):.5f}"
                 )
+                if {n for g in groups for n in g.nodes} <= set(search.reverted):
+                    msg = (
+                        f"tune: {target.describe()} {'held only' if search.met else 'was not reached even'} with "
+                        "every quantized node in FP32, so there is no INT8 model to publish; set a lower target"
+                    )
+                    raise DaskQuantError(msg)
                 quantized = quantize(calibration, config.quant, run_dir.tmp / results.MODEL_FILE, search.reverted)
                 check_quantized(config, prepared, quantized)
                 validation = validate(

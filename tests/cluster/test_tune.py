@@ -197,6 +197,32 @@ def test_search_logic_reverts_greedily_and_ranks_again_when_a_step_does_not_help
     assert unreachable.final.mean_cosine == 1.0
 
 
+def test_the_walk_skips_a_group_that_does_not_help_on_every_row_and_walks_on():
+    # "a" looks worst on the ranking rows but costs nothing on every row; "b" and "c" are what matter.
+    on_ranking = {"a": 0.05, "b": 0.04, "c": 0.03, "d": 0.0}
+    on_all = {"a": 0.0, "b": 0.04, "c": 0.03, "d": 0.0}
+
+    def run(experiments: list[Experiment]):
+        def cost(e):
+            return sum(v for g, v in (on_all if e.rows == ALL else on_ranking).items() if g not in e.reverted)
+
+        return [ValidationStats(samples=1, cosine_sum=1 - cost(e)) for e in experiments]
+
+    walked = greedy_search("abcd", Target("cosine", 0.999), run, speculate=2, patience=2, isolated=False)
+    assert walked.met and walked.reverted == ("b", "c") and walked.rounds == 1  # no second ranking needed
+    impatient = greedy_search("abcd", Target("cosine", 0.999), run, speculate=2, patience=1, isolated=False)
+    assert not impatient.met and impatient.reverted == () and impatient.stopped.startswith("no remaining group")
+
+
+def test_a_target_met_only_in_fp32_publishes_nothing_and_says_so(mlp, tmp_path):
+    model, calib, val = mlp
+    result = dask_quant("tune", model, "--calib", calib, "--val", val, "--target", "cosine>=1.5", "--out", tmp_path,
+                        "--ranking-samples", "8", "--layers", "none", "--workers", "1")  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "was not reached even with every quantized node in FP32" in result.stderr
+    assert not [d for d in tmp_path.iterdir() if not d.name.startswith(".")]
+
+
 def test_time_budget_stops_with_the_best_so_far():
     def run(experiments):
         return [ValidationStats(samples=1, cosine_sum=0.5) if e.rows == ALL and not e.reverted else None
@@ -242,7 +268,7 @@ def test_killed_search_resumes_from_its_finished_experiments(tmp_path):
     model = build_outlier_mlp(tmp_path / "mlp.onnx", hidden_layers=8)
     calib = outlier_mlp_data(tmp_path / "calib.npz", 200, 1, True)
     val = outlier_mlp_data(tmp_path / "val.npz", 120, 2, False)
-    args = [str(model), "--calib", str(calib), "--val", str(val), "--target", "cosine>=0.9999", "--workers", "2",
+    args = [str(model), "--calib", str(calib), "--val", str(val), "--target", "cosine>=0.999", "--workers", "2",
             "--ranking-samples", "16", "--layers", "none"]  # fmt: skip
     command = [sys.executable, "-m", "dask_quant", "tune", *args, "--out", str(tmp_path / "out")]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
