@@ -115,6 +115,12 @@ def _first(tensor: str, askers: dict[str, list[str]], order: dict[str, int]) -> 
     return min(order[n] for n in askers[tensor]), tensor
 
 
+def weighted_nodes(fp32_proto, groups: tuple[Group, ...]) -> set[str]:
+    """The groups' nodes of a weighted op type (MatMul, Conv, Gemm): those whose INT8 the search keeps."""
+    in_groups = {n for g in groups for n in g.nodes}
+    return {node.name for node in fp32_proto.graph.node if node.op_type in WEIGHTED and node.name in in_groups}
+
+
 def int8_share(int8_proto, op_types: tuple[str, ...] = WEIGHTED) -> dict[str, tuple[int, int]]:
     """Per op type in `op_types`: (nodes whose every input is dequantized, nodes) in a QDQ model."""
     made_by = {out: node.op_type for node in int8_proto.graph.node for out in node.output}

@@ -172,7 +172,8 @@ def _tune(run: dict) -> str:
         f"{reverted}. "
         f"Metric on every validation row {tune['metric_before']:.5f} → {tune['metric_after']:.5f}; "
         f"INT8: {_e(share) or '-'}. {experiments['computed']} experiments run, {experiments['reused']} reused, "
-        f"{tune['rounds']} ranking rounds on {tune['ranking_samples']} rows (<code>trials.parquet</code>).</p>{chart}"
+        f"{_plural(tune['rounds'], 'ranking round')} on {tune['ranking_samples']} rows "
+        f"(<code>trials.parquet</code>).</p>{chart}"
     )
 
 

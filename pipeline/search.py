@@ -19,6 +19,9 @@ of workers.
    without it.
 3. Stop when the target holds on every validation row, when no group
    improves the metric, or when the time is up (the best so far stands).
+4. Put back: once the target holds, each reverted group holding a weighted
+   node is quantized again if the target still holds without it (a group
+   the walk needed early can be needless after later reverts).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ RANKING, ALL = "ranking", "all"
 class Experiment:
     """One variant to score: `reverted` nodes in FP32, on the ranking rows or all validation rows."""
 
-    phase: str  # "baseline", "rank", "isolated" or "step"
+    phase: str  # "baseline", "rank", "isolated", "step" or "restore"
     reverted: tuple[str, ...]
     group: str | None
     rows: str
@@ -72,11 +75,13 @@ def greedy_search(
     speculate: int = 4,
     patience: int = 4,
     isolated: bool = True,
+    restore: frozenset[str] = frozenset(),
     log: Callable[[str], None] = lambda _: None,
 ) -> SearchResult:
     """Revert groups (name -> its nodes; a bare name is a group of that one node) until `target` holds on
-    every validation row. `run` returns None for experiments it did not finish (the time budget ran out):
-    the search then ends with the best so far."""
+    every validation row, then put back reverted groups that hold a node of `restore` while it still holds.
+    `run` returns None for experiments it did not finish (the time budget ran out): the search then ends
+    with the best so far."""
     members = {g: tuple(groups[g]) for g in groups} if isinstance(groups, Mapping) else {g: (g,) for g in groups}
     labels = tuple(members)
     order_of = {group: index for index, group in enumerate(labels)}
@@ -160,6 +165,35 @@ def greedy_search(
                     break
         if not improved and not stopped:
             stopped = "no remaining group improves the metric"
+    if target.met(current) and restore:
+        taken, reverted, current = _put_back(taken, members, canonical, target, current, restore, score, log)
     return SearchResult(
         reverted, current, baseline, target.met(current), tuple(rankings), alone, stopped, count, len(rankings), taken
     )
+
+
+def _put_back(taken, members, canonical, target, current, restore, score, log):
+    """Quantize again each reverted group holding a node of `restore` (the weighted ones) that the target
+    can do without: a group the walk needed early can be needless once later groups are in FP32.
+
+    All candidates are scored at once; the one that keeps the metric highest goes back in; the others that
+    kept the target are scored again on top of it (a group that broke the target alone is not tried again).
+    """
+    candidates = [g for g in taken if restore.intersection(members[g])]
+    taken = list(taken)
+    while candidates:
+        batch = []
+        for group in candidates:
+            rest = canonical(n for g in taken if g != group for n in members[g])
+            batch.append(Experiment("restore", rest, group, ALL))
+        stats = score(batch)
+        passing = [(e, s) for e, s in zip(batch, stats, strict=True) if s is not None and target.met(s)]
+        if not passing:
+            break
+        best, best_stats = max(passing, key=lambda pair: (_key(target, pair[1]), -taken.index(pair[0].group)))
+        taken.remove(best.group)
+        current = best_stats
+        log(f"put back {best.group}: {target.metric} {target.value(current):.5f} on every validation row")
+        candidates = [e.group for e, _ in passing if e.group != best.group]
+    reverted = canonical(n for g in taken for n in members[g])
+    return tuple(taken), reverted, current

@@ -46,6 +46,7 @@ class TrialStore:
         self.rows: list[dict] = []
         self.reused = self.computed = 0
         self._known: dict[str, ValidationStats] = {}
+        self._resumed: set[str] = set()
         path = self.folder / TRIALS.name
         if resume and path.is_file():
             self._load()
@@ -59,11 +60,15 @@ class TrialStore:
             known = {row["key"]: stats_from_json(row["stats_json"]) for row in rows}
         except (InputError, ValueError, TypeError, KeyError):
             return  # a damaged file: its experiments run again (nothing else depends on it)
-        self.rows, self._known = rows, known
+        self.rows, self._known, self._resumed = rows, known, set(known)
 
     def get(self, experiment: Experiment) -> ValidationStats | None:
-        stats = self._known.get(experiment_key(self.job, experiment))
-        if stats is not None:
+        """The experiment's statistics if this search or the one it resumes already has them; `reused`
+        counts those of the resumed search (the put-back can ask for a model a step already scored)."""
+        key = experiment_key(self.job, experiment)
+        stats = self._known.get(key)
+        if stats is not None and key in self._resumed:
+            self._resumed.discard(key)
             self.reused += 1
         return stats
 

@@ -24,7 +24,7 @@ from dask_quant.pipeline.config import RunConfig, config_dict
 from dask_quant.pipeline.experiments import run_experiment
 from dask_quant.pipeline.gate import check_quantized
 from dask_quant.pipeline.graph import sample_cosine_graph
-from dask_quant.pipeline.groups import NODE, Group, int8_share, quantizer_groups
+from dask_quant.pipeline.groups import NODE, Group, int8_share, quantizer_groups, weighted_nodes
 from dask_quant.pipeline.job import (
     Laps,
     RunResult,
@@ -236,6 +236,7 @@ def tune(
                     runner,
                     speculate=tuning.speculate,
                     patience=tuning.patience,
+                    restore=frozenset(weighted_nodes(prepared.proto, groups)),
                     isolated=tuning.isolated,
                     log=log,
                 )

@@ -223,6 +223,27 @@ def test_a_target_met_only_in_fp32_publishes_nothing_and_says_so(mlp, tmp_path):
     assert not [d for d in tmp_path.iterdir() if not d.name.startswith(".")]
 
 
+def test_a_weighted_group_the_target_no_longer_needs_is_put_back():
+    # "a" looks worst on the ranking rows, so the walk takes it first; once "b" is in FP32 too, the target
+    # holds without "a": it goes back to INT8. Without a weighted node in it, it stays in FP32.
+    on_ranking = {"a": 0.05, "b": 0.01}
+    on_all = {"a": 0.004, "b": 0.01}
+    phases = []
+
+    def run(experiments: list[Experiment]):
+        phases.extend(e.phase for e in experiments)
+        costs = [sum(v for g, v in (on_all if e.rows == ALL else on_ranking).items() if g not in e.reverted)
+                 for e in experiments]  # fmt: skip
+        return [ValidationStats(samples=1, cosine_sum=1 - c) for c in costs]
+
+    target = Target("cosine", 0.995)
+    kept = greedy_search("ab", target, run, isolated=False)
+    assert kept.reverted == ("a", "b") and kept.met and "restore" not in phases
+    put_back = greedy_search("ab", target, run, isolated=False, restore=frozenset({"a"}))
+    assert put_back.reverted == ("b",) and put_back.groups == ("b",) and put_back.met
+    assert put_back.final.mean_cosine == 1 - on_all["a"] and phases.count("restore") == 1
+
+
 def test_time_budget_stops_with_the_best_so_far():
     def run(experiments):
         return [ValidationStats(samples=1, cosine_sum=0.5) if e.rows == ALL and not e.reverted else None
