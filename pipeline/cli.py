@@ -27,6 +27,12 @@ EXIT_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 
+def _some(names, shown: int) -> str:
+    """The first `shown` names, and how many more (run.json has them all)."""
+    more = f" and {len(names) - shown} more (run.json)" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 class _Interrupts:
     """SIGINT/SIGTERM raise KeyboardInterrupt and are remembered.
 
@@ -217,7 +223,7 @@ def tune(**options):
         click.echo(f"  tune             {target.describe()}: {'met' if search.met else 'NOT met'} ({search.stopped})")
         click.echo(
             f"  kept in FP32     {len(search.groups)} of {len(result.groups)} groups, {len(search.reverted)} nodes"
-            + (f": {', '.join(search.reverted)}" if search.reverted else "")
+            + (f": {_some(search.groups, 6)}" if search.groups else "")
         )
         click.echo(
             f"  experiments      {result.trials_computed} run, {result.trials_reused} reused (trials.parquet)"
