@@ -179,8 +179,18 @@ def _put_back(taken, members, canonical, target, current, restore, score, log):
     All candidates are scored at once; the one that keeps the metric highest goes back in; the others that
     kept the target are scored again on top of it (a group that broke the target alone is not tried again).
     """
-    candidates = [g for g in taken if restore.intersection(members[g])]
     taken = list(taken)
+
+    def others(group) -> set[str]:
+        return {n for g in taken if g != group for n in members[g]}
+
+    for group in reversed(tuple(taken)):  # a group the others cover adds nothing: no experiment needed
+        if set(members[group]) <= others(group):
+            taken.remove(group)
+    def frees(group) -> bool:  # putting it back quantizes a weighted node again
+        return bool(restore.intersection(members[group]) - others(group))
+
+    candidates = [g for g in taken if frees(g)]
     while candidates:
         batch = []
         for group in candidates:
@@ -194,6 +204,6 @@ def _put_back(taken, members, canonical, target, current, restore, score, log):
         taken.remove(best.group)
         current = best_stats
         log(f"put back {best.group}: {target.metric} {target.value(current):.5f} on every validation row")
-        candidates = [e.group for e, _ in passing if e.group != best.group]
+        candidates = [e.group for e, _ in passing if e.group != best.group and frees(e.group)]
     reverted = canonical(n for g in taken for n in members[g])
     return tuple(taken), reverted, current
