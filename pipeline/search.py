@@ -94,15 +94,22 @@ def greedy_search(
     def canonical(nodes) -> tuple[str, ...]:
         return tuple(sorted(set(nodes), key=node_order.__getitem__))
 
+    known: dict[tuple, ValidationStats] = {}
+
     def score(experiments: list[Experiment]) -> list[ValidationStats | None]:
-        """Each distinct model once: two groups can leave the same nodes in FP32."""
+        """Each distinct model once: two groups can leave the same nodes in FP32, and a put-back can ask
+        for a model already scored."""
         nonlocal count
         first = {}
         for e in experiments:
-            first.setdefault((e.rows, e.reverted), e)
+            if (e.rows, e.reverted) not in known:
+                first.setdefault((e.rows, e.reverted), e)
         count += len(first)
-        values = dict(zip(first, run(list(first.values())), strict=True))
-        return [values[(e.rows, e.reverted)] for e in experiments]
+        if first:
+            for key, value in zip(first, run(list(first.values())), strict=True):
+                if value is not None:
+                    known[key] = value
+        return [known.get((e.rows, e.reverted)) for e in experiments]
 
     (baseline,) = score([Experiment("baseline", (), None, ALL)])
     if baseline is None:
@@ -172,38 +179,44 @@ def greedy_search(
     )
 
 
-def _put_back(taken, members, canonical, target, current, restore, score, log):
+def _put_back(taken, members, canonical, target, current, restore, score, log, speculate=4):
     """Quantize again each reverted group holding a node of `restore` (the weighted ones) that the target
     can do without: a group the walk needed early can be needless once later groups are in FP32.
 
-    All candidates are scored at once; the one that keeps the metric highest goes back in; the others that
-    kept the target are scored again on top of it (a group that broke the target alone is not tried again).
+    Each candidate is first put back alone (all at once); those that keep the target, best first, are then
+    put back one after another, `speculate` at a time, each kept while the target still holds: one
+    experiment per candidate and at most one more.
     """
     taken = list(taken)
 
     def others(group) -> set[str]:
         return {n for g in taken if g != group for n in members[g]}
 
+    def without(groups) -> tuple[str, ...]:
+        return canonical(n for g in taken if g not in groups for n in members[g])
+
     for group in reversed(tuple(taken)):  # a group the others cover adds nothing: no experiment needed
         if set(members[group]) <= others(group):
             taken.remove(group)
-    def frees(group) -> bool:  # putting it back quantizes a weighted node again
-        return bool(restore.intersection(members[group]) - others(group))
-
-    candidates = [g for g in taken if frees(g)]
-    while candidates:
-        batch = []
-        for group in candidates:
-            rest = canonical(n for g in taken if g != group for n in members[g])
-            batch.append(Experiment("restore", rest, group, ALL))
-        stats = score(batch)
-        passing = [(e, s) for e, s in zip(batch, stats, strict=True) if s is not None and target.met(s)]
-        if not passing:
-            break
-        best, best_stats = max(passing, key=lambda pair: (_key(target, pair[1]), -taken.index(pair[0].group)))
-        taken.remove(best.group)
-        current = best_stats
-        log(f"put back {best.group}: {target.metric} {target.value(current):.5f} on every validation row")
-        candidates = [e.group for e, _ in passing if e.group != best.group and frees(e.group)]
-    reverted = canonical(n for g in taken for n in members[g])
-    return tuple(taken), reverted, current
+    candidates = [g for g in taken if restore.intersection(members[g]) - others(g)]
+    if not candidates:
+        return tuple(taken), without(()), current
+    alone = [Experiment("restore", without({g}), g, ALL) for g in candidates]
+    passing = [(e, s) for e, s in zip(alone, score(alone), strict=True) if s is not None and target.met(s)]
+    passing.sort(key=lambda pair: (tuple(-v for v in _key(target, pair[1])), taken.index(pair[0].group)))
+    pending = [e.group for e, _ in passing]
+    while pending:
+        part, back = pending[:speculate], set()
+        del pending[:speculate]
+        steps = []
+        for group in part:
+            back.add(group)
+            steps.append(Experiment("restore", without(back), group, ALL))
+        for i, (step, stats) in enumerate(zip(steps, score(steps), strict=True)):
+            if stats is None or not target.met(stats):
+                pending[:0] = part[i + 1 :]  # scored with the one that broke it: again without
+                break
+            taken.remove(step.group)
+            current = stats
+            log(f"put back {step.group}: {target.metric} {target.value(current):.5f} on every validation row")
+    return tuple(taken), without(()), current
