@@ -5,7 +5,7 @@ ORT places QDQ pairs per node (its inputs, its weights, its output), and
 excluded nodes is a valid model. But an activation keeps its one QDQ pair
 while any node that asked for it is still quantized (its producer, if that
 quantizes its output, and each quantized reader), and every reader then
-reads the dequantized value. So there are two kinds of group:
+reads the dequantized value. So there are three kinds of group:
 
 - a node: its weights, and the activations only it asked for;
 - a shared quantizer: every node of the quantized op types next to one
@@ -37,11 +37,7 @@ NODE, SHARED, OP_TYPE = "node", "shared", "op type"
 class Group:
     name: str  # the node's name, the shared activation's, or "all OPTYPE"
     nodes: tuple[str, ...]  # in graph order
-    kind: str = NODE
-
-    @property
-    def shared(self) -> bool:
-        return self.kind == SHARED
+    kind: str = NODE  # NODE, SHARED or OP_TYPE
 
 
 def quantized_nodes(int8_proto, fp32_proto, op_types: tuple[str, ...]) -> tuple[str, ...]:
