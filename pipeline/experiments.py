@@ -30,9 +30,6 @@ from dask_quant.tasks.validate import ValidationStats
 
 _REMEMBERED = 20_000  # weights whose parameters and quantized initializer each worker process keeps
 _lock = threading.Lock()
-# Variants scored by this process, by the model's sha256 and the rows: reverting a node whose every QDQ pair
-# another node also asks for writes the very model scored before (frequent with every op type quantized).
-_scored: OrderedDict = OrderedDict()
 
 
 def _bounded(function, key_of):
@@ -87,7 +84,6 @@ def _remember_weights() -> None:
     initializer (`quantize_onnx_initializer`). The originals stay in `_dask_quant_originals` for the test."""
     import onnx
     from onnxruntime.quantization import qdq_quantizer
-    from onnxruntime.quantization.quant_utils import find_by_name
 
     if getattr(qdq_quantizer, "_dask_quant_remembers", False):
         return
@@ -95,7 +91,7 @@ def _remember_weights() -> None:
     weight_params = quantizer_class._calc_initializer_quant_params
     to_initializer = qdq_quantizer.quantize_onnx_initializer
 
-    def one_weight(quantizer, name, info):
+    def one_weight(quantizer, name, info, _initializer):
         alone = quantizer.tensors_to_quantize  # ORT's own code, asked about this weight only
         quantizer.tensors_to_quantize = {name: info}
         try:
@@ -103,8 +99,7 @@ def _remember_weights() -> None:
         finally:
             quantizer.tensors_to_quantize = alone
 
-    def weight_key(quantizer, name, info) -> tuple:
-        initializer = find_by_name(name, quantizer.model.initializer())
+    def weight_key(quantizer, name, info, initializer) -> tuple:
         overrides = quantizer.tensor_quant_overrides.get(name, None)
         info_key = (info.tensor_type, info.axis, info.data_type, info.is_shared)
         return _tensor_digest(initializer), info_key, repr(overrides), _quantizer_settings(quantizer)
@@ -112,11 +107,11 @@ def _remember_weights() -> None:
     remembered_weight = _bounded(one_weight, weight_key)
 
     def calc_initializer_quant_params(quantizer):
-        params = {}
+        params, initializers = {}, {tensor.name: tensor for tensor in quantizer.model.initializer()}
         for name, info in quantizer.tensors_to_quantize.items():
-            if find_by_name(name, quantizer.model.initializer()) is None:
+            if name not in initializers:
                 continue
-            value = remembered_weight(quantizer, name, info)
+            value = remembered_weight(quantizer, name, info, initializers[name])
             if value is not None:
                 params[name] = value
         return params
@@ -147,6 +142,13 @@ def _remember_weights() -> None:
     qdq_quantizer._dask_quant_remembers = True
 
 
+# Variants scored by this process, by the model's sha256 and the rows: reverting a node whose every QDQ pair
+# another node also asks for writes the very model scored before (frequent with every op type quantized).
+_score_once = _bounded(
+    lambda model, rows, output: rows.score(model, output), lambda model, rows, output: (model.sha256, rows.rows, output)
+)
+
+
 def run_experiment(
     calibration: Calibration, quant: QuantConfig, reverted: tuple[str, ...], rows: ReferenceRows, output: str | None
 ) -> tuple[ValidationStats, float, str]:
@@ -155,13 +157,5 @@ def run_experiment(
     _remember_weights()
     with tempfile.TemporaryDirectory(prefix="dask-quant-variant-") as tmp:
         quantized = quantize(calibration, quant, Path(tmp) / "variant.onnx", exclude=reverted)
-        key = (quantized.sha256, rows.rows, output)
-        with _lock:
-            stats = _scored.get(key)
-        if stats is None:
-            stats = rows.score(ModelRef(str(quantized.path), quantized.sha256), output)
-            with _lock:
-                _scored[key] = stats
-                while len(_scored) > _REMEMBERED:
-                    _scored.popitem(last=False)
+        stats = _score_once(ModelRef(str(quantized.path), quantized.sha256), rows, output)
     return stats, time.perf_counter() - start, f"{socket.gethostname()}:{os.getpid()}"
