@@ -129,11 +129,11 @@ def test_a_quantizer_three_nodes_share_is_reverted_as_one_group(mlp, tmp_path):
 def test_remembered_weights_write_the_models_quantize_static_writes(residual, tmp_path, monkeypatch):
     from onnxruntime.quantization import qdq_quantizer
 
-    from dask_quant.pipeline.experiments import _remember_weights
+    from dask_quant.pipeline.experiments import _remember_quantizer_work
 
     model, calib, _ = residual
     config = dq.RunConfig(model=model, calib=calib, out=tmp_path)
-    _remember_weights()
+    _remember_quantizer_work()
     originals = qdq_quantizer._dask_quant_originals
     with dq.prepare(config) as prepared, Client(processes=False, n_workers=1, dashboard_address=":0") as client:
         calibration = dq.calibrate(prepared, client, [config.quant])
