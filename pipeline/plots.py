@@ -57,8 +57,8 @@ def sqnr_chart(layers: list[dict]) -> bytes:
 
 
 def sensitivity_chart(ranking: list[dict], isolated: dict[str, float], reverted: set[str], metric: str) -> bytes:
-    """The tune search's first ranking: per group, the metric with it in FP32 (bar) and with it alone
-    quantized (dot); reverted groups in red. Most sensitive at the top (at most MAX_BARS)."""
+    """The tune search's first ranking: per group, the metric with it in FP32 (bar) and, when scored, with
+    it alone quantized (dot); reverted groups in red. Most sensitive at the top (at most MAX_BARS)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -71,7 +71,8 @@ def sensitivity_chart(ranking: list[dict], isolated: dict[str, float], reverted:
     colours = [_POOR if row["group"] in reverted else "#607d8b" for row in shown]
     ax.barh(y, values, color=colours, height=0.7, label=f"{metric} with the group in FP32")
     alone = [isolated.get(row["group"], np.nan) for row in shown]
-    ax.plot(alone, y, "o", color="#212121", markersize=4, label=f"{metric} with only the group quantized")
+    if isolated:  # scored only with --isolated-errors
+        ax.plot(alone, y, "o", color="#212121", markersize=4, label=f"{metric} with only the group quantized")
     ax.set_yticks(y, [literal(row["group"]) for row in shown], fontsize=9)
     ax.invert_yaxis()
     finite = [v for v in [*values, *alone] if np.isfinite(v)]

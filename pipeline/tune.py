@@ -61,7 +61,7 @@ class TuneConfig:
     time_budget: float | None = None  # seconds; then the best model so far is published
     speculate: int = 4  # steps of the walk scored at once (fixed: the decisions never depend on the workers)
     patience: int = 4  # groups in a row that do not help before the walk ranks again
-    isolated: bool = True  # also score each group quantized alone (first round)
+    isolated: bool = False  # also score each group quantized alone (first round; the report's dots)
 
     def __post_init__(self) -> None:
         if self.ranking_samples < 1:

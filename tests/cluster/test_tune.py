@@ -73,7 +73,7 @@ def test_search_reverts_exactly_the_outlier_layer_for_any_workers_and_chunking(m
         assert other.search.rankings == first.search.rankings  # the same ranking, value for value
         assert other.search.final == first.search.final
     assert outcomes[1].search.isolated == first.search.isolated
-    assert outcomes[2].search.isolated == ()  # --no-isolated-errors: the ranking alone
+    assert outcomes[2].search.isolated == ()  # without --isolated-errors (the default): the ranking alone
     assert "isolated" not in set(_trials(outcomes[2].run.run_dir)["phase"])
     record = json.loads((first.run.run_dir / results.RUN_FILE).read_text())["tune"]
     assert (
