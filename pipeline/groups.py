@@ -68,21 +68,28 @@ def _quantized_activations(int8_proto, fp32_names: set[str]) -> set[str]:
 
 
 def quantizer_groups(
-    int8_proto, fp32_proto, op_types: tuple[str, ...], excluded: tuple[str, ...] = ()
+    int8_proto,
+    fp32_proto,
+    op_types: tuple[str, ...],
+    excluded: tuple[str, ...] = (),
+    fp32_outputs: tuple[str, ...] = (),
 ) -> tuple[Group, ...]:
     """Every quantized node as its own group, then one group per activation whose QDQ pair two or more of
     the nodes that may ask for it share, then one per unweighted op type with two or more quantized nodes
-    (each unless the same nodes already form a group), in graph order."""
+    (each unless the same nodes already form a group), in graph order. Nodes of `fp32_outputs` (ORT's
+    OpTypesToExcludeOutputQuantization) never ask for their outputs: a MatMul's output read by a quantized
+    Add is then the Add's alone, and reverting it needs no MatMul in FP32."""
     nodes = quantized_nodes(int8_proto, fp32_proto, op_types)
     groups = [Group(name, (name,)) for name in nodes]
     order = {node.name: i for i, node in enumerate(fp32_proto.graph.node)}
-    wanted, skipped = set(op_types), set(excluded)
+    wanted, skipped, inputs_only = set(op_types), set(excluded), set(fp32_outputs)
     quantized = set(nodes)
     askers: dict[str, list[str]] = {}  # activation -> the nodes that may have asked for its QDQ pair
     for node in fp32_proto.graph.node:
         if node.op_type in wanted and node.name not in skipped:
             read = [name for name in node.input if name] if node.name in quantized else []
-            for name in dict.fromkeys([*read, *node.output]):  # its writer may quantize it without reading one
+            made = [] if node.op_type in inputs_only else list(node.output)
+            for name in dict.fromkeys([*read, *made]):  # its writer may quantize it without reading one
                 askers.setdefault(name, []).append(node.name)
     names = {*order, *(g.name for g in groups)}
     tensors = {name for node in fp32_proto.graph.node for name in (*node.input, *node.output)}

@@ -202,7 +202,9 @@ def tune(
                 lap("calibrate")
                 full = quantize(calibration, config.quant, work.folder / "full.int8.onnx")
                 op_types = config.quant.op_types or default_op_types()
-                groups = quantizer_groups(_load(full.path), prepared.proto, op_types, config.quant.exclude_nodes)
+                groups = quantizer_groups(
+                    _load(full.path), prepared.proto, op_types, config.quant.exclude_nodes, config.quant.fp32_outputs
+                )
                 if not groups:
                     msg = f"{config.model}: ONNX Runtime's quantizer quantized no node, so there is nothing to tune"
                     raise InputError(msg)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from distributed import Client, LocalCluster
-from models import build_outlier_mlp, build_shared_outlier_model, outlier_mlp_data
+from models import _save_checked, build_outlier_mlp, build_shared_outlier_model, outlier_mlp_data
 from processes import dask_quant
 
 from dask_quant import pipeline as dq
@@ -124,6 +124,56 @@ def test_a_quantizer_three_nodes_share_is_reverted_as_one_group(mlp, tmp_path):
     }
     page = (result.run.run_dir / "report.html").read_text()
     assert "1 of 6 quantizer groups kept in FP32 (3 nodes)" in page and "(shared, 3 nodes)" in page
+
+
+def test_an_output_its_writer_does_not_quantize_belongs_to_its_reader_alone(tmp_path):
+    # x -> MatMul "mm" -> y -> Add "bias" -> z -> MatMul "mm2" -> out. With MatMul outputs in FP32 (ORT's
+    # OpTypesToExcludeOutputQuantization), y keeps a QDQ pair only because the Add reads it: excluding the Add
+    # alone takes the pair out (checked on ORT's own output), so no group ties the MatMul to it.
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    from dask_quant.pipeline.groups import SHARED, quantizer_groups
+    from dask_quant.pipeline.selection import default_op_types
+
+    rng = np.random.default_rng(5)
+    weights = [
+        numpy_helper.from_array(rng.normal(size=(8, 8)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.normal(size=(8,)).astype(np.float32), "b"),
+        numpy_helper.from_array(rng.normal(size=(8, 4)).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
+        helper.make_node("Add", ["y", "b"], ["z"], name="bias"),
+        helper.make_node("MatMul", ["z", "w2"], ["out"], name="mm2"),
+    ]
+    model = _save_checked(tmp_path / "bias.onnx", nodes, "bias", weights, 4)
+
+    class Rows(CalibrationDataReader):
+        def __init__(self):
+            self.rows = iter([{"x": rng.normal(size=(16, 8)).astype(np.float32)}])
+
+        def get_next(self):
+            return next(self.rows, None)
+
+    def quantized(name, exclude=(), fp32_outputs=("MatMul",)):
+        path = tmp_path / name
+        options = {"OpTypesToExcludeOutputQuantization": list(fp32_outputs)}
+        quantize_static(str(model), str(path), Rows(), quant_format=QuantFormat.QDQ, nodes_to_exclude=list(exclude),
+                        extra_options=options)  # fmt: skip
+        graph = onnx.load(str(path))
+        return graph, {n.input[0] for n in graph.graph.node if n.op_type == "QuantizeLinear"}
+
+    int8, pairs = quantized("full.onnx")
+    assert "y" in pairs  # the Add asked for it
+    assert "y" not in quantized("no_add.onnx", exclude=("bias",))[1]  # the Add alone owned it
+    assert "y" in quantized("no_add_mm_out.onnx", exclude=("bias",), fp32_outputs=())[1]  # else the MatMul asks
+    fp32 = onnx.load(str(model))
+    groups = quantizer_groups(int8, fp32, default_op_types(), fp32_outputs=("MatMul",))
+    assert [g.nodes for g in groups if g.kind == SHARED] == [("bias", "mm2")]  # z: the Add writes, mm2 reads
+    assert ("mm", "bias") in [g.nodes for g in quantizer_groups(int8, fp32, default_op_types())]  # without the rule
 
 
 def test_remembered_weights_write_the_models_quantize_static_writes(residual, tmp_path, monkeypatch):
