@@ -113,9 +113,10 @@ def test_a_quantizer_three_nodes_share_is_reverted_as_one_group(mlp, tmp_path):
     search = result.search
     assert search.groups == ("s",) and search.reverted == ("shift", "left", "right") and search.met
     assert search.baseline.mean_cosine < 0.5
-    first_round = dict(search.rankings[0])
-    assert all(first_round[node] < TARGET.bound for node in ("shift", "left", "right", "join"))  # no node alone
-    assert first_round["all Add"] < TARGET.bound
+    assert {g for g, _ in search.rankings[0]} == {"shift", "join", "all Add"}  # no MatMul in them: first
+    every = dict(search.rankings[-1])  # then every group, as none of those helped
+    assert all(every[node] < TARGET.bound for node in ("shift", "left", "right", "join"))  # no node alone
+    assert every["all Add"] < TARGET.bound
     record = json.loads((result.run.run_dir / results.RUN_FILE).read_text())["tune"]
     assert record["reverted_groups"] == ["s"]
     assert record["composite_groups"] == {
@@ -289,9 +290,29 @@ def test_a_weighted_group_the_target_no_longer_needs_is_put_back():
     target = Target("cosine", 0.995)
     kept = greedy_search("ab", target, run, isolated=False)
     assert kept.reverted == ("a", "b") and kept.met and "restore" not in phases
-    put_back = greedy_search("ab", target, run, isolated=False, restore=frozenset({"a"}))
+    put_back = greedy_search("ab", target, run, isolated=False, restore=frozenset({"a", "b"}))
     assert put_back.reverted == ("b",) and put_back.groups == ("b",) and put_back.met
     assert put_back.final.mean_cosine == 1 - on_all["a"] and phases.count("restore") == 1
+
+
+def test_groups_without_a_weighted_node_are_walked_first():
+    # "w" (a MatMul's group) ranks first, but "u" and "v" (no weighted node) meet the target without it;
+    # only when they cannot does the search rank every group and take "w".
+    cost = {"w": 0.02, "u": 0.004, "v": 0.003, "x": 0.0}
+    logged = []
+
+    def run(experiments: list[Experiment]):
+        return [ValidationStats(samples=1, cosine_sum=1 - sum(c for g, c in cost.items() if g not in e.reverted))
+                for e in experiments]  # fmt: skip
+
+    weighted = frozenset({"w"})
+    cheap = greedy_search("wuvx", Target("cosine", 0.979), run, restore=weighted, log=logged.append)
+    assert cheap.met and cheap.groups == ("u", "v") and [g for g, _ in cheap.rankings[0]] == ["u", "v", "x"]
+    needed = greedy_search("wuvx", Target("cosine", 0.99), run, restore=weighted, log=logged.append)
+    assert needed.met and needed.groups[:2] == ("u", "v") and "w" in needed.groups
+    assert any(line.startswith("no group without a MatMul") for line in logged)
+    plain = greedy_search("wuvx", Target("cosine", 0.979), run)  # nothing weighted: one tier, "w" first
+    assert plain.groups == ("w",)
 
 
 def test_time_budget_stops_with_the_best_so_far():
