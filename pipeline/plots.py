@@ -56,9 +56,12 @@ def sqnr_chart(layers: list[dict]) -> bytes:
     return _png(fig)
 
 
-def sensitivity_chart(ranking: list[dict], isolated: dict[str, float], reverted: set[str], metric: str) -> bytes:
+def sensitivity_chart(
+    ranking: list[dict], isolated: dict[str, float], reverted: set[str], metric: str, scope: str = ""
+) -> bytes:
     """The tune search's first ranking: per group, the metric with it in FP32 (bar) and, when scored, with
-    it alone quantized (dot); reverted groups in red. Most sensitive at the top (at most MAX_BARS)."""
+    it alone quantized (dot); reverted groups in red. Most sensitive at the top (at most MAX_BARS).
+    `scope` says which groups it ranked when not all of them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,7 +85,9 @@ def sensitivity_chart(ranking: list[dict], isolated: dict[str, float], reverted:
     ax.legend(loc="lower right", fontsize=8)
     ax.spines[["top", "right"]].set_visible(False)
     title = "Sensitivity: most sensitive group first; red: kept in FP32"
-    ax.set_title(title + (f" (top {MAX_BARS} of {len(ranking)})" if len(ranking) > MAX_BARS else ""), loc="left")
+    shown_of = f"top {MAX_BARS} of {len(ranking)}" if len(ranking) > MAX_BARS else ""
+    title += f" ({', '.join(part for part in (shown_of, scope) if part)})" if shown_of or scope else ""
+    ax.set_title(title, loc="left")
     return _png(fig)
 
 

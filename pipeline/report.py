@@ -163,7 +163,10 @@ def _tune(run: dict) -> str:
     if tune["ranking"]:
         isolated = {row["group"]: row["metric"] for row in tune["isolated"]}
         metric = tune["target"].split(">=")[0] if ">=" in tune["target"] else "accuracy"
-        png = plots.sensitivity_chart(tune["ranking"][0], isolated, set(taken), metric)
+        first = tune["ranking"][0]
+        # The search ranks the groups without a MatMul, Conv or Gemm first when there are any (pipeline/search.py).
+        scope = "groups without MatMul, Conv or Gemm" if len(first) < tune["groups"] else ""
+        png = plots.sensitivity_chart(first, isolated, set(taken), metric, scope)
         chart = _img(png, "sensitivity of each quantizer group")
     experiments = tune["experiments"]
     return (
