@@ -85,9 +85,9 @@ def sensitivity_chart(
     ax.legend(loc="lower right", fontsize=8)
     ax.spines[["top", "right"]].set_visible(False)
     title = "Sensitivity: most sensitive group first; red: kept in FP32"
-    shown_of = f"top {MAX_BARS} of {len(ranking)}" if len(ranking) > MAX_BARS else ""
-    title += f" ({', '.join(part for part in (shown_of, scope) if part)})" if shown_of or scope else ""
-    ax.set_title(title, loc="left")
+    notes = [f"top {MAX_BARS} of {len(ranking)}"] if len(ranking) > MAX_BARS else []
+    notes += [scope] if scope else []
+    ax.set_title(title + (f" ({', '.join(notes)})" if notes else ""), loc="left")
     return _png(fig)
 
 

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from dask_quant.pipeline import outputs, plots, results
+from dask_quant.pipeline.groups import WEIGHTED
 from dask_quant.pipeline.guard import collapse_reason
 from dask_quant.pipeline.methods import info
 from dask_quant.pipeline.metrics import headline_metrics
@@ -164,8 +165,8 @@ def _tune(run: dict) -> str:
         isolated = {row["group"]: row["metric"] for row in tune["isolated"]}
         metric = tune["target"].split(">=")[0] if ">=" in tune["target"] else "accuracy"
         first = tune["ranking"][0]
-        # The search ranks the groups without a MatMul, Conv or Gemm first when there are any (pipeline/search.py).
-        scope = "groups without MatMul, Conv or Gemm" if len(first) < tune["groups"] else ""
+        # The search ranks the groups without a weighted node first when there are any (pipeline/search.py).
+        scope = f"groups without {'/'.join(WEIGHTED)}" if len(first) < tune["groups"] else ""
         png = plots.sensitivity_chart(first, isolated, set(taken), metric, scope)
         chart = _img(png, "sensitivity of each quantizer group")
     experiments = tune["experiments"]
