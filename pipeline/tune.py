@@ -248,7 +248,8 @@ def tune(
                     "nodes) in FP32, "
                     f"{target.metric} {target.value(search.baseline):.5f} -> {target.value(search.final):.5f}"
                 )
-                if {n for g in groups for n in g.nodes} <= set(search.reverted):
+                # The node groups are the quantized nodes (a shared group can also name an unquantized writer).
+                if {n for g in groups if g.kind == NODE for n in g.nodes} <= set(search.reverted):
                     msg = (
                         f"tune: {target.describe()} {'held only' if search.met else 'was not reached even'} with "
                         "every quantized node in FP32, so there is no INT8 model to publish; set a lower target"
