@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dask_quant.pipeline.config import RunConfig
 from dask_quant.pipeline.stages.prepare import Prepared, dataset_chunks
+from dask_quant.pipeline.stages.validate import layer_chunks
 
 _VALIDATION_TASKS = ("validate_against", "chunk_outputs", "compare_chunk", "chunk_layer_errors")
 
@@ -19,7 +20,10 @@ def killed_worker_message(error, config: RunConfig, prepared: Prepared) -> str:
     if not isinstance(index, int):
         where = f"task {name}"
     else:
-        chunk = dataset_chunks(dataset, config.chunk_size)[index]
+        if "chunk_layer_errors" in name:
+            chunk = layer_chunks(dataset, config.chunk_size, prepared.fixed_batch)[index]
+        else:
+            chunk = dataset_chunks(dataset, config.chunk_size)[index]
         where = f"chunk {index} (rows {chunk.start}..{chunk.stop} of {dataset.path})"
     return (
         f"{where} killed {attempts} workers in a row; a chunk that takes its worker down usually needs more "

@@ -58,6 +58,7 @@ class Prepared:
     steps: tuple[str, ...] = ()
     chunk_size: int = DEFAULT_CHUNK_ROWS
     output: str | None = None  # the output validation compares (pipeline.metrics.metric_output)
+    fixed_batch: int | None = None  # the batch size the model's inputs fix, if any: every chunk is a multiple of it
 
     @property
     def prepared(self) -> bool:
@@ -109,15 +110,15 @@ def prepare(config: RunConfig, folder: Path | None = None) -> Prepared:
     calib = describe_dataset(config.calib, "--calib", inputs, **layout)
     labels = _labels_key(config, inputs)
     val, output = None, None
+    batch = next((spec.batch for spec in inputs if spec.batch is not None), None)
     if config.val is not None:
         val = describe_dataset(config.val, "--val", inputs, labels=labels, **layout)
         _check_labels_key(config, val)
-        batch = next((spec.batch for spec in inputs if spec.batch is not None), None)
         output = metric_output(proto, batch, dict(layout["output_axes"]), str(config.model))
     model = source
     if config.prepare:
         model = write_prepared(proto, folder or config.out.absolute() / WORK / PREPARED_DIR, config.model.stem)
-    return Prepared(proto, model, tensors, calib, val, source, steps, chunk_size, output)
+    return Prepared(proto, model, tensors, calib, val, source, steps, chunk_size, output, batch)
 
 
 def write_prepared(proto, folder: Path, stem: str) -> ModelRef:

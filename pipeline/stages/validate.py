@@ -14,16 +14,31 @@ from functools import reduce
 from dask_quant.pipeline.compute import compute
 from dask_quant.pipeline.config import Metric
 from dask_quant.pipeline.graph import layer_graph, validation_graph
+from dask_quant.pipeline.inputs import DatasetSpec
 from dask_quant.pipeline.layers import layer_rows, quantized_layers, report_specs
 from dask_quant.pipeline.metrics import ANCHORS, resolve_metric
 from dask_quant.pipeline.progress import Progress
 from dask_quant.pipeline.stages.prepare import Prepared, dataset_chunks
 from dask_quant.pipeline.stages.quantize import QuantizedModel
+from dask_quant.tasks.chunks import ChunkRef
 from dask_quant.tasks.latency import Latency, measure_latency
 from dask_quant.tasks.sessions import ModelRef
 from dask_quant.tasks.validate import ChunkValidation, ValidationStats
 
 LATENCY_REPEATS = 20
+# The per-layer pass splits a small set finer than the outputs' comparison (its sums are exact for any
+# chunking): one task per 64-row chunk made two long MiniLM tasks of 128 rows, and the scheduler put both
+# on one worker while the other sat idle for half the stage. Sixteen tasks balance over a few workers.
+LAYER_TASKS = 16
+
+
+def layer_chunks(val: DatasetSpec, chunk_size: int, fixed_batch: int | None = None) -> list[ChunkRef]:
+    """The per-layer pass's chunks: at most `chunk_size` rows, about LAYER_TASKS of them when the set has
+    the rows, none of one row unless `chunk_size` is 1 (tasks.chunks.chunk_refs), and a multiple of the
+    batch the model fixes (as `chunk_size` is)."""
+    unit = fixed_batch or 1
+    wanted = max(2, -(-val.rows // LAYER_TASKS))
+    return dataset_chunks(val, min(chunk_size, -(-wanted // unit) * unit))
 
 
 @dataclass(frozen=True)
@@ -75,7 +90,8 @@ def validate(
     specs = report_specs(quantized.calibration.stats, layers)
     graphs = [validation_graph(chunks, prepared.model, int8, anchors, prepared.output)]
     if per_layer:
-        graphs.append(layer_graph(chunks, prepared.model, int8, pairs, split_every, specs))
+        per_layer_chunks = layer_chunks(prepared.val, chunk_size, prepared.fixed_batch)
+        graphs.append(layer_graph(per_layer_chunks, prepared.model, int8, pairs, split_every, specs))
     outputs, *per_layer_errors = compute(client, graphs, "validation", progress)
     rows = tuple(layer_rows(layers, per_layer_errors[0])) if per_layer else ()
     latency = client.submit(measure_latency, chunks[0], prepared.model, int8, LATENCY_REPEATS, pure=False).result()

@@ -40,3 +40,31 @@ def test_validation_graph_computes_the_anchors_once_and_shares_them(anchors, mon
     alone = [validate.validate_chunk(chunk, ref, ref, chunks[:anchors]) for chunk in chunks]
     assert [c.stats for c in shared] == [c.stats for c in alone]
     assert sum(c.stats.neighbour_queries for c in shared) == (300 if anchors else 0)
+
+
+@pytest.mark.parametrize(("rows", "chunk_size"), [(128, 64), (129, 64), (24, 64), (5000, 64), (3, 64), (128, 1)])
+def test_the_per_layer_pass_splits_a_small_set_into_enough_tasks_to_balance(rows, chunk_size):
+    """A 128-row set in 64-row chunks made two long per-layer tasks the scheduler once put on one worker:
+    the pass takes smaller chunks (at least LAYER_TASKS where the rows allow), never more than --chunk-size
+    rows, never a lone row (ORT's one-row kernels), and a worker killed by one of them is named by its rows."""
+    from types import SimpleNamespace
+
+    from dask_quant.pipeline.failures import killed_worker_message
+    from dask_quant.pipeline.inputs import DatasetSpec
+    from dask_quant.pipeline.stages.validate import LAYER_TASKS, layer_chunks
+
+    val = DatasetSpec("val.npz", (("input", "input"),), rows, "0" * 64)
+    chunks = layer_chunks(val, chunk_size)
+    sizes = [chunk.rows for chunk in chunks]
+    assert [c.start for c in chunks] == [0, *[c.stop for c in chunks[:-1]]]
+    assert chunks[-1].stop == rows
+    assert max(sizes) <= chunk_size
+    assert min(sizes) >= 2 or chunk_size == 1
+    assert max(sizes) <= max(2, -(-rows // LAYER_TASKS)) + 1  # about LAYER_TASKS tasks, or 2-row ones
+    fixed = layer_chunks(val, chunk_size - chunk_size % 3 or 3, fixed_batch=3)  # a model that fixes batch 3
+    assert all(chunk.rows % 3 == 0 for chunk in fixed[:-1]) and fixed[-1].stop == rows
+
+    error = SimpleNamespace(task=(f"chunk_layer_errors-{'0' * 8}", len(chunks) - 1), allowed_failures=3)
+    prepared = SimpleNamespace(val=val, calib=None, fixed_batch=None)
+    message = killed_worker_message(error, SimpleNamespace(chunk_size=chunk_size), prepared)
+    assert message.startswith(f"chunk {len(chunks) - 1} (rows {chunks[-1].start}..{rows} of val.npz) killed 4 workers")
