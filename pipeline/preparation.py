@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,12 +79,16 @@ def _upgrade(proto, per_channel: bool, where: str) -> tuple[object, list[str]]:
     return upgraded, [f"opset {have} -> {target} (onnx version converter: {why} opset {target})"]
 
 
+_WORKING_DIRECTORY = threading.Lock()
+
+
 def _pre_process(proto, skip_symbolic: bool) -> tuple[object, list[str]]:
     """ORT's quant_pre_process on `proto`; the lines it logged at ERROR (a failed optimisation) are returned."""
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with (
+        _WORKING_DIRECTORY,  # the working directory is the process's: one preparation moves it at a time
         tempfile.TemporaryDirectory(prefix="dask-quant-prepare-") as tmp,
         captured_logs(logging.ERROR) as errors,
         # ORT saves `sym_shape_infer_temp.onnx` and its external data in the working directory when

@@ -117,6 +117,14 @@ class RunDirectory:
             return
         shutil.rmtree(self.tmp, ignore_errors=True)
         self._drop_empty_staging()
-        with contextlib.suppress(OSError):  # best effort: --out may be a dangling symlink or gone
-            if self._created is not None and not self._created.is_symlink() and not any(self.out.iterdir()):
-                shutil.rmtree(self._created, ignore_errors=True)
+        if self._created is None:
+            return
+        # The folders this run created, from --out up, each only while empty: another run may have put its
+        # own work in one since (the zoo's jobs share OUT/runs; rmtree here once removed a sibling's staging).
+        folder = self.out
+        while folder != self._created.parent:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty, a dangling symlink, or gone: leave it and its parents
+                return
+            folder = folder.parent

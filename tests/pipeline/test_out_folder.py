@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -81,3 +82,19 @@ def test_a_row_column_missing_from_the_schema_is_an_error_not_a_silent_drop(tmp_
     with pytest.raises(DaskQuantError, match=r"layers.parquet: the rows have columns its schema lacks: surprise"):
         ParquetFile(LAYERS.name, LAYERS.schema, list).write(tmp_path, "run", [{"tensor": "t", "surprise": 1}])
     assert not (tmp_path / LAYERS.name).exists()
+
+
+def test_a_failed_run_leaves_a_sibling_run_in_a_parent_both_created(tmp_path):
+    """Two runs into new sibling folders (the zoo's OUT/runs/A and OUT/runs/B): the one that fails removes
+    the folders it created only while they are empty, never the other run's staging (rmtree did)."""
+    from dask_quant.pipeline.results import RunDirectory
+
+    parent = tmp_path / "runs"
+    failing, working = RunDirectory(parent / "a", "run-a"), RunDirectory(parent / "b", "run-b")
+    with contextlib.suppress(RuntimeError), failing:
+        with working:
+            (working.tmp / "model.int8.onnx").write_bytes(b"x")
+            published = working.publish()
+        raise RuntimeError
+    assert (published / "model.int8.onnx").is_file()
+    assert not (parent / "a").exists() and parent.is_dir()
