@@ -103,6 +103,21 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+@contextlib.contextmanager
+def _errors_to_exit_codes(interrupted: str, unwritten: str = "; nothing was published"):
+    """A command's failures as one line and an exit code: bad input 2, an interrupt 130, the rest 1."""
+    try:
+        yield
+    except InputError as exc:
+        _fail(str(exc), EXIT_INPUT)
+    except KeyboardInterrupt:
+        _fail(interrupted, EXIT_INTERRUPTED)
+    except DaskQuantError as exc:
+        _fail(str(exc), 1)
+    except OSError as exc:  # a full disk or a vanished --out while writing
+        _fail(f"could not write {exc.filename or 'results'} ({exc.strerror or exc}){unwritten}", 1)
+
+
 @click.group()
 @click.version_option(package_name="dask-quant")
 def main() -> None:
@@ -123,7 +138,7 @@ def run(**options):
     """
     from dask_quant.pipeline.methods import parse_method
 
-    try:
+    with _errors_to_exit_codes("interrupted; no run was published"):
         model, calib, val = model_and_data(options["model"], options["calib"], options["val"])
         methods = [parse_method(m) for m in split_values((options["methods"],))]
         if not methods:
@@ -157,14 +172,6 @@ def run(**options):
         failures = [failure for result in results for failure in quality_failures(config, result)]
         if failures:
             _fail("quality guard: " + "\n".join(failures) + " (the runs were published)", 1)
-    except InputError as exc:
-        _fail(str(exc), EXIT_INPUT)
-    except KeyboardInterrupt:
-        _fail("interrupted; no run was published", EXIT_INTERRUPTED)
-    except DaskQuantError as exc:
-        _fail(str(exc), 1)
-    except OSError as exc:  # a full disk or a vanished --out while writing: nothing was published
-        _fail(f"could not write {exc.filename or 'results'} ({exc.strerror or exc}); nothing was published", 1)
 
 
 @main.command()
@@ -195,7 +202,8 @@ def tune(**options):
     from dask_quant.pipeline.tune import TuneConfig
     from dask_quant.pipeline.tune import tune as tune_job
 
-    try:
+    resumable = "interrupted; no run was published (run again with --resume to reuse finished experiments)"
+    with _errors_to_exit_codes(resumable):
         if options["model"] is None:
             msg = "tune needs a MODEL with --calib and --val"
             raise InputError(msg)
@@ -230,14 +238,6 @@ def tune(**options):
         )
         if not search.met:
             _fail(f"tune: {target.describe()} not reached; the best model found was published", 1)
-    except InputError as exc:
-        _fail(str(exc), EXIT_INPUT)
-    except KeyboardInterrupt:
-        _fail("interrupted; no run was published (run again with --resume to reuse finished experiments)", 130)
-    except DaskQuantError as exc:
-        _fail(str(exc), 1)
-    except OSError as exc:
-        _fail(f"could not write {exc.filename or 'results'} ({exc.strerror or exc}); nothing was published", 1)
 
 
 @main.command()
@@ -257,6 +257,42 @@ def report(run_dir, output, screenshot):
             click.echo(f"screenshot: {take(page, screenshot)}")
     except InputError as exc:
         _fail(str(exc), EXIT_INPUT)
+
+
+@main.group()
+def zoo():
+    """Requantize a whole model zoo nightly, with a history and alerts."""
+
+
+@zoo.command("run")
+@click.option("--manifest", type=click.Path(path_type=Path), help="The zoo manifest, TOML [default: built-in].")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("dask-quant-zoo"), show_default=True,
+    help="Folder of the runs and the history.",
+)  # fmt: skip
+@click.option("--force", is_flag=True, help="Rerun every job, even those whose key has a good result.")
+@click.option("--night", default=None, help="The night to record, YYYY-MM-DD [default: today, UTC]; for backfills.")
+@cluster_options
+def zoo_run(**options):
+    """Requantize every model x method of the manifest on one cluster; append the night to OUT/history.
+
+    Exit 1 when a job failed, regressed beyond its tolerance or was not
+    deterministic (the table says which and why), 0 otherwise.
+    """
+    from dask_quant.pipeline.cli_options import cluster_config
+    from dask_quant.pipeline.zoo import ZooConfig
+    from dask_quant.pipeline.zoo import zoo_run as run_zoo
+
+    with _errors_to_exit_codes("interrupted; the night was not recorded (finished runs stay under OUT/runs)", ""):
+        cluster = cluster_config(options)
+        config = ZooConfig(options["manifest"], options["out"], cluster, options["force"], options["night"])
+        interrupts = _Interrupts()
+        interrupts.install()
+        result = run_zoo(config, log=lambda line: click.echo(f"dask-quant: {line}", err=True))
+        if result.history_file:
+            click.echo(f"history: {result.history_file}")
+        if result.alerts:
+            _fail(f"zoo: {len(result.alerts)} of {len(result.rows)} jobs failed, regressed or changed unexpectedly", 1)
 
 
 if __name__ == "__main__":

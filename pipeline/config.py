@@ -139,19 +139,21 @@ class RunConfig:
             raise InputError(msg)
 
 
+def json_ready(value):
+    """`value` with enums as their values and paths as strings, inside dicts, lists and tuples."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
 def config_dict(config: RunConfig) -> dict:
     """JSON-ready view of a RunConfig (paths as strings, enums as values)."""
     from dataclasses import asdict
 
-    def plain(value):
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        if isinstance(value, Enum):
-            return value.value
-        if isinstance(value, Path):
-            return str(value)
-        return value
-
-    return plain(asdict(config))
+    return json_ready(asdict(config))

@@ -1,0 +1,83 @@
+"""The zoo manifest is checked before anything runs: each error names the model and the field, exit 2."""
+
+from __future__ import annotations
+
+import pytest
+from processes import dask_quant
+
+from dask_quant.pipeline.builtin import CALIB, MODEL, VAL, builtin_path
+from dask_quant.pipeline.zoo_manifest import load_manifest
+from dask_quant.tasks.errors import InputError
+
+
+def _model(**fields) -> str:
+    base = {"name": '"digits"', "model": f'"{builtin_path(MODEL)}"', "calib": f'"{builtin_path(CALIB)}"'}
+    base.update(fields)
+    return "[[model]]\n" + "".join(f"{key} = {value}\n" for key, value in base.items() if value is not None)
+
+
+BAD = [
+    (_model(name='"a b"'), "model 'a b': field 'name': required: 1-64 letters"),
+    (_model(name=None), "model #1: field 'name': required"),
+    (_model(model=None), "model 'digits': field 'model': give exactly one source"),
+    (_model(builder='"x:y"'), "model 'digits': field 'model': give exactly one source"),
+    (_model(model=None, builder='"not a builder"'), "field 'builder'"),
+    (_model(calib='"missing.npy"'), "model 'digits': field 'calib': "),
+    (_model(methods='["minmax", "kl"]'), "field 'methods': unknown method 'kl'"),
+    (_model(methods="[]"), "field 'methods'"),
+    (_model(lead='"f1"'), "field 'lead': unknown lead metric 'f1'"),
+    (_model(max_drop="2"), "field 'max_drop': must be in [0, 1]"),
+    (_model(max_drop='"a lot"'), "field 'max_drop': expected an integer or a number"),
+    (_model(chunk_size="0"), "field 'chunk_size'"),
+    (_model(prepare='"yes"'), "field 'prepare': expected true or false"),
+    (_model(colour='"red"'), "field 'colour': unknown field"),
+    (_model() + '[model.quant]\nper_chanel = true\n', "field 'quant.per_chanel': unknown option"),
+    (_model() + '[model.quant]\nop_types = "Conv"\n', "field 'quant.op_types': expected a list of strings"),
+    (_model() + '[model.quant]\nactivation_type = "int4"\n', "field 'quant': unknown activation type 'int4'"),
+    (_model(methods='["percentile"]') + "[model.quant]\npercentile = 120.0\n", "field 'quant': --percentile"),
+    (_model() + _model(), "model 'digits': field 'name': another model has that name"),
+    ("title = 'zoo'\n" + _model(), "unknown top-level key 'title'"),
+    ("", "no [[model]] tables"),
+    ("[[model]\nname=1", "not a valid TOML file"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), BAD)
+def test_a_bad_manifest_names_the_model_and_the_field(tmp_path, text, expected):
+    manifest = tmp_path / "zoo.toml"
+    manifest.write_text(text)
+    with pytest.raises(InputError) as caught:
+        load_manifest(manifest)
+    assert expected in str(caught.value)
+    assert str(manifest) in str(caught.value)
+
+
+def test_a_good_manifest_resolves_paths_against_its_folder(tmp_path):
+    (tmp_path / "calib.npy").write_bytes(builtin_path(CALIB).read_bytes())
+    manifest = tmp_path / "zoo.toml"
+    text = _model(calib='"calib.npy"', val=f'"{builtin_path(VAL)}"', methods='["minmax", "entropy"]')
+    manifest.write_text(text + "[model.quant]\nper_channel = false\nop_types = ['Conv']\n")
+    (model,) = load_manifest(manifest).models
+    assert model.calib == (tmp_path / "calib.npy").resolve()
+    assert [m.value for m in model.methods] == ["minmax", "entropy"]
+    assert model.quant.per_channel is False and model.quant.op_types == ("Conv",)
+
+
+def test_the_command_refuses_a_bad_manifest_in_one_line_and_writes_nothing(tmp_path):
+    manifest = tmp_path / "zoo.toml"
+    manifest.write_text(_model(lead='"f1"'))
+    out = tmp_path / "out"
+    done = dask_quant("zoo", "run", "--manifest", manifest, "--out", out)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"dask-quant: error: {manifest}: model 'digits': field 'lead'")
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_the_builtin_zoo_manifest_is_valid():
+    from dask_quant.pipeline.zoo_manifest import builtin_manifest
+
+    models = load_manifest(builtin_manifest()).models
+    assert [m.name for m in models] == ["digits", "minilm", "onet"]
+    assert models[0].model.is_file() and models[0].calib.is_file()
+    assert [m.builder for m in models[1:]] == [f"dask_quant.data.zoo_builders:{n}" for n in ("minilm", "onet")]
