@@ -291,8 +291,26 @@ def zoo_run(**options):
         result = run_zoo(config, log=lambda line: click.echo(f"dask-quant: {line}", err=True))
         if result.history_file:
             click.echo(f"history: {result.history_file}")
+        if result.report:
+            click.echo(f"report: {result.report}")
         if result.alerts:
             _fail(f"zoo: {len(result.alerts)} of {len(result.rows)} jobs failed, regressed or changed unexpectedly", 1)
+
+
+@zoo.command("report")
+@click.argument("out", type=click.Path(path_type=Path), default=Path("dask-quant-zoo"))
+@click.option("--screenshot", type=click.Path(path_type=Path), help="Also save a PNG of the page (needs Chromium).")
+def zoo_report(out, screenshot):
+    """Write OUT/zoo.html from the zoo's history (`zoo run` also writes it)."""
+    with _errors_to_exit_codes("interrupted", ""):
+        from dask_quant.pipeline.zoo_report import write_zoo_report
+
+        page = write_zoo_report(out)
+        click.echo(f"report: {page}")
+        if screenshot is not None:
+            from dask_quant.pipeline.screenshot import screenshot as take
+
+            click.echo(f"screenshot: {take(page, screenshot)}")
 
 
 if __name__ == "__main__":

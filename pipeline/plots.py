@@ -122,3 +122,25 @@ def activation_histogram(layer: dict, clip: tuple[float, float], observed: tuple
     ax.legend(fontsize=8, frameon=False, loc="upper right")
     ax.set_title(literal(f"{layer['tensor']}  ·  SQNR {layer['sqnr_db']:.1f} dB"), loc="left", fontsize=10)
     return _png(fig)
+
+
+def trend_chart(series: dict[str, list[tuple[str, float | None]]], metric: str) -> bytes:
+    """One line per model x method: its lead metric night by night (a failed night leaves a gap)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nights = sorted({night for points in series.values() for night, _ in points})
+    position = {night: i for i, night in enumerate(nights)}
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    for label, points in sorted(series.items()):
+        xs = [position[night] for night, _ in points]
+        ys = [np.nan if value is None else value for _, value in points]
+        ax.plot(xs, ys, marker="o", markersize=4, label=literal(label))
+    ax.set_xticks(range(len(nights)), nights, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(literal(metric))
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax.set_title(f"{literal(metric)} night by night", loc="left", fontsize=11)
+    return _png(fig)

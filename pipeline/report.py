@@ -232,8 +232,11 @@ def write_report(run_dir: Path, output: Path | None = None) -> Path:
     if not (run_dir / results.RUN_FILE).is_file():
         msg = f"{run_dir}: not a dask-quant run directory (no {results.RUN_FILE}); pass a folder under --out"
         raise InputError(msg)
-    output = output or run_dir / REPORT_FILE
-    page = render(run_dir)
+    return write_page(render(run_dir), output or run_dir / REPORT_FILE)
+
+
+def write_page(page: str, output: Path) -> Path:
+    """`page` written to `output` atomically (temp file, then rename), readable as any file the user makes."""
     handle, temporary = tempfile.mkstemp(dir=output.parent, prefix=".report-", suffix=".tmp")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:

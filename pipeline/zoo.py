@@ -66,6 +66,7 @@ class ZooResult:
     night: str
     rows: tuple[dict, ...]  # this night's rows (also those not appended: already in the history)
     history_file: Path | None
+    report: Path | None = None  # OUT/zoo.html
 
     @property
     def alerts(self) -> list[dict]:
@@ -97,6 +98,7 @@ class _Job:
 def zoo_run(config: ZooConfig, client=None, log: Callable[[str], None] = print) -> ZooResult:
     """Requantize the manifest's models (InputError before anything runs if the manifest or --out is bad)."""
     from dask_quant.pipeline.results import check_writable
+    from dask_quant.pipeline.zoo_report import write_zoo_report
 
     manifest = load_manifest(config.manifest or builtin_manifest())
     check_writable(config.out, "--out")
@@ -110,9 +112,10 @@ def zoo_run(config: ZooConfig, client=None, log: Callable[[str], None] = print) 
         rows = [row for job in jobs for row in _rows(job, history, zoo_run_id)]
         fresh = [row for row in rows if not _already_recorded(row, night, history)]
         written = zoo_history.append_night(config.out, night, zoo_run_id, fresh)
+        page = write_zoo_report(config.out) if zoo_history.read_history(config.out) else None
     for line in summary_lines(rows):
         log(line)
-    return ZooResult(night, tuple(rows), written)
+    return ZooResult(night, tuple(rows), written, page)
 
 
 @contextlib.contextmanager

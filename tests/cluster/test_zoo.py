@@ -157,3 +157,23 @@ def test_two_zoo_runs_at_once_leave_one_history_without_duplicates(tmp_path):
     assert sum("waiting for it to finish" in stderr for _, stderr in outputs) == 1
     history = ds.dataset(out / "history", partitioning="hive").to_table().to_pandas()
     assert sorted(zip(history["model"], history["reused"], strict=True)) == [("a", False), ("b", False)]
+
+
+def test_the_zoo_page_shows_three_nights_in_headless_chromium(tmp_path, client):
+    import shutil
+
+    from dask_quant.pipeline.screenshot import BROWSERS, run_headless
+
+    out = tmp_path / "out"
+    manifest = _manifest(tmp_path, {"digits": 'methods = ["minmax"]'})
+    pages = [_night(manifest, out, client, f"2026-06-0{day}")[0].report for day in (1, 2, 3)]
+    assert pages == [out / "zoo.html"] * 3
+    page = pages[0].read_text()
+    assert "night of 2026-06-03" in page and "3 night(s) in the history, 2026-06-01 to 2026-06-03" in page
+    assert page.count("<tr") == 2 and "reused" in page and 'href="runs/digits/' in page
+    if not any(shutil.which(name) for name in BROWSERS):
+        pytest.skip("no Chromium: the page is checked as text only")
+    proc = run_headless(pages[0], "--virtual-time-budget=10000", "--dump-dom")
+    assert proc.returncode == 0, proc.stderr
+    assert 'data-images="ok 1"' in proc.stdout  # the trend chart decoded
+    assert "Uncaught" not in proc.stderr

@@ -81,3 +81,43 @@ def test_the_builtin_zoo_manifest_is_valid():
     assert [m.name for m in models] == ["digits", "minilm", "onet"]
     assert models[0].model.is_file() and models[0].calib.is_file()
     assert [m.builder for m in models[1:]] == [f"dask_quant.data.zoo_builders:{n}" for n in ("minilm", "onet")]
+
+
+def _zoo_section() -> str:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text[text.index("## Nightly zoo") :]
+    return section[: section.index("\n## ", 1)]
+
+
+def _parses(args: list[str]) -> None:
+    """The arguments are a `dask-quant` command line click accepts (options exist, values convert)."""
+    from dask_quant.pipeline.cli import main
+
+    assert args[:2] == ["zoo", "run"], args
+    main.make_context("dask-quant", list(args), resilient_parsing=False)  # raises click.UsageError if not
+    context = main.commands["zoo"].commands["run"].make_context("run", list(args[2:]))
+    assert context.params["scheduler"] == next(a for a in args if a.startswith("tcp://"))
+
+
+def test_the_readme_schedules_are_valid_zoo_commands():
+    import re
+    import shlex
+
+    import yaml
+
+    section = _zoo_section()
+    cron = re.findall(r"```text\n(0 2 \* \* \* .*?)\n```", section)[0]
+    _parses(shlex.split(cron.split("dask-quant", 1)[1].split(">>")[0]))
+    units = re.findall(r"```ini\n(.*?)```", section, flags=re.S)
+    assert len(units) == 2
+    service, timer = units
+    exec_start = next(line for line in service.splitlines() if line.startswith("ExecStart="))
+    _parses(shlex.split(exec_start.split("dask-quant", 1)[1]))
+    assert "Type=oneshot" in service and "OnCalendar=*-*-* 02:00:00" in timer and "WantedBy=timers.target" in timer
+    (manifest,) = [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", section, flags=re.S)]
+    assert manifest["kind"] == "CronJob" and manifest["spec"]["schedule"] == "0 2 * * *"
+    (container,) = manifest["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert container["command"][0] == "dask-quant"
+    _parses(container["command"][1:])
