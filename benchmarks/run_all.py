@@ -29,6 +29,7 @@ SCRIPTS = (
     "smoothquant_minilm.py",
     "tune_vs_nncf.py",
     "profile_passes.py",
+    "zoo_speed.py",
 )
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 

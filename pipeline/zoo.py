@@ -106,7 +106,7 @@ def zoo_run(config: ZooConfig, client=None, log: Callable[[str], None] = print) 
     config.out.mkdir(parents=True, exist_ok=True)
     with _one_at_a_time(config.out, log):
         history = zoo_history.read_history(config.out)
-        jobs = _plan(manifest, config, history, log)
+        jobs = plan_jobs(manifest, config, history, log)
         _run_jobs([job for job in jobs if job.error is None and job.to_run], config, client, log)
         zoo_run_id = f"{night}-{time.strftime('%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
         rows = [row for job in jobs for row in _rows(job, history, zoo_run_id)]
@@ -135,7 +135,7 @@ def _one_at_a_time(out: Path, log: Callable[[str], None]) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _plan(manifest: Manifest, config: ZooConfig, history: list[dict], log) -> list[_Job]:
+def plan_jobs(manifest: Manifest, config: ZooConfig, history: list[dict], log) -> list[_Job]:
     from dask_quant.tasks.digest import known_sha256
 
     installed = zoo_keys.versions()

@@ -121,3 +121,17 @@ def test_the_readme_schedules_are_valid_zoo_commands():
     (container,) = manifest["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     assert container["command"][0] == "dask-quant"
     _parses(container["command"][1:])
+
+
+def test_a_damaged_history_file_is_named_and_nothing_runs(tmp_path):
+    out = tmp_path / "out"
+    damaged = out / "history" / "date=2026-01-01" / "part-x.parquet"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"PAR1 not really")
+    manifest = tmp_path / "zoo.toml"
+    manifest.write_text(_model())
+    done = dask_quant("zoo", "run", "--manifest", manifest, "--out", out)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"dask-quant: error: {damaged}: not a readable zoo history file")
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in out.iterdir()) == [".zoo.lock", "history"]  # no run, no new night
