@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
+import io
 import json
 import math
 import secrets
@@ -144,7 +145,7 @@ def plan_jobs(manifest: Manifest, config: ZooConfig, history: list[dict], log) -
         job = _Job(model)
         jobs.append(job)
         try:
-            job.files = _sources(model, config.out)
+            job.files = _sources(model, config.out, lambda line, name=model.name: log(f"[{name}] {line}"))
             digests = {name: known_sha256(path) if path else None for name, path in job.files.items()}
         except DaskQuantError as exc:
             job.error = str(exc)
@@ -162,7 +163,7 @@ def plan_jobs(manifest: Manifest, config: ZooConfig, history: list[dict], log) -
     return jobs
 
 
-def _sources(model: ZooModel, out: Path) -> dict[str, str | None]:
+def _sources(model: ZooModel, out: Path, log: Callable[[str], None]) -> dict[str, str | None]:
     """The model's files: from the manifest, or made by its builder (InputError with what to do)."""
     if model.builder is None:
         return {"model": str(model.model), "calib": str(model.calib), "val": model.val and str(model.val)}
@@ -180,8 +181,10 @@ def _sources(model: ZooModel, out: Path) -> dict[str, str | None]:
         raise InputError(msg) from None
     folder = (out / CACHE / model.name).resolve()  # workers resolve paths from their own folder
     folder.mkdir(parents=True, exist_ok=True)
+    printed = io.StringIO()
     try:
-        made = builder(folder)
+        with contextlib.redirect_stdout(printed):  # a builder's prints join the log, not the command's output
+            made = builder(folder)
     except DaskQuantError:
         raise
     except ImportError as exc:
@@ -193,6 +196,12 @@ def _sources(model: ZooModel, out: Path) -> dict[str, str | None]:
     except Exception as exc:  # a builder is user code: its failure is this model's error, not the zoo's  # noqa: BLE001
         msg = f"model {model.name!r}: its builder {model.builder} failed: {type(exc).__name__}: {exc}"
         raise InputError(msg) from None
+    finally:
+        for line in printed.getvalue().splitlines():
+            log(f"builder: {line}")
+    if not isinstance(made, dict):
+        msg = f"model {model.name!r}: its builder {model.builder} returned {type(made).__name__}, not a dict of paths"
+        raise InputError(msg)
     files = {name: made.get(name) and str(Path(made[name]).resolve()) for name in ("model", "calib", "val")}
     for name in ("model", "calib"):
         if not files[name] or not Path(files[name]).is_file():

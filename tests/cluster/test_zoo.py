@@ -133,17 +133,29 @@ def test_identical_reruns_are_deterministic_and_raise_no_alerts(tmp_path, client
     assert not any(r["nondeterministic"] or r["regression"] for r in rows)
 
 
-def test_a_failing_model_is_recorded_and_the_others_finish(tmp_path, client):
+def test_a_failing_model_is_recorded_and_the_others_finish(tmp_path, client, monkeypatch):
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not an onnx model")
+    (tmp_path / "my_builders.py").write_text(
+        "def digits(folder):\n"
+        f"    print('made in', folder.name)\n    return {{'model': {str(builtin_path(MODEL))!r}, "
+        f"'calib': {str(tmp_path / 'good' / 'calib.npy')!r}}}\n"
+        "def failing(folder):\n    raise ValueError('no such weights')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
     manifest = _manifest(tmp_path, {"good": 'methods = ["minmax"]'})
     text = manifest.read_text() + f'[[model]]\nname = "broken"\nmodel = "{broken}"\ncalib = "good/calib.npy"\n'
+    text += '[[model]]\nname = "built"\nbuilder = "my_builders:digits"\n'
+    text += '[[model]]\nname = "unbuilt"\nbuilder = "my_builders:failing"\n'
     manifest.write_text(text)
-    result, _ = _night(manifest, tmp_path / "out", client, "2026-04-01")
+    result, lines = _night(manifest, tmp_path / "out", client, "2026-04-01")
     assert result.exit_code == 1
-    assert [(r["model"], r["status"]) for r in result.rows] == [("good", "ok"), ("broken", "error")], result.rows
+    statuses = [(r["model"], r["status"]) for r in result.rows]
+    assert statuses == [("good", "ok"), ("broken", "error"), ("built", "ok"), ("unbuilt", "error")], result.rows
     assert "broken.onnx" in result.rows[1]["error"]
-    assert [r["status"] for r in read_history(tmp_path / "out")] == ["ok", "error"]
+    assert "builder my_builders:failing failed: ValueError: no such weights" in result.rows[3]["error"]
+    assert "[built] builder: made in built" in lines  # a builder's prints join the log
+    assert [r["status"] for r in read_history(tmp_path / "out")] == ["ok", "error", "ok", "error"]
 
 
 def test_two_zoo_runs_at_once_leave_one_history_without_duplicates(tmp_path):
