@@ -272,6 +272,7 @@ def zoo():
 )  # fmt: skip
 @click.option("--force", is_flag=True, help="Rerun every job, even those whose key has a good result.")
 @click.option("--night", default=None, help="The night to record, YYYY-MM-DD [default: today, UTC]; for backfills.")
+@click.option("--jobs", type=int, default=None, help="Models at once [default: one per 4 worker threads].")
 @cluster_options
 def zoo_run(**options):
     """Requantize every model x method of the manifest on one cluster; append the night to OUT/history.
@@ -285,7 +286,9 @@ def zoo_run(**options):
 
     with _errors_to_exit_codes("interrupted; the night was not recorded (finished runs stay under OUT/runs)", ""):
         cluster = cluster_config(options)
-        config = ZooConfig(options["manifest"], options["out"], cluster, options["force"], options["night"])
+        config = ZooConfig(
+            options["manifest"], options["out"], cluster, options["force"], options["night"], options["jobs"]
+        )
         interrupts = _Interrupts()
         interrupts.install()
         result = run_zoo(config, log=lambda line: click.echo(f"dask-quant: {line}", err=True))

@@ -84,7 +84,7 @@ def test_a_zoo_reuses_what_did_not_change_and_reruns_what_did(tmp_path, client, 
     third, lines = _night(manifest, out, client, "2026-01-02")
     assert third.exit_code == 0
     assert [(r["model"], r["reused"]) for r in third.rows] == [("a", True), ("a", True), ("b", False)]
-    assert [line for line in lines if "requantizing" in line] == ["requantizing 1 model(s): b (1)"]
+    assert [line for line in lines if "requantizing" in line] == ["requantizing 1 model(s), 1 at a time: b (1)"]
     assert json.loads(third.rows[2]["changed"]) == ["calib"]
 
     history = ds.dataset(out / "history", partitioning="hive").to_table().to_pandas()
