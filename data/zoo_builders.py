@@ -17,10 +17,12 @@ reuses what it made there before. They need the `zoo` extra (pip install 'dask-q
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import subprocess
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -39,7 +41,10 @@ def minilm(folder: Path) -> dict[str, Path]:
     folder = Path(folder)
     model, calib, val = folder / "minilm.onnx", folder / "zoo_calib.npz", folder / "zoo_val.npz"
     if not (model.is_file() and calib.is_file() and val.is_file()):
-        make_minilm.build(folder)
+        # torch's tracer and transformers warn and draw a progress bar while exporting: not the user's concern
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            make_minilm.build(folder)
         subsets = (("minilm_calib.npz", calib, MINILM_CALIB), ("minilm_val.npz", val, MINILM_VAL))
         for source, target, rows in subsets:
             with np.load(folder / source) as data:
@@ -51,7 +56,9 @@ def onet(folder: Path) -> dict[str, Path]:
     folder = Path(folder)
     model, calib, val = folder / "onet.onnx", folder / "onet_calib.npz", folder / "onet_val.npz"
     if not (model.is_file() and calib.is_file() and val.is_file()):
-        _export_onet(_onet_weights(folder), model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's exporter's deprecation notices
+            _export_onet(_onet_weights(folder), model)
         faces, labels = _lfw_crops()
         _save_npz(calib, {"input": faces[..., ::-1].copy()})  # mirror images: other pixels, same kind of data
         _save_npz(val, {"input": faces, "labels": labels})

@@ -85,12 +85,19 @@ def validate(
     anchors = min(len(chunks), max(1, ANCHORS // chunk_size)) if metric is Metric.EMBEDDING else 0
     layers = quantized_layers(prepared.proto, onnx.load(str(quantized.path)), dict(prepared.tensors))
     pairs = tuple((layer.tensor, layer.dequantized, layer.elem_type) for layer in layers)
-    compared = f"{len(layers)} activations" if per_layer else "per-layer error skipped"
-    log(f"validating FP32 against INT8 over {len(chunks)} chunks, {compared} ({metric.value} metrics)")
+    per_layer_chunks = layer_chunks(prepared.val, chunk_size, prepared.fixed_batch) if per_layer else []
+    compared = (
+        f"per-layer error of {len(layers)} activations in {len(per_layer_chunks)} chunks"
+        if per_layer
+        else "per-layer error skipped"
+    )
+    log(
+        f"validating FP32 against INT8 on {prepared.val.rows} rows: outputs in {len(chunks)} chunks, "
+        f"{compared} ({metric.value} metrics)"
+    )
     specs = report_specs(quantized.calibration.stats, layers)
     graphs = [validation_graph(chunks, prepared.model, int8, anchors, prepared.output)]
     if per_layer:
-        per_layer_chunks = layer_chunks(prepared.val, chunk_size, prepared.fixed_batch)
         graphs.append(layer_graph(per_layer_chunks, prepared.model, int8, pairs, split_every, specs))
     outputs, *per_layer_errors = compute(client, graphs, "validation", progress)
     rows = tuple(layer_rows(layers, per_layer_errors[0])) if per_layer else ()
