@@ -272,7 +272,7 @@ def zoo():
 )  # fmt: skip
 @click.option("--force", is_flag=True, help="Rerun every job, even those whose key has a good result.")
 @click.option("--night", default=None, help="The night to record, YYYY-MM-DD [default: today, UTC]; for backfills.")
-@click.option("--jobs", type=int, default=None, help="Models at once [default: one per 4 worker threads].")
+@click.option("--jobs", type=int, default=None, help="Models at once [default: all].")
 @cluster_options
 def zoo_run(**options):
     """Requantize every model x method of the manifest on one cluster; append the night to OUT/history.
