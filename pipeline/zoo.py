@@ -108,7 +108,11 @@ def zoo_run(config: ZooConfig, client=None, log: Callable[[str], None] = print) 
     manifest = load_manifest(config.manifest or builtin_manifest())
     check_writable(config.out, "--out")
     night = config.night or time.strftime(_NIGHT_FORMAT, time.gmtime())
-    config.out.mkdir(parents=True, exist_ok=True)
+    try:
+        config.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # /proc, a read-only mount, a full disk
+        msg = f"--out {config.out}: cannot create it ({exc.strerror}); choose another --out"
+        raise InputError(msg) from None
     with _one_at_a_time(config.out, log):
         history = zoo_history.read_history(config.out)
         jobs = plan_jobs(manifest, config, history, log)

@@ -142,3 +142,12 @@ def test_every_model_runs_at_once_unless_asked(jobs, requested, expected):
     from dask_quant.pipeline.zoo import jobs_at_once
 
     assert jobs_at_once(jobs, requested) == expected
+
+
+def test_an_out_folder_that_cannot_be_made_is_one_line(tmp_path):
+    manifest = tmp_path / "zoo.toml"
+    manifest.write_text(_model())
+    done = dask_quant("zoo", "run", "--manifest", manifest, "--out", "/proc/dask-quant-zoo")
+    assert done.returncode == 2
+    assert done.stderr.startswith("dask-quant: error: --out /proc/dask-quant-zoo: ")
+    assert "Traceback" not in done.stderr
