@@ -33,22 +33,6 @@ sys.path.insert(0, str(HERE))
 from common import machine_line  # noqa: E402
 
 
-def _config(job, out: Path, method, cluster):
-    from dask_quant.pipeline.config import RunConfig
-
-    return RunConfig(
-        model=Path(job.files["model"]),
-        calib=Path(job.files["calib"]),
-        val=job.files["val"] and Path(job.files["val"]),
-        out=out,
-        chunk_size=job.model.chunk_size,
-        metric=job.model.metric,
-        quant=job.model.quant_for(method),
-        cluster=cluster,
-        prepare=job.model.prepare,
-    )
-
-
 def main() -> None:
     from distributed import Client
 
@@ -56,7 +40,7 @@ def main() -> None:
     from dask_quant.cluster.connect import local_cluster
     from dask_quant.pipeline.job import run, run_methods
     from dask_quant.pipeline.target import METRICS
-    from dask_quant.pipeline.zoo import ZooConfig, plan_jobs, zoo_run
+    from dask_quant.pipeline.zoo import ZooConfig, job_config, plan_jobs, zoo_run
     from dask_quant.pipeline.zoo_manifest import builtin_manifest, load_manifest
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -78,7 +62,7 @@ def main() -> None:
         tmp = Path(tmp)
         # Untimed: the first job in this process pays for imports, caches and page-ins (15 s here), which
         # would go to whichever side ran first.
-        run(_config(jobs[0], tmp / "warm-up", jobs[0].model.methods[0], cluster))
+        run(job_config(jobs[0], tmp / "warm-up", jobs[0].model.methods[0], cluster))
         # The zoo's cache folder holds the builders' files: link it so the zoo finds them built.
         (tmp / "zoo").mkdir()
         (tmp / "zoo" / ".zoo-cache").symlink_to(args.cache.resolve() / ".zoo-cache")
@@ -94,7 +78,7 @@ def main() -> None:
         values["per job"] = {}
         for job in jobs:
             for method in job.model.methods:
-                result = run(_config(job, tmp / "jobs", method, cluster))
+                result = run(job_config(job, tmp / "jobs", method, cluster))
                 values["per job"][(job.model.name, method.value)] = METRICS[lead[job.model.name, method.value]][0](
                     result.validation
                 )
@@ -105,7 +89,7 @@ def main() -> None:
         with local_cluster(args.workers, silence_logs=logging.ERROR, dashboard_address=":0") as lc, Client(lc) as c:
             for job in jobs:
                 methods = list(job.model.methods)
-                results = run_methods(_config(job, tmp / "models", methods[0], cluster), methods, client=c)
+                results = run_methods(job_config(job, tmp / "models", methods[0], cluster), methods, client=c)
                 for method, result in zip(methods, results, strict=True):
                     metric = METRICS[lead[job.model.name, method.value]][0]
                     values["per model"][(job.model.name, method.value)] = metric(result.validation)

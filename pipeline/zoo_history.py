@@ -82,6 +82,19 @@ def read_history(out: Path) -> list[dict]:
     return sorted(rows, key=lambda row: (row["created_utc"] or "", row[PARTITION]))
 
 
+def last_good(history: list[dict], model: str, method: str, key: str | None = None) -> dict | None:
+    """The latest good row of (model, method) (with that key, if given) whose run directory still exists."""
+    for row in reversed(history):
+        if row["model"] != model or row["method"] != method or row["status"] != "ok":
+            continue
+        if key is not None and row["key"] != key:
+            continue
+        if key is not None and not (Path(row["run_dir"]) / "run.json").is_file():
+            continue  # its files are gone: run it again
+        return row
+    return None
+
+
 def append_night(out: Path, night: str, zoo_run: str, rows: list[dict]) -> Path | None:
     """Add `rows` as one new file of the `night` partition (nothing when there are none)."""
     import pyarrow as pa

@@ -11,6 +11,7 @@ from pathlib import Path
 from dask_quant.pipeline import plots
 from dask_quant.pipeline.report import _SCRIPT, _STYLE, REPORT_FILE, _e, _img, write_page
 from dask_quant.pipeline.zoo_history import history_dir, read_history
+from dask_quant.pipeline.zoo_rows import is_alert
 from dask_quant.tasks.errors import InputError
 
 ZOO_PAGE = "zoo.html"
@@ -32,7 +33,7 @@ def render(rows: list[dict], folder: Path) -> str:
     night = max(row["date"] for row in rows)
     last = [row for row in rows if row["date"] == night]
     latest = {(row["model"], row["method"]): row for row in last}  # a night run twice: its last rows
-    alerts = sum(_alert(row) for row in latest.values())
+    alerts = sum(is_alert(row) for row in latest.values())
     nights = sorted({row["date"] for row in rows})
     verdict = (
         f'<p class="warning">{alerts} of {len(latest)} jobs failed, regressed or changed unexpectedly</p>'
@@ -48,10 +49,6 @@ def render(rows: list[dict], folder: Path) -> str:
         f"{verdict}<h2>Models × methods</h2>{_table(list(latest.values()), folder)}"
         f"{_explanations(list(latest.values()))}<h2>Trends</h2>{_trends(rows)}</body></html>"
     )
-
-
-def _alert(row: dict) -> bool:
-    return row["status"] != "ok" or bool(row["regression"]) or bool(row["nondeterministic"])
 
 
 def _number(value, digits: int = 4) -> str:
@@ -71,8 +68,8 @@ def _table(rows: list[dict], folder: Path) -> str:
         report = Path(row["run_dir"] or "") / REPORT_FILE
         link = f'<a href="{_e(os.path.relpath(report, folder))}">report</a>' if row["run_dir"] else ""
         lines.append(
-            f'<tr{" class=alert" if _alert(row) else ""}><td>{_e(row["model"])}</td><td>{_e(row["method"])}</td>'
-            f"<td{' class=bad' if _alert(row) else ''}>{_e(status + note)}</td><td>{_e(row['lead'])}</td>"
+            f'<tr{" class=alert" if is_alert(row) else ""}><td>{_e(row["model"])}</td><td>{_e(row["method"])}</td>'
+            f"<td{' class=bad' if is_alert(row) else ''}>{_e(status + note)}</td><td>{_e(row['lead'])}</td>"
             f"<td class=num>{_number(row['lead_value'])}</td>"
             f"<td class=num>{'' if change is None else f'{change:+.4f}'}</td>"
             f"<td class=num>{_number(row['mean_cosine'], 5)}</td>"
@@ -86,7 +83,7 @@ def _explanations(rows: list[dict]) -> str:
     """What changed, for each alert: the error, or the key's parts and the tensors that moved."""
     items = []
     for row in rows:
-        if not _alert(row):
+        if not is_alert(row):
             continue
         what = f"<b>{_e(row['model'])} {_e(row['method'])}</b>: "
         if row["status"] != "ok":
