@@ -140,6 +140,7 @@ def trend_chart(series: dict[str, list[tuple[str, float | None]]], metric: str) 
         ax.plot(xs, ys, marker="o", markersize=4, label=literal(label))
     ax.set_xticks(range(len(nights)), nights, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(literal(metric))
+    ax.ticklabel_format(axis="y", useOffset=False)  # 0.99978, not "8" under a "1e-5+9.997e-1" offset
     ax.spines[["top", "right"]].set_visible(False)
     ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
     ax.set_title(f"{literal(metric)} night by night", loc="left", fontsize=11)
