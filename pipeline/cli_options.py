@@ -90,9 +90,11 @@ quant_options = option_group(
 job_options = option_group(
     click.argument("model", required=False, type=click.Path(path_type=Path)),
     click.option(
-        "--calib", type=click.Path(path_type=Path), help="Calibration data: .npz (one array per input) or .npy."
+        "--calib",
+        type=click.Path(path_type=Path),
+        help="Calibration data: .npz (one array per input), .npy, or Parquet (a file or folder, one column per input).",
     ),
-    click.option("--val", type=click.Path(path_type=Path), help="Validation data (.npz may hold 'labels')."),
+    click.option("--val", type=click.Path(path_type=Path), help="Validation data, as --calib (it may hold 'labels')."),
     click.option(
         "--out",
         type=click.Path(path_type=Path),
@@ -218,7 +220,7 @@ def model_and_data(model, calib, val):
 
         return builtin_path(MODEL), builtin_path(CALIB), builtin_path(VAL)
     if calib is None:
-        msg = f"{model}: --calib is required with a MODEL; pass a .npz or .npy of calibration samples"
+        msg = f"{model}: --calib is required with a MODEL; pass a .npz, .npy or Parquet dataset of calibration samples"
         raise InputError(msg)
     return model, calib, val
 

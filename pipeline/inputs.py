@@ -14,7 +14,15 @@ import numpy as np
 from dask_quant.tasks.digest import fingerprint
 from dask_quant.tasks.errors import InputError
 from dask_quant.tasks.feeding import NO_FEEDING, Constant, Feeding
-from dask_quant.tasks.npy_io import NPY_MEMBER, array_info, check_crc, is_compressed, member_names, read_whole
+from dask_quant.tasks.npy_io import (
+    NPY_MEMBER,
+    ArrayInfo,
+    array_info,
+    check_crc,
+    is_compressed,
+    member_names,
+    read_whole,
+)
 
 LABELS = "labels"  # the label array's name in a validation .npz, unless --labels-key says otherwise
 
@@ -82,6 +90,7 @@ class DatasetSpec:
     compressed: bool = False
     feeding: Feeding = NO_FEEDING
     identity: tuple[int, int] = ()  # (size, mtime ns) when fingerprinted: workers check the file is still it
+    shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()  # inputs stored flat (Parquet lists): their sample dims
 
 
 def load_model(path: Path):
@@ -218,7 +227,11 @@ def _members_for(path: Path, option: str, inputs: list[InputSpec]) -> tuple[tupl
 
 def _check_array(path: Path, option: str, member: str, spec: InputSpec) -> int:
     where = f"{option} {path}" + (f"[{member}]" if member else "")
-    info = array_info(str(path), member)
+    return check_rows(where, array_info(str(path), member), spec)
+
+
+def check_rows(where: str, info: ArrayInfo, spec: InputSpec) -> int:
+    """The stored array's sample count, once its rank, dtype and dims are those of model input `spec`."""
     dims = spec.sample_dims
     if not info.shape:
         msg = (
@@ -233,7 +246,7 @@ def _check_array(path: Path, option: str, member: str, spec: InputSpec) -> int:
             f"has rank {len(dims)}; samples go on axis 0{moved}"
         )
         raise InputError(msg)
-    _check_dtype(where, info.dtype, spec)
+    check_dtype(where, info.dtype, spec)
     if info.fortran_order and len(info.shape) > 1:
         msg = f"{where}: stored in Fortran order; save it C-contiguous (numpy.ascontiguousarray) to read by rows"
         raise InputError(msg)
@@ -253,7 +266,16 @@ def _check_array(path: Path, option: str, member: str, spec: InputSpec) -> int:
     return info.shape[0]
 
 
-def _check_dtype(where: str, dtype: str, spec: InputSpec) -> None:
+def check_labels(where: str, info: ArrayInfo, n_rows: int) -> None:
+    if info.shape not in ((n_rows,), (n_rows, 1)) or not np.issubdtype(np.dtype(info.dtype), np.integer):
+        msg = (
+            f"{where}: want one integer class per sample, shape ({n_rows},); "
+            f"got shape {info.shape} of {np.dtype(info.dtype).name}"
+        )
+        raise InputError(msg)
+
+
+def check_dtype(where: str, dtype: str, spec: InputSpec) -> None:
     # Byte order is not a mismatch: rows are read in native order (tasks.npy_io).
     if np.dtype(dtype).newbyteorder("=") != np.dtype(spec.dtype).newbyteorder("="):
         have, want = np.dtype(dtype).name, np.dtype(spec.dtype).name
@@ -301,7 +323,7 @@ def _stored_constant(path: Path, option: str, spec: InputSpec) -> Constant:
         )
         raise InputError(msg)
     info = array_info(str(path), spec.name)
-    _check_dtype(where, info.dtype, spec)
+    check_dtype(where, info.dtype, spec)
     wanted = spec.dims or ()
     if len(info.shape) != len(wanted) or any(w is not None and w != h for h, w in zip(info.shape, wanted, strict=True)):
         msg = f"{where}: shape {info.shape}, but constant input {spec.name!r} has shape {wanted} (no sample axis)"
@@ -326,16 +348,25 @@ def describe_dataset(
     constants: tuple[Constant, ...] = (),
     output_axes: tuple[tuple[str, int], ...] = (),
 ) -> DatasetSpec:
-    """Check a .npy/.npz dataset against the model inputs; read headers only (and small constants).
+    """Check a dataset against the model inputs: a .npy/.npz file (headers only, and small constants), or
+    a Parquet file or folder (pipeline.parquet_inputs: schemas and footers only).
 
-    `labels` names the label array to use if present (None: no labels);
+    `labels` names the label array (column) to use if present (None: no labels);
     `constants` are the inputs' values given on the command line.
     """
+    from dask_quant.pipeline.parquet_inputs import describe_parquet
+    from dask_quant.tasks.parquet_io import is_parquet
+
+    if is_parquet(path) and path.exists():
+        return describe_parquet(path, option, inputs, labels=labels, constants=constants, output_axes=output_axes)
     if not path.is_file():
-        msg = f"{option} {path}: file not found; pass an existing .npz or .npy file"
+        msg = f"{option} {path}: file not found; pass an existing .npz, .npy or .parquet file (or a folder of them)"
         raise InputError(msg)
     if path.suffix not in (".npy", ".npz"):
-        msg = f"{option} {path}: unsupported file type {path.suffix!r}; pass a .npz (one array per input) or .npy"
+        msg = (
+            f"{option} {path}: unsupported file type {path.suffix!r}; pass a .npz (one array per input), a .npy, "
+            "or Parquet (a .parquet file or a folder of them: one column per input)"
+        )
         raise InputError(msg)
     given = {c.name for c in constants}
     batched = [i for i in inputs if i.batch_axis is not None]
@@ -359,13 +390,7 @@ def describe_dataset(
     if labels is not None and not (path.suffix == ".npz" and labels in member_names(str(path))):
         labels = None
     if labels is not None:
-        info = array_info(str(path), labels)
-        if info.shape not in ((n_rows,), (n_rows, 1)) or not np.issubdtype(np.dtype(info.dtype), np.integer):
-            msg = (
-                f"{option} {path}[{labels}]: want one integer class per sample, shape ({n_rows},); "
-                f"got shape {info.shape} of {np.dtype(info.dtype).name}"
-            )
-            raise InputError(msg)
+        check_labels(f"{option} {path}[{labels}]", array_info(str(path), labels), n_rows)
     for member in [m for _, m in members] + ([labels] if labels else []):
         check_crc(str(path), member)
     compressed = any(is_compressed(str(path), member) for _, member in members)

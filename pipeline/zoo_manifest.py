@@ -135,7 +135,7 @@ class _Fields:
             return None
         file = Path(value).expanduser()
         file = file if file.is_absolute() else (self.path.parent / file)
-        if not file.is_file():
+        if not (file.is_file() or (field != "model" and file.is_dir())):  # data may be a Parquet folder
             self.refuse(field, f"{file} does not exist; paths are relative to the manifest's folder")
         return file.resolve()
 

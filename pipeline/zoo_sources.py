@@ -55,7 +55,7 @@ def made_files(model: ZooModel, out: Path, log: Callable[[str], None]) -> dict[s
         raise InputError(msg)
     files = {name: made.get(name) and str(Path(made[name]).resolve()) for name in ("model", "calib", "val")}
     for name in ("model", "calib"):
-        if not files[name] or not Path(files[name]).is_file():
+        if not files[name] or not (Path(files[name]).is_file() or name != "model" and Path(files[name]).is_dir()):
             msg = f"model {model.name!r}: its builder {model.builder} returned no {name} file ({files[name]})"
             raise InputError(msg)
     return files

@@ -13,7 +13,9 @@ import numpy as np
 from dask_quant.tasks.digest import check_identity
 from dask_quant.tasks.errors import InputError
 from dask_quant.tasks.feeding import NO_FEEDING, Feeding
-from dask_quant.tasks.npy_io import read_rows
+from dask_quant.tasks.npy_io import read_rows as npy_rows
+from dask_quant.tasks.parquet_io import is_parquet
+from dask_quant.tasks.parquet_io import read_rows as parquet_rows
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class ChunkRef:
     sha256: str = ""
     feeding: Feeding = NO_FEEDING
     identity: tuple[int, int] = ()  # (size, mtime ns) of the fingerprinted file; () checks nothing
+    shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()  # inputs stored flat: the sample dims they take
 
     @property
     def rows(self) -> int:
@@ -50,6 +53,7 @@ def chunk_refs(
     sha256: str = "",
     feeding: Feeding = NO_FEEDING,
     identity: tuple[int, int] = (),
+    shapes: tuple[tuple[str, tuple[int, ...]], ...] = (),
 ) -> list[ChunkRef]:
     """Split n_rows into consecutive chunks of chunk_size rows; a last row left alone joins the chunk before.
 
@@ -66,7 +70,7 @@ def chunk_refs(
         starts.pop()
     stops = [*starts[1:], n_rows]
     return [
-        ChunkRef(path, members, start, stop, index, labels, sha256, feeding, identity)
+        ChunkRef(path, members, start, stop, index, labels, sha256, feeding, identity, shapes)
         for index, (start, stop) in enumerate(zip(starts, stops, strict=True))
     ]
 
@@ -78,7 +82,16 @@ def read_feeds(chunk: ChunkRef) -> dict[str, np.ndarray]:
     file that is not the one fingerprinted when the run started (its checkpoints would lie).
     """
     check_identity(chunk.path, chunk.identity)
-    feeds = {name: read_rows(chunk.path, member, chunk.start, chunk.stop) for name, member in chunk.members}
+    feeds = {name: _rows(chunk, member) for name, member in chunk.members}
+    for name, dims in chunk.shapes:  # lists stored flat, or of a length the schema does not fix
+        if feeds[name].size != chunk.rows * int(np.prod(dims)):
+            each = feeds[name].size // chunk.rows
+            msg = (
+                f"{chunk.path}[{name}]: rows {chunk.start}..{chunk.stop} hold {each} values each, but model "
+                f"input {name!r} takes {'x'.join(map(str, dims))}; store one sample per row"
+            )
+            raise InputError(msg)
+        feeds[name] = feeds[name].reshape((chunk.rows, *dims))
     for name, array in feeds.items():
         if np.issubdtype(array.dtype, np.floating):
             bad = int((~np.isfinite(array)).sum())
@@ -95,4 +108,10 @@ def read_labels(chunk: ChunkRef) -> np.ndarray | None:
     if chunk.labels is None:
         return None
     check_identity(chunk.path, chunk.identity)
-    return read_rows(chunk.path, chunk.labels, chunk.start, chunk.stop)
+    return _rows(chunk, chunk.labels)
+
+
+def _rows(chunk: ChunkRef, member: str) -> np.ndarray:
+    """One array's (or Parquet column's) rows of the chunk."""
+    read = parquet_rows if is_parquet(chunk.path) else npy_rows
+    return read(chunk.path, member, chunk.start, chunk.stop)

@@ -9,10 +9,26 @@ from pathlib import Path
 _BLOCK = 1 << 20
 
 
+def tree_files(folder: str | Path) -> list[Path]:
+    """A folder's files, in path order, without those under a name starting with '_' or '.' (Spark's
+    _SUCCESS, checksum files, pyarrow.dataset's own rule): the files of a dataset stored as a folder."""
+    folder = Path(folder)
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.is_file() and not any(part.startswith(("_", ".")) for part in path.relative_to(folder).parts)
+    )
+
+
 def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in blocks so memory stays flat."""
+    """Hex sha256 of a file, read in blocks so memory stays flat; of a folder, the sha256 of its
+    tree_files' relative paths and sha256s."""
+    path = Path(path)
+    if path.is_dir():
+        listing = "".join(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n" for file in tree_files(path))
+        return hashlib.sha256(listing.encode()).hexdigest()
     digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
+    with path.open("rb") as handle:
         while block := handle.read(_BLOCK):
             digest.update(block)
     return digest.hexdigest()
@@ -26,13 +42,21 @@ def _sha256_as_of(path: str, stat: tuple[int, int, int, int]) -> str:
 def known_sha256(path: str | Path) -> str:
     """sha256_file, remembered per process while the file keeps its device, inode, size and modification
     time: for a file checked again and again (the model every tune variant is quantized from)."""
-    stat = Path(path).stat()
-    return _sha256_as_of(str(Path(path).resolve()), (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns))
+    path = Path(path)
+    stat = path.stat()
+    return _sha256_as_of(str(path.resolve()), (stat.st_dev, stat.st_ino, *identity(path)))
 
 
 def identity(path: str | Path) -> tuple[int, int]:
-    """(size, modification time in ns): what changes when a file is rewritten or replaced."""
-    stat = Path(path).stat()
+    """(size, modification time in ns): what changes when a file is rewritten or replaced; of a folder,
+    its tree_files' total size and a digest of their names, sizes and times (a file added, removed or
+    rewritten changes it)."""
+    path = Path(path)
+    if path.is_dir():
+        stats = [(file.relative_to(path).as_posix(), file.stat()) for file in tree_files(path)]
+        listing = "".join(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n" for name, stat in stats)
+        return sum(stat.st_size for _, stat in stats), int(hashlib.sha256(listing.encode()).hexdigest()[:15], 16)
+    stat = path.stat()
     return stat.st_size, stat.st_mtime_ns
 
 

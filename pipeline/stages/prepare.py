@@ -215,5 +215,13 @@ def _check_names(proto, config: RunConfig) -> None:
 
 def dataset_chunks(spec: DatasetSpec, chunk_size: int) -> list[ChunkRef]:
     return chunk_refs(
-        spec.path, spec.members, spec.rows, chunk_size, spec.labels, spec.sha256, spec.feeding, spec.identity
+        spec.path,
+        spec.members,
+        spec.rows,
+        chunk_size,
+        spec.labels,
+        spec.sha256,
+        spec.feeding,
+        spec.identity,
+        spec.shapes,
     )

@@ -171,18 +171,30 @@ def test_bad_data_found_on_a_worker_is_one_line_and_exit_2(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_client_never_reads_data_rows(client, tmp_path, monkeypatch):
-    """Invariant 6: only workers (other processes here) read rows; the client reads headers."""
+@pytest.mark.parametrize("form", ["npz", "parquet"])
+def test_client_never_reads_data_rows(client, tmp_path, monkeypatch, form):
+    """Invariant 6: only workers (other processes here) read rows; the client reads headers (footers)."""
+    import pyarrow as pa
+
     from dask_quant.tasks import chunks as chunks_module
-    from dask_quant.tasks import npy_io
+    from dask_quant.tasks import npy_io, parquet_io
+
+    calib, val = CALIB, VAL
+    if form == "parquet":
+        with np.load(VAL) as arrays:
+            images = pa.FixedShapeTensorArray.from_numpy_ndarray(arrays["input"])
+            columns = {"input": images, "labels": arrays["labels"]}
+        val = calib = tmp_path / "digits.parquet"
+        pq.write_table(pa.table(columns), calib, row_group_size=64)
 
     def forbidden(*args, **kwargs):
         msg = "the client read data rows"
         raise AssertionError(msg)
 
-    for module, name in ((npy_io, "read_rows"), (chunks_module, "read_rows"), (np, "load")):
+    patched = [(npy_io, "read_rows"), (parquet_io, "read_rows"), (parquet_io, "_decoded"), (np, "load")]
+    for module, name in [*patched, (chunks_module, "npy_rows"), (chunks_module, "parquet_rows")]:
         monkeypatch.setattr(module, name, forbidden)
-    result = run(RunConfig(model=MODEL, calib=CALIB, val=VAL, out=tmp_path, chunk_size=100), client=client)
+    result = run(RunConfig(model=MODEL, calib=calib, val=val, out=tmp_path, chunk_size=100), client=client)
     assert result.validation.samples == 300
 
 

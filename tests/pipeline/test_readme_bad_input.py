@@ -8,7 +8,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from test_bad_input import CASES  # noqa: E402
+from test_bad_input import CASES as RUN_CASES  # noqa: E402
+from test_parquet_inputs import CASES as PARQUET_CASES  # noqa: E402
+
+CASES = {**RUN_CASES, **{f"Parquet: {name}": case for name, case in PARQUET_CASES.items()}}
 
 README = HERE.parents[1] / "README.md"
 TESTED_ELSEWHERE = {  # tests/cluster/*, tests/tasks/test_sessions.py, test_bad_input's own functions
@@ -32,6 +35,7 @@ TESTED_ELSEWHERE = {  # tests/cluster/*, tests/tasks/test_sessions.py, test_bad_
     "data file changed during the run (found on a worker)",  # tests/pipeline/test_files_that_change.py
     "per-channel below opset 13 with --no-prepare",  # tests/cluster/test_exported_models.py, as the next
     "an infinite tensor the model itself makes (found on a worker)",
+    "Parquet: lists of another size than the input's (found on a worker)",  # tests/pipeline/test_parquet_inputs.py
 }
 
 
