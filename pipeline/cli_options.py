@@ -88,13 +88,15 @@ quant_options = option_group(
 
 # Model, data and where results go.
 job_options = option_group(
-    click.argument("model", required=False, type=click.Path(path_type=Path)),
+    click.argument("model", required=False),  # a path; RunConfig refuses a URL with its reason
     click.option(
         "--calib",
-        type=click.Path(path_type=Path),
-        help="Calibration data: .npz (one array per input), .npy, or Parquet (a file or folder, one column per input).",
+        help=(
+            "Calibration data: .npz (one array per input), .npy, or Parquet (a file or folder, one column per "
+            "input); a path or a URL (s3://, gs://, az://, file://)."
+        ),
     ),
-    click.option("--val", type=click.Path(path_type=Path), help="Validation data, as --calib (it may hold 'labels')."),
+    click.option("--val", help="Validation data, as --calib (it may hold 'labels')."),
     click.option(
         "--out",
         type=click.Path(path_type=Path),

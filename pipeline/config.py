@@ -9,6 +9,7 @@ from pathlib import Path
 from dask_quant.cluster.config import ClusterConfig
 from dask_quant.pipeline.methods import Method, info, parse_method
 from dask_quant.tasks.errors import InputError
+from dask_quant.tasks.storage import is_url
 
 CONFIG_VERSION = 1
 
@@ -88,8 +89,8 @@ class RunConfig:
     """One quantization job: model, data, options, and where results go."""
 
     model: Path
-    calib: Path
-    val: Path | None = None
+    calib: Path | str  # a local path, or a URL (s3://, gs://, ...) that tasks.storage opens
+    val: Path | str | None = None
     out: Path = Path("dask-quant-runs")
     chunk_size: int | None = None  # None: 64, rounded up to a multiple of a batch size the model fixes
     split_every: int = 8
@@ -110,7 +111,13 @@ class RunConfig:
     def __post_init__(self) -> None:
         for name in ("model", "calib", "val", "out"):
             value = getattr(self, name)
-            if value is not None:
+            if is_url(value) and name in ("model", "out"):
+                msg = (
+                    f"{value}: {'MODEL' if name == 'model' else '--out'} must be a local path (or one every worker "
+                    "sees); only --calib and --val are read from URLs so far"
+                )
+                raise InputError(msg)
+            if value is not None and not is_url(value):  # data at a URL stays a string (tasks.storage)
                 object.__setattr__(self, name, Path(value))
         try:
             object.__setattr__(self, "metric", Metric(self.metric))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from dask_quant.tasks.npy_io import (
     member_names,
     read_whole,
 )
+from dask_quant.tasks.storage import exists, is_url, suffix
 
 LABELS = "labels"  # the label array's name in a validation .npz, unless --labels-key says otherwise
 
@@ -205,7 +206,7 @@ def output_batch_axes(proto, specs: list[InputSpec]) -> tuple[tuple[str, int], .
 
 
 def _members_for(path: Path, option: str, inputs: list[InputSpec]) -> tuple[tuple[str, str], ...]:
-    if path.suffix == ".npy":
+    if suffix(path) == ".npy":
         if len(inputs) != 1:
             names = ", ".join(i.name for i in inputs)
             msg = (
@@ -316,7 +317,7 @@ def _parse_value(text: str, dtype: np.dtype):
 def _stored_constant(path: Path, option: str, spec: InputSpec) -> Constant:
     """A constant input's value stored in the data file: one array of the input's whole shape."""
     where = f"{option} {path}[{spec.name}]"
-    if path.suffix != ".npz" or spec.name not in member_names(str(path)):
+    if suffix(path) != ".npz" or spec.name not in member_names(str(path)):
         msg = (
             f"{option} {path}: model input {spec.name!r} takes one value for every sample; pass "
             f"--const-input {spec.name}=VALUE, or store it in a .npz as an array named {spec.name!r}"
@@ -357,14 +358,15 @@ def describe_dataset(
     from dask_quant.pipeline.parquet_inputs import describe_parquet
     from dask_quant.tasks.parquet_io import is_parquet
 
-    if is_parquet(path) and path.exists():
+    remote = is_url(path)
+    if is_parquet(path) and (exists(path) if remote else path.exists()):
         return describe_parquet(path, option, inputs, labels=labels, constants=constants, output_axes=output_axes)
-    if not path.is_file():
+    if not (exists(path) if remote else path.is_file()):
         msg = f"{option} {path}: file not found; pass an existing .npz, .npy or .parquet file (or a folder of them)"
         raise InputError(msg)
-    if path.suffix not in (".npy", ".npz"):
+    if suffix(path) not in (".npy", ".npz"):
         msg = (
-            f"{option} {path}: unsupported file type {path.suffix!r}; pass a .npz (one array per input), a .npy, "
+            f"{option} {path}: unsupported file type {suffix(path)!r}; pass a .npz (one array per input), a .npy, "
             "or Parquet (a .parquet file or a folder of them: one column per input)"
         )
         raise InputError(msg)
@@ -376,7 +378,8 @@ def describe_dataset(
     )
     members = _members_for(path, option, batched)
     by_name = {i.name: i for i in inputs}
-    rows = {member or path.name: _check_array(path, option, member, by_name[name]) for name, member in members}
+    name_of = PurePosixPath(str(path)).name
+    rows = {member or name_of: _check_array(path, option, member, by_name[name]) for name, member in members}
     if len(set(rows.values())) > 1:
         msg = (
             f"{option} {path}: arrays have different sample counts {rows}; every input needs one row per sample "
@@ -387,14 +390,15 @@ def describe_dataset(
     if n_rows == 0:
         msg = f"{option} {path}: holds no samples (axis 0 has length 0); pass at least one sample"
         raise InputError(msg)
-    if labels is not None and not (path.suffix == ".npz" and labels in member_names(str(path))):
+    if labels is not None and not (suffix(path) == ".npz" and labels in member_names(str(path))):
         labels = None
     if labels is not None:
         check_labels(f"{option} {path}[{labels}]", array_info(str(path), labels), n_rows)
-    for member in [m for _, m in members] + ([labels] if labels else []):
-        check_crc(str(path), member)
+    for member in [m for _, m in members] + ([labels] if labels else []) if not remote else ():
+        check_crc(str(path), member)  # reads the members whole: not from object storage (its ETag stands for it)
     compressed = any(is_compressed(str(path), member) for _, member in members)
     axes = tuple((i.name, i.batch_axis) for i in batched if i.batch_axis)
     feeding = Feeding(axes, output_axes, tuple(sorted(constants, key=lambda c: c.name)))
     sha256, stamp = fingerprint(path, f"{option} {path}")
-    return DatasetSpec(str(path.resolve()), members, n_rows, sha256, labels, compressed, feeding, stamp)
+    where = path if remote else str(path.resolve())
+    return DatasetSpec(where, members, n_rows, sha256, labels, compressed, feeding, stamp)

@@ -20,13 +20,12 @@ from dask_quant.tasks.digest import fingerprint
 from dask_quant.tasks.errors import InputError
 from dask_quant.tasks.feeding import Constant, Feeding
 from dask_quant.tasks.npy_io import ArrayInfo
-from dask_quant.tasks.parquet_io import ColumnInfo, column_info, corrupt, parquet_files
+from dask_quant.tasks.parquet_io import ColumnInfo, column_info, footer, parquet_files
+from dask_quant.tasks.storage import is_url
 
 
 def _footers(path: Path, option: str) -> list[tuple[str, object]]:
     """(file, pyarrow.parquet.FileMetaData) of each file, in row order."""
-    import pyarrow.parquet as pq
-
     files = parquet_files(path)
     if not files:
         msg = f"{option} {path}: a folder without data files; pass a .parquet file or a folder that holds some"
@@ -34,9 +33,9 @@ def _footers(path: Path, option: str) -> list[tuple[str, object]]:
     footers = []
     for file in files:
         try:
-            footers.append((file, pq.ParquetFile(file).metadata))
-        except (OSError, ValueError) as exc:
-            msg = f"{option} {corrupt(file, exc)}"
+            footers.append((file, footer(file)))
+        except InputError as exc:
+            msg = f"{option} {exc}"
             raise InputError(msg) from None
     return footers
 
@@ -153,4 +152,5 @@ def describe_parquet(
     feeding = Feeding(axes, output_axes, tuple(sorted(constants, key=lambda c: c.name)))
     sha256, stamp = fingerprint(path, f"{option} {path}")
     members = tuple((i.name, i.name) for i in batched)
-    return DatasetSpec(str(path.resolve()), members, n_rows, sha256, labels, False, feeding, stamp, tuple(shapes))
+    where = path if is_url(path) else str(path.resolve())
+    return DatasetSpec(where, members, n_rows, sha256, labels, False, feeding, stamp, tuple(shapes))

@@ -177,8 +177,8 @@ def job_config(job: _Job, out: Path, method, cluster: ClusterConfig) -> RunConfi
     """The RunConfig of `job`'s model with `method`, publishing under `out`."""
     return RunConfig(
         model=Path(job.files["model"]),
-        calib=Path(job.files["calib"]),
-        val=job.files["val"] and Path(job.files["val"]),
+        calib=job.files["calib"],  # a path or a URL: RunConfig makes a Path of a path
+        val=job.files["val"],
         out=out,
         chunk_size=job.model.chunk_size,
         metric=job.model.metric,

@@ -32,6 +32,7 @@ from dask_quant.pipeline.config import Metric, QuantConfig
 from dask_quant.pipeline.methods import Method, choices
 from dask_quant.pipeline.target import METRICS
 from dask_quant.tasks.errors import InputError
+from dask_quant.tasks.storage import is_url
 
 BUILTIN_MANIFEST = "zoo.toml"  # in the dask_quant.data package
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -51,8 +52,8 @@ class ZooModel:
     name: str
     model: Path | None
     builder: str | None
-    calib: Path | None
-    val: Path | None
+    calib: Path | str | None  # a local path, or a URL (tasks.storage)
+    val: Path | str | None
     methods: tuple[Method, ...]
     metric: Metric = Metric.AUTO
     lead: str = "cosine"
@@ -129,10 +130,14 @@ class _Fields:
             self.refuse(field, f"expected {_kind_name(kind)}, got {value!r}")
         return value
 
-    def file(self, field: str) -> Path | None:
+    def file(self, field: str) -> Path | str | None:
         value = self.get(field, str)
         if value is None:
             return None
+        if is_url(value):
+            if field == "model":
+                self.refuse(field, f"{value}: a model is read from a local path (or one every worker sees)")
+            return value  # checked with the rest of the data when the job is prepared
         file = Path(value).expanduser()
         file = file if file.is_absolute() else (self.path.parent / file)
         if not (file.is_file() or (field != "model" and file.is_dir())):  # data may be a Parquet folder

@@ -22,7 +22,11 @@ def tree_files(folder: str | Path) -> list[Path]:
 
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file, read in blocks so memory stays flat; of a folder, the sha256 of its
-    tree_files' relative paths and sha256s."""
+    tree_files' relative paths and sha256s; of a URL, tasks.storage.remote_sha256."""
+    from dask_quant.tasks.storage import is_url, remote_sha256
+
+    if is_url(path):
+        return remote_sha256(path)
     path = Path(path)
     if path.is_dir():
         listing = "".join(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n" for file in tree_files(path))
@@ -42,6 +46,10 @@ def _sha256_as_of(path: str, stat: tuple[int, int, int, int]) -> str:
 def known_sha256(path: str | Path) -> str:
     """sha256_file, remembered per process while the file keeps its device, inode, size and modification
     time: for a file checked again and again (the model every tune variant is quantized from)."""
+    from dask_quant.tasks.storage import is_url
+
+    if is_url(path):
+        return sha256_file(path)
     path = Path(path)
     stat = path.stat()
     return _sha256_as_of(str(path.resolve()), (stat.st_dev, stat.st_ino, *identity(path)))
@@ -50,7 +58,11 @@ def known_sha256(path: str | Path) -> str:
 def identity(path: str | Path) -> tuple[int, int]:
     """(size, modification time in ns): what changes when a file is rewritten or replaced; of a folder,
     its tree_files' total size and a digest of their names, sizes and times (a file added, removed or
-    rewritten changes it)."""
+    rewritten changes it); of a URL, tasks.storage.remote_identity."""
+    from dask_quant.tasks.storage import is_url, remote_identity
+
+    if is_url(path):
+        return remote_identity(path)
     path = Path(path)
     if path.is_dir():
         stats = [(file.relative_to(path).as_posix(), file.stat()) for file in tree_files(path)]

@@ -19,6 +19,7 @@ from typing import IO
 import numpy as np
 
 from dask_quant.tasks.errors import InputError
+from dask_quant.tasks.storage import is_url, open_remote, suffix
 
 NPY_MEMBER = ""  # the member name used for a plain .npy file
 
@@ -54,6 +55,23 @@ def _corrupt(where: str, exc: BaseException) -> InputError:
 
 
 @contextmanager
+def _opened(path: str) -> Iterator[tuple[IO[bytes], int]]:
+    """A binary handle on a local file or a URL (tasks.storage: ranged reads), and the size of what it reads."""
+    if is_url(path):
+        with open_remote(path) as opened:
+            yield opened
+        return
+    with Path(path).open("rb") as handle:
+        yield handle, os.fstat(handle.fileno()).st_size  # the size of the file we read, not of its path
+
+
+@contextmanager
+def _archive(path: str) -> Iterator[zipfile.ZipFile]:
+    with _opened(path) as (handle, _), zipfile.ZipFile(handle) as archive:
+        yield archive
+
+
+@contextmanager
 def _open_member(path: str, member: str) -> Iterator[tuple[IO[bytes], int]]:
     """A seekable handle at the start of the member's .npy bytes, and the handle position where they end.
 
@@ -62,34 +80,33 @@ def _open_member(path: str, member: str) -> Iterator[tuple[IO[bytes], int]]:
     read must stay within the member's size: past it lie other members' bytes.
     """
     where = f"{path}[{member}]" if member else path
-    if member == NPY_MEMBER:
-        with Path(path).open("rb") as handle:
-            yield handle, os.fstat(handle.fileno()).st_size  # the size of the file we read, not of its path
-        return
-    archive = None
-    try:
-        archive = zipfile.ZipFile(path)
-        info = archive.getinfo(f"{member}.npy")
-        offset = _stored_offset(archive, info)
-        deflated = archive.open(info) if offset is None else None
-    except (*_CORRUPT, ValueError) as exc:
-        if archive is not None:
-            archive.close()
-        raise _corrupt(where, exc) from None
-    with archive:
-        if deflated is not None:
-            with deflated as handle:
-                yield handle, info.file_size
+    with _opened(path) as (handle, size):
+        if member == NPY_MEMBER:
+            yield handle, size
             return
-    with Path(path).open("rb") as handle:
-        handle.seek(offset)
-        yield handle, offset + info.file_size
+        archive = None
+        try:
+            archive = zipfile.ZipFile(handle)
+            info = archive.getinfo(f"{member}.npy")
+            offset = _stored_offset(archive, info)
+            deflated = archive.open(info) if offset is None else None
+        except (*_CORRUPT, ValueError) as exc:
+            if archive is not None:
+                archive.close()
+            raise _corrupt(where, exc) from None
+        with archive:
+            if deflated is not None:
+                with deflated:
+                    yield deflated, info.file_size
+                return
+            handle.seek(offset)
+            yield handle, offset + info.file_size
 
 
 def is_compressed(path: str, member: str) -> bool:
     if member == NPY_MEMBER:
         return False
-    with zipfile.ZipFile(path) as archive:
+    with _archive(path) as archive:
         return archive.getinfo(f"{member}.npy").compress_type != zipfile.ZIP_STORED
 
 
@@ -126,10 +143,10 @@ def _read_header(handle: IO[bytes], where: str, end: int) -> tuple[ArrayInfo, in
 
 def member_names(path: str) -> list[str]:
     """Array names in a .npz, or [NPY_MEMBER] for a .npy file."""
-    if Path(path).suffix == ".npy":
+    if suffix(path) == ".npy":
         return [NPY_MEMBER]
     try:
-        with zipfile.ZipFile(path) as archive:
+        with _archive(path) as archive:
             return sorted(n[: -len(".npy")] for n in archive.namelist() if n.endswith(".npy"))
     except (*_CORRUPT, ValueError) as exc:
         msg = f"{path}: not a .npz archive ({exc}); save it with numpy.savez"
@@ -194,7 +211,7 @@ def check_crc(path: str, member: str) -> None:
         return
     where = f"{path}[{member}]"
     try:
-        with zipfile.ZipFile(path) as archive, archive.open(f"{member}.npy") as handle:
+        with _archive(path) as archive, archive.open(f"{member}.npy") as handle:
             while handle.read(1 << 20):
                 pass
     except (*_CORRUPT, ValueError) as exc:

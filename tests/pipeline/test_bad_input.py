@@ -60,6 +60,14 @@ CASES = {
         lambda t: [str(MODEL), "--calib", str(CALIB), "--activation-type", "fp8"],
         "unknown activation type 'fp8'",
     ),
+    "model at a URL": (
+        lambda t: ["s3://bucket/model.onnx", "--calib", str(CALIB)],
+        "s3://bucket/model.onnx: MODEL must be a local path (or one every worker sees)",
+    ),
+    "data at a URL nothing reads": (
+        lambda t: [str(MODEL), "--calib", "nosuch://bucket/calib.npz"],
+        "nosuch://bucket/calib.npz: not a URL fsspec knows",
+    ),
     "unknown metric": (lambda t: [str(MODEL), "--calib", str(CALIB), "--metric", "bleu"], "unknown metric 'bleu'"),
     "no workers asked for": (
         lambda t: [str(MODEL), "--calib", str(CALIB), "--workers", "0"],

@@ -1,0 +1,122 @@
+"""Calibration and validation data on a real S3 endpoint (moto's standalone server on 127.0.0.1, s3fs as
+the client): `dask scheduler` and `dask worker` processes started in a folder that holds no data read it
+by URL, and the parameters are bit-identical to the same job on local files."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from models import digits_paths
+from processes import dask_processes, dask_quant
+
+pytest.importorskip("s3fs")
+moto_server = pytest.importorskip("moto.server")
+
+MODEL, CALIB, VAL = digits_paths()
+BUCKET = "dq-data"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """An S3 server on loopback, credentials and endpoint in the environment (the client and the worker
+    processes started after it read them, as they would read a real deployment's), the digits data in it."""
+    import fsspec
+
+    port = _free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    saved = dict(os.environ)
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+    )
+    try:
+        fs = fsspec.filesystem("s3", skip_instance_cache=True)
+        fs.mkdir(BUCKET)
+        fs.put(str(CALIB), f"{BUCKET}/digits/calib.npy")
+        fs.put(str(VAL), f"{BUCKET}/digits/val.npz")
+        folder = tmp_path_factory.mktemp("parquet")
+        with np.load(VAL) as arrays:
+            images, labels = arrays["input"], arrays["labels"]
+        for part, rows in enumerate((slice(0, 120), slice(120, None))):
+            tensors = pa.FixedShapeTensorArray.from_numpy_ndarray(images[rows])
+            table = pa.table({"input": tensors, "labels": labels[rows]})
+            pq.write_table(table, folder / f"part-{part}.parquet", row_group_size=50)
+            fs.put(str(folder / f"part-{part}.parquet"), f"{BUCKET}/digits/val/part={part}/rows.parquet")
+        yield fs
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        server.stop()
+
+
+def _qparams(out):
+    (run_dir,) = [p for p in out.iterdir() if not p.name.startswith(".")]
+    table = pq.read_table(run_dir / "qparams.parquet").drop_columns(["run_id"])
+    return table, json.loads((run_dir / "run.json").read_text()), run_dir
+
+
+def test_workers_without_the_data_read_it_from_s3_with_identical_parameters(s3, tmp_path):
+    elsewhere = tmp_path / "workers"
+    elsewhere.mkdir()
+    with dask_processes(tmp_path, cwd=elsewhere) as cluster:
+        scheduler = ("--scheduler-file", cluster.scheduler_file)
+        for name, val in (("npz", f"s3://{BUCKET}/digits/val.npz"), ("parquet", f"s3://{BUCKET}/digits/val")):
+            proc = dask_quant(
+                "run", MODEL, "--calib", f"s3://{BUCKET}/digits/calib.npy", "--val", val,
+                "--chunk-size", "37", "--out", tmp_path / name, *scheduler,
+            )  # fmt: skip
+            assert proc.returncode == 0, proc.stderr
+        proc = dask_quant("run", MODEL, "--calib", CALIB, "--val", VAL, "--out", tmp_path / "local", *scheduler)
+        assert proc.returncode == 0, proc.stderr
+    local, _, _ = _qparams(tmp_path / "local")
+    for name in ("npz", "parquet"):
+        remote, record, run_dir = _qparams(tmp_path / name)
+        assert remote.equals(local), name
+        assert record["data"]["calib"]["path"] == f"s3://{BUCKET}/digits/calib.npy"
+        validation = pq.read_table(run_dir / "validation.parquet")
+        assert sum(validation.column("samples").to_pylist()) == 300
+    assert not list(elsewhere.iterdir())  # the workers wrote nothing where they run
+
+
+def test_a_missing_object_is_one_line_and_exit_2(s3, tmp_path):
+    proc = dask_quant("run", MODEL, "--calib", f"s3://{BUCKET}/digits/nothing.npz", "--out", tmp_path / "o")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"dask-quant: error: --calib s3://{BUCKET}/digits/nothing.npz: file not found; pass an existing .npz, .npy "
+        "or .parquet file (or a folder of them)"
+    ]
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_changed_object_is_refused_by_the_worker_that_reads_it(s3, tmp_path):
+    """Object storage cannot rename: a rewritten object has another ETag, and the worker refuses it."""
+    from dask_quant.tasks.chunks import read_feeds
+    from dask_quant.tasks.errors import InputError
+
+    url = f"s3://{BUCKET}/digits/changing.npy"
+    s3.put(str(CALIB), url)
+    from dask_quant.pipeline.config import RunConfig
+    from dask_quant.pipeline.stages.prepare import dataset_chunks, prepare
+
+    prepared = prepare(RunConfig(model=MODEL, calib=url, prepare=False))
+    (chunk, *_) = dataset_chunks(prepared.calib, 64)
+    assert read_feeds(chunk)["input"].shape == (64, 1, 8, 8)
+    np.save(tmp_path / "other.npy", np.zeros((300, 1, 8, 8), np.float32) + 1)
+    s3.put(str(tmp_path / "other.npy"), url)
+    with pytest.raises(InputError, match="changed since the run started"):
+        read_feeds(chunk)
