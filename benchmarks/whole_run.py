@@ -132,7 +132,7 @@ def ours(case, val: Path, out: Path) -> dict:
         cluster.close()
     seconds = time.perf_counter() - start
     layers = pq.read_table(result.run_dir / "layers.parquet").to_pylist()
-    validation = pq.read_table(result.run_dir / "validation.parquet").to_pylist()
+    validation = [row for row in pq.read_table(result.run_dir / "validation.parquet").to_pylist() if row["lead"]]
     cosine = sum(row["mean_cosine"] * row["samples"] for row in validation) / sum(row["samples"] for row in validation)
     return {
         "seconds": seconds,

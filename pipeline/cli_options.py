@@ -136,6 +136,12 @@ job_options = option_group(
     click.option("--batch-axis", multiple=True, help="NAME=AXIS: where input NAME's samples go (default: inferred)."),
     click.option("--const-input", multiple=True, help="NAME=VALUE: feed input NAME this value for every sample."),
     click.option("--labels-key", default=None, help="Name of the labels array in --val [default: labels]."),
+    click.option(
+        "--lead-output",
+        default=None,
+        help="The model output whose metrics lead (the summary, --min-cosine/--max-drop, tune) [default: the first "
+        "floating-point output with one row per sample]; every such output is validated.",
+    ),
 )
 
 # What the INT8 model must keep: the run fails (exit 1) after publishing when it does not.
@@ -206,6 +212,7 @@ def run_config(options: dict, model, calib, val, quant, **more):
         batch_axes=pairs(options["batch_axis"], "--batch-axis", int),
         const_inputs=pairs(options["const_input"], "--const-input"),
         labels_key=options["labels_key"],
+        lead_output=options["lead_output"],
         layers=options["layers"],
         smooth_quant=options["smooth_quant"],
         **more,

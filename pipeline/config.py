@@ -103,6 +103,7 @@ class RunConfig:
     batch_axes: tuple[tuple[str, int], ...] = ()  # inputs whose samples are not on the inferred axis
     const_inputs: tuple[tuple[str, str], ...] = ()  # inputs fed one value for every sample
     labels_key: str | None = None  # None: 'labels', unless a model input has that name
+    lead_output: str | None = None  # the output whose metrics lead (None: the first one validation compares)
     layers: str = "all"  # per-layer error: "all" quantized activations, or "none" (skip the pass)
     smooth_quant: float | None = None  # SmoothQuant's alpha (pipeline.smoothing); None: no smoothing
     min_cosine: float | None = None  # quality guard: exit 1 after publishing below this mean cosine

@@ -47,7 +47,10 @@ def _chunk_tasks(chunks: list[ChunkRef], per_chunk, kwargs: dict, salt) -> tuple
         per_chunk.__qualname__,
         kwargs,
         salt,
-        [(c.path, c.members, c.start, c.stop, c.index, c.labels, c.sha256, c.feeding, c.identity) for c in chunks],
+        [
+            (c.path, c.members, c.start, c.stop, c.index, c.labels, c.sha256, c.feeding, c.identity, c.shapes)
+            for c in chunks
+        ],
     )
     keys = [(f"{per_chunk.__name__}-{token}", i) for i in range(len(chunks))]
     return {key: (work, chunk) for key, chunk in zip(keys, chunks, strict=True)}, keys, token
@@ -103,9 +106,17 @@ def channel_max_graph(
     return _statistics_tree(chunks, chunk_channel_max, {"model": model, "tensors": tensors}, split_every)
 
 
-def layer_graph(chunks: list[ChunkRef], fp32: ModelRef, int8: ModelRef, pairs, split_every: int = 8, specs=()):
+def layer_graph(
+    chunks: list[ChunkRef],
+    fp32: ModelRef,
+    int8: ModelRef,
+    pairs,
+    split_every: int = 8,
+    specs=(),
+    checkpoints: Checkpoints | None = None,
+):
     """Per-layer error sums (and FP32 histograms on `specs`) of every validation chunk, merged in a tree."""
-    kwargs = {"fp32": fp32, "int8": int8, "pairs": pairs, "specs": specs}
+    kwargs = {"fp32": fp32, "int8": int8, "pairs": pairs, "specs": specs, "checkpoints": checkpoints}
     return _statistics_tree(chunks, chunk_layer_errors, kwargs, split_every)
 
 
@@ -118,16 +129,23 @@ def sample_cosine_graph(chunks: list[ChunkRef], fp32: ModelRef, int8: ModelRef, 
 
 
 def validation_graph(
-    chunks: list[ChunkRef], fp32: ModelRef, int8: ModelRef, anchors: int = 0, output: str | None = None
+    chunks: list[ChunkRef],
+    fp32: ModelRef,
+    int8: ModelRef,
+    anchors: int = 0,
+    outputs: tuple[str, ...] | None = None,
+    checkpoints: Checkpoints | None = None,
 ):
-    """One ChunkValidation per chunk, as a list in chunk order (the rows of validation.parquet).
+    """One ChunkValidation per chunk, as a list in chunk order (the rows of validation.parquet): `outputs`
+    compared, the lead one first (None: the model's first output).
 
     With `anchors` > 0, the first `anchors` chunks are the nearest-neighbour reference set: their
     outputs are computed once, joined into one task every chunk task reads, and compared there
     without running the models again.
     """
-    kwargs = {"fp32": fp32, "int8": int8, "output": output}
-    graph, chunk_keys, token = _chunk_tasks(chunks, validate_against, kwargs, ("list", anchors))
+    kwargs = {"fp32": fp32, "int8": int8, "outputs": outputs}
+    checked = {**kwargs, "checkpoints": checkpoints}  # the anchors' own chunks are compared from their outputs
+    graph, chunk_keys, token = _chunk_tasks(chunks, validate_against, checked, ("list", anchors))
     reference = None
     if anchors:
         run = partial(refusing, chunk_outputs, **kwargs)

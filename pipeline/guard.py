@@ -55,9 +55,15 @@ def collapse_reason(collapsed: bool, mean_cosine: float | None) -> str | None:
 
 
 def collapse_warning(result: RunResult) -> str | None:
-    """A loud warning when the INT8 outputs collapsed (without a guard flag the run still succeeds)."""
-    stats = result.validation
-    what = None if stats is None else collapse_reason(stats.collapsed, stats.mean_cosine)
-    if what is None:
+    """A loud warning when the INT8 outputs collapsed, the lead one or another (without a guard flag the
+    run still succeeds)."""
+    compared = [(None, result.validation), *((name, stats) for name, _, stats in result.other_outputs)]
+    found = [
+        (name, what)
+        for name, stats in compared
+        if stats is not None and (what := collapse_reason(stats.collapsed, stats.mean_cosine)) is not None
+    ]
+    if not found:
         return None
-    return f"WARNING: {result.run_id}: the INT8 model looks broken: {what}{_worst_layers(result)}"
+    whats = "; ".join(f"output {name!r}: {what}" if name else what for name, what in found)
+    return f"WARNING: {result.run_id}: the INT8 model looks broken: {whats}{_worst_layers(result)}"

@@ -113,6 +113,46 @@ def load_model(path: Path):
     return proto
 
 
+# Above this, a model cannot be one protobuf message: the prepared and INT8 copies dask-quant writes are
+# single files, so such a model is refused (for now) rather than failing half-way.
+PROTOBUF_LIMIT = 2**31 - 1
+
+
+def load_external_data(proto, path: Path) -> None:
+    """Read a model's external data (files beside it) into `proto`; InputError when a file is missing, or
+    when the whole model would not fit one protobuf message."""
+    from onnx.external_data_helper import (
+        ExternalDataInfo,
+        _get_all_tensors,
+        load_external_data_for_model,
+        uses_external_data,
+    )
+
+    external = [tensor for tensor in _get_all_tensors(proto) if uses_external_data(tensor)]
+    if not external:
+        return
+    folder = path.resolve().parent
+    total = proto.ByteSize()
+    for tensor in external:
+        info = ExternalDataInfo(tensor)
+        file = folder / info.location
+        if not file.is_file():
+            msg = f"{path}: its external data file {info.location!r} is not beside it ({file}); keep them together"
+            raise InputError(msg)
+        total += info.length or file.stat().st_size
+    if total > PROTOBUF_LIMIT:
+        msg = (
+            f"{path}: {total / 2**30:.1f} GiB with its external data; models over 2 GiB are not supported yet "
+            "(dask-quant writes the prepared and INT8 models as single files)"
+        )
+        raise InputError(msg)
+    try:
+        load_external_data_for_model(proto, str(folder))
+    except (OSError, ValueError) as exc:
+        msg = f"{path}: its external data cannot be read ({type(exc).__name__}: {exc}); write the model again"
+        raise InputError(msg) from None
+
+
 def model_inputs(proto) -> list[InputSpec]:
     """The graph inputs a caller must feed (initializers listed as inputs excluded)."""
     from onnx import helper

@@ -54,6 +54,8 @@ class RunResult:
     layers: list[dict] = field(default_factory=list)  # per-layer error rows, worst SQNR first
     latency: Latency | None = None
     metric: Metric | None = None  # which validation metrics lead
+    output: str | None = None  # the model output whose metrics lead
+    other_outputs: tuple[tuple[str, Metric, ValidationStats], ...] = ()  # every other output compared
 
 
 class Laps:
@@ -197,6 +199,7 @@ def run_methods(
                             log=log,
                             progress=bar,
                             per_layer=config.layers == "all",
+                            checkpoints=work.checkpoints(config.resume),
                         )
                     except DaskQuantError:
                         gate.verdict()
@@ -299,4 +302,6 @@ def run_result(run_id, final: Path, config, calibration, quantized, validation, 
         list(validation.layers),
         validation.latency,
         validation.metric,
+        validation.output,
+        validation.others,
     )

@@ -15,32 +15,47 @@ _CLASSIFIER_NAME = re.compile(r"logit|prob|score|class", re.IGNORECASE)
 _FLOATS = (1, 10, 11, 16)  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 
-def metric_output(proto, batch: int | None, output_axes: dict[str, int], where: str) -> str:
-    """The output validation compares: the first floating-point one with one row per sample.
+def _per_sample(value, batch: int | None, output_axes: dict[str, int]) -> bool:
+    tensor = value.type.tensor_type
+    if tensor.elem_type not in _FLOATS:
+        return False
+    if not tensor.HasField("shape"):
+        return True
+    dims = tensor.shape.dim
+    axis = output_axes.get(value.name, 0)
+    if len(dims) <= axis:
+        return False
+    rows = dims[axis]
+    return not rows.HasField("dim_value") or (batch is not None and rows.dim_value == batch)
+
+
+def compared_outputs(
+    proto, batch: int | None, output_axes: dict[str, int], where: str, lead: str | None = None
+) -> tuple[str, ...]:
+    """The outputs validation compares, the lead one first (`lead`, or the first): every floating-point
+    output with one row per sample.
 
     An int64 ArgMax or an output that lost its batch axis (batch 1 squeezed to `[10]`) is skipped:
-    its rows are not samples. InputError when no output qualifies.
+    its rows are not samples. InputError when no output qualifies, or `lead` does not.
     """
-    for value in proto.graph.output:
-        tensor = value.type.tensor_type
-        if tensor.elem_type not in _FLOATS:
-            continue
-        if not tensor.HasField("shape"):
-            return value.name
-        dims = tensor.shape.dim
-        axis = output_axes.get(value.name, 0)
-        if len(dims) <= axis:
-            continue
-        rows = dims[axis]
-        if not rows.HasField("dim_value") or (batch is not None and rows.dim_value == batch):
-            return value.name
-    shapes = ", ".join(f"{v.name} {[d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]}"
-                       for v in proto.graph.output)
-    msg = (
-        f"{where}: no floating-point output has one row per sample (outputs: {shapes}), so FP32 and INT8 "
-        "outputs cannot be compared sample by sample; run without --val"
+    names = [value.name for value in proto.graph.output if _per_sample(value, batch, output_axes)]
+    shapes = ", ".join(
+        f"{v.name} {[d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]}" for v in proto.graph.output
     )
-    raise InputError(msg)
+    if lead is not None and lead not in names:
+        msg = (
+            f"--lead-output {lead!r}: not an output validation can compare (floating-point, one row per sample: "
+            f"{', '.join(map(repr, names)) or 'none'}; the model's outputs: {shapes})"
+        )
+        raise InputError(msg)
+    if not names:
+        msg = (
+            f"{where}: no floating-point output has one row per sample (outputs: {shapes}), so FP32 and INT8 "
+            "outputs cannot be compared sample by sample; run without --val"
+        )
+        raise InputError(msg)
+    lead = lead or names[0]
+    return (lead, *(name for name in names if name != lead))
 
 
 def resolve_metric(requested: Metric, proto, has_labels: bool, output: str | None = None) -> Metric:
@@ -93,3 +108,9 @@ def headline_metrics(summary: dict) -> list[tuple[str, str]]:
         ("top-1 agreement", _pct(summary["top1_agreement"])),
         ("mean cosine", _num(summary["mean_cosine"])),
     ]
+
+
+def shown_metrics(summary: dict) -> str:
+    """One line of a summary record's leading metrics, those it has (another output than the lead has no
+    labels or neighbours)."""
+    return ", ".join(f"{label} {value}" for label, value in headline_metrics(summary) if not value.startswith("n/a"))

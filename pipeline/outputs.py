@@ -91,28 +91,32 @@ def histogram_rows(histograms: Histograms) -> list[dict]:
     ]
 
 
-def validation_rows(chunks: list[ChunkValidation]) -> list[dict]:
+def validation_rows(chunks: list[ChunkValidation], outputs: tuple[str | None, ...] = (None,)) -> list[dict]:
+    """One row per chunk and output compared (`outputs`: their names, the lead one first)."""
     return [
         {
             "chunk_index": c.index,
             "row_start": c.start,
             "row_stop": c.stop,
-            "samples": c.stats.samples,
-            "labelled": c.stats.labelled,
-            "fp32_correct": c.stats.fp32_correct,
-            "int8_correct": c.stats.int8_correct,
-            "top1_agree": c.stats.top1_agree,
-            "max_abs_error": c.stats.max_abs_error,
-            "mean_cosine": c.stats.mean_cosine,
-            "min_cosine": c.stats.min_cosine,
-            "elements": c.stats.elements,
-            "squared_error": to_float(c.stats.squared_error),
-            "signal": to_float(c.stats.signal),
-            "neighbour_agree": c.stats.neighbour_agree,
-            "neighbour_queries": c.stats.neighbour_queries,
-            "zero_pairs": c.stats.zero_pairs,
+            "output": output,
+            "lead": not position,
+            "samples": stats.samples,
+            "labelled": stats.labelled,
+            "fp32_correct": stats.fp32_correct,
+            "int8_correct": stats.int8_correct,
+            "top1_agree": stats.top1_agree,
+            "max_abs_error": stats.max_abs_error,
+            "mean_cosine": stats.mean_cosine,
+            "min_cosine": stats.min_cosine,
+            "elements": stats.elements,
+            "squared_error": to_float(stats.squared_error),
+            "signal": to_float(stats.signal),
+            "neighbour_agree": stats.neighbour_agree,
+            "neighbour_queries": stats.neighbour_queries,
+            "zero_pairs": stats.zero_pairs,
         }
         for c in chunks
+        for position, (output, stats) in enumerate(zip(outputs, (c.stats, *c.others), strict=True))
     ]
 
 
@@ -191,6 +195,8 @@ def _validation_schema():
             ("chunk_index", pa.int32()),
             ("row_start", pa.int64()),
             ("row_stop", pa.int64()),
+            ("output", pa.string()),  # the model output these metrics are of
+            ("lead", pa.bool_()),  # the output whose metrics lead (filter on it to count each sample once)
             ("samples", pa.int64()),
             ("labelled", pa.int64()),
             ("fp32_correct", pa.int64()),

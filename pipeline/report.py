@@ -13,7 +13,7 @@ from dask_quant.pipeline import outputs, plots, results
 from dask_quant.pipeline.groups import WEIGHTED
 from dask_quant.pipeline.guard import collapse_reason
 from dask_quant.pipeline.methods import info
-from dask_quant.pipeline.metrics import headline_metrics
+from dask_quant.pipeline.metrics import headline_metrics, shown_metrics
 from dask_quant.tasks.errors import InputError
 
 REPORT_FILE = "report.html"
@@ -136,11 +136,28 @@ def _config_table(run: dict) -> str:
 
 
 def _collapse(run: dict) -> str:
-    summary = run.get("summary") or {}
-    reason = collapse_reason(bool(summary.get("collapsed")), summary.get("mean_cosine"))
-    if reason is None:
+    summaries = [run.get("summary") or {}, *(run.get("other_outputs") or [])]
+    reasons = [
+        (f"output {summary['output']!r}: " if position else "") + reason
+        for position, summary in enumerate(summaries)
+        if (reason := collapse_reason(bool(summary.get("collapsed")), summary.get("mean_cosine"))) is not None
+    ]
+    if not reasons:
         return ""
-    return f'<p class="warning">The INT8 model looks broken: {_e(reason)}. See the worst layers below.</p>'
+    return f'<p class="warning">The INT8 model looks broken: {_e("; ".join(reasons))}. See the worst layers below.</p>'
+
+
+def _outputs_table(run: dict) -> str:
+    """Every output validation compared, the lead one first, each with its own kind of metrics."""
+    others = run.get("other_outputs") or []
+    if not others:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_e(summary['output'])}{' (leads)' if not position else ''}</td><td>{_e(summary['metric'])}</td>"
+        f"<td>{_e(shown_metrics(summary))}</td></tr>"
+        for position, summary in enumerate([run["summary"], *others])
+    )
+    return f"<h2>Outputs</h2><table><tr><th>output</th><th>metrics</th><th>FP32 against INT8</th></tr>{rows}</table>"
 
 
 def _tune(run: dict) -> str:
@@ -222,7 +239,7 @@ def render(run_dir: Path) -> str:
         f"<h1>{_e(name)} → INT8</h1><p class=sub>run {_e(run['run_id'])} · {_e(run['created_utc'])}</p>"
         '<div id="broken">Some charts failed to load.</div>'
         f"{_collapse(run)}"
-        f'<div class="cards">{_cards(run)}</div>{_tune(run)}<h2>Per-layer error</h2>{per_layer}'
+        f'<div class="cards">{_cards(run)}</div>{_outputs_table(run)}{_tune(run)}<h2>Per-layer error</h2>{per_layer}'
         f"<h2>Configuration</h2>{_config_table(run)}</body></html>"
     )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dask_quant.pipeline.job import RunResult
-from dask_quant.pipeline.metrics import headline_metrics
+from dask_quant.pipeline.metrics import headline_metrics, shown_metrics
 from dask_quant.pipeline.records import summary_record
 from dask_quant.pipeline.report import REPORT_FILE
 
@@ -20,7 +20,11 @@ def format_summary(result: RunResult) -> str:
     else:
         record = summary_record(v, result.metric)
         lines += [f"  {label:<16} {value}" for label, value in headline_metrics(record)]
-        lines.append(f"  validated        {v.samples} samples, {result.metric.value} metrics (--metric)")
+        several = bool(result.other_outputs)
+        of, options = (f" of {result.output!r}", "--metric, --lead-output") if several else ("", "--metric")
+        lines.append(f"  validated        {v.samples} samples{of}, {result.metric.value} metrics ({options})")
+        for name, metric, stats in result.other_outputs:
+            lines.append(f"  output {name!r:<9} {shown_metrics(summary_record(stats, metric))} ({metric.value})")
     if result.layers:
         worst = ", ".join(f"{row['tensor']} {row['sqnr_db']:.1f} dB" for row in result.layers[:3])
         lines.append(f"  worst layers     {worst} (SQNR)")

@@ -8,7 +8,7 @@ import numpy as np
 
 from dask_quant.tasks.augment import extrema_names, itemsize
 from dask_quant.tasks.checkpoint import Checkpoints, cached
-from dask_quant.tasks.chunks import ChunkRef, read_feeds
+from dask_quant.tasks.chunks import ChunkRef, chunk_content, read_feeds
 from dask_quant.tasks.errors import InputError
 from dask_quant.tasks.histogram import Histogram, Histograms, HistogramSpec
 from dask_quant.tasks.range_stats import RangeStats, TensorRange
@@ -27,14 +27,9 @@ def chunk_range_stats(
     chunk: ChunkRef, model: ModelRef, tensors: tuple[tuple[str, int], ...], checkpoints: Checkpoints | None = None
 ) -> RangeStats:
     """min/max/count of every tensor to calibrate ((name, elem type) pairs), over one chunk."""
-    key = ("range-stats", model.sha256, _content(chunk), tensors)
+    key = ("range-stats", model.sha256, chunk_content(chunk), tensors)
     stats, source = cached(checkpoints, key, lambda: _range_stats(chunk, model, tensors), RangeStats.from_json)
     return replace(stats, chunks=source.counts)
-
-
-def _content(chunk: ChunkRef) -> tuple:
-    """What a chunk's values depend on: the file's bytes, the arrays and the rows (not its path)."""
-    return (chunk.sha256, chunk.members, chunk.start, chunk.stop, chunk.feeding)
 
 
 def _range_stats(chunk: ChunkRef, model: ModelRef, tensors: tuple[tuple[str, int], ...]) -> RangeStats:
@@ -91,7 +86,7 @@ def chunk_histograms(
     The chunk's activations are exposed as outputs (graph inputs come from the
     feeds) and histogrammed one tensor at a time.
     """
-    key = ("histograms", model.sha256, _content(chunk), tensors, specs)
+    key = ("histograms", model.sha256, chunk_content(chunk), tensors, specs)
     histograms, source = cached(
         checkpoints, key, lambda: _histograms(chunk, model, tensors, specs), Histograms.from_json
     )

@@ -75,6 +75,12 @@ def chunk_refs(
     ]
 
 
+def chunk_content(chunk: ChunkRef) -> tuple:
+    """What a chunk's values depend on (a checkpoint's key): the file's bytes, the arrays and the rows,
+    and how they are fed (not its path)."""
+    return (chunk.sha256, chunk.members, chunk.start, chunk.stop, chunk.feeding, chunk.shapes)
+
+
 def read_feeds(chunk: ChunkRef) -> dict[str, np.ndarray]:
     """The model inputs of one chunk, keyed by model input name, samples on axis 0.
 

@@ -39,20 +39,21 @@ def sha256_file(path: str | Path) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _sha256_as_of(path: str, stat: tuple[int, int, int, int]) -> str:
-    return sha256_file(path)
+def _sha256_as_of(path: str, stat: tuple[int, int, int, int], model: bool) -> str:
+    return model_sha256(path) if model else sha256_file(path)
 
 
-def known_sha256(path: str | Path) -> str:
-    """sha256_file, remembered per process while the file keeps its device, inode, size and modification
-    time: for a file checked again and again (the model every tune variant is quantized from)."""
+def known_sha256(path: str | Path, model: bool = False) -> str:
+    """sha256_file (model_sha256 for a `model`), remembered per process while the file keeps its device,
+    inode, size and modification time: for a file checked again and again (the model every tune variant
+    is quantized from)."""
     from dask_quant.tasks.storage import is_url
 
     if is_url(path):
         return sha256_file(path)
     path = Path(path)
     stat = path.stat()
-    return _sha256_as_of(str(path.resolve()), (stat.st_dev, stat.st_ino, *identity(path)))
+    return _sha256_as_of(str(path.resolve()), (stat.st_dev, stat.st_ino, *identity(path)), model)
 
 
 def identity(path: str | Path) -> tuple[int, int]:
@@ -103,3 +104,34 @@ def check_identity(path: str | Path, expected: tuple[int, int]) -> None:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def external_locations(data: bytes) -> list[str]:
+    """The files a serialized model keeps its external data in (relative to its folder), sorted."""
+    if b"location" not in data:  # the key every external tensor carries: most models are one file
+        return []
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    proto = onnx.load_from_string(data)
+    return sorted(
+        {
+            entry.value
+            for tensor in _get_all_tensors(proto)
+            if uses_external_data(tensor)
+            for entry in tensor.external_data
+            if entry.key == "location"
+        }
+    )
+
+
+def model_sha256(path: str | Path, data: bytes | None = None) -> str:
+    """The sha256 of a model file (`data`: its bytes, if read already); of a model with external data,
+    the sha256 of its own digest and its data files' (a changed weights file changes it)."""
+    data = Path(path).read_bytes() if data is None else data
+    locations = external_locations(data)
+    if not locations:
+        return sha256_bytes(data)
+    folder = Path(path).parent
+    listing = "".join(f"{location}\0{sha256_file(folder / location)}\n" for location in locations)
+    return sha256_bytes(f"{sha256_bytes(data)}\n{listing}".encode())

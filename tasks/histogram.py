@@ -106,6 +106,14 @@ class Histogram:
     def counts(self) -> np.ndarray:
         return np.frombuffer(self.raw, dtype=np.int64)
 
+    def to_json(self) -> list:
+        spec = self.spec
+        return [[spec.tensor, spec.low, spec.high, spec.bins, spec.absolute], self.counts.tolist()]
+
+    @classmethod
+    def from_json(cls, data: list) -> Histogram:
+        return cls.of(HistogramSpec(*data[0]), np.array(data[1], dtype=np.int64))
+
     def merge(self, other: Histogram) -> Histogram:
         if other.spec != self.spec:
             msg = f"histograms of {self.spec.tensor!r} have different bin specs; they cannot be added"
@@ -140,15 +148,8 @@ class Histograms:
 
     def to_json(self) -> dict:
         """Plain JSON for checkpoints."""
-        return {
-            "entries": [
-                [[h.spec.tensor, h.spec.low, h.spec.high, h.spec.bins, h.spec.absolute], h.counts.tolist()]
-                for _, h in self.entries
-            ]
-        }
+        return {"entries": [h.to_json() for _, h in self.entries]}
 
     @classmethod
     def from_json(cls, data: dict) -> Histograms:
-        return cls.of(
-            Histogram.of(HistogramSpec(*spec), np.array(counts, dtype=np.int64)) for spec, counts in data["entries"]
-        )
+        return cls.of(Histogram.from_json(entry) for entry in data["entries"])

@@ -11,14 +11,15 @@ come out identical for any chunking, order or merge tree.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from dask_quant.tasks.chunks import ChunkRef, read_feeds
+from dask_quant.tasks.checkpoint import Checkpoints, cached
+from dask_quant.tasks.chunks import ChunkRef, chunk_content, read_feeds
 from dask_quant.tasks.exact_sum import exact_sum, to_float
 from dask_quant.tasks.histogram import Histogram, HistogramSpec
-from dask_quant.tasks.merging import merge_by_name
+from dask_quant.tasks.merging import add_counts, merge_by_name
 from dask_quant.tasks.sessions import ModelRef, SessionSpec, exposed_runs, session_for
 
 
@@ -72,6 +73,16 @@ class LayerError:
             self.non_finite + other.non_finite,
         )
 
+    def to_json(self) -> dict:
+        sums = ("elements", "samples", "signal", "quantized", "product", "noise", "max_abs_error", "non_finite")
+        histogram = None if self.histogram is None else self.histogram.to_json()
+        return {**{name: getattr(self, name) for name in sums}, "histogram": histogram}
+
+    @classmethod
+    def from_json(cls, data: dict) -> LayerError:
+        stored = data["histogram"]
+        return cls(**{**data, "histogram": None if stored is None else Histogram.from_json(stored)})
+
     @property
     def sqnr_db(self) -> float:
         """10 log10(signal / noise); inf when the INT8 tensor is exact."""
@@ -105,12 +116,21 @@ def _merge_optional(a: Histogram | None, b: Histogram | None) -> Histogram | Non
 
 @dataclass(frozen=True)
 class LayerErrors:
-    """LayerError per FP32 tensor name."""
+    """LayerError per FP32 tensor name; `chunks` (computed, read from a checkpoint, discarded) as for
+    RangeStats."""
 
     entries: tuple[tuple[str, LayerError], ...] = ()
+    chunks: tuple[int, int, int] = field(default=(0, 0, 0), compare=False)
 
     def merge(self, other: LayerErrors) -> LayerErrors:
-        return LayerErrors(merge_by_name(self.entries, other.entries))
+        return LayerErrors(merge_by_name(self.entries, other.entries), add_counts(self.chunks, other.chunks))
+
+    def to_json(self) -> dict:
+        return {"entries": [[name, error.to_json()] for name, error in self.entries]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> LayerErrors:
+        return cls(tuple((name, LayerError.from_json(error)) for name, error in data["entries"]))
 
 
 def exposing_runs(chunk: ChunkRef, feeds: dict, fp32: ModelRef, int8: ModelRef, pairs) -> list[tuple]:
@@ -131,13 +151,23 @@ def chunk_layer_errors(
     int8: ModelRef,
     pairs: tuple[tuple[str, str, int], ...],
     specs: tuple[HistogramSpec, ...] = (),
+    checkpoints: Checkpoints | None = None,
 ) -> LayerErrors:
     """Per-layer sums over one chunk; `pairs` are (FP32 tensor, INT8 dequantized tensor, elem type),
-    `specs` the bins of the FP32 tensors' histograms (values outside go to the end bins).
+    `specs` the bins of the FP32 tensors' histograms (values outside go to the end bins). With
+    `checkpoints`, kept on disk (and with resume, read back) as calibration's are.
 
     Both models run with graph optimisations off so every compared tensor exists
     as written, as in ONNX Runtime's qdq_loss_debug.
     """
+    key = ("layer-errors", fp32.sha256, int8.sha256, chunk_content(chunk), pairs, specs)
+    errors, source = cached(
+        checkpoints, key, lambda: _layer_errors(chunk, fp32, int8, pairs, specs), LayerErrors.from_json
+    )
+    return replace(errors, chunks=source.counts)
+
+
+def _layer_errors(chunk, fp32, int8, pairs, specs) -> LayerErrors:
     feeds = read_feeds(chunk)
     bins = {spec.tensor: spec for spec in specs}
     total = LayerErrors()

@@ -53,7 +53,8 @@ def _run_sliced(session, output: str | None, feeds: dict[str, np.ndarray], feedi
 
 def sample_cosines(chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, output: str | None = None) -> np.ndarray:
     """Cosine of INT8 to FP32 outputs for each row of the chunk (1 where both are all zeros)."""
-    a, b = (x.reshape(len(x), -1).astype(np.float64) for x in chunk_outputs(chunk, fp32, int8, output))
+    pair = chunk_outputs(chunk, fp32, int8, None if output is None else (output,))
+    a, b = (x.reshape(len(x), -1).astype(np.float64) for x in pair)
     cosines = np.ones(len(a))
     both_zero = (np.linalg.norm(a, axis=1) == 0) & (np.linalg.norm(b, axis=1) == 0)
     cosines[~both_zero] = _cosines(a, b)[0]

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from dask_quant.tasks.digest import sha256_bytes
+from dask_quant.tasks.digest import model_sha256
 from dask_quant.tasks.errors import DataError, InputError, ModelChangedError
 from dask_quant.tasks.feeding import NO_FEEDING, Feeding
 
@@ -55,7 +55,7 @@ class SessionSpec:
 
 def _model_bytes(model: ModelRef, spec: SessionSpec) -> bytes:
     data = Path(model.path).read_bytes()
-    if sha256_bytes(data) != model.sha256:
+    if model_sha256(model.path, data) != model.sha256:
         msg = (
             f"{model.path}: sha256 differs from the one the run started with; the file changed, "
             "or this worker sees another file at that path (workers need the same file)"
@@ -107,6 +107,10 @@ def _build(model: ModelRef, spec: SessionSpec):
     options.log_severity_level = 4
     if spec.calibration:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    # A model saved with external data names its files relative to its own folder; from bytes, ORT
+    # needs that folder said (the model's own bytes are checked against the digest, data files too).
+    folder = str(Path(model.path).resolve().parent)
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
     try:
         return ort.InferenceSession(_model_bytes(model, spec), options, providers=["CPUExecutionProvider"])
     except _ort_load_errors() as exc:

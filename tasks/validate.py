@@ -1,19 +1,21 @@
 """Validation task: FP32 against INT8 on one chunk, as mergeable partial sums.
 
-Metrics are taken on one model output (the first floating-point output with one row
-per sample, chosen by pipeline.metrics), one flattened row per sample.
-Every metric is computed; the run's --metric only chooses which ones lead.
+Metrics are taken on every model output that has one row per sample (chosen by
+pipeline.metrics; the lead one first), one flattened row per sample. Labels and
+nearest-neighbour agreement apply to the lead output. Every metric is computed;
+the run's --metric only chooses which ones lead.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from dask_quant.tasks.chunks import ChunkRef, read_feeds, read_labels
+from dask_quant.tasks.checkpoint import Checkpoints, cached
+from dask_quant.tasks.chunks import ChunkRef, chunk_content, read_feeds, read_labels
 from dask_quant.tasks.errors import InputError, Refused
 from dask_quant.tasks.exact_sum import exact_sum, to_float
 from dask_quant.tasks.sessions import ModelRef, run_in_batches, session_for
@@ -67,6 +69,14 @@ class ValidationStats:
             _span(self.int8_sum_range, other.int8_sum_range),
         )
 
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> ValidationStats:
+        ranges = {key: tuple(data[key]) for key in ("fp32_sum_range", "int8_sum_range")}
+        return cls(**{**data, **ranges})
+
     @property
     def collapsed(self) -> bool:
         """INT8 outputs are the same for every sample while FP32's are not."""
@@ -107,12 +117,29 @@ class ValidationStats:
 
 @dataclass(frozen=True)
 class ChunkValidation:
-    """One validation chunk's identity and its statistics."""
+    """One validation chunk's identity and its statistics: of the lead output, and of each other output
+    compared (in the order they were asked for)."""
 
     index: int
     start: int
     stop: int
     stats: ValidationStats
+    others: tuple[ValidationStats, ...] = ()
+    chunks: tuple[int, int, int] = field(default=(1, 0, 0), compare=False)  # computed, reused, discarded
+
+    def to_json(self) -> dict:
+        return {
+            "index": self.index,
+            "start": self.start,
+            "stop": self.stop,
+            "stats": self.stats.to_json(),
+            "others": [other.to_json() for other in self.others],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> ChunkValidation:
+        others = tuple(ValidationStats.from_json(other) for other in data["others"])
+        return cls(data["index"], data["start"], data["stop"], ValidationStats.from_json(data["stats"]), others)
 
 
 def _span(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
@@ -181,16 +208,22 @@ def compare_outputs(fp32, int8, labels=None, rows=None, anchors=None) -> Validat
     )
 
 
-def chunk_outputs(chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, output: str | None = None) -> list[np.ndarray]:
-    """One output of both models over a chunk (default graph optimisations, as deployed)."""
+def chunk_outputs(
+    chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, outputs: tuple[str, ...] | None = None
+) -> list[np.ndarray]:
+    """`outputs` of both models over a chunk (default graph optimisations, as deployed): FP32 then INT8
+    of the first (None: the model's first output), then FP32 and INT8 of each other one."""
     feeds = read_feeds(chunk)
-    names = None if output is None else [output]  # None: the first output
-    return [run_in_batches(session_for(model), names, feeds, chunk.feeding)[0] for model in (fp32, int8)]
+    names = None if outputs is None else list(outputs)
+    fp32_out, int8_out = (run_in_batches(session_for(model), names, feeds, chunk.feeding) for model in (fp32, int8))
+    if names is None:
+        fp32_out, int8_out = fp32_out[:1], int8_out[:1]
+    return [value for pair in zip(fp32_out, int8_out, strict=True) for value in pair]
 
 
 def join_anchors(parts: list, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | Refused:
     """The nearest-neighbour reference set from the chunk_outputs of the chunks covering rows
-    [start, stop): both models' outputs, one row per sample, and the row numbers."""
+    [start, stop): both models' first outputs, one row per sample, and the row numbers."""
     refused = next((part for part in parts if isinstance(part, Refused)), None)
     if refused is not None:
         return refused
@@ -200,21 +233,40 @@ def join_anchors(parts: list, start: int, stop: int) -> tuple[np.ndarray, np.nda
 
 def compare_chunk(chunk: ChunkRef, outputs: list[np.ndarray], reference=None) -> ChunkValidation:
     """A chunk's statistics from its chunk_outputs, with the anchors' reference set (None: no
-    nearest-neighbour agreement)."""
+    nearest-neighbour agreement) for the first output."""
     rows = np.arange(chunk.start, chunk.stop)
     stats = compare_outputs(outputs[0], outputs[1], read_labels(chunk), rows, reference)
-    return ChunkValidation(chunk.index, chunk.start, chunk.stop, stats)
+    others = tuple(compare_outputs(outputs[i], outputs[i + 1]) for i in range(2, len(outputs), 2))
+    return ChunkValidation(chunk.index, chunk.start, chunk.stop, stats, others)
 
 
 def validate_against(
-    chunk: ChunkRef, reference, fp32: ModelRef, int8: ModelRef, output: str | None = None
+    chunk: ChunkRef,
+    reference,
+    fp32: ModelRef,
+    int8: ModelRef,
+    outputs: tuple[str, ...] | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> ChunkValidation:
-    """validate_chunk with the anchors' reference set given (None: no nearest-neighbour agreement)."""
-    return compare_chunk(chunk, chunk_outputs(chunk, fp32, int8, output), reference)
+    """validate_chunk with the anchors' reference set given (None: no nearest-neighbour agreement); with
+    `checkpoints`, kept on disk (and with resume, read back) under a key of everything it depends on."""
+    anchors = None if reference is None else (int(reference[2][0]), len(reference[2]))
+    key = ("validation", fp32.sha256, int8.sha256, chunk_content(chunk), chunk.labels, outputs, anchors)
+    value, source = cached(
+        checkpoints,
+        key,
+        lambda: compare_chunk(chunk, chunk_outputs(chunk, fp32, int8, outputs), reference),
+        ChunkValidation.from_json,
+    )
+    return replace(value, chunks=source.counts)
 
 
 def validate_chunk(
-    chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, anchors: Sequence[ChunkRef] = (), output: str | None = None
+    chunk: ChunkRef,
+    fp32: ModelRef,
+    int8: ModelRef,
+    anchors: Sequence[ChunkRef] = (),
+    outputs: tuple[str, ...] | None = None,
 ) -> ChunkValidation:
     """Run one chunk through both models (default graph optimisations, as deployed).
 
@@ -223,6 +275,6 @@ def validate_chunk(
     """
     reference = None
     if anchors:
-        parts = [chunk_outputs(anchor, fp32, int8, output) for anchor in anchors]
+        parts = [chunk_outputs(anchor, fp32, int8, outputs[:1] if outputs else None) for anchor in anchors]
         reference = join_anchors(parts, anchors[0].start, anchors[-1].stop)
-    return validate_against(chunk, reference, fp32, int8, output)
+    return validate_against(chunk, reference, fp32, int8, outputs)

@@ -22,17 +22,18 @@ from dask_quant.pipeline.inputs import (
     InputSpec,
     constant_value,
     describe_dataset,
+    load_external_data,
     load_model,
     model_inputs,
     output_batch_axes,
     with_layout,
 )
-from dask_quant.pipeline.metrics import metric_output
+from dask_quant.pipeline.metrics import compared_outputs
 from dask_quant.pipeline.preparation import prepare_graph
 from dask_quant.pipeline.results import WORK, check_writable
 from dask_quant.pipeline.selection import default_op_types, subgraph_owners, tensors_to_calibrate
 from dask_quant.tasks.chunks import ChunkRef, chunk_refs
-from dask_quant.tasks.digest import sha256_bytes, sha256_file
+from dask_quant.tasks.digest import model_sha256, sha256_bytes
 from dask_quant.tasks.errors import InputError
 from dask_quant.tasks.sessions import ModelRef
 
@@ -57,8 +58,9 @@ class Prepared:
     source: ModelRef | None = None
     steps: tuple[str, ...] = ()
     chunk_size: int = DEFAULT_CHUNK_ROWS
-    output: str | None = None  # the output validation compares (pipeline.metrics.metric_output)
+    output: str | None = None  # the output whose metrics lead (pipeline.metrics.compared_outputs)
     fixed_batch: int | None = None  # the batch size the model's inputs fix, if any: every chunk is a multiple of it
+    others: tuple[str, ...] = ()  # the other outputs validation compares (each has its own metrics)
 
     @property
     def prepared(self) -> bool:
@@ -88,13 +90,8 @@ def prepare(config: RunConfig, folder: Path | None = None) -> Prepared:
     the workers must be able to read; `Prepared.discard()` removes it.
     """
     proto = load_model(config.model)
-    if any(init.data_location == 1 for init in proto.graph.initializer):  # TensorProto.EXTERNAL
-        msg = (
-            f"{config.model}: weights are stored as external data, which dask-quant does not read yet; "
-            "save the model as one file"
-        )
-        raise InputError(msg)
-    source = ModelRef(str(config.model.resolve()), sha256_file(config.model))
+    load_external_data(proto, config.model)  # first: it names a missing data file
+    source = ModelRef(str(config.model.resolve()), model_sha256(config.model))
     steps: tuple[str, ...] = ()
     if config.prepare:
         graph = prepare_graph(proto, per_channel=config.quant.per_channel, where=str(config.model))
@@ -109,16 +106,20 @@ def prepare(config: RunConfig, folder: Path | None = None) -> Prepared:
     layout = {"constants": constants, "output_axes": output_batch_axes(proto, inputs)}
     calib = describe_dataset(config.calib, "--calib", inputs, **layout)
     labels = _labels_key(config, inputs)
-    val, output = None, None
+    val, output, others = None, None, ()
     batch = next((spec.batch for spec in inputs if spec.batch is not None), None)
     if config.val is not None:
         val = describe_dataset(config.val, "--val", inputs, labels=labels, **layout)
         _check_labels_key(config, val)
-        output = metric_output(proto, batch, dict(layout["output_axes"]), str(config.model))
+        axes = dict(layout["output_axes"])
+        output, *others = compared_outputs(proto, batch, axes, str(config.model), config.lead_output)
+    elif config.lead_output is not None:
+        msg = f"--lead-output {config.lead_output!r} chooses among the outputs validation compares: pass --val"
+        raise InputError(msg)
     model = source
     if config.prepare:
         model = write_prepared(proto, folder or config.out.absolute() / WORK / PREPARED_DIR, config.model.stem)
-    return Prepared(proto, model, tensors, calib, val, source, steps, chunk_size, output, batch)
+    return Prepared(proto, model, tensors, calib, val, source, steps, chunk_size, output, batch, tuple(others))
 
 
 def write_prepared(proto, folder: Path, stem: str) -> ModelRef:

@@ -17,6 +17,7 @@ from dask_quant.pipeline.report import write_report
 from dask_quant.pipeline.stages.prepare import Prepared
 from dask_quant.pipeline.stages.quantize import QuantizedModel, tensors_data, write_tensorrt_table
 from dask_quant.pipeline.stages.validate import Validation
+from dask_quant.tasks.checkpoint import Source
 from dask_quant.tasks.digest import sha256_file
 
 
@@ -39,7 +40,8 @@ def write_run(
     outputs.QPARAMS.write(tmp, run_id, quantized.qparams, calibration.stats, quantized.ranges, quantized.quant)
     calibration.save(tmp, run_id)
     if validation.ran:
-        outputs.VALIDATION.write(tmp, run_id, validation.per_chunk)
+        names = tuple(name for name, _, _ in validation.by_output())
+        outputs.VALIDATION.write(tmp, run_id, validation.per_chunk, names)
         outputs.LAYERS.write(tmp, run_id, validation.layers)
     if config.tensorrt_table:
         write_tensorrt_table(tensors_data(quantized.ranges, calibration.stats), tmp / results.TENSORRT_DIR)
@@ -59,6 +61,10 @@ def write_run(
         },
         "tensors_calibrated": len(prepared.tensors),
         "summary": records.summary_record(validation.summary, validation.metric, validation.output),
+        "other_outputs": [records.summary_record(stats, metric, name) for name, metric, stats in validation.others],
+        "validation_chunks": {
+            name: dict(zip(Source.names(), counts, strict=True)) for name, counts in validation.chunks
+        },
         "latency": records.latency_record(validation.latency),
         "quantizer_warnings": list(quantized.warnings),
         **sections,

@@ -136,7 +136,7 @@ def quantize(calibration: Calibration, quant: QuantConfig, path: Path, exclude: 
     if exclude:
         quant = replace(quant, exclude_nodes=tuple(dict.fromkeys((*quant.exclude_nodes, *exclude))))
     model_path = Path(calibration.model.path)
-    if not model_path.is_file() or known_sha256(model_path) != calibration.model.sha256:
+    if not model_path.is_file() or known_sha256(model_path, model=True) != calibration.model.sha256:
         msg = (
             f"{model_path}: not the model this calibration was made from (sha256 {calibration.model.sha256[:12]}...); "
             "calibrate again or restore the file"

@@ -20,8 +20,10 @@ from dask_quant.pipeline.metrics import ANCHORS, resolve_metric
 from dask_quant.pipeline.progress import Progress
 from dask_quant.pipeline.stages.prepare import Prepared, dataset_chunks
 from dask_quant.pipeline.stages.quantize import QuantizedModel
+from dask_quant.tasks.checkpoint import Checkpoints
 from dask_quant.tasks.chunks import ChunkRef
 from dask_quant.tasks.latency import Latency, measure_latency
+from dask_quant.tasks.merging import add_counts
 from dask_quant.tasks.sessions import ModelRef
 from dask_quant.tasks.validate import ChunkValidation, ValidationStats
 
@@ -50,11 +52,19 @@ class Validation:
     layers: tuple[dict, ...] = ()  # layers.parquet rows, worst SQNR first
     latency: Latency | None = None
     metric: Metric | None = None
-    output: str | None = None  # the model output compared
+    output: str | None = None  # the model output whose metrics lead
+    # Every other output compared: (name, its metrics' kind, its statistics), in the model's order.
+    others: tuple[tuple[str, Metric, ValidationStats], ...] = ()
+    # Per pass (outputs, per_layer): chunks (computed, reused from checkpoints, discarded).
+    chunks: tuple[tuple[str, tuple[int, int, int]], ...] = ()
 
     @property
     def ran(self) -> bool:
         return self.summary is not None
+
+    def by_output(self) -> list[tuple[str | None, Metric | None, ValidationStats]]:
+        """(output, metric kind, statistics) of every output compared, the lead one first."""
+        return [(self.output, self.metric, self.summary), *self.others]
 
 
 def validate(
@@ -68,11 +78,13 @@ def validate(
     log: Callable[[str], None] = lambda _: None,
     progress: Progress | None = None,
     per_layer: bool = True,
+    checkpoints: Checkpoints | None = None,
 ) -> Validation:
     """Compare `quantized` with `prepared`'s FP32 model on `prepared.val` over `client`'s workers.
 
     `client` is the caller's and is never closed here. Without validation data, an empty Validation.
-    `per_layer=False` skips the per-layer pass (layers.parquet is then empty).
+    `per_layer=False` skips the per-layer pass (layers.parquet is then empty). With `checkpoints`, every
+    chunk's statistics are kept on disk, and with their resume flag read back, as calibration's are.
     """
     import onnx
 
@@ -91,16 +103,28 @@ def validate(
         if per_layer
         else "per-layer error skipped"
     )
+    which = f"{1 + len(prepared.others)} outputs ({prepared.output!r} leads)" if prepared.others else "outputs"
     log(
-        f"validating FP32 against INT8 on {prepared.val.rows} rows: outputs in {len(chunks)} chunks, "
+        f"validating FP32 against INT8 on {prepared.val.rows} rows: {which} in {len(chunks)} chunks, "
         f"{compared} ({metric.value} metrics)"
     )
     specs = report_specs(quantized.calibration.stats, layers)
-    graphs = [validation_graph(chunks, prepared.model, int8, anchors, prepared.output)]
+    names = (prepared.output, *prepared.others) if prepared.output is not None else None
+    graphs = [validation_graph(chunks, prepared.model, int8, anchors, names, checkpoints)]
     if per_layer:
-        graphs.append(layer_graph(per_layer_chunks, prepared.model, int8, pairs, split_every, specs))
+        graphs.append(layer_graph(per_layer_chunks, prepared.model, int8, pairs, split_every, specs, checkpoints))
     outputs, *per_layer_errors = compute(client, graphs, "validation", progress)
     rows = tuple(layer_rows(layers, per_layer_errors[0])) if per_layer else ()
     latency = client.submit(measure_latency, chunks[0], prepared.model, int8, LATENCY_REPEATS, pure=False).result()
     summary = reduce(ValidationStats.merge, (c.stats for c in outputs), ValidationStats())
-    return Validation(summary, tuple(outputs), rows, latency, metric, prepared.output)
+    others = tuple(
+        (
+            name,
+            resolve_metric(Metric.AUTO, prepared.proto, False, name),
+            reduce(ValidationStats.merge, (c.others[i] for c in outputs), ValidationStats()),
+        )
+        for i, name in enumerate(prepared.others)
+    )
+    counts = [("outputs", reduce(add_counts, (c.chunks for c in outputs), (0, 0, 0)))]
+    counts += [("per_layer", per_layer_errors[0].chunks)] if per_layer else []
+    return Validation(summary, tuple(outputs), rows, latency, metric, prepared.output, others, tuple(counts))

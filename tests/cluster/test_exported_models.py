@@ -290,3 +290,87 @@ def test_a_mask_the_model_makes_infinite_is_explained_and_exclusion_works(tmp_pa
     assert "tensor 'masked' is NaN or infinite on every row of chunk rows 0..48" in line
     assert "the model itself makes it (an attention mask's -inf?)" in line
     _published(tmp_path / "ok", model, "--calib", calib, "--exclude-nodes", "mask/Where,attn/Softmax")
+
+
+def test_every_output_is_validated_and_the_lead_one_is_chosen(tmp_path):
+    """A recurrent step's two outputs (its result, and the next state with the batch on axis 1): each
+    has its rows in validation.parquet and its summary in run.json, with the cosines numpy computes
+    from ONNX Runtime's own outputs; --lead-output picks which one leads."""
+    import onnxruntime as ort
+    import pyarrow.parquet as pq
+
+    model = recurrent_model(tmp_path / "rnn.onnx")
+    calib, val = recurrent_data(tmp_path / "c.npz", 96, 1), recurrent_data(tmp_path / "v.npz", 40, 2)
+    flags = ["--batch-axis", "h0=1", "--const-input", "sr=2.0", "--chunk-size", "16"]
+    arrays = load_arrays(val, ["x", "h0"])
+    feeds = {"x": arrays["x"], "h0": arrays["h0"].transpose(1, 0, 2), "sr": np.array(2, np.float32)}
+
+    def cosines(run_dir, name):
+        fp32, int8 = (
+            ort.InferenceSession(str(run_dir / file), providers=["CPUExecutionProvider"]).run([name], feeds)[0]
+            for file in (results.FP32_FILE, results.MODEL_FILE)
+        )
+        if name == "h1":
+            fp32, int8 = fp32.transpose(1, 0, 2), int8.transpose(1, 0, 2)
+        a, b = fp32.reshape(40, -1).astype(np.float64), int8.reshape(40, -1).astype(np.float64)
+        return np.mean(np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1))
+
+    for lead, other, extra in (("out", "h1", []), ("h1", "out", ["--lead-output", "h1"])):
+        run_dir, done = _published(tmp_path / lead, model, "--calib", calib, "--val", val, *flags, *extra)
+        record = json.loads((run_dir / results.RUN_FILE).read_text())
+        assert record["summary"]["output"] == lead and [o["output"] for o in record["other_outputs"]] == [other]
+        assert f"output '{other}'" in done.stdout and f"40 samples of '{lead}'" in done.stdout
+        rows = pq.read_table(run_dir / "validation.parquet").to_pylist()
+        assert {(r["output"], r["lead"]) for r in rows} == {(lead, True), (other, False)}
+        for name, summary in ((lead, record["summary"]), (other, record["other_outputs"][0])):
+            assert sum(r["samples"] for r in rows if r["output"] == name) == 40
+            assert summary["mean_cosine"] == pytest.approx(cosines(run_dir, name), rel=1e-9)
+
+
+def test_a_lead_output_that_validation_cannot_compare_is_refused(tmp_path):
+    model = argmax_first_model(MODEL, tmp_path / "argmax.onnx")
+    line = _refused(tmp_path / "runs", model, "--calib", CALIB, "--val", VAL, "--lead-output", "class")
+    assert "--lead-output 'class': not an output validation can compare" in line
+
+
+@pytest.mark.parametrize("prepare", [True, False], ids=["prepared", "as given"])
+def test_a_model_with_external_data_quantizes_as_quantize_static_does(prepare, tmp_path):
+    """Weights in a file beside the model (save_as_external_data, every tensor): read on the client for
+    preparation and by the workers (ORT told the model's folder), checked by digest, and the INT8 model
+    bit-identical to quantize_static's on the same files."""
+    model = tmp_path / "model" / "digits.onnx"
+    model.parent.mkdir()
+    onnx.save(onnx.load(str(MODEL)), str(model), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    assert len(model.read_bytes()) < 4096  # the weights are not in the .onnx file
+    flags = [] if prepare else ["--no-prepare"]
+    run_dir, _ = _published(tmp_path / "runs", model, "--calib", CALIB, "--val", VAL, "--chunk-size", "64", *flags)
+    arrays = load_arrays(CALIB, ["input"])
+    given = run_dir / results.FP32_FILE if prepare else model  # ORT quantizes the model as we calibrated it
+    ref = reference_model(given, arrays, batch=300, kwargs=DEFAULT_REFERENCE, out=tmp_path / "ref.onnx")
+    assert model_signature(run_dir / results.MODEL_FILE) == model_signature(ref)
+    record = json.loads((run_dir / results.RUN_FILE).read_text())
+    assert record["summary"]["int8_accuracy"] > 0.95
+
+
+
+def test_a_changed_external_data_file_is_refused_by_the_worker(tmp_path):
+    from dask_quant.tasks.digest import model_sha256
+    from dask_quant.tasks.errors import ModelChangedError
+    from dask_quant.tasks.sessions import ModelRef, fresh_session
+
+    model = tmp_path / "digits.onnx"
+    onnx.save(onnx.load(str(MODEL)), str(model), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    ref = ModelRef(str(model), model_sha256(model))
+    assert fresh_session(ref).run(None, {"input": np.zeros((1, 1, 8, 8), np.float32)})[0].shape == (1, 10)
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(bytes(weights.stat().st_size))  # same size, other weights
+    with pytest.raises(ModelChangedError, match="sha256 differs"):
+        fresh_session(ref)
+
+
+def test_a_missing_external_data_file_is_one_line(tmp_path):
+    model = tmp_path / "digits.onnx"
+    onnx.save(onnx.load(str(MODEL)), str(model), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    (tmp_path / "weights.bin").unlink()
+    line = _refused(tmp_path / "runs", model, "--calib", CALIB)
+    assert "its external data file 'weights.bin' is not beside it" in line
