@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from dask_quant.tasks.digest import fingerprint
+from dask_quant.tasks.digest import fingerprint, identity
 from dask_quant.tasks.errors import InputError
 from dask_quant.tasks.feeding import NO_FEEDING, Constant, Feeding
 from dask_quant.tasks.npy_io import (
@@ -380,7 +380,26 @@ def _stored_constant(path: Path, option: str, spec: InputSpec) -> Constant:
     return Constant.of(spec.name, value)
 
 
-def describe_dataset(
+def describe_dataset(path: Path | str, option: str, inputs: list[InputSpec], **options) -> DatasetSpec:
+    """Check a dataset against the model inputs: a .npy/.npz file (headers only, and small constants), or
+    a Parquet file or folder (pipeline.parquet_inputs: schemas and footers only).
+
+    `labels` names the label array (column) to use if present (None: no labels);
+    `constants` are the inputs' values given on the command line. A dataset rewritten while it is being
+    checked (between its headers and its fingerprint) is refused: the spec would mix the two.
+    """
+    try:
+        before = identity(path)
+    except (OSError, InputError):
+        before = None  # missing: said below, with the option's name
+    spec = _described(path, option, inputs, **options)
+    if before is not None and spec.identity != before:
+        msg = f"{option} {path}: changed while it was being checked; wait until it is written, then run again"
+        raise InputError(msg)
+    return spec
+
+
+def _described(
     path: Path,
     option: str,
     inputs: list[InputSpec],
@@ -389,12 +408,6 @@ def describe_dataset(
     constants: tuple[Constant, ...] = (),
     output_axes: tuple[tuple[str, int], ...] = (),
 ) -> DatasetSpec:
-    """Check a dataset against the model inputs: a .npy/.npz file (headers only, and small constants), or
-    a Parquet file or folder (pipeline.parquet_inputs: schemas and footers only).
-
-    `labels` names the label array (column) to use if present (None: no labels);
-    `constants` are the inputs' values given on the command line.
-    """
     from dask_quant.pipeline.parquet_inputs import describe_parquet
     from dask_quant.tasks.parquet_io import is_parquet
 

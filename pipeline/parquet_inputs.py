@@ -40,35 +40,60 @@ def _footers(path: Path, option: str) -> list[tuple[str, object]]:
     return footers
 
 
-def _same_schemas(footers: list, option: str, columns: list[str]) -> dict:
-    """The Arrow type of each of `columns` present, the same in every file."""
-    first_file, first = footers[0]
-    schema = first.schema.to_arrow_schema()
-    types = {name: schema.field(name).type for name in columns if name in schema.names}
-    for file, meta in footers[1:]:
-        other = meta.schema.to_arrow_schema()
-        for name, wanted in types.items():
-            have = other.field(name).type if name in other.names else None
-            if have != wanted:
-                msg = (
-                    f"{option} {file}: column {name!r} is {have or 'missing'}, but {first_file} has {wanted}; "
-                    "every file of a dataset needs the same columns"
-                )
-                raise InputError(msg)
+def _types(file: str, meta, option: str, columns: list[str]) -> dict:
+    """The Arrow type of each of `columns` in one file (None where it is missing)."""
+    schema = meta.schema.to_arrow_schema()
+    types = {}
+    for name in columns:
+        count = schema.names.count(name)
+        if count > 1:
+            msg = f"{option} {file}: {count} columns named {name!r}; a dataset needs one column per input"
+            raise InputError(msg)
+        types[name] = schema.field(name).type if count else None
     return types
 
 
+def _same_schemas(footers: list, option: str, columns: list[str]) -> dict:
+    """The Arrow type of each of `columns` present, the same in every file (present in all or none)."""
+    first_file, first = footers[0]
+    types = _types(first_file, first, option, columns)
+    for file, meta in footers[1:]:
+        for name, have in _types(file, meta, option, columns).items():
+            if have != types[name]:
+                msg = (
+                    f"{option} {file}: column {name!r} is {have or 'missing'}, but in {first_file} it is "
+                    f"{types[name] or 'missing'}; every file of a dataset needs the same columns"
+                )
+                raise InputError(msg)
+    return {name: kind for name, kind in types.items() if kind is not None}
+
+
+def _leaves(arrow_type) -> int:
+    """How many Parquet leaf columns a column of `arrow_type` is stored as."""
+    import pyarrow as pa
+
+    if isinstance(arrow_type, pa.BaseExtensionType):
+        return _leaves(arrow_type.storage_type)
+    if pa.types.is_struct(arrow_type):
+        return sum(_leaves(arrow_type.field(i).type) for i in range(arrow_type.num_fields))
+    if pa.types.is_map(arrow_type):
+        return _leaves(arrow_type.key_type) + _leaves(arrow_type.item_type)
+    if hasattr(arrow_type, "value_type"):  # lists of every kind (a dictionary's values are one leaf)
+        return 1 if pa.types.is_dictionary(arrow_type) else _leaves(arrow_type.value_type)
+    return 1
+
+
 def _no_nulls(footers: list, option: str, column: str) -> None:
-    """Refuse null values that the footers' statistics count (files without statistics are checked as
-    the workers read them)."""
+    """Refuse null values that the footers' statistics count in `column`'s own leaf columns (files without
+    statistics are checked as the workers read them)."""
     for file, meta in footers:
+        schema = meta.schema.to_arrow_schema()
+        first = sum(_leaves(schema.field(i).type) for i in range(schema.get_field_index(column)))
+        leaves = range(first, first + _leaves(schema.field(column).type))
         for group in range(meta.num_row_groups):
             row_group = meta.row_group(group)
-            for index in range(row_group.num_columns):
-                chunk = row_group.column(index)
-                if chunk.path_in_schema.split(".")[0] != column:
-                    continue
-                stats = chunk.statistics
+            for index in leaves:
+                stats = row_group.column(index).statistics
                 if stats is not None and stats.has_null_count and stats.null_count:
                     msg = (
                         f"{option} {file}[{column}]: {stats.null_count} null value(s) in row group {group}; "

@@ -119,5 +119,6 @@ def read_labels(chunk: ChunkRef) -> np.ndarray | None:
 
 def _rows(chunk: ChunkRef, member: str) -> np.ndarray:
     """One array's (or Parquet column's) rows of the chunk."""
-    read = parquet_rows if is_parquet(chunk.path) else npy_rows
-    return read(chunk.path, member, chunk.start, chunk.stop)
+    if is_parquet(chunk.path):
+        return parquet_rows(chunk.path, member, chunk.start, chunk.stop, chunk.identity)  # checked just before
+    return npy_rows(chunk.path, member, chunk.start, chunk.stop)

@@ -13,11 +13,12 @@ def tree_files(folder: str | Path) -> list[Path]:
     """A folder's files, in path order, without those under a name starting with '_' or '.' (Spark's
     _SUCCESS, checksum files, pyarrow.dataset's own rule): the files of a dataset stored as a folder."""
     folder = Path(folder)
-    return sorted(
+    files = (
         path
         for path in folder.rglob("*")
         if path.is_file() and not any(part.startswith(("_", ".")) for part in path.relative_to(folder).parts)
     )
+    return sorted(files, key=lambda path: path.as_posix())  # string order, as pyarrow.dataset and object stores list
 
 
 def sha256_file(path: str | Path) -> str:
@@ -96,8 +97,8 @@ def check_identity(path: str | Path, expected: tuple[int, int]) -> None:
         raise InputError(msg) from None
     if expected and now != expected:
         msg = (
-            f"{path}: the file changed since the run started (size or modification time differ from when it "
-            "was fingerprinted); a file must not change while a run reads it: run again"
+            f"{path}: the file changed since the run started (its size, modification time or ETag differ from "
+            "when it was fingerprinted); a file must not change while a run reads it: run again"
         )
         raise InputError(msg)
 

@@ -168,9 +168,10 @@ def to_numpy(values, info: ColumnInfo, where: str) -> np.ndarray:
     return flat.reshape((rows, *shape)).astype(np.dtype(info.dtype), copy=False)
 
 
-def read_rows(path: str, column: str, start: int, stop: int) -> np.ndarray:
-    """Rows [start, stop) of a column, reading only the row groups that hold them."""
-    stamp = identity(path)
+def read_rows(path: str, column: str, start: int, stop: int, stamp: tuple[int, int] = ()) -> np.ndarray:
+    """Rows [start, stop) of a column, reading only the row groups that hold them. `stamp`: the dataset's
+    identity, if the caller has checked it (else it is taken again: a listing, on object storage)."""
+    stamp = stamp or identity(path)
     parts = []
     first = 0
     for file, groups in _layout(path, stamp):
@@ -187,6 +188,16 @@ def read_rows(path: str, column: str, start: int, stop: int) -> np.ndarray:
 def _joined(parts: list[np.ndarray], path: str, column: str, start: int, stop: int) -> np.ndarray:
     rows = sum(len(part) for part in parts)
     if rows != stop - start:
-        msg = f"{path}[{column}]: rows {start}..{stop} are not all there (the dataset shrank); write it again"
+        msg = (
+            f"{path}[{column}]: rows {start}..{stop} are not all there (a file holds fewer rows than its footer "
+            "says, or the dataset shrank); write it again"
+        )
+        raise InputError(msg)
+    shapes = sorted({part.shape[1:] for part in parts})
+    if len(shapes) > 1:  # lists of one length in a row group, of another in the next
+        msg = (
+            f"{path}[{column}]: rows {start}..{stop} hold values of shapes {shapes[0]} and {shapes[1]}; every row "
+            "holds one tensor of the input's shape"
+        )
         raise InputError(msg)
     return parts[0].copy() if len(parts) == 1 else np.concatenate(parts)

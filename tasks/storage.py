@@ -98,6 +98,8 @@ def _objects(url: str) -> list[tuple[str, dict]]:
     objects = []
     for key in sorted(found):
         relative = key[len(base) :].lstrip("/")
+        if not relative or key.endswith("/"):  # a folder's own marker object (S3 consoles and s3a write them)
+            continue
         if found[key].get("type") == "file" and not any(p.startswith(("_", ".")) for p in relative.split("/")):
             objects.append((f"{scheme}://{fs._strip_protocol(key)}", found[key]))  # noqa: SLF001
     return objects

@@ -57,6 +57,9 @@ def s3(tmp_path_factory):
             table = pa.table({"input": tensors, "labels": labels[rows]})
             pq.write_table(table, folder / f"part-{part}.parquet", row_group_size=50)
             fs.put(str(folder / f"part-{part}.parquet"), f"{BUCKET}/digits/val/part={part}/rows.parquet")
+        import boto3  # a folder's marker object, as S3 consoles and Hadoop's s3a write them: not data
+
+        boto3.client("s3").put_object(Bucket=BUCKET, Key="digits/val/", Body=b"")
         yield fs
     finally:
         os.environ.clear()

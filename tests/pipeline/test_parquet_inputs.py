@@ -90,7 +90,21 @@ def _schemas_differ(tmp_path):
     return folder
 
 
+def _duplicated(tmp_path):
+    images = _tensor(np.zeros((4, 1, 8, 8), np.float32))
+    return _table_file(tmp_path, pa.Table.from_arrays([images, images], names=["input", "input"]))
+
+
+def _labels_in_later_files_only(tmp_path):
+    folder = _digits(tmp_path)
+    pq.write_table(pa.table({"input": _tensor(np.zeros((4, 1, 8, 8), np.float32)), "labels": [0, 1, 2, 3]}),
+                   folder / "part=1" / "more.parquet")  # fmt: skip
+    return folder
+
+
 CASES = {
+    "duplicated column": (_duplicated, "2 columns named 'input'; a dataset needs one column per input"),
+    "a column only some files have": (_labels_in_later_files_only, "column 'labels' is int64, but in"),
     "no such column": (lambda t: _digits(t, input=None, other=np.zeros((40, 3))), "no column named 'input'"),
     "wrong dtype": (
         lambda t: _table_file(t, pa.table({"input": _tensor(np.zeros((4, 1, 8, 8), np.float64))})),
@@ -168,3 +182,28 @@ def test_the_readme_examples_write_calibration_sets_that_run(tmp_path, monkeypat
         (chunk,) = dataset_chunks(prepared.calib, 1000)
         assert read_feeds(chunk)["input"].shape == (1000, 1, 8, 8)
         assert _stats(prepared, 300) == _stats(prepared, 1000)
+
+
+def test_nulls_in_another_column_whose_name_starts_alike_are_not_the_inputs(tmp_path):
+    """Columns are matched by their own leaves, not by a dotted prefix ('input.mask' is not 'input')."""
+    images = load_arrays(CALIB, ["input"])["input"][:4]
+    table = pa.table({"input": _tensor(images), "input.mask": pa.array([1.0, None, 1.0, 1.0], pa.float32())})
+    data = _table_file(tmp_path, table)
+    prepared = prepare(RunConfig(model=MODEL, calib=data, prepare=False))
+    assert prepared.calib.rows == 4
+
+
+def test_a_dataset_rewritten_while_it_is_checked_is_refused(tmp_path, monkeypatch):
+    from dask_quant.pipeline import parquet_inputs
+    from dask_quant.tasks.errors import InputError
+
+    folder = _digits(tmp_path)
+    real = parquet_inputs.fingerprint
+
+    def rewritten_first(path, where):  # another job writes a file between the footers and the fingerprint
+        pq.write_table(pa.table({"input": _tensor(np.zeros((4, 1, 8, 8), np.float32))}), folder / "late.parquet")
+        return real(path, where)
+
+    monkeypatch.setattr(parquet_inputs, "fingerprint", rewritten_first)
+    with pytest.raises(InputError, match="changed while it was being checked"):
+        prepare(RunConfig(model=MODEL, calib=folder, prepare=False))

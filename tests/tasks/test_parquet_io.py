@@ -102,6 +102,25 @@ def test_variable_length_lists_are_read_when_every_row_has_one_length(tmp_path):
         parquet_io.read_rows(str(uneven), "x", 0, 2)
 
 
+def test_lists_of_another_length_in_the_next_row_group_are_one_error(tmp_path):
+    """A chunk across two row groups whose plain lists differ in length (each group even by itself)."""
+    path = tmp_path / "lengths.parquet"
+    with pq.ParquetWriter(path, pa.schema([("x", pa.list_(pa.float32()))])) as writer:
+        for length in (63, 65):
+            writer.write_table(pa.table({"x": pa.array([[1.0] * length] * 10, pa.list_(pa.float32()))}))
+    with pytest.raises(InputError, match=r"rows 5..15 hold values of shapes \(63,\) and \(65,\)"):
+        parquet_io.read_rows(str(path), "x", 5, 15)
+
+
+def test_files_follow_in_the_order_pyarrow_dataset_lists_them(tmp_path):
+    import pyarrow.dataset as ds
+
+    for name in ("part/x.parquet", "part-1.parquet", "a=2/y.parquet", "a=10/z.parquet"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"x": [1.0]}), tmp_path / name)
+    assert parquet_io.parquet_files(tmp_path) == sorted(ds.dataset(tmp_path, format="parquet").files)
+
+
 def test_a_file_that_is_not_parquet_is_one_error(tmp_path):
     folder = _dataset(tmp_path / "d", "number")
     (folder / "part=2" / "notes.txt").write_text("not parquet")
