@@ -105,7 +105,11 @@ job_options = option_group(
         help="Directory where run directories are published.",
     ),
     click.option(
-        "--chunk-size", type=int, default=None, help="Rows per task [default: 64, or a multiple of a fixed batch]."
+        "--chunk-size",
+        default="auto",
+        show_default=True,
+        help="Rows per task, or auto: from the model's activation sizes and the workers' memory limit (at most "
+        "64, a multiple of a batch the model fixes). Results do not depend on it.",
     ),
     click.option(
         "--metric",
@@ -149,6 +153,17 @@ guard_options = option_group(
     click.option("--min-cosine", type=float, default=None, help="Fail if the mean output cosine is below this."),
     click.option("--max-drop", type=float, default=None, help="Fail if accuracy drops more (points; needs labels)."),
 )
+
+
+def chunk_rows(value: str | int | None) -> int | None:
+    """--chunk-size: a number of rows, or auto (None)."""
+    if value is None or str(value).strip().lower() == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        msg = f"--chunk-size {value!r}: pass a number of rows or auto"
+        raise InputError(msg) from None
 
 
 def pairs(values: tuple[str, ...], option: str, convert=str) -> tuple[tuple[str, object], ...]:
@@ -203,7 +218,7 @@ def run_config(options: dict, model, calib, val, quant, **more):
         calib=calib,
         val=val,
         out=options["out"],
-        chunk_size=options["chunk_size"],
+        chunk_size=chunk_rows(options["chunk_size"]),
         metric=options["metric"],
         resume=options["resume"],
         quant=quant,

@@ -92,7 +92,7 @@ class RunConfig:
     calib: Path | str  # a local path, or a URL (s3://, gs://, ...) that tasks.storage opens
     val: Path | str | None = None
     out: Path = Path("dask-quant-runs")
-    chunk_size: int | None = None  # None: 64, rounded up to a multiple of a batch size the model fixes
+    chunk_size: int | None = None  # None: auto (pipeline.chunking; 64 where nothing tells otherwise)
     split_every: int = 8
     metric: Metric = Metric.AUTO
     resume: bool = False  # reuse the chunk checkpoints an interrupted run of the same job left

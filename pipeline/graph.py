@@ -153,7 +153,7 @@ def validation_graph(
         graph.update((key, (run, chunk)) for key, chunk in zip(outputs, chunks, strict=False))
         reference = f"join_anchors-{token}"
         graph[reference] = (join_anchors, outputs, chunks[0].start, chunks[anchors - 1].stop)
-        compare = partial(refusing, compare_chunk)
+        compare = partial(refusing, compare_chunk, names=kwargs["outputs"])
         for key, chunk, output_key in zip(chunk_keys, chunks, outputs, strict=False):  # the anchors' own chunks
             graph[key] = (compare, chunk, output_key)
     for key in chunk_keys:  # the chunk tasks' last argument: the anchors' reference set (a key), or None

@@ -36,6 +36,8 @@ def quality_failures(config: RunConfig, result: RunResult) -> list[str]:
         return failures
     if stats.collapsed:
         failures.append(collapse_reason(True, None))
+    collapsed = [name for name, _, other in result.other_outputs if other.collapsed]
+    failures += [f"output {name!r}: {collapse_reason(True, None)}" for name in collapsed]
     if config.min_cosine is not None and not stats.mean_cosine >= config.min_cosine:
         failures.append(f"mean cosine {stats.mean_cosine:.4f} is below --min-cosine {config.min_cosine}")
     if config.max_drop is not None and stats.fp32_accuracy is not None:

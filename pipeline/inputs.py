@@ -135,7 +135,13 @@ def load_external_data(proto, path: Path) -> None:
     total = proto.ByteSize()
     for tensor in external:
         info = ExternalDataInfo(tensor)
-        file = folder / info.location
+        file = (folder / info.location).resolve()
+        if folder not in file.parents:
+            msg = (
+                f"{path}: its external data location {info.location!r} is outside the model's folder; save the "
+                "data beside the model (a relative location)"
+            )
+            raise InputError(msg)
         if not file.is_file():
             msg = f"{path}: its external data file {info.location!r} is not beside it ({file}); keep them together"
             raise InputError(msg)
@@ -146,11 +152,20 @@ def load_external_data(proto, path: Path) -> None:
             "(dask-quant writes the prepared and INT8 models as single files)"
         )
         raise InputError(msg)
+    from onnx.checker import ValidationError
+
     try:
         load_external_data_for_model(proto, str(folder))
+    except ValidationError as exc:  # onnx refuses a location outside the model's folder, or an absolute one
+        msg = f"{path}: its external data is not in files beside it ({_first(exc)}); save it with a relative location"
+        raise InputError(msg) from None
     except (OSError, ValueError) as exc:
         msg = f"{path}: its external data cannot be read ({type(exc).__name__}: {exc}); write the model again"
         raise InputError(msg) from None
+
+
+def _first(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
 
 def model_inputs(proto) -> list[InputSpec]:

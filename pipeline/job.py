@@ -15,6 +15,7 @@ from pathlib import Path
 
 from dask_quant.pipeline import results
 from dask_quant.pipeline.advice import explain
+from dask_quant.pipeline.chunking import auto_chunk, thread_memory
 from dask_quant.pipeline.config import Metric, RunConfig
 from dask_quant.pipeline.failures import killed_worker_message
 from dask_quant.pipeline.gate import start_check
@@ -31,6 +32,7 @@ from dask_quant.pipeline.stages.smooth import smooth, smoothed_activations
 from dask_quant.pipeline.stages.validate import validate
 from dask_quant.pipeline.workarea import WorkArea
 from dask_quant.tasks.checkpoint import Source
+from dask_quant.tasks.digest import model_bytes
 from dask_quant.tasks.errors import DaskQuantError, InputError
 from dask_quant.tasks.latency import Latency
 from dask_quant.tasks.range_stats import RangeStats
@@ -145,7 +147,9 @@ def run_methods(
         ]
         prepared = prepare(config)
         stack.callback(prepared.discard)  # each run directory keeps its own link to the prepared model
-        config = replace(config, chunk_size=prepared.chunk_size)
+        auto = config.chunk_size is None  # decided once the workers' memory is known
+        if not auto:
+            config = replace(config, chunk_size=prepared.chunk_size)
         _check_guard_data(config, prepared)
         if config.smooth_quant is not None:
             smoothed_activations(prepared, config)  # bad input stays one line, before any cluster starts
@@ -161,6 +165,13 @@ def run_methods(
                 lap("cluster_start")
                 cluster, dashboard = cluster_record(dask_client, log)
                 log_preparation(prepared, log)  # once the job is sure to run: bad input stays one line
+                chunking = {"auto": False, "rows": prepared.chunk_size}
+                if auto:
+                    chosen = auto_chunk(prepared.row_bytes, thread_memory(dask_client), prepared.fixed_batch)
+                    prepared = replace(prepared, chunk_size=chosen.rows)
+                    config = replace(config, chunk_size=chosen.rows)
+                    chunking = chosen.record()
+                    log(chosen.describe())
                 if config.smooth_quant is not None:
                     prepared = smooth(prepared, config, dask_client, log, bar)
                     stack.callback(prepared.discard)
@@ -212,7 +223,8 @@ def run_methods(
             shared = calibration_record(calibration, names)
             for (quantized, validation, own), run_dir in zip(made, run_dirs, strict=True):
                 own.restart()
-                sections = {"cluster": cluster, "calibration": shared, "timings_s": {**lap.timings, **own.timings}}
+                sections = {"cluster": cluster, "calibration": shared, "chunking": chunking}
+                sections["timings_s"] = {**lap.timings, **own.timings}
                 write_run(run_dir, config, prepared, quantized, validation, sections)
                 own("write")
             if interrupted():
@@ -294,7 +306,7 @@ def run_result(run_id, final: Path, config, calibration, quantized, validation, 
         calibration.stats,
         list(quantized.qparams),
         validation.summary,
-        config.model.stat().st_size,
+        model_bytes(config.model),
         (final / results.MODEL_FILE).stat().st_size,
         dashboard,
         cluster["workers"],

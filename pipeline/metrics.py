@@ -15,18 +15,23 @@ _CLASSIFIER_NAME = re.compile(r"logit|prob|score|class", re.IGNORECASE)
 _FLOATS = (1, 10, 11, 16)  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 
-def _per_sample(value, batch: int | None, output_axes: dict[str, int]) -> bool:
+def _per_sample(value, batch: int | None, output_axes: dict[str, int], batch_names: set[str] | None = None) -> bool:
+    """A floating-point output with one row per sample. With `batch_names` (the inputs' batch dims), a
+    symbolic row count must be one of them: an output whose rows depend on the data (NonZero's) is not
+    compared."""
     tensor = value.type.tensor_type
     if tensor.elem_type not in _FLOATS:
         return False
     if not tensor.HasField("shape"):
-        return True
+        return batch_names is None
     dims = tensor.shape.dim
     axis = output_axes.get(value.name, 0)
     if len(dims) <= axis:
         return False
     rows = dims[axis]
-    return not rows.HasField("dim_value") or (batch is not None and rows.dim_value == batch)
+    if rows.HasField("dim_value"):
+        return batch is not None and rows.dim_value == batch
+    return batch_names is None or rows.dim_param in batch_names
 
 
 def compared_outputs(
@@ -39,6 +44,10 @@ def compared_outputs(
     its rows are not samples. InputError when no output qualifies, or `lead` does not.
     """
     names = [value.name for value in proto.graph.output if _per_sample(value, batch, output_axes)]
+    # The lead may be any such output (the first, or --lead-output); the others only those whose rows are
+    # named like an input's batch: compared alongside, they must not stop a run (tasks.validate checks too).
+    batch_names = _batch_names(proto)
+    sure = [value.name for value in proto.graph.output if _per_sample(value, batch, output_axes, batch_names)]
     shapes = ", ".join(
         f"{v.name} {[d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]}" for v in proto.graph.output
     )
@@ -55,7 +64,19 @@ def compared_outputs(
         )
         raise InputError(msg)
     lead = lead or names[0]
-    return (lead, *(name for name in names if name != lead))
+    return (lead, *(name for name in sure if name != lead))
+
+
+def _batch_names(proto) -> set[str]:
+    """The symbolic names of the graph inputs' dims (a batch dim is among them)."""
+    initializers = {init.name for init in proto.graph.initializer}
+    return {
+        dim.dim_param
+        for value in proto.graph.input
+        if value.name not in initializers
+        for dim in value.type.tensor_type.shape.dim
+        if dim.dim_param
+    }
 
 
 def resolve_metric(requested: Metric, proto, has_labels: bool, output: str | None = None) -> Metric:

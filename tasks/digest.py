@@ -136,3 +136,10 @@ def model_sha256(path: str | Path, data: bytes | None = None) -> str:
     folder = Path(path).parent
     listing = "".join(f"{location}\0{sha256_file(folder / location)}\n" for location in locations)
     return sha256_bytes(f"{sha256_bytes(data)}\n{listing}".encode())
+
+
+def model_bytes(path: str | Path) -> int:
+    """A model's size on disk: its file and the external data files it names."""
+    path = Path(path)
+    locations = external_locations(path.read_bytes())
+    return path.stat().st_size + sum((path.parent / location).stat().st_size for location in locations)

@@ -30,8 +30,16 @@ def int8_problem(chunk: ChunkRef, fp32: ModelRef, model: ModelRef) -> str | None
     bad = [
         meta.name
         for meta, value, expected in zip(session.get_outputs(), outputs, reference, strict=True)
-        if np.issubdtype(value.dtype, np.floating) and (np.isfinite(expected) & ~np.isfinite(value)).any()
+        if np.issubdtype(value.dtype, np.floating) and _newly_non_finite(expected, value)
     ]
     if bad:
         return f"outputs NaN or infinite values ({', '.join(map(repr, bad))}) on {where}, where FP32's are finite"
     return None
+
+
+def _newly_non_finite(expected: np.ndarray, value: np.ndarray) -> bool:
+    """INT8 values that are NaN or infinite where FP32's are finite (elementwise; an output whose shape
+    depends on the values, such as NonZero's, as a whole)."""
+    if value.shape != expected.shape:
+        return bool(np.isfinite(expected).all() and not np.isfinite(value).all())
+    return bool((np.isfinite(expected) & ~np.isfinite(value)).any())

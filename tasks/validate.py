@@ -231,9 +231,20 @@ def join_anchors(parts: list, start: int, stop: int) -> tuple[np.ndarray, np.nda
     return fp32.astype(np.float64), int8.astype(np.float64), np.arange(start, stop)
 
 
-def compare_chunk(chunk: ChunkRef, outputs: list[np.ndarray], reference=None) -> ChunkValidation:
+def compare_chunk(
+    chunk: ChunkRef, outputs: list[np.ndarray], reference=None, names: tuple[str, ...] | None = None
+) -> ChunkValidation:
     """A chunk's statistics from its chunk_outputs, with the anchors' reference set (None: no
-    nearest-neighbour agreement) for the first output."""
+    nearest-neighbour agreement) for the first output; `names`: the outputs', for messages."""
+    for position, value in enumerate(outputs):
+        if len(value) != chunk.rows:  # rows that are not samples (a NonZero's, data-dependent)
+            name = repr(names[position // 2]) if names else "the first output"
+            msg = (
+                f"output {name} has {len(value)} rows for the {chunk.rows} samples of rows {chunk.start}.."
+                f"{chunk.stop} of {chunk.path}: its rows are not samples, so it cannot be compared sample by "
+                "sample; pass --lead-output with an output that has one row per sample"
+            )
+            raise InputError(msg)
     rows = np.arange(chunk.start, chunk.stop)
     stats = compare_outputs(outputs[0], outputs[1], read_labels(chunk), rows, reference)
     others = tuple(compare_outputs(outputs[i], outputs[i + 1]) for i in range(2, len(outputs), 2))
@@ -255,7 +266,7 @@ def validate_against(
     value, source = cached(
         checkpoints,
         key,
-        lambda: compare_chunk(chunk, chunk_outputs(chunk, fp32, int8, outputs), reference),
+        lambda: compare_chunk(chunk, chunk_outputs(chunk, fp32, int8, outputs), reference, outputs),
         ChunkValidation.from_json,
     )
     return replace(value, chunks=source.counts)

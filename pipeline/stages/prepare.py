@@ -15,6 +15,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from dask_quant.pipeline.chunking import MAX_ROWS, activation_bytes_per_row
 from dask_quant.pipeline.config import RunConfig
 from dask_quant.pipeline.inputs import (
     LABELS,
@@ -37,7 +38,7 @@ from dask_quant.tasks.digest import model_sha256, sha256_bytes
 from dask_quant.tasks.errors import InputError
 from dask_quant.tasks.sessions import ModelRef
 
-DEFAULT_CHUNK_ROWS = 64
+DEFAULT_CHUNK_ROWS = MAX_ROWS  # --chunk-size auto without a cluster to ask (pipeline.chunking)
 PREPARED_DIR = "models"  # under OUT/.work: prepared models the workers read while a run lasts
 
 
@@ -61,6 +62,7 @@ class Prepared:
     output: str | None = None  # the output whose metrics lead (pipeline.metrics.compared_outputs)
     fixed_batch: int | None = None  # the batch size the model's inputs fix, if any: every chunk is a multiple of it
     others: tuple[str, ...] = ()  # the other outputs validation compares (each has its own metrics)
+    row_bytes: int | None = None  # activations of one sample (pipeline.chunking), for --chunk-size auto
 
     @property
     def prepared(self) -> bool:
@@ -90,6 +92,7 @@ def prepare(config: RunConfig, folder: Path | None = None) -> Prepared:
     the workers must be able to read; `Prepared.discard()` removes it.
     """
     proto = load_model(config.model)
+    _check_passthrough(proto, config.model)
     load_external_data(proto, config.model)  # first: it names a missing data file
     source = ModelRef(str(config.model.resolve()), model_sha256(config.model))
     steps: tuple[str, ...] = ()
@@ -119,7 +122,8 @@ def prepare(config: RunConfig, folder: Path | None = None) -> Prepared:
     model = source
     if config.prepare:
         model = write_prepared(proto, folder or config.out.absolute() / WORK / PREPARED_DIR, config.model.stem)
-    return Prepared(proto, model, tensors, calib, val, source, steps, chunk_size, output, batch, tuple(others))
+    per_row = activation_bytes_per_row(proto)
+    return Prepared(proto, model, tensors, calib, val, source, steps, chunk_size, output, batch, tuple(others), per_row)
 
 
 def write_prepared(proto, folder: Path, stem: str) -> ModelRef:
@@ -141,6 +145,18 @@ def write_prepared(proto, folder: Path, stem: str) -> ModelRef:
         msg = f"--out: cannot write the prepared model to {folder} ({exc.strerror}); free space or choose another --out"
         raise InputError(msg) from None
     return ModelRef(str(path), sha256_bytes(data))
+
+
+def _check_passthrough(proto, model: Path) -> None:
+    """ONNX Runtime's quantizer fails ('Graph is not a DAG') on a graph output that is a graph input itself."""
+    inputs = {value.name for value in proto.graph.input}
+    passed = [value.name for value in proto.graph.output if value.name in inputs]
+    if passed:
+        msg = (
+            f"{model}: output {passed[0]!r} is the model input of that name, passed through; ONNX Runtime's "
+            "quantizer cannot take such a graph: drop that output, or make it an Identity of the input"
+        )
+        raise InputError(msg)
 
 
 def quantizable(proto, config: RunConfig) -> tuple[tuple[str, int], ...]:

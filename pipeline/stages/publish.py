@@ -18,7 +18,7 @@ from dask_quant.pipeline.stages.prepare import Prepared
 from dask_quant.pipeline.stages.quantize import QuantizedModel, tensors_data, write_tensorrt_table
 from dask_quant.pipeline.stages.validate import Validation
 from dask_quant.tasks.checkpoint import Source
-from dask_quant.tasks.digest import sha256_file
+from dask_quant.tasks.digest import model_bytes, sha256_file
 
 
 def write_run(
@@ -48,7 +48,7 @@ def write_run(
     config = replace(config, quant=quantized.quant, chunk_size=prepared.chunk_size)
     source = prepared.source or prepared.model
     record = {
-        "model": {"path": source.path, "sha256": source.sha256, "bytes": config.model.stat().st_size},
+        "model": {"path": source.path, "sha256": source.sha256, "bytes": model_bytes(config.model)},
         "preparation": {
             "steps": list(prepared.steps),
             "file": results.FP32_FILE if prepared.prepared else None,

@@ -350,6 +350,7 @@ def test_a_model_with_external_data_quantizes_as_quantize_static_does(prepare, t
     assert model_signature(run_dir / results.MODEL_FILE) == model_signature(ref)
     record = json.loads((run_dir / results.RUN_FILE).read_text())
     assert record["summary"]["int8_accuracy"] > 0.95
+    assert record["model"]["bytes"] == model.stat().st_size + (model.parent / "weights.bin").stat().st_size
 
 
 
@@ -374,3 +375,82 @@ def test_a_missing_external_data_file_is_one_line(tmp_path):
     (tmp_path / "weights.bin").unlink()
     line = _refused(tmp_path / "runs", model, "--calib", CALIB)
     assert "its external data file 'weights.bin' is not beside it" in line
+
+
+def _with_output(path, nodes, output):
+    """The digits CNN with `nodes` appended and `output` (a ValueInfo) as a second graph output."""
+    proto = onnx.load(str(MODEL))
+    proto.graph.node.extend(nodes)
+    proto.graph.output.append(output)
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_an_output_whose_rows_are_not_samples_is_not_compared(tmp_path):
+    """NonZero's rows depend on the data: that output is left out of validation, and leading with it is
+    one error on the worker, not a traceback."""
+    from onnx import TensorProto, helper
+
+    threshold = helper.make_tensor("threshold", TensorProto.FLOAT, [], [5.0])
+    nodes = [
+        helper.make_node("Constant", [], ["th"], value=threshold),
+        helper.make_node("Greater", ["logits", "th"], ["over"]),
+        helper.make_node("NonZero", ["over"], ["where"]),
+        helper.make_node("Transpose", ["where"], ["pairs"]),
+        helper.make_node("Cast", ["pairs"], ["hits"], to=TensorProto.FLOAT),
+    ]
+    value = helper.make_tensor_value_info("hits", TensorProto.FLOAT, ["n", 2])
+    model = _with_output(tmp_path / "hits.onnx", nodes, value)
+    run_dir, done = _published(tmp_path / "runs", model, "--calib", CALIB, "--val", VAL)
+    record = json.loads((run_dir / results.RUN_FILE).read_text())
+    assert record["summary"]["output"] == "logits" and record["other_outputs"] == []
+    line = _refused(tmp_path / "again", model, "--calib", CALIB, "--val", VAL, "--lead-output", "hits")
+    assert "output 'hits' has" in line and "its rows are not samples" in line
+
+
+def test_a_collapsed_other_output_fails_the_quality_guard(tmp_path):
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Constant", [], ["small"], value=helper.make_tensor("s", TensorProto.FLOAT, [], [1e-4])),
+        helper.make_node("Constant", [], ["big"], value=helper.make_tensor("b", TensorProto.FLOAT, [], [1000.0])),
+        helper.make_node("Mul", ["logits", "small"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "big"], ["shifted"]),
+    ]
+    value = helper.make_tensor_value_info("shifted", TensorProto.FLOAT, ["batch", 10])
+    model = _with_output(tmp_path / "shifted.onnx", nodes, value)
+    done = dask_quant(
+        "run", model, "--calib", CALIB, "--val", VAL, "--min-cosine", "0.9", "--out", tmp_path / "o", "--workers", "2"
+    )
+    assert done.returncode == 1, done.stderr
+    assert "output 'shifted': the INT8 output is the same for every sample while FP32's is not" in done.stderr
+
+
+@pytest.mark.parametrize("location", ["../weights.bin", "ABSOLUTE"])
+def test_external_data_outside_the_model_folder_is_one_line(location, tmp_path):
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    (tmp_path / "model").mkdir()
+    proto = onnx.load(str(MODEL))
+    convert_model_to_external_data(proto, location="weights.bin", size_threshold=0)
+    onnx.save(proto, str(tmp_path / "weights-model.onnx"))  # writes tmp_path/weights.bin
+    where = str(tmp_path / "weights.bin") if location == "ABSOLUTE" else location
+    for tensor in proto.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = where
+    model = tmp_path / "model" / "digits.onnx"
+    model.write_bytes(proto.SerializeToString())
+    line = _refused(tmp_path / "runs", model, "--calib", CALIB)
+    assert "is outside the model's folder" in line or "is not in files beside it" in line
+
+
+def test_an_output_that_is_an_input_passed_through_is_one_line(tmp_path):
+    from onnx import helper
+
+    proto = onnx.load(str(MODEL))
+    proto.graph.output.append(helper.make_tensor_value_info("input", 1, ["batch", 1, 8, 8]))
+    model = tmp_path / "through.onnx"
+    onnx.save(proto, str(model))
+    line = _refused(tmp_path / "runs", model, "--calib", CALIB)
+    assert "output 'input' is the model input of that name, passed through" in line
