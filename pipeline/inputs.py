@@ -1,4 +1,4 @@
-"""Checks of the user's model and data files, before any work is submitted.
+"""Checks of the model's inputs and of the data files that feed them, before any work is submitted.
 
 Only headers are read here: the client never loads the dataset.
 """
@@ -92,80 +92,6 @@ class DatasetSpec:
     feeding: Feeding = NO_FEEDING
     identity: tuple[int, int] = ()  # (size, mtime ns) when fingerprinted: workers check the file is still it
     shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()  # inputs stored flat (Parquet lists): their sample dims
-
-
-def load_model(path: Path):
-    """The ModelProto at `path`, or an InputError saying why it is not one."""
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    if not path.is_file():
-        msg = f"model file not found: {path}; pass the path of an .onnx file"
-        raise InputError(msg)
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
-        msg = f"{path} is not an ONNX model ({type(exc).__name__}); pass an .onnx file exported by your framework"
-        raise InputError(msg) from None
-    if proto.ir_version <= 0 or not proto.graph.node:
-        msg = f"{path} is not an ONNX model (no IR version or no graph nodes); pass an .onnx file"
-        raise InputError(msg)
-    return proto
-
-
-# Above this, a model cannot be one protobuf message: the prepared and INT8 copies dask-quant writes are
-# single files, so such a model is refused (for now) rather than failing half-way.
-PROTOBUF_LIMIT = 2**31 - 1
-
-
-def load_external_data(proto, path: Path) -> None:
-    """Read a model's external data (files beside it) into `proto`; InputError when a file is missing, or
-    when the whole model would not fit one protobuf message."""
-    from onnx.external_data_helper import (
-        ExternalDataInfo,
-        _get_all_tensors,
-        load_external_data_for_model,
-        uses_external_data,
-    )
-
-    external = [tensor for tensor in _get_all_tensors(proto) if uses_external_data(tensor)]
-    if not external:
-        return
-    folder = path.resolve().parent
-    total = proto.ByteSize()
-    for tensor in external:
-        info = ExternalDataInfo(tensor)
-        file = (folder / info.location).resolve()
-        if folder not in file.parents:
-            msg = (
-                f"{path}: its external data location {info.location!r} is outside the model's folder; save the "
-                "data beside the model (a relative location)"
-            )
-            raise InputError(msg)
-        if not file.is_file():
-            msg = f"{path}: its external data file {info.location!r} is not beside it ({file}); keep them together"
-            raise InputError(msg)
-        total += info.length or file.stat().st_size
-    if total > PROTOBUF_LIMIT:
-        msg = (
-            f"{path}: {total / 2**30:.1f} GiB with its external data; models over 2 GiB are not supported yet "
-            "(dask-quant writes the prepared and INT8 models as single files)"
-        )
-        raise InputError(msg)
-    from onnx.checker import ValidationError
-
-    try:
-        load_external_data_for_model(proto, str(folder))
-    except ValidationError as exc:  # onnx refuses a location outside the model's folder, or an absolute one
-        msg = f"{path}: its external data is not in files beside it ({_first(exc)}); save it with a relative location"
-        raise InputError(msg) from None
-    except (OSError, ValueError) as exc:
-        msg = f"{path}: its external data cannot be read ({type(exc).__name__}: {exc}); write the model again"
-        raise InputError(msg) from None
-
-
-def _first(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
 
 def model_inputs(proto) -> list[InputSpec]:

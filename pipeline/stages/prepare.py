@@ -23,13 +23,12 @@ from dask_quant.pipeline.inputs import (
     InputSpec,
     constant_value,
     describe_dataset,
-    load_external_data,
-    load_model,
     model_inputs,
     output_batch_axes,
     with_layout,
 )
 from dask_quant.pipeline.metrics import compared_outputs
+from dask_quant.pipeline.model_files import load_external_data, load_model
 from dask_quant.pipeline.preparation import prepare_graph
 from dask_quant.pipeline.results import WORK, check_writable
 from dask_quant.pipeline.selection import default_op_types, subgraph_owners, tensors_to_calibrate
