@@ -19,6 +19,9 @@ import numpy as np
 # that a task's fixed cost is small, few enough that a small set still makes tasks for every worker.
 MAX_ROWS = 64
 MEMORY_SHARE = 0.25
+# The share of a worker's memory its cached ONNX Runtime sessions may hold (tasks.sessions): at least the
+# FP32 and INT8 sessions one validation pass runs together; the last pass's go first.
+SESSION_SHARE = 0.3
 
 
 def activation_bytes_per_row(proto) -> int | None:
@@ -80,3 +83,16 @@ def auto_chunk(row_bytes: int | None, memory: int | None, fixed_batch: int | Non
     if fitting >= MAX_ROWS:
         return AutoChunk(-(-MAX_ROWS // unit) * unit, row_bytes, memory)
     return AutoChunk(max(unit, fitting // unit * unit), row_bytes, memory)
+
+
+def budget_sessions(client) -> None:
+    """Bound the sessions each worker caches to SESSION_SHARE of its memory limit (a worker that joins
+    later keeps tasks.sessions' bound on their count only)."""
+    client.run(_set_budget)
+
+
+def _set_budget(dask_worker) -> None:
+    from dask_quant.tasks.sessions import set_session_budget
+
+    limit = dask_worker.memory_manager.memory_limit
+    set_session_budget(int(limit * SESSION_SHARE) if limit else None)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dask_quant.pipeline import results
 from dask_quant.pipeline.advice import explain
-from dask_quant.pipeline.chunking import auto_chunk, thread_memory
+from dask_quant.pipeline.chunking import auto_chunk, budget_sessions, thread_memory
 from dask_quant.pipeline.config import Metric, RunConfig
 from dask_quant.pipeline.failures import killed_worker_message
 from dask_quant.pipeline.gate import start_check
@@ -84,10 +84,12 @@ def client_scope(config: RunConfig, client) -> Iterator:
     if client is not None:
         require_workers(client, config.cluster.connect_timeout)
         check_workers(client)
+        budget_sessions(client)
         yield client  # the caller's client: never closed here
         return
     with cluster_client(config.cluster) as own:
         check_workers(own)
+        budget_sessions(own)
         yield own
 
 

@@ -107,4 +107,5 @@ def _histograms(chunk, model, tensors, specs) -> Histograms:
             array = values.pop(tensor)
             counted += [Histogram.of(spec, spec.count(array)) for spec in specs if spec.tensor == tensor]
         total = total.merge(Histograms.of(counted))
+        del values, part  # before the next slice runs (tasks.sessions.exposed_runs)
     return total

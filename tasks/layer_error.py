@@ -177,4 +177,5 @@ def _layer_errors(chunk, fp32, int8, pairs, specs) -> LayerErrors:
         reference.update(part)
         errors = {name: LayerError.of(reference[name], quantized[dq], bins.get(name), rows) for name, dq, _ in pairs}
         total = total.merge(LayerErrors(tuple(sorted(errors.items()))))
+        del reference, quantized, part  # before the next slice runs (tasks.sessions.exposed_runs)
     return total

@@ -15,15 +15,19 @@ from typing import Any
 
 import numpy as np
 
-from dask_quant.tasks.digest import model_sha256
+from dask_quant.tasks.digest import model_bytes, model_sha256
 from dask_quant.tasks.errors import DataError, InputError, ModelChangedError
 from dask_quant.tasks.feeding import NO_FEEDING, Feeding
 
 _CACHE_SIZE = 8  # a nightly zoo run visits many models; keep the cache bounded
+# What a session holds besides the model's bytes (measured on MiniLM: an FP32 session of an 86 MiB model
+# takes 120-140 MiB, an INT8 one of 22 MiB 60-90 MiB): the estimate set_session_budget's bound counts.
+_SESSION_GROWTH, _SESSION_OVERHEAD = 1.5, 32 * 2**20
 # Whole activations one run may hand back at once (histogram and per-layer passes).
 # A 64-row chunk of a transformer exposes GBs; its rows run in slices of this size.
 EXPOSED_BYTES_PER_RUN = 128 * 2**20
-_sessions: OrderedDict[tuple, Any] = OrderedDict()
+_sessions: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()  # (session, estimated bytes) per key
+_budget: int | None = None  # bytes the cached sessions may hold together (set_session_budget)
 _lock = threading.Lock()
 
 
@@ -107,6 +111,10 @@ def _build(model: ModelRef, spec: SessionSpec):
     options.log_severity_level = 4
     if spec.calibration:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if spec.expose:
+        # Exposed activations cannot share buffers, and an arena keeps its peak: MiniLM's per-layer pass held
+        # 821 MiB with one, 580-690 without (10-15% slower), where 1 GiB workers must also hold validation's.
+        options.enable_cpu_mem_arena = False
     # A model saved with external data names its files relative to its own folder; from bytes, ORT
     # needs that folder said (the model's own bytes are checked against the digest, data files too).
     folder = str(Path(model.path).resolve().parent)
@@ -127,15 +135,33 @@ def session_for(model: ModelRef, spec: SessionSpec = SessionSpec()):
     """The cached session for (model, spec), built on first use in this process."""
     key = (model.sha256, spec)
     with _lock:
-        session = _sessions.get(key)
-        if session is None:
-            session = _build(model, spec)
-            _sessions[key] = session
-            while len(_sessions) > _CACHE_SIZE:
-                _sessions.popitem(last=False)
-        else:
+        cached = _sessions.get(key)
+        if cached is not None:
             _sessions.move_to_end(key)
+            return cached[0]
+        session = _build(model, spec)
+        _sessions[key] = (session, int(model_bytes(model.path) * _SESSION_GROWTH) + _SESSION_OVERHEAD)
+        _evict()
         return session
+
+
+def set_session_budget(budget: int | None) -> None:
+    """Bound the bytes this process's cached sessions hold together (an estimate from each model's size);
+    None: only their count is bounded. The least recently used go first; a session a task holds lives on
+    until that task lets it go, so a stage's sessions replace the last stage's rather than adding to them."""
+    global _budget
+    with _lock:
+        _budget = budget
+        _evict()
+
+
+def _evict() -> None:
+    def over() -> bool:
+        held = sum(cost for _, cost in _sessions.values())
+        return len(_sessions) > _CACHE_SIZE or (_budget is not None and held > _budget and len(_sessions) > 1)
+
+    while over():
+        _sessions.popitem(last=False)
 
 
 def drop_sessions() -> None:
@@ -191,7 +217,7 @@ def exposed_runs(
     """Run each (session, output names) over the chunk in row slices; yield (rows, feeds as the model
     got them, [outputs per session]).
 
-    The first slice is a few rows and tells how many bytes a row exposes (the
+    The first slice is the fewest rows allowed and tells how many bytes a row exposes (the
     outputs' bytes, or `row_bytes(outputs)` for runs whose activations are not
     their outputs); later slices hold as many rows as fit `budget`. Slices also
     run faster than whole chunks where activations are large: a transformer's
@@ -206,7 +232,7 @@ def exposed_runs(
     rows = len(next(iter(feeds.values())))
     unit = max((fixed_batch(session, feeding) or 1 for session, _ in runs), default=1)
     least = unit if unit > 1 else 2
-    start, step = 0, unit if unit > 1 else least * 4
+    start, step = 0, least  # the fewest rows a slice may have: one row of a transformer exposes ~60 MiB
     while start < rows:
         stop = min(rows, start + step)
         if 0 < rows - stop < least:  # no short tail of its own
@@ -219,6 +245,7 @@ def exposed_runs(
         made = row_bytes(outputs) if row_bytes else sum(v.nbytes for output in outputs for v in output.values())
         per_row = max(1, made // (stop - start))
         yield stop - start, feeding.to_model(part), outputs
+        del outputs, part  # before the next slice runs: a worker holds one slice's activations, not two
         # A model with a fixed batch runs one batch per slice: its exposed tensors then come straight from
         # one session.run, in the layout of the feeds (whatever its batch axis), never concatenated.
         start, step = stop, unit if unit > 1 else max(least, budget // per_row)

@@ -1,8 +1,10 @@
 """The validate stage: FP32 against INT8 over the validation chunks, on the cluster.
 
-Model outputs (metrics per chunk, merged exactly) and per-layer errors (one
-merge tree) run as one submission; latency runs alone afterwards, so nothing
-else competes for the core it measures.
+Model outputs (metrics per chunk, merged exactly), then per-layer errors (one
+merge tree): one pass after the other, so a worker holds one pass's two sessions
+at a time (tasks.sessions' budget lets the other pass's go; with both passes
+interleaved a 1 GiB worker rebuilt or held four). Latency runs alone afterwards,
+so nothing else competes for the core it measures.
 """
 
 from __future__ import annotations
@@ -110,10 +112,11 @@ def validate(
     )
     specs = report_specs(quantized.calibration.stats, layers)
     names = (prepared.output, *prepared.others) if prepared.output is not None else None
-    graphs = [validation_graph(chunks, prepared.model, int8, anchors, names, checkpoints)]
+    outputs = compute(client, [validation_graph(chunks, prepared.model, int8, anchors, names, checkpoints)],
+                      "validation", progress)[0]  # fmt: skip
     if per_layer:
-        graphs.append(layer_graph(per_layer_chunks, prepared.model, int8, pairs, split_every, specs, checkpoints))
-    outputs, *per_layer_errors = compute(client, graphs, "validation", progress)
+        graph = layer_graph(per_layer_chunks, prepared.model, int8, pairs, split_every, specs, checkpoints)
+        per_layer_errors = compute(client, [graph], "per-layer error", progress)
     rows = tuple(layer_rows(layers, per_layer_errors[0])) if per_layer else ()
     latency = client.submit(measure_latency, chunks[0], prepared.model, int8, LATENCY_REPEATS, pure=False).result()
     summary = reduce(ValidationStats.merge, (c.stats for c in outputs), ValidationStats())

@@ -30,6 +30,29 @@ def test_session_is_cached_per_model_and_spec(tmp_path):
     assert sessions.session_for(ref, sessions.SessionSpec(calibration=True)) is not first
 
 
+def test_cached_sessions_stay_within_the_byte_budget(tmp_path):
+    """Least recently used first; the one just built stays even alone over the budget; None bounds the count only."""
+    model_path, _, _ = digits_paths()
+    ref = sessions.ModelRef(str(model_path), sha256_file(model_path))
+    specs = [sessions.SessionSpec(), sessions.SessionSpec(calibration=True), sessions.SessionSpec(intra_op_threads=2)]
+    cost = int(model_path.stat().st_size * sessions._SESSION_GROWTH) + sessions._SESSION_OVERHEAD
+    sessions.drop_sessions()
+    try:
+        sessions.set_session_budget(2 * cost)
+        first, second = (sessions.session_for(ref, spec) for spec in specs[:2])
+        assert sessions.session_for(ref, specs[0]) is first  # used last: `second` is now the oldest
+        sessions.session_for(ref, specs[2])
+        assert sessions.session_for(ref, specs[0]) is first
+        assert sessions.session_for(ref, specs[1]) is not second  # evicted, built anew
+        sessions.set_session_budget(1)
+        assert len(sessions._sessions) == 1
+        sessions.set_session_budget(None)
+        assert all(sessions.session_for(ref, spec) for spec in specs) and len(sessions._sessions) == 3
+    finally:
+        sessions.set_session_budget(None)
+        sessions.drop_sessions()
+
+
 def test_changed_model_bytes_are_refused(tmp_path):
     model_path, _, _ = digits_paths()
     copy = tmp_path / "m.onnx"
@@ -95,10 +118,10 @@ def test_exposed_runs_fill_the_byte_budget_and_never_run_one_row_alone(tmp_path)
     feeds = {"input": np.load(calib)[:50]}
     row_bytes = 10 * 4  # one row of logits: 10 float32
     parts = list(sessions.exposed_runs([(session, ["logits"])], feeds, budget=7 * row_bytes + 3))
-    assert [len(part["input"]) for _, part, _ in parts] == [8, 7, 7, 7, 7, 7, 7]
-    assert [rows for rows, _, _ in parts] == [8, 7, 7, 7, 7, 7, 7]
+    assert [len(part["input"]) for _, part, _ in parts] == [2, 7, 7, 7, 7, 7, 7, 6]
+    assert [rows for rows, _, _ in parts] == [2, 7, 7, 7, 7, 7, 7, 6]
     parts = list(sessions.exposed_runs([(session, ["logits"])], {"input": feeds["input"][:23]}, budget=1))
-    assert [len(part["input"]) for _, part, _ in parts] == [8, 2, 2, 2, 2, 2, 2, 3]
+    assert [len(part["input"]) for _, part, _ in parts] == [2] * 10 + [3]
     joined = np.concatenate([outputs["logits"] for _, _, (outputs,) in parts])
     assert np.array_equal(joined, session.run(["logits"], {"input": feeds["input"][:23]})[0])
 
