@@ -241,15 +241,22 @@ def tune(**options):
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("run_dir")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Where to write [default: RUN_DIR/report.html].")
 @click.option("--screenshot", type=click.Path(path_type=Path), help="Also save a PNG of the page (needs Chromium).")
 def report(run_dir, output, screenshot):
     """Write the HTML report of RUN_DIR (every run also writes one)."""
     try:
         from dask_quant.pipeline.report import write_report
+        from dask_quant.tasks.storage import is_url
 
-        page = write_report(run_dir, output)
+        if is_url(run_dir):
+            msg = (
+                f"{run_dir}: a run at a URL already holds its report.html; to write it again, download the run "
+                "folder and pass its local path"
+            )
+            raise InputError(msg)
+        page = write_report(Path(run_dir), output)
         click.echo(f"report: {page}")
         if screenshot is not None:
             from dask_quant.pipeline.screenshot import screenshot as take

@@ -99,10 +99,12 @@ job_options = option_group(
     click.option("--val", help="Validation data, as --calib (it may hold 'labels')."),
     click.option(
         "--out",
-        type=click.Path(path_type=Path),
-        default=Path("dask-quant-runs"),
+        default="dask-quant-runs",
         show_default=True,
-        help="Directory where run directories are published.",
+        help=(
+            "Directory where run directories are published, or a URL (s3://, gs://, az://): there workers read "
+            "the models from it, and a run is complete once its run.json is."
+        ),
     ),
     click.option(
         "--chunk-size",

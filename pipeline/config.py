@@ -91,7 +91,7 @@ class RunConfig:
     model: Path
     calib: Path | str  # a local path, or a URL (s3://, gs://, ...) that tasks.storage opens
     val: Path | str | None = None
-    out: Path = Path("dask-quant-runs")
+    out: Path | str = Path("dask-quant-runs")  # a URL publishes there (pipeline.remote_out)
     chunk_size: int | None = None  # None: auto (pipeline.chunking; 64 where nothing tells otherwise)
     split_every: int = 8
     metric: Metric = Metric.AUTO
@@ -112,14 +112,20 @@ class RunConfig:
     def __post_init__(self) -> None:
         for name in ("model", "calib", "val", "out"):
             value = getattr(self, name)
-            if is_url(value) and name in ("model", "out"):
+            if is_url(value) and name == "model":
                 msg = (
-                    f"{value}: {'MODEL' if name == 'model' else '--out'} must be a local path (or one every worker "
-                    "sees); only --calib and --val are read from URLs so far"
+                    f"{value}: MODEL must be a local path (the client prepares and quantizes it); download it "
+                    "first: workers then read it from --out at a URL, or from a path they all see"
                 )
                 raise InputError(msg)
-            if value is not None and not is_url(value):  # data at a URL stays a string (tasks.storage)
+            if value is not None and not is_url(value):  # data and --out at a URL stay strings (tasks.storage)
                 object.__setattr__(self, name, Path(value))
+        if self.resume and is_url(self.out):
+            msg = (
+                f"--resume reads the chunk checkpoints kept under a local --out; --out {self.out} is a URL, where "
+                "none are kept: run without --resume"
+            )
+            raise InputError(msg)
         try:
             object.__setattr__(self, "metric", Metric(self.metric))
         except ValueError:

@@ -85,7 +85,7 @@ def start_check(config: RunConfig, prepared: Prepared, quantized: QuantizedModel
         )
         raise InputError(msg)
     chunk = dataset_chunks(prepared.calib, prepared.chunk_size)[0]
-    model = ModelRef(str(quantized.path), quantized.sha256)
+    model = prepared.for_workers(ModelRef(str(quantized.path), quantized.sha256))
     if client is None:
         return PendingCheck(int8_problem(chunk, prepared.model, model), label)
     return PendingCheck(client.submit(int8_problem, chunk, prepared.model, model, pure=False), label)

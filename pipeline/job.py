@@ -23,6 +23,7 @@ from dask_quant.pipeline.guard import collapse_warning
 from dask_quant.pipeline.methods import Method
 from dask_quant.pipeline.progress import Progress
 from dask_quant.pipeline.qparams import QParam
+from dask_quant.pipeline.remote_out import RemoteOut
 from dask_quant.pipeline.smoothing import excluding_smoothing
 from dask_quant.pipeline.stages.calibrate import Calibration, calibrate
 from dask_quant.pipeline.stages.prepare import Prepared, prepare
@@ -36,6 +37,7 @@ from dask_quant.tasks.digest import model_bytes
 from dask_quant.tasks.errors import DaskQuantError, InputError
 from dask_quant.tasks.latency import Latency
 from dask_quant.tasks.range_stats import RangeStats
+from dask_quant.tasks.storage import is_url
 from dask_quant.tasks.validate import ValidationStats
 
 
@@ -44,7 +46,7 @@ class RunResult:
     """What a run produced; `run_dir` holds the files."""
 
     run_id: str
-    run_dir: Path
+    run_dir: Path | str  # a URL when --out is one
     stats: RangeStats
     qparams: list[QParam]
     validation: ValidationStats | None
@@ -142,7 +144,14 @@ def run_methods(
     lap = Laps()
     bar = Progress(log, terminal=progress)
     names = [quant.method.value for quant in quants]
+    recorded = config.out  # run.json's --out, as given
     with ExitStack() as stack:
+        remote = None
+        if is_url(config.out):  # the client works in a folder of its own, then publishes there
+            remote = RemoteOut(config.out)
+            stack.callback(remote.close)
+            remote.check()
+            config = replace(config, out=remote.local)
         run_dirs = [
             stack.enter_context(results.RunDirectory(config.out, results.new_run_id(config.model, name)))
             for name in names
@@ -155,6 +164,8 @@ def run_methods(
         _check_guard_data(config, prepared)
         if config.smooth_quant is not None:
             smoothed_activations(prepared, config)  # bad input stays one line, before any cluster starts
+        if remote is not None:
+            prepared = remote.share(prepared)
         lap("prepare")
         work = WorkArea(config, prepared, quants)
         if config.resume:
@@ -184,7 +195,7 @@ def run_methods(
                     quants,
                     chunk_size=config.chunk_size,
                     split_every=config.split_every,
-                    checkpoints=work.checkpoints(config.resume),
+                    checkpoints=None if remote else work.checkpoints(config.resume),
                     log=log,
                     progress=bar,
                 )
@@ -212,7 +223,7 @@ def run_methods(
                             log=log,
                             progress=bar,
                             per_layer=config.layers == "all",
-                            checkpoints=work.checkpoints(config.resume),
+                            checkpoints=None if remote else work.checkpoints(config.resume),
                         )
                     except DaskQuantError:
                         gate.verdict()
@@ -227,7 +238,7 @@ def run_methods(
                 own.restart()
                 sections = {"cluster": cluster, "calibration": shared, "chunking": chunking}
                 sections["timings_s"] = {**lap.timings, **own.timings}
-                write_run(run_dir, config, prepared, quantized, validation, sections)
+                write_run(run_dir, replace(config, out=recorded), prepared, quantized, validation, sections)
                 own("write")
             if interrupted():
                 raise KeyboardInterrupt
@@ -246,11 +257,13 @@ def run_methods(
             raise
         # Only after the cluster is down: an interrupt before this publishes nothing.
         finals = [run_dir.publish() for run_dir in run_dirs]
+        made_runs = [
+            run_result(run_dir.run_id, final, config, calibration, q, v, cluster, dashboard, lap.timings | own.timings)
+            for run_dir, final, (q, v, own) in zip(run_dirs, finals, made, strict=True)
+        ]
+        if remote is not None:
+            made_runs = [replace(result, run_dir=remote.publish(result.run_dir)) for result in made_runs]
     work.discard()
-    made_runs = [
-        run_result(run_dir.run_id, final, config, calibration, q, v, cluster, dashboard, {**lap.timings, **own.timings})
-        for run_dir, final, (q, v, own) in zip(run_dirs, finals, made, strict=True)
-    ]
     guarded = config.min_cosine is not None or config.max_drop is not None  # the guard itself reports
     for result in made_runs if not guarded else ():
         warning = collapse_warning(result)

@@ -43,7 +43,7 @@ def format_summary(result: RunResult) -> str:
         f"  quantized        {activations} activations, {len(result.qparams) - activations} weights",
         f"  workers          {result.workers}; {sum(result.timings.values()):.1f} s including cluster start",
         f"  written to       {result.run_dir}",
-        f"  report           {result.run_dir / REPORT_FILE}",
+        f"  report           {result.run_dir}/{REPORT_FILE}",  # a folder, or a URL (--out at a URL)
     ]
     if result.dashboard:
         lines.append(f"  dashboard        {result.dashboard}")

@@ -50,6 +50,7 @@ from dask_quant.pipeline.workarea import WorkArea
 from dask_quant.tasks.errors import DaskQuantError, InputError
 from dask_quant.tasks.reference_rows import gather_rows
 from dask_quant.tasks.sessions import ModelRef
+from dask_quant.tasks.storage import is_url
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,9 @@ def tune(
     """Search the nodes to keep in FP32 until `tuning.target` holds, and publish the best model found."""
     if config.val is None:
         msg = "tune scores every variant on validation data: pass --val"
+        raise InputError(msg)
+    if is_url(config.out):
+        msg = f"--out {config.out}: tune publishes to a local folder (or one all workers see) so far; run takes a URL"
         raise InputError(msg)
     lap = Laps()
     bar = Progress(log, terminal=progress)

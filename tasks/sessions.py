@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from dask_quant.tasks.digest import model_bytes, model_sha256
+from dask_quant.tasks.digest import model_bytes, model_sha256, sha256_bytes
 from dask_quant.tasks.errors import DataError, InputError, ModelChangedError
 from dask_quant.tasks.feeding import NO_FEEDING, Feeding
+from dask_quant.tasks.storage import object_size, read_remote
 
 _CACHE_SIZE = 8  # a nightly zoo run visits many models; keep the cache bounded
 # What a session holds besides the model's bytes (measured on MiniLM: an FP32 session of an 86 MiB model
@@ -33,10 +34,17 @@ _lock = threading.Lock()
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A model file and the sha256 its bytes must have."""
+    """A model file and the sha256 its bytes must have; workers read it from `url` when it has one (--out at a
+    URL: pipeline.remote_out), else from `path`."""
 
     path: str
     sha256: str
+    url: str | None = None
+
+    @property
+    def location(self) -> str:
+        """Where a worker reads the model."""
+        return self.url or self.path
 
 
 @dataclass(frozen=True)
@@ -58,10 +66,10 @@ class SessionSpec:
 
 
 def _model_bytes(model: ModelRef, spec: SessionSpec) -> bytes:
-    data = Path(model.path).read_bytes()
-    if model_sha256(model.path, data) != model.sha256:
+    data = read_remote(model.url) if model.url else Path(model.path).read_bytes()
+    if (sha256_bytes(data) if model.url else model_sha256(model.path, data)) != model.sha256:
         msg = (
-            f"{model.path}: sha256 differs from the one the run started with; the file changed, "
+            f"{model.location}: sha256 differs from the one the run started with; the file changed, "
             "or this worker sees another file at that path (workers need the same file)"
         )
         raise ModelChangedError(msg)
@@ -117,12 +125,13 @@ def _build(model: ModelRef, spec: SessionSpec):
         options.enable_cpu_mem_arena = False
     # A model saved with external data names its files relative to its own folder; from bytes, ORT
     # needs that folder said (the model's own bytes are checked against the digest, data files too).
-    folder = str(Path(model.path).resolve().parent)
-    options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+    if model.url is None:  # one at a URL has no external data (pipeline.remote_out)
+        folder = str(Path(model.path).resolve().parent)
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
     try:
         return ort.InferenceSession(_model_bytes(model, spec), options, providers=["CPUExecutionProvider"])
     except _ort_load_errors() as exc:
-        msg = f"{model.path}: ONNX Runtime cannot load this model ({_first_line(exc)}); check it with onnx.checker"
+        msg = f"{model.location}: ONNX Runtime cannot load this model ({_first_line(exc)}); check it with onnx.checker"
         raise InputError(msg) from None
 
 
@@ -140,7 +149,8 @@ def session_for(model: ModelRef, spec: SessionSpec = SessionSpec()):
             _sessions.move_to_end(key)
             return cached[0]
         session = _build(model, spec)
-        _sessions[key] = (session, int(model_bytes(model.path) * _SESSION_GROWTH) + _SESSION_OVERHEAD)
+        size = model_bytes(model.path) if model.url is None else object_size(model.url)
+        _sessions[key] = (session, int(size * _SESSION_GROWTH) + _SESSION_OVERHEAD)
         _evict()
         return session
 

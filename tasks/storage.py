@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import PurePosixPath
 
 from dask_quant.tasks.errors import InputError
@@ -39,7 +39,7 @@ def _filesystem(url: str):
     except ImportError:
         scheme = url.split("://", 1)[0]
         package = _BACKENDS.get(scheme, f"fsspec's {scheme} backend")
-        msg = f"{url}: reading {scheme}:// needs {package}, installed on the client and on every worker"
+        msg = f"{url}: {scheme}:// needs {package}, installed on the client and on every worker"
         raise InputError(msg) from None
     except ValueError as exc:
         msg = f"{url}: not a URL fsspec knows ({exc})"
@@ -47,6 +47,9 @@ def _filesystem(url: str):
 
 
 def _unreachable(url: str, exc: BaseException) -> InputError:
+    if isinstance(exc, FileNotFoundError) and url.startswith("memory://"):
+        return InputError(f"{url}: not found; memory:// is one process's memory: workers in processes of their own "
+                          "never see what the client put there")  # fmt: skip
     if isinstance(exc, FileNotFoundError):
         return InputError(f"{url}: not found; check the bucket and key (and that this machine sees them)")
     if isinstance(exc, PermissionError):
@@ -121,6 +124,10 @@ def is_folder(url: str) -> bool:
     return _ask(url, "isdir")
 
 
+def object_size(url: str) -> int:
+    return int(_ask(url, "size"))
+
+
 def remote_files(url: str) -> list[str]:
     """The object itself, or the objects under a folder URL in key order (data files only)."""
     return [name for name, _ in _objects(url)]
@@ -152,3 +159,37 @@ def remote_identity(url: str) -> tuple[int, int]:
         raise InputError(msg)
     digest = hashlib.sha256(_listing(url, objects).encode()).hexdigest()
     return sum(int(info.get("size") or 0) for _, info in objects), int(digest[:15], 16)
+
+
+def _unwritable(url: str, option: str, exc: BaseException) -> InputError:
+    if isinstance(exc, PermissionError):
+        return InputError(f"{option} {url}: access denied ({exc}); check the credentials this machine uses for it")
+    if isinstance(exc, FileNotFoundError):
+        return InputError(f"{option} {url}: no such bucket or container ({exc}); create it, or choose another {option}")
+    return InputError(f"{option} {url}: cannot be written ({type(exc).__name__}: {exc}); choose another {option}")
+
+
+def put_bytes(url: str, data: bytes, option: str) -> None:
+    """Write one object whole (an object store shows it complete, or not at all); `option` names what asked."""
+    fs, path = _filesystem(url)
+    try:
+        fs.pipe_file(path, data)
+    except (OSError, ValueError) as exc:
+        raise _unwritable(url, option, exc) from None
+
+
+def put_file(local, url: str, option: str) -> None:
+    """Upload the local file `local` to the object at `url`."""
+    fs, path = _filesystem(url)
+    try:
+        fs.put_file(str(local), path)
+    except (OSError, ValueError) as exc:
+        raise _unwritable(url, option, exc) from None
+
+
+def remove(url: str) -> None:
+    """Remove the object at `url`, or every object under it; nothing there is no error."""
+    fs, path = _filesystem(url)
+    with suppress(FileNotFoundError):
+        if fs.exists(path):
+            fs.rm(path, recursive=True)

@@ -62,11 +62,20 @@ class Prepared:
     fixed_batch: int | None = None  # the batch size the model's inputs fix, if any: every chunk is a multiple of it
     others: tuple[str, ...] = ()  # the other outputs validation compares (each has its own metrics)
     row_bytes: int | None = None  # activations of one sample (pipeline.chunking), for --chunk-size auto
+    models_url: str | None = None  # where workers read the models the client writes (--out at a URL), if anywhere
 
     @property
     def prepared(self) -> bool:
         """Whether `model` is a prepared copy (not the user's file)."""
-        return self.source is not None and self.model != self.source
+        return self.source is not None and self.model.path != self.source.path
+
+    def for_workers(self, model: ModelRef) -> ModelRef:
+        """`model` as workers read it: with --out at a URL, uploaded there (pipeline.remote_out)."""
+        if self.models_url is None:
+            return model
+        from dask_quant.pipeline.remote_out import upload_model
+
+        return upload_model(model, self.models_url)
 
     def __enter__(self) -> Prepared:
         return self

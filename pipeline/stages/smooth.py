@@ -55,4 +55,5 @@ def smooth(
     step = f"SmoothQuant (alpha {alpha:g}): {len(targets)} activations into the weights of {nodes} MatMul/Gemm nodes"
     steps = (*prepared.steps, step)
     config = replace(config, quant=excluding_smoothing(config.quant, proto))  # the new Muls stay FP32
+    model = prepared.for_workers(model)
     return replace(prepared, proto=proto, model=model, tensors=quantizable(proto, config), steps=steps)

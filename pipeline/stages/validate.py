@@ -93,7 +93,7 @@ def validate(
     if prepared.val is None:
         return Validation()
     chunks = dataset_chunks(prepared.val, chunk_size)
-    int8 = ModelRef(str(quantized.path), quantized.sha256)
+    int8 = prepared.for_workers(ModelRef(str(quantized.path), quantized.sha256))
     metric = resolve_metric(metric, prepared.proto, prepared.val.labels is not None, prepared.output)
     # Embeddings: the first whole chunks, about ANCHORS rows, are the nearest-neighbour reference set.
     anchors = min(len(chunks), max(1, ANCHORS // chunk_size)) if metric is Metric.EMBEDDING else 0

@@ -5,6 +5,7 @@ by URL, and the parameters are bit-identical to the same job on local files."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 
@@ -123,3 +124,42 @@ def test_a_changed_object_is_refused_by_the_worker_that_reads_it(s3, tmp_path):
     s3.put(str(tmp_path / "other.npy"), url)
     with pytest.raises(InputError, match="changed since the run started"):
         read_feeds(chunk)
+
+
+def test_out_at_a_url_workers_read_the_models_there_and_the_run_appears_whole(s3, tmp_path):
+    """--out s3://: workers in a folder that holds nothing read the prepared and the INT8 model from the
+    bucket (moto's access log), the run is published there with run.json, and its parameters are the local
+    run's; the models uploaded for the workers are gone afterwards."""
+    requests: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: requests.append(record.getMessage())
+    access_log = logging.getLogger("werkzeug")
+    access_log.addHandler(handler)
+    access_log.setLevel(logging.INFO)
+    elsewhere = tmp_path / "workers"
+    elsewhere.mkdir()
+    try:
+        with dask_processes(tmp_path, cwd=elsewhere) as cluster:
+            job = (MODEL, "--calib", CALIB, "--val", VAL, "--scheduler-file", cluster.scheduler_file)
+            remote = dask_quant("run", *job, "--out", f"s3://{BUCKET}/runs")
+            local = dask_quant("run", *job, "--out", tmp_path / "local")
+    finally:
+        access_log.removeHandler(handler)
+    assert remote.returncode == 0, remote.stderr
+    assert local.returncode == 0, local.stderr
+    (manifest,) = s3.glob(f"{BUCKET}/runs/*/run.json")
+    run = manifest.rsplit("/", 1)[0]
+    assert f"written to       s3://{run}" in remote.stdout
+    published = {key.removeprefix(run + "/") for key in s3.find(run)}
+    assert {"run.json", "model.int8.onnx", "model.fp32.onnx", "qparams.parquet", "report.html"} <= published
+    assert s3.find(f"{BUCKET}/runs/.work") == []
+    models_read = [line for line in requests if f"GET /{BUCKET}/runs/.work/" in line and ".onnx" in line]
+    assert len(models_read) >= 2, requests[-20:]  # the FP32 and the INT8 model, by the workers
+    import onnxruntime as ort
+
+    ort.InferenceSession(s3.cat(f"{run}/model.int8.onnx"), providers=["CPUExecutionProvider"])
+    with s3.open(f"{run}/qparams.parquet", "rb") as handle:
+        remote_qparams = pq.read_table(handle).drop_columns(["run_id"])
+    assert remote_qparams.equals(_qparams(tmp_path / "local")[0])
+    assert json.loads(s3.cat(manifest))["config"]["out"] == f"s3://{BUCKET}/runs"
+    assert not list(elsewhere.iterdir())

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,7 +64,7 @@ CASES = {
     ),
     "model at a URL": (
         lambda t: ["s3://bucket/model.onnx", "--calib", str(CALIB)],
-        "s3://bucket/model.onnx: MODEL must be a local path (or one every worker sees)",
+        "s3://bucket/model.onnx: MODEL must be a local path (the client prepares and quantizes it)",
     ),
     "data at a URL nothing reads": (
         lambda t: [str(MODEL), "--calib", "nosuch://bucket/calib.npz"],
@@ -326,6 +328,33 @@ def test_bad_input_exits_2_with_one_line(case, tmp_path, out):
     make_args, expected = CASES[case]
     line = _run_cli(make_args(tmp_path), out)
     assert expected in line
+
+
+OUT_AT_A_URL = {
+    "--resume with --out at a URL": (
+        ["--out", "s3://bucket/runs", "--resume"],
+        "--resume reads the chunk checkpoints kept under a local --out; --out s3://bucket/runs is a URL, where none "
+        "are kept: run without --resume",
+    ),
+    "--out at a URL without its backend": (
+        ["--out", "gs://bucket/runs"],
+        "gs://bucket/runs: gs:// needs gcsfs, installed on the client and on every worker",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OUT_AT_A_URL))
+def test_bad_out_at_a_url_is_one_line_and_leaves_no_local_folder(case):
+    import tempfile
+
+    if "backend" in case:
+        assert importlib.util.find_spec("gcsfs") is None, "this case needs a backend that is not installed"
+    args, expected = OUT_AT_A_URL[case]
+    folders = set(Path(tempfile.gettempdir()).glob("dask-quant-out-*"))
+    result = CliRunner().invoke(main, ["run", str(MODEL), "--calib", str(CALIB), *args])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [f"dask-quant: error: {expected}"], result.output
+    assert set(Path(tempfile.gettempdir()).glob("dask-quant-out-*")) == folders
 
 
 def test_out_that_does_not_exist_is_not_created_on_error(tmp_path):

@@ -16,6 +16,8 @@ CASES = {**RUN_CASES, **{f"Parquet: {name}": case for name, case in PARQUET_CASE
 README = HERE.parents[1] / "README.md"
 TESTED_ELSEWHERE = {  # tests/cluster/*, tests/tasks/test_sessions.py, test_bad_input's own functions
     "model ONNX Runtime refuses (found on a worker)",
+    "--resume with --out at a URL",  # test_bad_input's OUT_AT_A_URL: --out given twice would take the last
+    "--out at a URL without its backend",
     "NaN or infinity in the data (found on a worker)",
     "output directory not writable",
     "TLS scheduler without --tls-ca-file",

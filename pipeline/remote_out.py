@@ -1,0 +1,89 @@
+"""--out at a URL (s3://, gs://, az://, ...): publishing where rename is not atomic.
+
+The client works in a local folder of its own, as with a local --out. The
+models the workers run (the prepared FP32 model, each INT8 model) are uploaded
+under `OUT/.work/TOKEN/` and read from there by every worker, so workers need
+no file system shared with the client. A finished run is uploaded to
+`OUT/RUN_ID/`, every file before `run.json`: a run exists for readers once its
+`run.json` does (`OUT/*/run.json`), and never before all its files are there.
+A run that fails or is interrupted writes no `run.json`; what it uploaded is
+removed, and a reader following that rule never sees it in any case.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+from contextlib import suppress
+from dataclasses import replace
+from pathlib import Path
+
+from dask_quant.pipeline.results import RUN_FILE, WORK
+from dask_quant.tasks import storage
+from dask_quant.tasks.digest import external_locations
+from dask_quant.tasks.errors import InputError
+from dask_quant.tasks.sessions import ModelRef
+
+
+def upload_model(model: ModelRef, folder: str) -> ModelRef:
+    """`model` with the URL under `folder` workers read it from (uploaded once; its name is its digest)."""
+    if model.url is not None:
+        return model
+    data = Path(model.path).read_bytes()
+    if external_locations(data):
+        msg = (
+            f"{model.path}: a model with external data reaches workers through --out at a URL only once prepared "
+            "(drop --no-prepare), or pass a local --out that every worker sees"
+        )
+        raise InputError(msg)
+    url = f"{folder}/{model.sha256}.onnx"
+    if not storage.exists(url):  # the gate and validation both hand workers the INT8 model
+        storage.put_bytes(url, data, "--out")
+    return replace(model, url=url)
+
+
+class RemoteOut:
+    """One job's --out at `url`: a local working folder (`local`), the models workers read, publication."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self.models = f"{self.url}/{WORK}/{secrets.token_hex(8)}"
+        self.local = Path(tempfile.mkdtemp(prefix="dask-quant-out-"))
+
+    def check(self) -> None:
+        """Fail before any work if the client cannot write there (credentials, bucket, endpoint)."""
+        probe = f"{self.models}/probe"
+        try:
+            storage.put_bytes(probe, b"", "--out")
+        except InputError as exc:
+            raise InputError(str(exc).replace(probe, self.url)) from None
+        storage.remove(probe)
+
+    def share(self, prepared):
+        """`prepared` (pipeline.stages.prepare.Prepared) with its model, and every model made from it, uploaded
+        for the workers."""
+        shared = replace(prepared, models_url=self.models)
+        return replace(shared, model=shared.for_workers(shared.model))
+
+    def publish(self, run_dir: Path) -> str:
+        """Upload a published local run directory to OUT/RUN_ID/, run.json last; its URL."""
+        final = f"{self.url}/{run_dir.name}"
+        if storage.exists(f"{final}/{RUN_FILE}"):
+            msg = f"{final} already exists; nothing was overwritten"
+            raise FileExistsError(msg)
+        files = sorted(p for p in run_dir.rglob("*") if p.is_file() and p.name != RUN_FILE)
+        try:
+            for path in [*files, run_dir / RUN_FILE]:
+                storage.put_file(path, f"{final}/{path.relative_to(run_dir).as_posix()}", "--out")
+        except BaseException:
+            storage.remove(final)  # no run.json: readers never took it; do not leave the rest behind
+            raise
+        return final
+
+    def close(self) -> None:
+        """Remove the local working folder and the uploaded models (as far as the store lets us: a failure
+        here must not hide the one that ended the run)."""
+        shutil.rmtree(self.local, ignore_errors=True)
+        with suppress(InputError, OSError):
+            storage.remove(self.models)

@@ -1,0 +1,95 @@
+"""Publishing to --out at a URL (fsspec's memory:// here; S3 in tests/cluster/test_object_storage.py): every
+file before run.json, nothing left when an upload fails, nothing overwritten, the workers' models removed."""
+
+from __future__ import annotations
+
+import fsspec
+import pytest
+
+from dask_quant.pipeline.remote_out import RemoteOut, upload_model
+from dask_quant.pipeline.results import RUN_FILE
+from dask_quant.tasks import storage
+from dask_quant.tasks.digest import sha256_bytes
+from dask_quant.tasks.errors import InputError
+from dask_quant.tasks.sessions import ModelRef
+
+
+def _run_dir(tmp_path):
+    run = tmp_path / "digits-minmax-1"
+    (run / "tensorrt").mkdir(parents=True)
+    names = (RUN_FILE, "model.int8.onnx", "qparams.parquet", "validation.parquet", "tensorrt/calibration.flatbuffers")
+    for name in names:
+        (run / name).write_bytes(name.encode())
+    return run
+
+
+@pytest.fixture
+def memory():
+    fs = fsspec.filesystem("memory")
+    yield fs
+    fs.rm("/out", recursive=True) if fs.exists("/out") else None
+
+
+def test_run_json_is_uploaded_last_and_the_run_is_whole(tmp_path, memory, monkeypatch):
+    uploaded = []
+    put = storage.put_file
+    monkeypatch.setattr(storage, "put_file", lambda path, url, option: (uploaded.append(url), put(path, url, option)))
+    out = RemoteOut("memory://out/")
+    try:
+        final = out.publish(_run_dir(tmp_path))
+    finally:
+        out.close()
+    assert final == "memory://out/digits-minmax-1"
+    assert uploaded[-1] == f"{final}/{RUN_FILE}" and len(uploaded) == 5
+    assert memory.cat(f"/out/digits-minmax-1/{RUN_FILE}") == RUN_FILE.encode()
+    assert memory.cat("/out/digits-minmax-1/tensorrt/calibration.flatbuffers") == b"tensorrt/calibration.flatbuffers"
+    again = RemoteOut("memory://out")
+    with pytest.raises(FileExistsError, match="nothing was overwritten"):
+        again.publish(_run_dir(tmp_path / "again"))
+    again.close()
+    assert not again.local.exists()
+
+
+def test_a_failed_upload_leaves_no_run_and_nothing_of_it(tmp_path, memory, monkeypatch):
+    put = storage.put_file
+    calls = []
+
+    def failing(path, url, option):
+        calls.append(url)
+        if len(calls) == 3:
+            msg = "connection reset"
+            raise OSError(msg)
+        put(path, url, option)
+
+    monkeypatch.setattr(storage, "put_file", failing)
+    out = RemoteOut("memory://out")
+    with pytest.raises(OSError, match="connection reset"):
+        out.publish(_run_dir(tmp_path))
+    out.close()
+    assert not memory.exists("/out/digits-minmax-1")
+
+
+def test_models_for_workers_are_uploaded_by_digest_and_removed_at_close(tmp_path, memory):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"not really a model")
+    out = RemoteOut("memory://out")
+    out.check()
+    ref = upload_model(ModelRef(str(model), sha256_bytes(model.read_bytes())), out.models)
+    assert ref.url == f"{out.models}/{ref.sha256}.onnx" and ref.path == str(model)
+    assert storage.read_remote(ref.url) == model.read_bytes()
+    assert upload_model(ref, out.models) is ref
+    out.close()
+    assert not memory.exists(out.models.removeprefix("memory://")) and not out.local.exists()
+
+
+def test_an_out_without_its_backend_is_one_line_and_leaves_nothing(monkeypatch):
+    def missing(url):
+        msg = f"{url}: gs:// needs gcsfs, installed on the client and on every worker"
+        raise InputError(msg)
+
+    monkeypatch.setattr(storage, "_filesystem", missing)
+    out = RemoteOut("gs://bucket/runs")
+    with pytest.raises(InputError, match="^gs://bucket/runs: gs:// needs gcsfs"):
+        out.check()
+    out.close()  # the store is unreachable: closing still removes the local folder, and raises nothing
+    assert not out.local.exists()
