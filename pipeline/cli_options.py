@@ -88,7 +88,7 @@ quant_options = option_group(
 
 # Model, data and where results go.
 job_options = option_group(
-    click.argument("model", required=False),  # a path; RunConfig refuses a URL with its reason
+    click.argument("model", required=False),  # a path or a URL (pipeline.model_files)
     click.option(
         "--calib",
         help=(

@@ -88,7 +88,7 @@ class QuantConfig:
 class RunConfig:
     """One quantization job: model, data, options, and where results go."""
 
-    model: Path
+    model: Path | str  # a URL: the client downloads it, workers read it there (pipeline.model_files)
     calib: Path | str  # a local path, or a URL (s3://, gs://, ...) that tasks.storage opens
     val: Path | str | None = None
     out: Path | str = Path("dask-quant-runs")  # a URL publishes there (pipeline.remote_out)
@@ -112,13 +112,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         for name in ("model", "calib", "val", "out"):
             value = getattr(self, name)
-            if is_url(value) and name == "model":
-                msg = (
-                    f"{value}: MODEL must be a local path (the client prepares and quantizes it); download it "
-                    "first: workers then read it from --out at a URL, or from a path they all see"
-                )
-                raise InputError(msg)
-            if value is not None and not is_url(value):  # data and --out at a URL stay strings (tasks.storage)
+            if value is not None and not is_url(value):  # a URL stays a string (tasks.storage)
                 object.__setattr__(self, name, Path(value))
         if self.resume and is_url(self.out):
             msg = (

@@ -10,18 +10,43 @@ from dask_quant.tasks.errors import InputError
 def load_model(path: Path):
     """The ModelProto at `path`, or an InputError saying why it is not one."""
     import onnx
-    from google.protobuf.message import DecodeError
 
     if not path.is_file():
         msg = f"model file not found: {path}; pass the path of an .onnx file"
         raise InputError(msg)
+    return _parsed(lambda: onnx.load(str(path), load_external_data=False), path)
+
+
+def load_remote_model(url: str):
+    """(ModelProto, ModelRef) of the model at `url`, downloaded whole by the client (workers read it there
+    too); a model whose weights are in other objects (external data) is refused."""
+    import onnx
+
+    from dask_quant.tasks.digest import external_locations, sha256_bytes
+    from dask_quant.tasks.sessions import ModelRef
+    from dask_quant.tasks.storage import read_remote
+
+    data = read_remote(url)
+    proto = _parsed(lambda: onnx.load_from_string(data), url)
+    if external_locations(data):
+        msg = (
+            f"{url}: its weights are in external data files, which a model at a URL cannot bring along; download "
+            "the model with its data files and pass the local path"
+        )
+        raise InputError(msg)
+    return proto, ModelRef(url, sha256_bytes(data), url=url)
+
+
+def _parsed(load, where):
+    from google.protobuf.message import DecodeError
+
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        proto = load()
     except (DecodeError, ValueError, RuntimeError, OSError) as exc:
-        msg = f"{path} is not an ONNX model ({type(exc).__name__}); pass an .onnx file exported by your framework"
+        msg = f"{where} is not an ONNX model ({type(exc).__name__}); pass an .onnx file exported by your framework"
         raise InputError(msg) from None
     if proto.ir_version <= 0 or not proto.graph.node:
-        msg = f"{path} is not an ONNX model (no IR version or no graph nodes); pass an .onnx file"
+        msg = f"{where} is not an ONNX model (no IR version or no graph nodes); pass an .onnx file"
         raise InputError(msg)
     return proto
 

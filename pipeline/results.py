@@ -34,9 +34,9 @@ def write_json(data: dict, path: Path) -> None:
 STEM_CHARS = 120  # a run id must stay a valid file name (255 bytes) whatever the model's file name
 
 
-def new_run_id(model: Path, method: str) -> str:
+def new_run_id(model: Path | str, method: str) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    stem = model.stem.encode()[:STEM_CHARS].decode(errors="ignore")
+    stem = Path(model).stem.encode()[:STEM_CHARS].decode(errors="ignore")  # a path or a URL
     return f"{stem}-{method}-{stamp}-{secrets.token_hex(3)}"
 
 

@@ -166,8 +166,9 @@ def tune(
     if config.val is None:
         msg = "tune scores every variant on validation data: pass --val"
         raise InputError(msg)
-    if is_url(config.out):
-        msg = f"--out {config.out}: tune publishes to a local folder (or one all workers see) so far; run takes a URL"
+    if is_url(config.out) or is_url(config.model):
+        where = f"--out {config.out}" if is_url(config.out) else f"MODEL {config.model}"
+        msg = f"{where}: tune works with local paths (or ones all workers see) so far; run takes URLs"
         raise InputError(msg)
     lap = Laps()
     bar = Progress(log, terminal=progress)

@@ -139,7 +139,11 @@ def model_sha256(path: str | Path, data: bytes | None = None) -> str:
 
 
 def model_bytes(path: str | Path) -> int:
-    """A model's size on disk: its file and the external data files it names."""
+    """A model's size on disk: its file and the external data files it names (at a URL: its one object)."""
+    from dask_quant.tasks.storage import is_url, object_size
+
+    if is_url(path):
+        return object_size(path)
     path = Path(path)
     locations = external_locations(path.read_bytes())
     return path.stat().st_size + sum((path.parent / location).stat().st_size for location in locations)

@@ -18,7 +18,7 @@ import numpy as np
 from dask_quant.tasks.digest import model_bytes, model_sha256, sha256_bytes
 from dask_quant.tasks.errors import DataError, InputError, ModelChangedError
 from dask_quant.tasks.feeding import NO_FEEDING, Feeding
-from dask_quant.tasks.storage import object_size, read_remote
+from dask_quant.tasks.storage import read_remote
 
 _CACHE_SIZE = 8  # a nightly zoo run visits many models; keep the cache bounded
 # What a session holds besides the model's bytes (measured on MiniLM: an FP32 session of an 86 MiB model
@@ -149,7 +149,7 @@ def session_for(model: ModelRef, spec: SessionSpec = SessionSpec()):
             _sessions.move_to_end(key)
             return cached[0]
         session = _build(model, spec)
-        size = model_bytes(model.path) if model.url is None else object_size(model.url)
+        size = model_bytes(model.location)
         _sessions[key] = (session, int(size * _SESSION_GROWTH) + _SESSION_OVERHEAD)
         _evict()
         return session

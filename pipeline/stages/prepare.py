@@ -28,7 +28,7 @@ from dask_quant.pipeline.inputs import (
     with_layout,
 )
 from dask_quant.pipeline.metrics import compared_outputs
-from dask_quant.pipeline.model_files import load_external_data, load_model
+from dask_quant.pipeline.model_files import load_external_data, load_model, load_remote_model
 from dask_quant.pipeline.preparation import prepare_graph
 from dask_quant.pipeline.results import WORK, check_writable
 from dask_quant.pipeline.selection import default_op_types, subgraph_owners, tensors_to_calibrate
@@ -36,6 +36,7 @@ from dask_quant.tasks.chunks import ChunkRef, chunk_refs
 from dask_quant.tasks.digest import model_sha256, sha256_bytes
 from dask_quant.tasks.errors import InputError
 from dask_quant.tasks.sessions import ModelRef
+from dask_quant.tasks.storage import is_url
 
 DEFAULT_CHUNK_ROWS = MAX_ROWS  # --chunk-size auto without a cluster to ask (pipeline.chunking)
 PREPARED_DIR = "models"  # under OUT/.work: prepared models the workers read while a run lasts
@@ -99,10 +100,14 @@ def prepare(config: RunConfig, folder: Path | None = None) -> Prepared:
     The prepared model is written to `folder` (default OUT/.work/models), which
     the workers must be able to read; `Prepared.discard()` removes it.
     """
-    proto = load_model(config.model)
-    _check_passthrough(proto, config.model)
-    load_external_data(proto, config.model)  # first: it names a missing data file
-    source = ModelRef(str(config.model.resolve()), model_sha256(config.model))
+    if is_url(config.model):
+        proto, source = load_remote_model(config.model)
+        _check_passthrough(proto, config.model)
+    else:
+        proto = load_model(config.model)
+        _check_passthrough(proto, config.model)
+        load_external_data(proto, config.model)  # first: it names a missing data file
+        source = ModelRef(str(config.model.resolve()), model_sha256(config.model))
     steps: tuple[str, ...] = ()
     if config.prepare:
         graph = prepare_graph(proto, per_channel=config.quant.per_channel, where=str(config.model))
@@ -129,7 +134,7 @@ def prepare(config: RunConfig, folder: Path | None = None) -> Prepared:
         raise InputError(msg)
     model = source
     if config.prepare:
-        model = write_prepared(proto, folder or config.out.absolute() / WORK / PREPARED_DIR, config.model.stem)
+        model = write_prepared(proto, folder or config.out.absolute() / WORK / PREPARED_DIR, Path(config.model).stem)
     per_row = activation_bytes_per_row(proto)
     return Prepared(proto, model, tensors, calib, val, source, steps, chunk_size, output, batch, tuple(others), per_row)
 

@@ -125,25 +125,32 @@ class QuantizedModel:
 def quantize(calibration: Calibration, quant: QuantConfig, path: Path, exclude: tuple[str, ...] = ()) -> QuantizedModel:
     """Write the QDQ model of `calibration`'s model under `quant` to `path` (plus `exclude`: nodes kept FP32).
 
-    The model file is read from calibration.model.path and must still have the
-    sha256 it was calibrated with.
+    The model file is read from calibration.model.path (the user's model at a
+    URL from there) and must still have the sha256 it was calibrated with.
     """
     import onnx
 
-    from dask_quant.tasks.digest import known_sha256, sha256_file
+    from dask_quant.tasks.digest import known_sha256, sha256_bytes, sha256_file
     from dask_quant.tasks.errors import InputError
+    from dask_quant.tasks.storage import read_remote
 
     if exclude:
         quant = replace(quant, exclude_nodes=tuple(dict.fromkeys((*quant.exclude_nodes, *exclude))))
-    model_path = Path(calibration.model.path)
-    if not model_path.is_file() or known_sha256(model_path, model=True) != calibration.model.sha256:
+    model = calibration.model
+    if model.url == model.path:  # the user's model at a URL (--no-prepare): no local copy to read
+        data = read_remote(model.url)
+        found, proto, model_path = sha256_bytes(data), onnx.load_from_string(data), model.url
+    else:
+        model_path = Path(model.path)
+        found = known_sha256(model_path, model=True) if model_path.is_file() else None
+        proto = onnx.load(str(model_path)) if found == model.sha256 else None
+    if found != model.sha256:
         msg = (
-            f"{model_path}: not the model this calibration was made from (sha256 {calibration.model.sha256[:12]}...); "
+            f"{model_path}: not the model this calibration was made from (sha256 {model.sha256[:12]}...); "
             "calibrate again or restore the file"
         )
         raise InputError(msg)
     ranges = calibration.ranges(quant)
-    proto = onnx.load(str(model_path))
     needed, why = needed_opset(proto, quant.per_channel)
     if default_opset(proto) < needed:
         msg = (

@@ -49,6 +49,7 @@ def s3(tmp_path_factory):
         fs = fsspec.filesystem("s3", skip_instance_cache=True)
         fs.mkdir(BUCKET)
         fs.put(str(CALIB), f"{BUCKET}/digits/calib.npy")
+        fs.put(str(MODEL), f"{BUCKET}/models/digits.onnx")
         fs.put(str(VAL), f"{BUCKET}/digits/val.npz")
         folder = tmp_path_factory.mktemp("parquet")
         with np.load(VAL) as arrays:
@@ -127,9 +128,9 @@ def test_a_changed_object_is_refused_by_the_worker_that_reads_it(s3, tmp_path):
 
 
 def test_out_at_a_url_workers_read_the_models_there_and_the_run_appears_whole(s3, tmp_path):
-    """--out s3://: workers in a folder that holds nothing read the prepared and the INT8 model from the
-    bucket (moto's access log), the run is published there with run.json, and its parameters are the local
-    run's; the models uploaded for the workers are gone afterwards."""
+    """MODEL, data and --out all at s3://: workers in a folder that holds nothing read the prepared and the
+    INT8 model from the bucket (moto's access log), the run is published there with run.json, and its
+    parameters are those of the same job on local files; the models uploaded for the workers are gone after."""
     requests: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: requests.append(record.getMessage())
@@ -140,9 +141,13 @@ def test_out_at_a_url_workers_read_the_models_there_and_the_run_appears_whole(s3
     elsewhere.mkdir()
     try:
         with dask_processes(tmp_path, cwd=elsewhere) as cluster:
-            job = (MODEL, "--calib", CALIB, "--val", VAL, "--scheduler-file", cluster.scheduler_file)
-            remote = dask_quant("run", *job, "--out", f"s3://{BUCKET}/runs")
-            local = dask_quant("run", *job, "--out", tmp_path / "local")
+            at = f"s3://{BUCKET}"
+            scheduler = ("--scheduler-file", cluster.scheduler_file)
+            remote = dask_quant(
+                "run", f"{at}/models/digits.onnx", "--calib", f"{at}/digits/calib.npy", "--val", f"{at}/digits/val.npz",
+                "--out", f"{at}/runs", *scheduler,
+            )  # fmt: skip
+            local = dask_quant("run", MODEL, "--calib", CALIB, "--val", VAL, "--out", tmp_path / "local", *scheduler)
     finally:
         access_log.removeHandler(handler)
     assert remote.returncode == 0, remote.stderr
@@ -161,5 +166,7 @@ def test_out_at_a_url_workers_read_the_models_there_and_the_run_appears_whole(s3
     with s3.open(f"{run}/qparams.parquet", "rb") as handle:
         remote_qparams = pq.read_table(handle).drop_columns(["run_id"])
     assert remote_qparams.equals(_qparams(tmp_path / "local")[0])
-    assert json.loads(s3.cat(manifest))["config"]["out"] == f"s3://{BUCKET}/runs"
+    record = json.loads(s3.cat(manifest))
+    assert record["config"]["out"] == f"s3://{BUCKET}/runs"
+    assert record["model"]["path"] == f"s3://{BUCKET}/models/digits.onnx"
     assert not list(elsewhere.iterdir())

@@ -62,10 +62,6 @@ CASES = {
         lambda t: [str(MODEL), "--calib", str(CALIB), "--activation-type", "fp8"],
         "unknown activation type 'fp8'",
     ),
-    "model at a URL": (
-        lambda t: ["s3://bucket/model.onnx", "--calib", str(CALIB)],
-        "s3://bucket/model.onnx: MODEL must be a local path (the client prepares and quantizes it)",
-    ),
     "data at a URL nothing reads": (
         lambda t: [str(MODEL), "--calib", "nosuch://bucket/calib.npz"],
         "nosuch://bucket/calib.npz: not a URL fsspec knows",

@@ -93,3 +93,24 @@ def test_an_out_without_its_backend_is_one_line_and_leaves_nothing(monkeypatch):
         out.check()
     out.close()  # the store is unreachable: closing still removes the local folder, and raises nothing
     assert not out.local.exists()
+
+
+def test_a_model_at_a_url_is_read_whole_and_refused_with_external_data(tmp_path, memory):
+    import onnx
+    from models import digits_paths
+
+    from dask_quant.pipeline.model_files import load_remote_model
+
+    model_path, _, _ = digits_paths()
+    memory.put(str(model_path), "/out/digits.onnx")
+    proto, ref = load_remote_model("memory://out/digits.onnx")
+    assert ref.sha256 == sha256_bytes(model_path.read_bytes()) and ref.url == ref.path == "memory://out/digits.onnx"
+    assert len(proto.graph.node) == len(onnx.load(str(model_path)).graph.node)
+    memory.pipe("/out/text.onnx", b"hello")
+    with pytest.raises(InputError, match="^memory://out/text.onnx is not an ONNX model"):
+        load_remote_model("memory://out/text.onnx")
+    external = onnx.load(str(model_path))
+    onnx.save(external, str(tmp_path / "e.onnx"), save_as_external_data=True, size_threshold=0, location="e.data")
+    memory.put(str(tmp_path / "e.onnx"), "/out/e.onnx")
+    with pytest.raises(InputError, match="its weights are in external data files.*download the model with its data"):
+        load_remote_model("memory://out/e.onnx")
