@@ -141,6 +141,12 @@ job_options = option_group(
     ),
     click.option("--batch-axis", multiple=True, help="NAME=AXIS: where input NAME's samples go (default: inferred)."),
     click.option("--const-input", multiple=True, help="NAME=VALUE: feed input NAME this value for every sample."),
+    click.option(
+        "--storage-option",
+        multiple=True,
+        help="KEY=VALUE for the filesystem of the URLs given (e.g. endpoint_url=https://host:9000; JSON values "
+        "are read as JSON), beyond the backend's own environment; run.json keeps the keys only.",
+    ),
     click.option("--labels-key", default=None, help="Name of the labels array in --val [default: labels]."),
     click.option(
         "--lead-output",
@@ -213,6 +219,7 @@ def quant_config(options: dict, method):
 
 def run_config(options: dict, model, calib, val, quant, **more):
     """The RunConfig of the job options every job command shares."""
+    from dask_quant.pipeline import storage_options
     from dask_quant.pipeline.config import RunConfig
 
     return RunConfig(
@@ -228,6 +235,7 @@ def run_config(options: dict, model, calib, val, quant, **more):
         prepare=options["prepare"],
         batch_axes=pairs(options["batch_axis"], "--batch-axis", int),
         const_inputs=pairs(options["const_input"], "--const-input"),
+        storage_options=storage_options.parse(options["storage_option"]),
         labels_key=options["labels_key"],
         lead_output=options["lead_output"],
         layers=options["layers"],

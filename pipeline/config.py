@@ -108,6 +108,7 @@ class RunConfig:
     smooth_quant: float | None = None  # SmoothQuant's alpha (pipeline.smoothing); None: no smoothing
     min_cosine: float | None = None  # quality guard: exit 1 after publishing below this mean cosine
     max_drop: float | None = None  # quality guard: exit 1 after publishing if accuracy drops more (points)
+    storage_options: tuple[tuple[str, str], ...] = ()  # --storage-option KEY=VALUE (pipeline.storage_options)
 
     def __post_init__(self) -> None:
         for name in ("model", "calib", "val", "out"):
@@ -145,6 +146,15 @@ class RunConfig:
         if self.split_every < 2:
             msg = f"split_every must be at least 2, got {self.split_every}"
             raise InputError(msg)
+        object.__setattr__(self, "storage_options", tuple((str(k), str(v)) for k, v in self.storage_options))
+        self.storage  # noqa: B018  (refuses options without a URL to apply them to)
+
+    @property
+    def storage(self) -> dict[str, dict]:
+        """--storage-option per protocol of the job's URLs (pipeline.storage_options)."""
+        from dask_quant.pipeline.storage_options import by_protocol
+
+        return by_protocol(self.storage_options, [self.model, self.calib, self.val, self.out])
 
 
 def json_ready(value):
@@ -164,4 +174,6 @@ def config_dict(config: RunConfig) -> dict:
     """JSON-ready view of a RunConfig (paths as strings, enums as values)."""
     from dataclasses import asdict
 
-    return json_ready(asdict(config))
+    data = json_ready(asdict(config))
+    data["storage_options"] = [key for key, _ in config.storage_options]  # values may be secrets
+    return data

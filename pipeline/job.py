@@ -13,7 +13,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from dask_quant.pipeline import results
+from dask_quant.pipeline import results, storage_options
 from dask_quant.pipeline.advice import explain
 from dask_quant.pipeline.chunking import auto_chunk, budget_sessions, thread_memory
 from dask_quant.pipeline.config import Metric, RunConfig
@@ -87,11 +87,13 @@ def client_scope(config: RunConfig, client) -> Iterator:
         require_workers(client, config.cluster.connect_timeout)
         check_workers(client)
         budget_sessions(client)
+        storage_options.share(client, config.storage)
         yield client  # the caller's client: never closed here
         return
     with cluster_client(config.cluster) as own:
         check_workers(own)
         budget_sessions(own)
+        storage_options.share(own, config.storage)
         yield own
 
 
@@ -145,6 +147,7 @@ def run_methods(
     bar = Progress(log, terminal=progress)
     names = [quant.method.value for quant in quants]
     recorded = config.out  # run.json's --out, as given
+    storage_options.apply(config.storage)
     with ExitStack() as stack:
         remote = None
         if is_url(config.out):  # the client works in a folder of its own, then publishes there

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dask_quant.pipeline import results
+from dask_quant.pipeline import results, storage_options
 from dask_quant.pipeline.compute import TASK_RETRIES, compute
 from dask_quant.pipeline.config import RunConfig, config_dict
 from dask_quant.pipeline.experiments import run_experiment
@@ -170,6 +170,7 @@ def tune(
         where = f"--out {config.out}" if is_url(config.out) else f"MODEL {config.model}"
         msg = f"{where}: tune works with local paths (or ones all workers see) so far; run takes URLs"
         raise InputError(msg)
+    storage_options.apply(config.storage)
     lap = Laps()
     bar = Progress(log, terminal=progress)
     target = tuning.target

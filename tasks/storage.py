@@ -46,7 +46,21 @@ def _filesystem(url: str):
         raise InputError(msg) from None
 
 
+# What a store's client raises besides OSError: botocore's NoCredentialsError and ClientError, for example,
+# derive from Exception only. Each becomes one line that names the URL (no backend is imported here).
+STORE_ERRORS = (Exception,)
+
+
+def _credentials(exc: BaseException) -> bool:
+    return "Credentials" in type(exc).__name__
+
+
 def _unreachable(url: str, exc: BaseException) -> InputError:
+    if _credentials(exc):
+        return InputError(
+            f"{url}: no credentials for it ({exc}); set the backend's own (for S3: AWS_ACCESS_KEY_ID, "
+            "AWS_PROFILE, ~/.aws) on the client and every worker, or pass --storage-option"
+        )
     if isinstance(exc, FileNotFoundError) and url.startswith("memory://"):
         return InputError(f"{url}: not found; memory:// is one process's memory: workers in processes of their own "
                           "never see what the client put there")  # fmt: skip
@@ -64,7 +78,7 @@ def open_remote(url: str):
     try:
         size = fs.size(path)
         handle = fs.open(path, "rb", block_size=READ_AHEAD, cache_type="readahead")
-    except (OSError, ValueError) as exc:
+    except STORE_ERRORS as exc:
         raise _unreachable(url, exc) from None
     with handle:
         yield handle, size
@@ -94,7 +108,7 @@ def _objects(url: str) -> list[tuple[str, dict]]:
         if fs.isfile(path):
             return [(url, fs.info(path))]
         found = fs.find(path, detail=True)
-    except (OSError, ValueError) as exc:
+    except STORE_ERRORS as exc:
         raise _unreachable(url, exc) from None
     scheme = url.split("://", 1)[0]
     base = path.rstrip("/")
@@ -112,7 +126,7 @@ def _ask(url: str, question: str) -> bool:
     fs, path = _filesystem(url)
     try:
         return getattr(fs, question)(path)
-    except (OSError, ValueError) as exc:
+    except STORE_ERRORS as exc:
         raise _unreachable(url, exc) from None
 
 
@@ -162,6 +176,8 @@ def remote_identity(url: str) -> tuple[int, int]:
 
 
 def _unwritable(url: str, option: str, exc: BaseException) -> InputError:
+    if _credentials(exc):
+        return _unreachable(url, exc)
     if isinstance(exc, PermissionError):
         return InputError(f"{option} {url}: access denied ({exc}); check the credentials this machine uses for it")
     if isinstance(exc, FileNotFoundError):
@@ -174,7 +190,7 @@ def put_bytes(url: str, data: bytes, option: str) -> None:
     fs, path = _filesystem(url)
     try:
         fs.pipe_file(path, data)
-    except (OSError, ValueError) as exc:
+    except STORE_ERRORS as exc:
         raise _unwritable(url, option, exc) from None
 
 
@@ -183,7 +199,7 @@ def put_file(local, url: str, option: str) -> None:
     fs, path = _filesystem(url)
     try:
         fs.put_file(str(local), path)
-    except (OSError, ValueError) as exc:
+    except STORE_ERRORS as exc:
         raise _unwritable(url, option, exc) from None
 
 

@@ -170,3 +170,38 @@ def test_out_at_a_url_workers_read_the_models_there_and_the_run_appears_whole(s3
     assert record["config"]["out"] == f"s3://{BUCKET}/runs"
     assert record["model"]["path"] == f"s3://{BUCKET}/models/digits.onnx"
     assert not list(elsewhere.iterdir())
+
+
+def test_storage_options_reach_the_client_and_every_worker(s3, tmp_path):
+    """Without AWS_* in anyone's environment, --storage-option alone gives the endpoint and credentials: to
+    the client, and to workers through the scheduler (a worker that starts later gets them too); run.json
+    keeps the keys only."""
+    at = f"s3://{BUCKET}"
+    endpoint, secret = os.environ["AWS_ENDPOINT_URL"], os.environ["AWS_SECRET_ACCESS_KEY"]
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    options = (
+        "--storage-option", f"endpoint_url={endpoint}", "--storage-option", "key=testing",
+        "--storage-option", f"secret={secret}", "--storage-option", 'client_kwargs={"region_name": "us-east-1"}',
+    )  # fmt: skip
+    elsewhere = tmp_path / "workers"
+    elsewhere.mkdir()
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(bare)
+    try:
+        with dask_processes(tmp_path, cwd=elsewhere) as cluster:
+            job = ("run", f"{at}/models/digits.onnx", "--calib", f"{at}/digits/calib.npy")
+            scheduler = ("--scheduler-file", cluster.scheduler_file)
+            without = dask_quant(*job, "--out", tmp_path / "without", *scheduler)
+            given = dask_quant(*job, "--out", f"{at}/with-options", *options, *scheduler)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert without.returncode == 2, without.stderr  # no credentials, no endpoint: one line
+    line = without.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"dask-quant: error: {at}/models/digits.onnx: no credentials"), without.stderr
+    assert given.returncode == 0, given.stderr
+    (manifest,) = s3.glob(f"{BUCKET}/with-options/*/run.json")
+    record = json.loads(s3.cat(manifest))
+    assert record["config"]["storage_options"] == ["endpoint_url", "key", "secret", "client_kwargs"]
+    assert secret not in s3.cat(manifest).decode()

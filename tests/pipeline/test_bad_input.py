@@ -62,6 +62,10 @@ CASES = {
         lambda t: [str(MODEL), "--calib", str(CALIB), "--activation-type", "fp8"],
         "unknown activation type 'fp8'",
     ),
+    "--storage-option without a URL": (
+        lambda t: [str(MODEL), "--calib", str(CALIB), "--storage-option", "endpoint_url=http://127.0.0.1:9"],
+        "--storage-option applies to data, models or --out at URLs: none of MODEL, --calib, --val, --out is one",
+    ),
     "data at a URL nothing reads": (
         lambda t: [str(MODEL), "--calib", "nosuch://bucket/calib.npz"],
         "nosuch://bucket/calib.npz: not a URL fsspec knows",

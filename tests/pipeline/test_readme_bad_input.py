@@ -19,6 +19,7 @@ TESTED_ELSEWHERE = {  # tests/cluster/*, tests/tasks/test_sessions.py, test_bad_
     "--resume with --out at a URL",  # test_bad_input's OUT_AT_A_URL: --out given twice would take the last
     "--out at a URL without its backend",
     "model at a URL with external data",  # tests/pipeline/test_remote_out.py
+    "store without credentials (found on the client or a worker)",  # tests/cluster/test_object_storage.py
     "NaN or infinity in the data (found on a worker)",
     "output directory not writable",
     "TLS scheduler without --tls-ca-file",
