@@ -176,8 +176,8 @@ def jobs_at_once(jobs: int, requested: int | None = None) -> int:
 def job_config(job: _Job, out: Path, method, cluster: ClusterConfig) -> RunConfig:
     """The RunConfig of `job`'s model with `method`, publishing under `out`."""
     return RunConfig(
-        model=Path(job.files["model"]),
-        calib=job.files["calib"],  # a path or a URL: RunConfig makes a Path of a path
+        model=job.files["model"],  # each a path or a URL: RunConfig makes a Path of a path
+        calib=job.files["calib"],
         val=job.files["val"],
         out=out,
         chunk_size=job.model.chunk_size,

@@ -135,9 +135,7 @@ class _Fields:
         if value is None:
             return None
         if is_url(value):
-            if field == "model":
-                self.refuse(field, f"{value}: a model is read from a local path (or one every worker sees)")
-            return value  # checked with the rest of the data when the job is prepared
+            return value  # checked when the job is prepared, as MODEL, --calib and --val at URLs are
         file = Path(value).expanduser()
         file = file if file.is_absolute() else (self.path.parent / file)
         if not (file.is_file() or (field != "model" and file.is_dir())):  # data may be a Parquet folder

@@ -205,3 +205,29 @@ def test_storage_options_reach_the_client_and_every_worker(s3, tmp_path):
     record = json.loads(s3.cat(manifest))
     assert record["config"]["storage_options"] == ["endpoint_url", "key", "secret", "client_kwargs"]
     assert secret not in s3.cat(manifest).decode()
+
+
+def test_a_zoo_of_urls_runs_and_a_second_night_reuses_it_by_etag(s3, tmp_path):
+    """A manifest whose model and data are all at s3://: the job runs, and the next night, nothing having
+    changed (keys, sizes and ETags), reuses its result; a rewritten calibration object is a change."""
+    from dask_quant.cluster.config import ClusterConfig
+    from dask_quant.pipeline.zoo import ZooConfig, zoo_run
+
+    at = f"s3://{BUCKET}"
+    manifest = tmp_path / "zoo.toml"
+    manifest.write_text(
+        f'[[model]]\nname = "digits"\nmodel = "{at}/models/digits.onnx"\ncalib = "{at}/zoo/calib.npy"\n'
+        f'val = "{at}/digits/val.npz"\nmethods = ["minmax"]\n'
+    )
+    s3.put(str(CALIB), f"{BUCKET}/zoo/calib.npy")
+    cluster = ClusterConfig(workers=1)
+    nights = []
+    for night in ("2026-07-01", "2026-07-02", "2026-07-03"):
+        if night == "2026-07-03":
+            np.save(tmp_path / "calib.npy", np.load(CALIB)[:200])
+            s3.put(str(tmp_path / "calib.npy"), f"{BUCKET}/zoo/calib.npy")
+        result = zoo_run(ZooConfig(manifest, tmp_path / "zoo", cluster=cluster, night=night), log=lambda _: None)
+        assert result.exit_code == 0, [(row["status"], row["error"]) for row in result.rows]
+        nights.append(result.rows[0])
+    assert [(row["status"], row["reused"]) for row in nights] == [("ok", False), ("ok", True), ("ok", False)]
+    assert json.loads(nights[2]["changed"]) == ["calib"]
