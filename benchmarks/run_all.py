@@ -30,6 +30,7 @@ SCRIPTS = (
     "tune_vs_nncf.py",
     "profile_passes.py",
     "zoo_speed.py",
+    "auto_chunks_memory.py",
 )
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 

@@ -7,7 +7,8 @@ no file system shared with the client. A finished run is uploaded to
 `OUT/RUN_ID/`, every file before `run.json`: a run exists for readers once its
 `run.json` does (`OUT/*/run.json`), and never before all its files are there.
 A run that fails or is interrupted writes no `run.json`; what it uploaded is
-removed, and a reader following that rule never sees it in any case.
+removed (a process killed outright may leave files without one), and a reader
+following that rule never sees it in any case.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ class RemoteOut:
             for path in [*files, run_dir / RUN_FILE]:
                 storage.put_file(path, f"{final}/{path.relative_to(run_dir).as_posix()}", "--out")
         except BaseException:
-            storage.remove(final)  # no run.json: readers never took it; do not leave the rest behind
+            with suppress(InputError, OSError):  # the failure that stopped the upload is the one to tell
+                storage.remove(final)  # no run.json: readers never took it; do not leave the rest behind
             raise
         return final
 
