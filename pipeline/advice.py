@@ -16,6 +16,13 @@ _KNOWN = (
         "biases that are not initializers stay FP32 (Constant nodes?): drop --no-prepare to fold them",
         "biases that are not constant stay FP32 (for example an input added into a fused Gemm); nothing to do",
     ),
+    (  # qdq_quantizer.is_tensor_per_channel: an axis past the weight's rank means per-tensor for that weight
+        re.compile(r"Axis -?\d+ is out-of-range for weight '.*' with rank", re.IGNORECASE),
+        "weights without the channel axis (1-D LayerNorm or normalisation scales) are quantized per tensor; "
+        "nothing to do",
+        "weights without the channel axis (1-D LayerNorm or normalisation scales) are quantized per tensor; "
+        "nothing to do",
+    ),
     (
         re.compile(r"opset version .* does not support|Updating the model automatically to opset", re.IGNORECASE),
         "the model's opset is too old for quantization and ONNX Runtime upgraded it: drop --no-prepare",

@@ -24,3 +24,11 @@ def test_after_preparation_the_advice_does_not_say_drop_no_prepare():
     lines = explain(("Bias of Gemm node '/6/Gemm' is not constant. Please exclude this node.",), prepared=True)
     expected = "biases that are not constant stay FP32 (for example an input added into a fused Gemm); nothing to do"
     assert lines == [expected]
+
+
+def test_per_channel_axis_past_a_1d_weight_is_one_line_with_its_count():
+    warnings = tuple(f"Axis 1 is out-of-range for weight 'layer.{i}.LayerNorm.weight' with rank 1" for i in range(12))
+    assert explain(warnings, prepared=True) == [
+        "weights without the channel axis (1-D LayerNorm or normalisation scales) are quantized per tensor; "
+        "nothing to do (12 times)"
+    ]
