@@ -274,7 +274,7 @@ def zoo():
 @zoo.command("run")
 @click.option("--manifest", type=click.Path(path_type=Path), help="The zoo manifest, TOML [default: built-in].")
 @click.option(
-    "--out", type=click.Path(path_type=Path), default=Path("dask-quant-zoo"), show_default=True,
+    "--out", default="dask-quant-zoo", show_default=True,  # a string: ZooConfig refuses a URL with its reason
     help="Folder of the runs and the history.",
 )  # fmt: skip
 @click.option("--force", is_flag=True, help="Rerun every job, even those whose key has a good result.")

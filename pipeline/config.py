@@ -115,6 +115,10 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and not is_url(value):  # a URL stays a string (tasks.storage)
                 object.__setattr__(self, name, Path(value))
+        if is_url(self.out):
+            from dask_quant.pipeline.remote_out import check_out_url
+
+            check_out_url(self.out)
         if self.resume and is_url(self.out):
             msg = (
                 f"--resume reads the chunk checkpoints kept under a local --out; --out {self.out} is a URL, where "

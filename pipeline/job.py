@@ -26,7 +26,7 @@ from dask_quant.pipeline.qparams import QParam
 from dask_quant.pipeline.remote_out import RemoteOut
 from dask_quant.pipeline.smoothing import excluding_smoothing
 from dask_quant.pipeline.stages.calibrate import Calibration, calibrate
-from dask_quant.pipeline.stages.prepare import Prepared, prepare
+from dask_quant.pipeline.stages.prepare import PREPARED_DIR, Prepared, prepare
 from dask_quant.pipeline.stages.publish import write_run
 from dask_quant.pipeline.stages.quantize import quantize
 from dask_quant.pipeline.stages.smooth import smooth, smoothed_activations
@@ -146,7 +146,6 @@ def run_methods(
     lap = Laps()
     bar = Progress(log, terminal=progress)
     names = [quant.method.value for quant in quants]
-    recorded = config.out  # run.json's --out, as given
     storage_options.apply(config.storage)
     with ExitStack() as stack:
         remote = None
@@ -154,12 +153,13 @@ def run_methods(
             remote = RemoteOut(config.out)
             stack.callback(remote.close)
             remote.check()
-            config = replace(config, out=remote.local)
+        out = remote.local if remote is not None else config.out  # where the client writes
+        models = out.absolute() / results.WORK / PREPARED_DIR
         run_dirs = [
-            stack.enter_context(results.RunDirectory(config.out, results.new_run_id(config.model, name)))
+            stack.enter_context(results.RunDirectory(out, results.new_run_id(config.model, name)))
             for name in names
         ]
-        prepared = prepare(config)
+        prepared = prepare(config, models)
         stack.callback(prepared.discard)  # each run directory keeps its own link to the prepared model
         auto = config.chunk_size is None  # decided once the workers' memory is known
         if not auto:
@@ -170,7 +170,7 @@ def run_methods(
         if remote is not None:
             prepared = remote.share(prepared)
         lap("prepare")
-        work = WorkArea(config, prepared, quants)
+        work = WorkArea(config, prepared, quants, out)
         if config.resume:
             log(f"resuming: {work.count()} chunk checkpoints found in {work.folder}")
         stale = work.start()
@@ -189,7 +189,7 @@ def run_methods(
                     chunking = chosen.record()
                     log(chosen.describe())
                 if config.smooth_quant is not None:
-                    prepared = smooth(prepared, config, dask_client, log, bar)
+                    prepared = smooth(prepared, config, dask_client, log, bar, models)
                     stack.callback(prepared.discard)
                     quants = [excluding_smoothing(quant, prepared.proto) for quant in quants]
                 calibration = calibrate(
@@ -241,7 +241,7 @@ def run_methods(
                 own.restart()
                 sections = {"cluster": cluster, "calibration": shared, "chunking": chunking}
                 sections["timings_s"] = {**lap.timings, **own.timings}
-                write_run(run_dir, replace(config, out=recorded), prepared, quantized, validation, sections)
+                write_run(run_dir, config, prepared, quantized, validation, sections)
                 own("write")
             if interrupted():
                 raise KeyboardInterrupt

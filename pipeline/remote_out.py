@@ -44,6 +44,22 @@ def upload_model(model: ModelRef, folder: str) -> ModelRef:
     return replace(model, url=url)
 
 
+# fsspec writes through these, but readers could not take the run back (http) or workers could not see it.
+_NOT_FOR_OUT = ("http", "https", "memory")
+
+
+def check_out_url(url: str) -> None:
+    """InputError for an --out URL a run cannot be published to: a read-only or one-process filesystem, no
+    bucket, or an empty path segment (object stores keep 'a//b' as a key of its own)."""
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() in _NOT_FOR_OUT:
+        msg = f"--out {url}: {scheme}:// cannot hold published runs; publish to s3://, gs://, az:// or a folder"
+        raise InputError(msg)
+    if not rest.strip("/") or "//" in rest.rstrip("/"):
+        msg = f"--out {url}: give a bucket and an optional prefix without empty parts, like {scheme}://BUCKET/runs"
+        raise InputError(msg)
+
+
 class RemoteOut:
     """One job's --out at `url`: a local working folder (`local`), the models workers read, publication."""
 
@@ -51,6 +67,7 @@ class RemoteOut:
         self.url = url.rstrip("/")
         self.models = f"{self.url}/{WORK}/{secrets.token_hex(8)}"
         self.local = Path(tempfile.mkdtemp(prefix="dask-quant-out-"))
+        self._written = False  # nothing to remove (nor a store to ask again) until the probe went through
 
     def check(self) -> None:
         """Fail before any work if the client cannot write there (credentials, bucket, endpoint)."""
@@ -59,6 +76,7 @@ class RemoteOut:
             storage.put_bytes(probe, b"", "--out")
         except InputError as exc:
             raise InputError(str(exc).replace(probe, self.url)) from None
+        self._written = True
         storage.remove(probe)
 
     def share(self, prepared):
@@ -78,7 +96,7 @@ class RemoteOut:
             for path in [*files, run_dir / RUN_FILE]:
                 storage.put_file(path, f"{final}/{path.relative_to(run_dir).as_posix()}", "--out")
         except BaseException:
-            with suppress(InputError, OSError):  # the failure that stopped the upload is the one to tell
+            with suppress(Exception):  # the failure that stopped the upload is the one to tell
                 storage.remove(final)  # no run.json: readers never took it; do not leave the rest behind
             raise
         return final
@@ -87,5 +105,6 @@ class RemoteOut:
         """Remove the local working folder and the uploaded models (as far as the store lets us: a failure
         here must not hide the one that ended the run)."""
         shutil.rmtree(self.local, ignore_errors=True)
-        with suppress(InputError, OSError):
-            storage.remove(self.models)
+        if self._written:
+            with suppress(Exception):  # a store's client raises its own types (botocore's, ...)
+                storage.remove(self.models)

@@ -16,6 +16,7 @@ import json
 import shutil
 from contextlib import suppress
 from dataclasses import replace
+from pathlib import Path
 
 from dask_quant.pipeline.config import RunConfig, config_dict
 from dask_quant.pipeline.results import WORK
@@ -36,7 +37,7 @@ def _resumable(manifest) -> bool:
 
 
 class WorkArea:
-    def __init__(self, config: RunConfig, prepared: Prepared, quants=None) -> None:
+    def __init__(self, config: RunConfig, prepared: Prepared, quants=None, out: Path | None = None) -> None:
         quants = quants or [config.quant]
         key = [
             prepared.model.sha256,
@@ -46,7 +47,7 @@ class WorkArea:
             [list(t) for t in prepared.tensors],
         ]
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-        self.root = config.out.absolute() / WORK
+        self.root = Path(out or config.out).absolute() / WORK  # `out`: where the client writes, if not --out
         self.folder = self.root / digest
 
         self._sources = {

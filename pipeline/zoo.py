@@ -30,6 +30,7 @@ from dask_quant.pipeline.config import RunConfig
 from dask_quant.pipeline.zoo_manifest import Manifest, ZooModel, builtin_manifest, load_manifest
 from dask_quant.pipeline.zoo_sources import made_files
 from dask_quant.tasks.errors import DaskQuantError, InputError
+from dask_quant.tasks.storage import is_url
 
 RUNS = "runs"
 LOCK = ".zoo.lock"
@@ -48,6 +49,12 @@ class ZooConfig:
     def __post_init__(self) -> None:
         if self.jobs is not None and self.jobs < 1:
             msg = f"--jobs must be at least 1, got {self.jobs}"
+            raise InputError(msg)
+        if is_url(self.out):
+            msg = (
+                f"--out {self.out}: the zoo keeps its history in a local folder (or one all workers see), where "
+                "nights append under a lock; its models and data may be URLs"
+            )
             raise InputError(msg)
         # Absolute: preparation moves the process's working directory while another model's thread runs.
         object.__setattr__(self, "out", Path(self.out).absolute())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import PurePosixPath
 
 from dask_quant.tasks.errors import InputError
@@ -44,6 +44,9 @@ def _filesystem(url: str):
     except ValueError as exc:
         msg = f"{url}: not a URL fsspec knows ({exc})"
         raise InputError(msg) from None
+    except STORE_ERRORS as exc:  # options the backend refuses (--storage-option), or its own failures
+        msg = f"{url}: its filesystem cannot be opened ({type(exc).__name__}: {exc}); check --storage-option"
+        raise InputError(msg) from None
 
 
 # What a store's client raises besides OSError: botocore's NoCredentialsError and ClientError, for example,
@@ -61,6 +64,9 @@ def _unreachable(url: str, exc: BaseException) -> InputError:
             f"{url}: no credentials for it ({exc}); set the backend's own (for S3: AWS_ACCESS_KEY_ID, "
             "AWS_PROFILE, ~/.aws) on the client and every worker, or pass --storage-option"
         )
+    if _options_refused(exc):
+        return InputError(f"{url}: its filesystem refuses the options ({type(exc).__name__}: {exc}); check "
+                          "--storage-option")  # fmt: skip
     if isinstance(exc, FileNotFoundError) and url.startswith("memory://"):
         return InputError(f"{url}: not found; memory:// is one process's memory: workers in processes of their own "
                           "never see what the client put there")  # fmt: skip
@@ -175,9 +181,17 @@ def remote_identity(url: str) -> tuple[int, int]:
     return sum(int(info.get("size") or 0) for _, info in objects), int(digest[:15], 16)
 
 
+def _options_refused(exc: BaseException) -> bool:
+    """A backend's own keyword check (an unknown or mistyped --storage-option) fails as these."""
+    return isinstance(exc, (TypeError, AttributeError))
+
+
 def _unwritable(url: str, option: str, exc: BaseException) -> InputError:
     if _credentials(exc):
         return _unreachable(url, exc)
+    if _options_refused(exc):
+        return InputError(f"{option} {url}: its filesystem refuses the options ({type(exc).__name__}: {exc}); check "
+                          "--storage-option")  # fmt: skip
     if isinstance(exc, PermissionError):
         return InputError(f"{option} {url}: access denied ({exc}); check the credentials this machine uses for it")
     if isinstance(exc, FileNotFoundError):
@@ -206,6 +220,10 @@ def put_file(local, url: str, option: str) -> None:
 def remove(url: str) -> None:
     """Remove the object at `url`, or every object under it; nothing there is no error."""
     fs, path = _filesystem(url)
-    with suppress(FileNotFoundError):
+    try:
         if fs.exists(path):
             fs.rm(path, recursive=True)
+    except FileNotFoundError:
+        return
+    except STORE_ERRORS as exc:
+        raise _unwritable(url, "--out", exc) from None

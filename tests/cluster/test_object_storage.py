@@ -193,7 +193,8 @@ def test_storage_options_reach_the_client_and_every_worker(s3, tmp_path):
             job = ("run", f"{at}/models/digits.onnx", "--calib", f"{at}/digits/calib.npy")
             scheduler = ("--scheduler-file", cluster.scheduler_file)
             without = dask_quant(*job, "--out", tmp_path / "without", *scheduler)
-            given = dask_quant(*job, "--out", f"{at}/with-options", *options, *scheduler)
+            # Only --out is a URL here: the workers read the models the client uploads there with the options.
+            given = dask_quant("run", MODEL, "--calib", CALIB, "--out", f"{at}/with-options", *options, *scheduler)
     finally:
         os.environ.clear()
         os.environ.update(saved)

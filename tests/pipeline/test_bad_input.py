@@ -336,6 +336,11 @@ OUT_AT_A_URL = {
         "--resume reads the chunk checkpoints kept under a local --out; --out s3://bucket/runs is a URL, where none "
         "are kept: run without --resume",
     ),
+    "--out at a URL runs cannot be published to": (
+        ["--out", "http://127.0.0.1:9/bucket/runs"],
+        "--out http://127.0.0.1:9/bucket/runs: http:// cannot hold published runs; publish to s3://, gs://, az:// "
+        "or a folder",
+    ),
     "--out at a URL without its backend": (
         ["--out", "gs://bucket/runs"],
         "gs://bucket/runs: gs:// needs gcsfs, installed on the client and on every worker",
@@ -355,6 +360,26 @@ def test_bad_out_at_a_url_is_one_line_and_leaves_no_local_folder(case):
     assert result.exit_code == 2, result.output
     assert result.stderr.strip().splitlines() == [f"dask-quant: error: {expected}"], result.output
     assert set(Path(tempfile.gettempdir()).glob("dask-quant-out-*")) == folders
+
+
+def test_a_storage_option_the_backend_refuses_is_one_line():
+    pytest.importorskip("s3fs")
+    args = ["run", str(MODEL), "--calib", str(CALIB), "--out", "s3://bucket/runs", "--storage-option", "nosuchkw=1"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("dask-quant: error: --out s3://bucket/runs: its filesystem refuses the options"), line
+    assert "nosuchkw" in line and line.endswith("check --storage-option"), line
+
+
+def test_the_zoo_refuses_an_out_at_a_url(tmp_path):
+    result = CliRunner().invoke(main, ["zoo", "run", "--out", "s3://bucket/zoo"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [
+        "dask-quant: error: --out s3://bucket/zoo: the zoo keeps its history in a local folder (or one all workers "
+        "see), where nights append under a lock; its models and data may be URLs"
+    ]
+    assert not (tmp_path / "s3:").exists() and not Path("s3:").exists()
 
 
 def test_out_that_does_not_exist_is_not_created_on_error(tmp_path):

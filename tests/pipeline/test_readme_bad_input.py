@@ -18,6 +18,7 @@ TESTED_ELSEWHERE = {  # tests/cluster/*, tests/tasks/test_sessions.py, test_bad_
     "model ONNX Runtime refuses (found on a worker)",
     "--resume with --out at a URL",  # test_bad_input's OUT_AT_A_URL: --out given twice would take the last
     "--out at a URL without its backend",
+    "--out at a URL runs cannot be published to",
     "model at a URL with external data",  # tests/pipeline/test_remote_out.py
     "store without credentials (found on the client or a worker)",  # tests/cluster/test_object_storage.py
     "NaN or infinity in the data (found on a worker)",

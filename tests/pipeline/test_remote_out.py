@@ -3,10 +3,12 @@ file before run.json, nothing left when an upload fails, nothing overwritten, th
 
 from __future__ import annotations
 
+import re
+
 import fsspec
 import pytest
 
-from dask_quant.pipeline.remote_out import RemoteOut, upload_model
+from dask_quant.pipeline.remote_out import RemoteOut, check_out_url, upload_model
 from dask_quant.pipeline.results import RUN_FILE
 from dask_quant.tasks import storage
 from dask_quant.tasks.digest import sha256_bytes
@@ -114,3 +116,48 @@ def test_a_model_at_a_url_is_read_whole_and_refused_with_external_data(tmp_path,
     memory.put(str(tmp_path / "e.onnx"), "/out/e.onnx")
     with pytest.raises(InputError, match="its weights are in external data files.*download the model with its data"):
         load_remote_model("memory://out/e.onnx")
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://127.0.0.1:9/bucket/runs", "http:// cannot hold published runs"),
+        ("memory://runs", "memory:// cannot hold published runs"),
+        ("s3://", "give a bucket"),
+        ("s3:///", "give a bucket"),
+        ("s3://bucket//runs", "without empty parts"),
+    ],
+)
+def test_an_out_url_runs_cannot_be_published_to_is_refused(url, why):
+    with pytest.raises(InputError, match=f"^--out {re.escape(url)}: .*{why}"):
+        check_out_url(url)
+    check_out_url("s3://bucket/runs/")  # a trailing slash is fine
+
+
+def test_clean_up_asks_the_store_nothing_after_a_failed_check_and_never_raises(monkeypatch):
+    asked = []
+
+    def unreachable(url, data, option):
+        msg = f"{url}: cannot be written (ReadTimeoutError: no answer)"
+        raise InputError(msg)
+
+    monkeypatch.setattr(storage, "put_bytes", unreachable)
+    monkeypatch.setattr(storage, "remove", lambda url: asked.append(url))
+    out = RemoteOut("s3://bucket/runs")
+    with pytest.raises(InputError, match="^s3://bucket/runs: cannot be written"):
+        out.check()
+    out.close()  # a store that did not answer the probe is not asked again (a second long wait)
+    assert asked == [] and not out.local.exists()
+
+    monkeypatch.setattr(storage, "put_bytes", lambda url, data, option: None)
+
+    def failing(url):
+        msg = "botocore's own exception type"
+        raise RuntimeError(msg)
+
+    monkeypatch.setattr(storage, "remove", failing)
+    out = RemoteOut("s3://bucket/runs")
+    with pytest.raises(RuntimeError):
+        out.check()  # the probe's removal is the store's call: its failure is not swallowed there
+    out.close()  # but clean-up never raises over the failure that ended the run
+    assert not out.local.exists()
