@@ -97,6 +97,16 @@ def client_scope(config: RunConfig, client) -> Iterator:
         yield own
 
 
+def decide_chunking(config: RunConfig, prepared: Prepared, auto: bool, client, log) -> tuple:
+    """(config, prepared, run.json's chunking) with the rows per chunk decided: with `auto` (--chunk-size auto,
+    the config's None), from the model's activations and the memory of `client`'s workers, said in `log`."""
+    if not auto:
+        return config, prepared, {"auto": False, "rows": prepared.chunk_size}
+    chosen = auto_chunk(prepared.row_bytes, thread_memory(client), prepared.fixed_batch)
+    log(chosen.describe())
+    return replace(config, chunk_size=chosen.rows), replace(prepared, chunk_size=chosen.rows), chosen.record()
+
+
 def _has_dashboard(client) -> bool:
     try:
         return bool(client.scheduler_info().get("services", {}).get("dashboard"))
@@ -181,13 +191,7 @@ def run_methods(
                 lap("cluster_start")
                 cluster, dashboard = cluster_record(dask_client, log)
                 log_preparation(prepared, log)  # once the job is sure to run: bad input stays one line
-                chunking = {"auto": False, "rows": prepared.chunk_size}
-                if auto:
-                    chosen = auto_chunk(prepared.row_bytes, thread_memory(dask_client), prepared.fixed_batch)
-                    prepared = replace(prepared, chunk_size=chosen.rows)
-                    config = replace(config, chunk_size=chosen.rows)
-                    chunking = chosen.record()
-                    log(chosen.describe())
+                config, prepared, chunking = decide_chunking(config, prepared, auto, dask_client, log)
                 if config.smooth_quant is not None:
                     prepared = smooth(prepared, config, dask_client, log, bar, models)
                     stack.callback(prepared.discard)

@@ -31,6 +31,7 @@ from dask_quant.pipeline.job import (
     calibration_record,
     client_scope,
     cluster_record,
+    decide_chunking,
     log_preparation,
     run_result,
 )
@@ -181,7 +182,9 @@ def tune(
         )
         prepared = prepare(config)
         stack.callback(prepared.discard)
-        config = replace(config, chunk_size=prepared.chunk_size)
+        auto = config.chunk_size is None  # decided once the workers' memory is known
+        if not auto:
+            config = replace(config, chunk_size=prepared.chunk_size)
         if target.needs_labels() and prepared.val.labels is None:
             msg = f"--target {target.describe()} needs labels: --val {prepared.val.path} has none; use cosine"
             raise InputError(msg)
@@ -196,6 +199,7 @@ def tune(
                 lap("cluster_start")
                 cluster, dashboard = cluster_record(dask_client, log)
                 log_preparation(prepared, log)
+                config, prepared, chunking = decide_chunking(config, prepared, auto, dask_client, log)
                 if config.smooth_quant is not None:
                     prepared = smooth(prepared, config, dask_client, log, bar)
                     stack.callback(prepared.discard)
@@ -272,6 +276,7 @@ def tune(
             store.write(run_dir.tmp, run_dir.run_id)
             sections = {
                 "cluster": cluster,
+                "chunking": chunking,
                 "calibration": calibration_record(calibration, [config.quant.method.value]),
                 "timings_s": lap.timings,
                 "tune": _tune_record(tuning, search, groups, store, _load(run_dir.tmp / results.MODEL_FILE)),
