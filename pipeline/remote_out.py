@@ -60,6 +60,11 @@ def check_out_url(url: str) -> None:
         raise InputError(msg)
 
 
+# A job's models under OUT/.work/ older than this belong to a job that was killed outright (its clean-up never
+# ran): a job that still runs uploaded them at its start, and no run lasts days.
+STALE_AFTER_S = 2 * 24 * 3600
+
+
 class RemoteOut:
     """One job's --out at `url`: a local working folder (`local`), the models workers read, publication."""
 
@@ -78,6 +83,19 @@ class RemoteOut:
             raise InputError(str(exc).replace(probe, self.url)) from None
         self._written = True
         storage.remove(probe)
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Remove the models of jobs killed before their clean-up (OUT/.work/TOKEN/ untouched for days)."""
+        import time
+
+        newest: dict[str, float] = {}
+        for name, stamp in storage.modified(f"{self.url}/{WORK}").items():
+            folder = name.rsplit("/", 1)[0]
+            newest[folder] = max(stamp, newest.get(folder, 0.0))
+        for folder, stamp in newest.items():
+            if time.time() - stamp > STALE_AFTER_S:
+                storage.remove(folder)
 
     def share(self, prepared):
         """`prepared` (pipeline.stages.prepare.Prepared) with its model, and every model made from it, uploaded

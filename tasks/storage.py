@@ -106,9 +106,9 @@ def read_remote(url: str) -> bytes:
         return handle.read()
 
 
-def _objects(url: str) -> list[tuple[str, dict]]:
+def _objects(url: str, hidden: bool = False) -> list[tuple[str, dict]]:
     """(URL, fsspec info) of the object at `url`, or of every object under it as a folder, in key order,
-    without those under a name starting with '_' or '.' (as digest.tree_files does on disk)."""
+    without those under a name starting with '_' or '.' (as digest.tree_files does on disk) unless `hidden`."""
     fs, path = _filesystem(url)
     try:
         if fs.isfile(path):
@@ -123,7 +123,8 @@ def _objects(url: str) -> list[tuple[str, dict]]:
         relative = key[len(base) :].lstrip("/")
         if not relative or key.endswith("/"):  # a folder's own marker object (S3 consoles and s3a write them)
             continue
-        if found[key].get("type") == "file" and not any(p.startswith(("_", ".")) for p in relative.split("/")):
+        visible = hidden or not any(part.startswith(("_", ".")) for part in relative.split("/"))
+        if found[key].get("type") == "file" and visible:
             objects.append((f"{scheme}://{fs._strip_protocol(key)}", found[key]))  # noqa: SLF001
     return objects
 
@@ -215,6 +216,21 @@ def put_file(local, url: str, option: str) -> None:
         fs.put_file(str(local), path)
     except STORE_ERRORS as exc:
         raise _unwritable(url, option, exc) from None
+
+
+def modified(url: str) -> dict[str, float]:
+    """Seconds since the epoch each object under `url` was last written (those whose store tells), by URL."""
+    import datetime
+
+    found = {}
+    for name, info in _objects(url, hidden=True):
+        keys = ("LastModified", "last_modified", "mtime", "updated", "created")
+        stamp = next((info[key] for key in keys if info.get(key)), None)
+        if isinstance(stamp, datetime.datetime):
+            found[name] = stamp.timestamp()
+        elif isinstance(stamp, (int, float)):
+            found[name] = float(stamp)
+    return found
 
 
 def remove(url: str) -> None:

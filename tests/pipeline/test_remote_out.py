@@ -161,3 +161,22 @@ def test_clean_up_asks_the_store_nothing_after_a_failed_check_and_never_raises(m
         out.check()  # the probe's removal is the store's call: its failure is not swallowed there
     out.close()  # but clean-up never raises over the failure that ended the run
     assert not out.local.exists()
+
+
+def test_models_of_jobs_killed_days_ago_are_swept_and_those_of_running_jobs_kept(memory, monkeypatch):
+    import time
+
+    from dask_quant.pipeline import remote_out
+
+    for token in ("killed", "running"):
+        memory.pipe(f"/out/.work/{token}/model.onnx", b"x")
+    stamps = storage.modified("memory://out/.work")
+    assert sorted(name.rsplit("/", 2)[1] for name in stamps) == ["killed", "running"]
+    assert all(time.time() - stamp < 60 for stamp in stamps.values())
+    (killed,) = (name for name in stamps if "/killed/" in name)
+    days_ago = time.time() - remote_out.STALE_AFTER_S - 60
+    monkeypatch.setattr(storage, "modified", lambda url: {**stamps, killed: days_ago})
+    out = RemoteOut("memory://out")
+    out.check()
+    out.close()
+    assert not memory.exists("/out/.work/killed") and memory.exists("/out/.work/running/model.onnx")
