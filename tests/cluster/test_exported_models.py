@@ -28,7 +28,7 @@ from exported import (
 )
 from models import build_float16_model, digits_paths, load_arrays, with_fixed_batch
 from onnxruntime.quantization import QuantType
-from processes import dask_quant
+from processes import dask_processes, dask_quant
 from reference import model_signature, reference_model
 
 from dask_quant.pipeline import results
@@ -41,13 +41,31 @@ MODEL, CALIB, VAL = digits_paths()
 DEFAULT_REFERENCE = {"per_channel": True, "activation_type": QuantType.QUInt8, "weight_type": QuantType.QInt8}
 
 
+_SHARED: list[str] = []  # the module's cluster: --scheduler-file of the fixture below
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _shared_cluster(tmp_path_factory):
+    """One `dask scheduler` and two `dask worker` processes for every run of this module: each run connects
+    instead of starting a LocalCluster of its own (what the runs test is the model, not the cluster)."""
+    with dask_processes(tmp_path_factory.mktemp("cluster")) as cluster:
+        _SHARED[:] = ["--scheduler-file", str(cluster.scheduler_file)]
+        yield
+        _SHARED.clear()
+
+
+def _cli(*args):
+    """`dask-quant ARGS` on the module's cluster."""
+    return dask_quant(*map(str, args), *_SHARED)
+
+
 def _runs(out):
     return sorted(p for p in out.iterdir() if not p.name.startswith(".")) if out.exists() else []
 
 
 def _refused(out, *args) -> str:
     """Run, expect exit 2 with one line and nothing published; return the line."""
-    done = dask_quant("run", *map(str, args), "--out", str(out), "--workers", "2")
+    done = _cli("run", *args, "--out", out)
     assert done.returncode == 2, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("dask-quant: error: ")]
     assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
@@ -56,7 +74,7 @@ def _refused(out, *args) -> str:
 
 
 def _published(out, *args):
-    done = dask_quant("run", *map(str, args), "--out", str(out), "--workers", "2")
+    done = _cli("run", *args, "--out", out)
     assert done.returncode == 0, done.stderr
     (run_dir,) = _runs(out)
     assert not (out / results.WORK).exists()  # the prepared model and checkpoints are gone
@@ -180,9 +198,7 @@ def test_fixed_batch_of_three_gets_a_default_chunk_size_it_divides(tmp_path):
 def test_quality_guard_fails_after_publishing_and_names_the_destroyed_layer(tmp_path):
     model = with_destroyed_layer(MODEL, tmp_path / "destroyed.onnx")
     out = tmp_path / "runs"
-    done = dask_quant(
-        "run", str(model), "--calib", str(CALIB), "--val", str(VAL), "--out", str(out), "--min-cosine", "0.99"
-    )
+    done = _cli("run", model, "--calib", CALIB, "--val", VAL, "--out", out, "--min-cosine", "0.99")
     assert done.returncode == 1, done.stderr
     assert "quality guard:" in done.stderr and "below --min-cosine 0.99" in done.stderr
     worst = done.stderr.split("worst layers:")[1]
@@ -257,7 +273,7 @@ def test_collapse_fails_the_guard_even_when_the_cosine_stays_high(tmp_path):
     np.save(val, rng.normal(size=(32, 8)).astype(np.float32))
     out = tmp_path / "runs"
     args = [str(offset_model(tmp_path / "offset.onnx")), "--calib", str(calib), "--val", str(val), "--out", str(out)]
-    done = dask_quant("run", *args, "--min-cosine", "0.999")
+    done = _cli("run", *args, "--min-cosine", "0.999")
     assert done.returncode == 1, done.stderr
     assert "the INT8 output is the same for every sample while FP32's is not" in done.stderr
     assert "mean cosine" not in done.stderr.split("quality guard:")[1].split(";")[0]  # its cosine passed
@@ -419,9 +435,7 @@ def test_a_collapsed_other_output_fails_the_quality_guard(tmp_path):
     ]
     value = helper.make_tensor_value_info("shifted", TensorProto.FLOAT, ["batch", 10])
     model = _with_output(tmp_path / "shifted.onnx", nodes, value)
-    done = dask_quant(
-        "run", model, "--calib", CALIB, "--val", VAL, "--min-cosine", "0.9", "--out", tmp_path / "o", "--workers", "2"
-    )
+    done = _cli("run", model, "--calib", CALIB, "--val", VAL, "--min-cosine", "0.9", "--out", tmp_path / "o")
     assert done.returncode == 1, done.stderr
     assert "output 'shifted': the INT8 output is the same for every sample while FP32's is not" in done.stderr
 

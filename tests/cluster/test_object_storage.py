@@ -211,7 +211,8 @@ def test_storage_options_reach_the_client_and_every_worker(s3, tmp_path):
 def test_a_zoo_of_urls_runs_and_a_second_night_reuses_it_by_etag(s3, tmp_path):
     """A manifest whose model and data are all at s3://: the job runs, and the next night, nothing having
     changed (keys, sizes and ETags), reuses its result; a rewritten calibration object is a change."""
-    from dask_quant.cluster.config import ClusterConfig
+    from distributed import Client, LocalCluster
+
     from dask_quant.pipeline.zoo import ZooConfig, zoo_run
 
     at = f"s3://{BUCKET}"
@@ -221,14 +222,15 @@ def test_a_zoo_of_urls_runs_and_a_second_night_reuses_it_by_etag(s3, tmp_path):
         f'val = "{at}/digits/val.npz"\nmethods = ["minmax"]\n'
     )
     s3.put(str(CALIB), f"{BUCKET}/zoo/calib.npy")
-    cluster = ClusterConfig(workers=1)
     nights = []
-    for night in ("2026-07-01", "2026-07-02", "2026-07-03"):
-        if night == "2026-07-03":
-            np.save(tmp_path / "calib.npy", np.load(CALIB)[:200])
-            s3.put(str(tmp_path / "calib.npy"), f"{BUCKET}/zoo/calib.npy")
-        result = zoo_run(ZooConfig(manifest, tmp_path / "zoo", cluster=cluster, night=night), log=lambda _: None)
-        assert result.exit_code == 0, [(row["status"], row["error"]) for row in result.rows]
-        nights.append(result.rows[0])
+    # Worker processes started after the fixture set AWS_*: they read the bucket as the client does.
+    with LocalCluster(n_workers=1, threads_per_worker=1, silence_logs=logging.ERROR) as cluster, Client(cluster) as c:
+        for night in ("2026-07-01", "2026-07-02", "2026-07-03"):
+            if night == "2026-07-03":
+                np.save(tmp_path / "calib.npy", np.load(CALIB)[:200])
+                s3.put(str(tmp_path / "calib.npy"), f"{BUCKET}/zoo/calib.npy")
+            result = zoo_run(ZooConfig(manifest, tmp_path / "zoo", night=night), client=c, log=lambda _: None)
+            assert result.exit_code == 0, [(row["status"], row["error"]) for row in result.rows]
+            nights.append(result.rows[0])
     assert [(row["status"], row["reused"]) for row in nights] == [("ok", False), ("ok", True), ("ok", False)]
     assert json.loads(nights[2]["changed"]) == ["calib"]
