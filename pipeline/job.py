@@ -156,8 +156,8 @@ def run_methods(
     lap = Laps()
     bar = Progress(log, terminal=progress)
     names = [quant.method.value for quant in quants]
-    storage_options.apply(config.storage)
     with ExitStack() as stack:
+        stack.enter_context(storage_options.applied(config.storage))
         remote = None
         if is_url(config.out):  # the client works in a folder of its own, then publishes there
             remote = RemoteOut(config.out)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from dask_quant.tasks.errors import InputError
 from dask_quant.tasks.storage import is_url
@@ -48,11 +50,28 @@ def by_protocol(options: tuple[tuple[str, str], ...], urls: list) -> dict[str, d
 
 
 def apply(options: dict[str, dict]) -> None:
-    """Make `options` the defaults of this process's filesystems of those protocols."""
+    """Make `options` the defaults of this process's filesystems of those protocols (a worker's, for good)."""
     import fsspec.config
 
     for protocol, values in options.items():
         fsspec.config.conf.setdefault(protocol, {}).update(values)
+
+
+@contextmanager
+def applied(options: dict[str, dict]) -> Iterator[None]:
+    """`apply` in the client for one job: fsspec's configuration is as it was afterwards, so a later job in
+    the same process (a zoo's, a test's) does not inherit them."""
+    import copy
+
+    import fsspec.config
+
+    before = copy.deepcopy(fsspec.config.conf)
+    apply(options)
+    try:
+        yield
+    finally:
+        fsspec.config.conf.clear()
+        fsspec.config.conf.update(before)
 
 
 def share(client, options: dict[str, dict]) -> None:

@@ -171,12 +171,12 @@ def tune(
         where = f"--out {config.out}" if is_url(config.out) else f"MODEL {config.model}"
         msg = f"{where}: tune works with local paths (or ones all workers see) so far; run takes URLs"
         raise InputError(msg)
-    storage_options.apply(config.storage)
     lap = Laps()
     bar = Progress(log, terminal=progress)
     target = tuning.target
     deadline = None if tuning.time_budget is None else time.monotonic() + tuning.time_budget
     with ExitStack() as stack:
+        stack.enter_context(storage_options.applied(config.storage))
         run_dir = stack.enter_context(
             results.RunDirectory(config.out, results.new_run_id(config.model, f"{config.quant.method.value}-tuned"))
         )

@@ -58,22 +58,31 @@ def _credentials(exc: BaseException) -> bool:
     return "Credentials" in type(exc).__name__
 
 
-def _unreachable(url: str, exc: BaseException) -> InputError:
+def _refusal(url: str, where: str, exc: BaseException) -> InputError | None:
+    """What reading and writing say alike: missing credentials, options the backend refuses, access denied
+    (`where`: the URL, or the option and the URL)."""
     if _credentials(exc):
         return InputError(
             f"{url}: no credentials for it ({exc}); set the backend's own (for S3: AWS_ACCESS_KEY_ID, "
             "AWS_PROFILE, ~/.aws) on the client and every worker, or pass --storage-option"
         )
     if _options_refused(exc):
-        return InputError(f"{url}: its filesystem refuses the options ({type(exc).__name__}: {exc}); check "
+        return InputError(f"{where}: its filesystem refuses the options ({type(exc).__name__}: {exc}); check "
                           "--storage-option")  # fmt: skip
+    if isinstance(exc, PermissionError):
+        return InputError(f"{where}: access denied ({exc}); check the credentials this machine uses for it")
+    return None
+
+
+def _unreachable(url: str, exc: BaseException) -> InputError:
+    refused = _refusal(url, url, exc)
+    if refused is not None:
+        return refused
     if isinstance(exc, FileNotFoundError) and url.startswith("memory://"):
         return InputError(f"{url}: not found; memory:// is one process's memory: workers in processes of their own "
                           "never see what the client put there")  # fmt: skip
     if isinstance(exc, FileNotFoundError):
         return InputError(f"{url}: not found; check the bucket and key (and that this machine sees them)")
-    if isinstance(exc, PermissionError):
-        return InputError(f"{url}: access denied ({exc}); check the credentials this machine uses for it")
     return InputError(f"{url}: cannot be read ({type(exc).__name__}: {exc})")
 
 
@@ -188,13 +197,9 @@ def _options_refused(exc: BaseException) -> bool:
 
 
 def _unwritable(url: str, option: str, exc: BaseException) -> InputError:
-    if _credentials(exc):
-        return _unreachable(url, exc)
-    if _options_refused(exc):
-        return InputError(f"{option} {url}: its filesystem refuses the options ({type(exc).__name__}: {exc}); check "
-                          "--storage-option")  # fmt: skip
-    if isinstance(exc, PermissionError):
-        return InputError(f"{option} {url}: access denied ({exc}); check the credentials this machine uses for it")
+    refused = _refusal(url, f"{option} {url}", exc)
+    if refused is not None:
+        return refused
     if isinstance(exc, FileNotFoundError):
         return InputError(f"{option} {url}: no such bucket or container ({exc}); create it, or choose another {option}")
     return InputError(f"{option} {url}: cannot be written ({type(exc).__name__}: {exc}); choose another {option}")
