@@ -31,6 +31,7 @@ SCRIPTS = (
     "profile_passes.py",
     "zoo_speed.py",
     "auto_chunks_memory.py",
+    "large_model.py",
 )
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 

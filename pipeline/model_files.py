@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from dask_quant.tasks.errors import InputError
@@ -51,14 +53,102 @@ def _parsed(load, where):
     return proto
 
 
-# Above this, a model cannot be one protobuf message: the prepared and INT8 copies dask-quant writes are
-# single files, so such a model is refused (for now) rather than failing half-way.
-PROTOBUF_LIMIT = 2**31 - 1
+# A model is one protobuf message only below 2 GiB. Above this many bytes of weights (headroom left for the
+# graph), the prepared and INT8 models dask-quant writes keep their weights in one data file beside the
+# .onnx, named as ONNX Runtime's quantizer names its own (`NAME.onnx.data`).
+EXTERNAL_DATA_ABOVE = 2**31 - 2**27
+
+
+def weight_bytes(proto) -> int:
+    """Bytes of the tensors a model holds in its message (initializers, Constant values; loaded data only)."""
+    from onnx.external_data_helper import _get_all_tensors
+
+    return sum(tensor.ByteSize() for tensor in _get_all_tensors(proto))
+
+
+def is_large(proto) -> bool:
+    """Whether `proto` (its data loaded) is written with external data."""
+    return weight_bytes(proto) > EXTERNAL_DATA_ABOVE
+
+
+def data_file(path: Path) -> str:
+    """The name of the data file of a large model written at `path`."""
+    return f"{Path(path).name}.data"
+
+
+def save_model(proto, path: Path, name: Path | None = None) -> None:
+    """Write `proto` to `path`: one file, or, when it is large, the graph there and the weights in the data file
+    of `name` (default `path`; a file written under a temporary name and renamed later) beside it. `proto` is
+    left as it was (onnx moves the weights out of the message it saves; they are read back)."""
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    if not is_large(proto):
+        onnx.save(proto, str(path))
+        return
+    location = data_file(name or path)
+    onnx.save(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=location)
+    load_external_data_for_model(proto, str(Path(path).parent))
+    share_like_model(path)
+
+
+def share_like_model(path: Path) -> None:
+    """Give a model's data files the permissions of its .onnx file: onnx creates them readable by their owner
+    only, and workers running as another user, or readers of a published run, need them as the model."""
+    model, *data = files_of(path)
+    mode = model.stat().st_mode & 0o777
+    for file in data:
+        file.chmod(mode)
+
+
+@contextmanager
+def weights_aside(proto) -> Iterator[object]:
+    """`proto` for tools that serialize a model to read its graph (onnx's shape inference): when it is large,
+    its big tensors are references to external data (their dims kept) while the block runs, then restored."""
+    from onnx import TensorProto
+    from onnx.external_data_helper import _get_all_tensors, set_external_data
+
+    if not is_large(proto):
+        yield proto
+        return
+    aside = []
+    try:
+        for tensor in _get_all_tensors(proto):
+            if tensor.HasField("raw_data") and len(tensor.raw_data) > _KEPT_INLINE:
+                aside.append((tensor, tensor.raw_data))
+                set_external_data(tensor, location="set-aside")  # never read: the tools need dims only
+                tensor.ClearField("raw_data")
+        yield proto
+    finally:
+        for tensor, data in aside:
+            del tensor.external_data[:]
+            tensor.data_location = TensorProto.DEFAULT
+            tensor.raw_data = data
+
+
+_KEPT_INLINE = 2**16  # small tensors stay: shape inference reads the values of shape-like inputs (Reshape's)
+
+
+def files_of(path: Path) -> list[Path]:
+    """A model file and the external data files it names (the files to copy, link or remove together)."""
+    from dask_quant.tasks.digest import external_locations
+
+    path = Path(path)
+    return [path, *(path.parent / location for location in external_locations(path.read_bytes()))]
+
+
+def remove_model(path: Path) -> None:
+    """Remove a model file dask-quant wrote and its data files (nothing if it is gone)."""
+    path = Path(path)
+    if path.is_file():
+        for file in files_of(path)[1:]:
+            file.unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
 
 
 def load_external_data(proto, path: Path) -> None:
-    """Read a model's external data (files beside it) into `proto`; InputError when a file is missing, or
-    when the whole model would not fit one protobuf message."""
+    """Read a model's external data (files beside it) into `proto`; InputError when a file is missing or is
+    not beside the model."""
     from onnx.external_data_helper import (
         ExternalDataInfo,
         _get_all_tensors,
@@ -70,7 +160,6 @@ def load_external_data(proto, path: Path) -> None:
     if not external:
         return
     folder = path.resolve().parent
-    total = proto.ByteSize()
     for tensor in external:
         info = ExternalDataInfo(tensor)
         file = (folder / info.location).resolve()
@@ -83,13 +172,6 @@ def load_external_data(proto, path: Path) -> None:
         if not file.is_file():
             msg = f"{path}: its external data file {info.location!r} is not beside it ({file}); keep them together"
             raise InputError(msg)
-        total += info.length or file.stat().st_size
-    if total > PROTOBUF_LIMIT:
-        msg = (
-            f"{path}: {total / 2**30:.1f} GiB with its external data; models over 2 GiB are not supported yet "
-            "(dask-quant writes the prepared and INT8 models as single files)"
-        )
-        raise InputError(msg)
     from onnx.checker import ValidationError
 
     try:

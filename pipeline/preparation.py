@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dask_quant.pipeline.logs import captured_logs
+from dask_quant.pipeline.model_files import data_file, is_large, save_model
 from dask_quant.tasks.errors import InputError
 
 PER_CHANNEL_OPSET = 13  # DequantizeLinear's `axis` (per-channel weights) is new in opset 13
@@ -98,13 +99,16 @@ def _pre_process(proto, skip_symbolic: bool) -> tuple[object, list[str]]:
         # A path, not the ModelProto: ORT 1.32's optimisation step fails on an in-memory model
         # without external data when symbolic shape inference is skipped.
         given, out = Path(tmp) / "given.onnx", Path(tmp) / "prepared.onnx"
-        onnx.save(proto, str(given))
-        quant_pre_process(given, out, skip_symbolic_shape=skip_symbolic)
+        save_model(proto, given)
+        # A model over 2 GiB is not one protobuf message: ORT's steps then keep its weights in a data file too.
+        external = {"save_as_external_data": True, "all_tensors_to_one_file": True, "external_data_location": ""}
+        external = {**external, "external_data_location": data_file(out)} if is_large(proto) else {}
+        quant_pre_process(given, out, skip_symbolic_shape=skip_symbolic, **external)
         prepared = onnx.load(str(out))
         if _casts(prepared) > _casts(proto):
             # The CPU provider computes float16 in float32 and the optimiser saves the casts it inserted:
             # that would change the model's precision, so keep its graph unoptimised.
-            quant_pre_process(given, out, skip_optimization=True, skip_symbolic_shape=skip_symbolic)
+            quant_pre_process(given, out, skip_optimization=True, skip_symbolic_shape=skip_symbolic, **external)
             prepared = onnx.load(str(out))
             errors.append("it inserts float16/float32 casts on the CPU provider")
         return prepared, list(errors)

@@ -34,8 +34,9 @@ def upload_model(model: ModelRef, folder: str) -> ModelRef:
     data = Path(model.path).read_bytes()
     if external_locations(data):
         msg = (
-            f"{model.path}: a model with external data reaches workers through --out at a URL only once prepared "
-            "(drop --no-prepare), or pass a local --out that every worker sees"
+            f"{model.path}: its weights are in external data files, which workers cannot read through --out at a "
+            "URL; drop --no-prepare (prepared models under 2 GiB are one file), or pass a local --out that every "
+            "worker sees"
         )
         raise InputError(msg)
     url = f"{folder}/{model.sha256}.onnx"

@@ -29,7 +29,10 @@ def tensors_to_calibrate(
     """
     import onnx
 
-    inferred = onnx.shape_inference.infer_shapes(proto)
+    from dask_quant.pipeline.model_files import weights_aside
+
+    with weights_aside(proto) as graph:
+        inferred = onnx.shape_inference.infer_shapes(graph)
     typed = {v.name: v for v in chain(inferred.graph.value_info, inferred.graph.output, inferred.graph.input)}
     initializers = {init.name for init in inferred.graph.initializer}
     wanted_types = set(op_types or default_op_types())

@@ -28,12 +28,19 @@ from dask_quant.pipeline.inputs import (
     with_layout,
 )
 from dask_quant.pipeline.metrics import compared_outputs
-from dask_quant.pipeline.model_files import load_external_data, load_model, load_remote_model
+from dask_quant.pipeline.model_files import (
+    data_file,
+    load_external_data,
+    load_model,
+    load_remote_model,
+    remove_model,
+    save_model,
+)
 from dask_quant.pipeline.preparation import prepare_graph
-from dask_quant.pipeline.results import WORK, check_writable
+from dask_quant.pipeline.results import FP32_FILE, WORK, check_writable
 from dask_quant.pipeline.selection import default_op_types, subgraph_owners, tensors_to_calibrate
 from dask_quant.tasks.chunks import ChunkRef, chunk_refs
-from dask_quant.tasks.digest import model_sha256, sha256_bytes
+from dask_quant.tasks.digest import model_sha256
 from dask_quant.tasks.errors import InputError
 from dask_quant.tasks.sessions import ModelRef
 from dask_quant.tasks.storage import is_url
@@ -88,8 +95,8 @@ class Prepared:
         """Remove the prepared copy (the run directory keeps its own)."""
         if self.prepared:
             path = Path(self.model.path)
-            path.unlink(missing_ok=True)
-            for folder in (path.parent, path.parent.parent):  # models/, then .work/, when empty
+            remove_model(path)
+            for folder in (path.parent, *path.parents[1:3]):  # its own folder, models/, then .work/, when empty
                 with suppress(OSError):
                     folder.rmdir()
 
@@ -140,24 +147,25 @@ def prepare(config: RunConfig, folder: Path | None = None) -> Prepared:
 
 
 def write_prepared(proto, folder: Path, stem: str) -> ModelRef:
-    """The prepared model as a file of its own (unique name: concurrent runs never share or delete it)."""
+    """The prepared model in a folder of its own (unique name: concurrent runs never share or delete it), under
+    the name a run publishes it with, so that a large model's data file has its published name too."""
     check_writable(folder, "--out")
-    data = proto.SerializeToString()
-    path = folder / f"{stem}-{secrets.token_hex(4)}.onnx"
+    path = folder / f"{stem}-{secrets.token_hex(4)}" / FP32_FILE
     partial = path.with_suffix(".partial")
-    created = [parent for parent in (folder, *folder.parents) if not parent.exists()]  # deepest first
+    created = [parent for parent in (path.parent, *path.parents[1:]) if not parent.exists()]  # deepest first
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        partial.write_bytes(data)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_model(proto, partial, name=path)  # a large model's data file is written under its final name
         partial.replace(path)
     except OSError as exc:
         partial.unlink(missing_ok=True)
+        (path.parent / data_file(path)).unlink(missing_ok=True)
         for empty in created:
             with suppress(OSError):
                 empty.rmdir()
         msg = f"--out: cannot write the prepared model to {folder} ({exc.strerror}); free space or choose another --out"
         raise InputError(msg) from None
-    return ModelRef(str(path), sha256_bytes(data))
+    return ModelRef(str(path), model_sha256(path))
 
 
 def _check_passthrough(proto, model: Path) -> None:

@@ -13,12 +13,13 @@ from pathlib import Path
 
 from dask_quant.pipeline import outputs, records, results
 from dask_quant.pipeline.config import RunConfig
+from dask_quant.pipeline.model_files import files_of
 from dask_quant.pipeline.report import write_report
 from dask_quant.pipeline.stages.prepare import Prepared
 from dask_quant.pipeline.stages.quantize import QuantizedModel, tensors_data, write_tensorrt_table
 from dask_quant.pipeline.stages.validate import Validation
 from dask_quant.tasks.checkpoint import Source
-from dask_quant.tasks.digest import model_bytes, sha256_file
+from dask_quant.tasks.digest import model_bytes, model_sha256
 
 
 def write_run(
@@ -33,10 +34,10 @@ def write_run(
     tmp, run_id = run_dir.tmp, run_dir.run_id
     model = tmp / results.MODEL_FILE
     if not (model.exists() and model.samefile(quantized.path)):
-        shutil.copyfile(quantized.path, model)
+        _copy_model(quantized.path, model, shutil.copyfile)
     calibration = quantized.calibration
     if prepared.prepared:  # a hard link when it can: several methods' runs share one prepared model
-        _link_or_copy(Path(prepared.model.path), tmp / results.FP32_FILE)
+        _copy_model(Path(prepared.model.path), tmp / results.FP32_FILE, _link_or_copy)
     outputs.QPARAMS.write(tmp, run_id, quantized.qparams, calibration.stats, quantized.ranges, quantized.quant)
     calibration.save(tmp, run_id)
     if validation.ran:
@@ -54,7 +55,7 @@ def write_run(
             "file": results.FP32_FILE if prepared.prepared else None,
             "sha256": prepared.model.sha256 if prepared.prepared else None,
         },
-        "int8_model": {"file": results.MODEL_FILE, "sha256": sha256_file(model), "bytes": model.stat().st_size},
+        "int8_model": {"file": results.MODEL_FILE, "sha256": model_sha256(model), "bytes": model_bytes(model)},
         "data": {
             "calib": records.data_record(prepared.calib, prepared.chunk_size),
             "val": records.data_record(prepared.val, prepared.chunk_size),
@@ -71,6 +72,14 @@ def write_run(
     }
     results.write_json(records.run_record(config, run_id, record), tmp / results.RUN_FILE)
     write_report(tmp)
+
+
+def _copy_model(source: Path, target: Path, copy) -> None:
+    """`source` as `target`, with its external data files beside it under the names the model records."""
+    model, *data = files_of(source)
+    copy(model, target)
+    for file in data:
+        copy(file, target.parent / file.name)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

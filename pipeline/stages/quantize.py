@@ -70,10 +70,16 @@ def _extra_options(config: QuantConfig) -> dict:
 
 
 def write_quantized_model(model_proto, ranges, config: QuantConfig, out_path: Path) -> list[str]:
-    """Write the QDQ model for `ranges` (a TensorsData) to out_path; return the quantizer's warnings."""
+    """Write the QDQ model for `ranges` (a TensorsData) to out_path; return the quantizer's warnings.
+
+    A large model (pipeline.model_files.is_large) is written with its weights in `out_path`.data beside it.
+    """
     from onnxruntime.quantization import CalibrationMethod, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
+    from dask_quant.pipeline.model_files import is_large, share_like_model
+
+    large = is_large(model_proto)
     with tempfile.TemporaryDirectory(prefix="dask-quant-") as tmp, captured_logs() as messages:
         cache = Path(tmp) / "calibration.json"
         save_tensors_data(ranges, cache)
@@ -83,8 +89,11 @@ def write_quantized_model(model_proto, ranges, config: QuantConfig, out_path: Pa
             calibration_data_reader=None,
             calibrate_method=CalibrationMethod.MinMax,
             calibration_cache_path=str(cache),
+            use_external_data_format=large,
             **quantize_kwargs(config),
         )
+    if large:
+        share_like_model(out_path)
     return list(messages)
 
 
@@ -130,7 +139,7 @@ def quantize(calibration: Calibration, quant: QuantConfig, path: Path, exclude: 
     """
     import onnx
 
-    from dask_quant.tasks.digest import known_sha256, sha256_bytes, sha256_file
+    from dask_quant.tasks.digest import known_sha256, model_sha256, sha256_bytes
     from dask_quant.tasks.errors import InputError
     from dask_quant.tasks.storage import read_remote
 
@@ -163,5 +172,5 @@ def quantize(calibration: Calibration, quant: QuantConfig, path: Path, exclude: 
     warnings = write_quantized_model(proto, tensors_data(ranges, calibration.stats), quant, path)
     qparams = tuple(read_qparams(onnx.load(str(path))))
     return QuantizedModel(
-        path, sha256_file(path), quant, calibration.for_method(quant), ranges, qparams, tuple(dict.fromkeys(warnings))
+        path, model_sha256(path), quant, calibration.for_method(quant), ranges, qparams, tuple(dict.fromkeys(warnings))
     )

@@ -99,12 +99,23 @@ def test_a_full_disk_while_writing_the_prepared_model_is_one_line_and_leaves_not
     import errno
     from pathlib import Path
 
-    def full(self, data):
-        Path.touch(self)
+    import onnx
+
+    from dask_quant.pipeline.stages import prepare as stage
+
+    def full(proto, path, **options):
+        Path(path).touch()
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(Path, "write_bytes", full)
     config = RunConfig(model=MODEL, calib=CALIB, out=tmp_path / "out")
+    real = stage.prepare_graph
+
+    def then_the_disk_fills(*args, **options):  # preparation saves the model too: the prepared copy's write fails
+        graph = real(*args, **options)
+        monkeypatch.setattr(onnx, "save", full)
+        return graph
+
+    monkeypatch.setattr(stage, "prepare_graph", then_the_disk_fills)
     with pytest.raises(InputError, match=r"--out: cannot write the prepared model to .* \(No space left on device\)"):
         prepare(config)
     assert not (tmp_path / "out").exists()

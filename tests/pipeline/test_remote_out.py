@@ -84,6 +84,22 @@ def test_models_for_workers_are_uploaded_by_digest_and_removed_at_close(tmp_path
     assert not memory.exists(out.models.removeprefix("memory://")) and not out.local.exists()
 
 
+def test_a_model_with_external_data_is_not_uploaded_for_workers(tmp_path, memory):
+    """Workers read an uploaded model from its one object: a model over 2 GiB (or one with external data and
+    --no-prepare) needs a local --out; nothing is uploaded."""
+    import onnx
+    from models import digits_paths
+
+    model = tmp_path / "e.onnx"
+    onnx.save(onnx.load(str(digits_paths()[0])), str(model), save_as_external_data=True, size_threshold=0)
+    out = RemoteOut("memory://out")
+    out.check()
+    with pytest.raises(InputError, match="external data files.*pass a local --out that every worker sees"):
+        upload_model(ModelRef(str(model), "0" * 64), out.models)
+    assert not memory.exists(out.models.removeprefix("memory://"))
+    out.close()
+
+
 def test_an_out_without_its_backend_is_one_line_and_leaves_nothing(monkeypatch):
     def missing(url):
         msg = f"{url}: gs:// needs gcsfs, installed on the client and on every worker"
