@@ -71,6 +71,27 @@ def is_large(proto) -> bool:
     return weight_bytes(proto) > EXTERNAL_DATA_ABOVE
 
 
+def is_large_file(path: Path) -> bool:
+    """Whether the model at `path` (with its data files) is large: it is then prepared and quantized from its
+    files, and the client never holds its weights."""
+    from dask_quant.tasks.digest import model_bytes
+
+    return model_bytes(path) > EXTERNAL_DATA_ABOVE
+
+
+def with_weights(proto, folder: Path):
+    """`proto` if it holds its weights, else a copy with them read from the data files in `folder`."""
+    from onnx import ModelProto
+    from onnx.external_data_helper import _get_all_tensors, load_external_data_for_model, uses_external_data
+
+    if not any(uses_external_data(tensor) for tensor in _get_all_tensors(proto)):
+        return proto
+    loaded = ModelProto()
+    loaded.CopyFrom(proto)
+    load_external_data_for_model(loaded, str(folder))
+    return loaded
+
+
 def data_file(path: Path) -> str:
     """The name of the data file of a large model written at `path`."""
     return f"{Path(path).name}.data"
@@ -146,20 +167,12 @@ def remove_model(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-def load_external_data(proto, path: Path) -> None:
-    """Read a model's external data (files beside it) into `proto`; InputError when a file is missing or is
-    not beside the model."""
-    from onnx.external_data_helper import (
-        ExternalDataInfo,
-        _get_all_tensors,
-        load_external_data_for_model,
-        uses_external_data,
-    )
+def check_external_data(proto, path: Path) -> None:
+    """InputError when a data file `proto` names is missing or is not beside the model at `path`."""
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
 
-    external = [tensor for tensor in _get_all_tensors(proto) if uses_external_data(tensor)]
-    if not external:
-        return
     folder = path.resolve().parent
+    external = [tensor for tensor in _get_all_tensors(proto) if uses_external_data(tensor)]
     for tensor in external:
         info = ExternalDataInfo(tensor)
         file = (folder / info.location).resolve()
@@ -172,8 +185,16 @@ def load_external_data(proto, path: Path) -> None:
         if not file.is_file():
             msg = f"{path}: its external data file {info.location!r} is not beside it ({file}); keep them together"
             raise InputError(msg)
-    from onnx.checker import ValidationError
 
+
+def load_external_data(proto, path: Path) -> None:
+    """Read a model's external data (files beside it) into `proto`; InputError when a file is missing or is
+    not beside the model."""
+    from onnx.checker import ValidationError
+    from onnx.external_data_helper import load_external_data_for_model
+
+    check_external_data(proto, path)
+    folder = path.resolve().parent
     try:
         load_external_data_for_model(proto, str(folder))
     except ValidationError as exc:  # onnx refuses a location outside the model's folder, or an absolute one

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dask_quant.pipeline.logs import captured_logs
-from dask_quant.pipeline.model_files import data_file, is_large, save_model
+from dask_quant.pipeline.model_files import data_file
 from dask_quant.tasks.errors import InputError
 
 PER_CHANNEL_OPSET = 13  # DequantizeLinear's `axis` (per-channel weights) is new in opset 13
@@ -33,6 +33,7 @@ class PreparedGraph:
 
     proto: object
     steps: tuple[str, ...]
+    written: bool = False  # whether the prepared model was written (prepare_graph's `files`)
 
 
 def default_opset(proto) -> int:
@@ -83,8 +84,12 @@ def _upgrade(proto, per_channel: bool, where: str) -> tuple[object, list[str]]:
 _WORKING_DIRECTORY = threading.Lock()
 
 
-def _pre_process(proto, skip_symbolic: bool) -> tuple[object, list[str]]:
-    """ORT's quant_pre_process on `proto`; the lines it logged at ERROR (a failed optimisation) are returned."""
+def _pre_process(proto, skip_symbolic: bool, files: tuple[Path, Path] | None) -> tuple[object, list[str]]:
+    """ORT's quant_pre_process on `proto`; the lines it logged at ERROR (a failed optimisation) are returned.
+
+    `files`: (the model's file, where to write the prepared one) for a large model (pipeline.model_files),
+    prepared from and to files with its weights in a data file: the result holds no weights then.
+    """
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -98,18 +103,20 @@ def _pre_process(proto, skip_symbolic: bool) -> tuple[object, list[str]]:
     ):
         # A path, not the ModelProto: ORT 1.32's optimisation step fails on an in-memory model
         # without external data when symbolic shape inference is skipped.
-        given, out = Path(tmp) / "given.onnx", Path(tmp) / "prepared.onnx"
-        save_model(proto, given)
-        # A model over 2 GiB is not one protobuf message: ORT's steps then keep its weights in a data file too.
-        external = {"save_as_external_data": True, "all_tensors_to_one_file": True, "external_data_location": ""}
-        external = {**external, "external_data_location": data_file(out)} if is_large(proto) else {}
-        quant_pre_process(given, out, skip_symbolic_shape=skip_symbolic, **external)
-        prepared = onnx.load(str(out))
+        given, out = files or (Path(tmp) / "given.onnx", Path(tmp) / "prepared.onnx")
+        options = {"skip_symbolic_shape": skip_symbolic}
+        if files is None:
+            onnx.save(proto, str(given))
+        else:  # over 2 GiB a model is not one protobuf message: ORT's steps keep its weights in a data file too
+            options |= {"save_as_external_data": True, "all_tensors_to_one_file": True}
+            options |= {"external_data_location": data_file(out)}
+        quant_pre_process(given, out, **options)
+        prepared = onnx.load(str(out), load_external_data=files is None)
         if _casts(prepared) > _casts(proto):
             # The CPU provider computes float16 in float32 and the optimiser saves the casts it inserted:
             # that would change the model's precision, so keep its graph unoptimised.
-            quant_pre_process(given, out, skip_optimization=True, skip_symbolic_shape=skip_symbolic, **external)
-            prepared = onnx.load(str(out))
+            quant_pre_process(given, out, skip_optimization=True, **options)
+            prepared = onnx.load(str(out), load_external_data=files is None)
             errors.append("it inserts float16/float32 casts on the CPU provider")
         return prepared, list(errors)
 
@@ -122,17 +129,29 @@ def _constants(proto) -> int:
     return sum(node.op_type == "Constant" for node in proto.graph.node)
 
 
-def prepare_graph(proto, *, per_channel: bool, where: str) -> PreparedGraph:
-    """The model ready for ORT's quantizer, with the steps taken; InputError when a needed step is impossible."""
+def prepare_graph(proto, *, per_channel: bool, where: str, files: tuple[Path, Path] | None = None) -> PreparedGraph:
+    """The model ready for ORT's quantizer, with the steps taken; InputError when a needed step is impossible.
+
+    `files`: (the model's file, where to write the prepared model) for a large model, whose weights `proto`
+    does not hold: the prepared graph returned holds none either (they are in its data file). Without
+    `files`, nothing is written.
+    """
+    if files is not None and needed_opset(proto, per_channel)[0] > default_opset(proto):
+        target, why = needed_opset(proto, per_channel)
+        msg = (
+            f"{where}: opset {default_opset(proto)}, and {why} opset {target}, but onnx's version converter "
+            f"cannot take a model over 2 GiB; export it at opset {target} or later"
+        )
+        raise InputError(msg)
     proto, steps = _upgrade(proto, per_channel, where)
     before_nodes, before_constants = len(proto.graph.node), _constants(proto)
     try:
-        prepared, errors = _pre_process(proto, skip_symbolic=False)
+        prepared, errors = _pre_process(proto, False, files)
         steps.append("symbolic shape inference (ORT)")
     except Exception as exc:  # ORT's symbolic inference fails on some exported graphs: fall back, and say so
         reason = _first_line(exc)
         try:
-            prepared, errors = _pre_process(proto, skip_symbolic=True)
+            prepared, errors = _pre_process(proto, True, files)
         except Exception as again:
             steps.append(f"ORT's quant_pre_process failed ({_first_line(again)}); model kept as given")
             return PreparedGraph(proto, tuple(steps))
@@ -146,4 +165,4 @@ def prepare_graph(proto, *, per_channel: bool, where: str) -> PreparedGraph:
             f"{before_nodes} -> {len(prepared.graph.node)} nodes"
         )
     steps.append("ONNX shape inference")
-    return PreparedGraph(prepared, tuple(steps))
+    return PreparedGraph(prepared, tuple(steps), written=files is not None)

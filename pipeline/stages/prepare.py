@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import math
 import secrets
-from contextlib import suppress
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,12 +32,16 @@ from dask_quant.pipeline.inputs import (
 )
 from dask_quant.pipeline.metrics import compared_outputs
 from dask_quant.pipeline.model_files import (
+    check_external_data,
     data_file,
+    files_of,
+    is_large_file,
     load_external_data,
     load_model,
     load_remote_model,
     remove_model,
     save_model,
+    share_like_model,
 )
 from dask_quant.pipeline.preparation import prepare_graph
 from dask_quant.pipeline.results import FP32_FILE, WORK, check_writable
@@ -105,20 +112,55 @@ def prepare(config: RunConfig, folder: Path | None = None) -> Prepared:
     """Prepare and check model and data; raise InputError on the first problem.
 
     The prepared model is written to `folder` (default OUT/.work/models), which
-    the workers must be able to read; `Prepared.discard()` removes it.
+    the workers must be able to read; `Prepared.discard()` removes it. A large
+    model (pipeline.model_files.is_large_file) is prepared from its files into
+    a staging folder there, and the client never holds its weights.
     """
+    folder = folder or config.out.absolute() / WORK / PREPARED_DIR
+    large = False
     if is_url(config.model):
         proto, source = load_remote_model(config.model)
         _check_passthrough(proto, config.model)
     else:
         proto = load_model(config.model)
         _check_passthrough(proto, config.model)
-        load_external_data(proto, config.model)  # first: it names a missing data file
+        check_external_data(proto, config.model)  # first: it names a missing data file
+        large = is_large_file(config.model)
+        if not large:
+            load_external_data(proto, config.model)
         source = ModelRef(str(config.model.resolve()), model_sha256(config.model))
+    with _staging(folder if large and config.prepare else None) as staging:
+        return _prepared(config, proto, source, folder, staging)
+
+
+@contextmanager
+def _staging(folder: Path | None) -> Iterator[Path | None]:
+    """A folder under `folder` (same file system: its files are renamed out of it) for a large model's
+    preparation, removed at the end; None without `folder`."""
+    if folder is None:
+        yield None
+        return
+    check_writable(folder, "--out")
+    created = [parent for parent in (folder, *folder.parents) if not parent.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        for empty in created:  # deepest first: what was made for nothing is not left behind
+            with suppress(OSError):
+                empty.rmdir()
+
+
+def _prepared(config: RunConfig, proto, source: ModelRef, folder: Path, staging: Path | None) -> Prepared:
     steps: tuple[str, ...] = ()
+    written = None
     if config.prepare:
-        graph = prepare_graph(proto, per_channel=config.quant.per_channel, where=str(config.model))
+        files = None if staging is None else (Path(config.model), staging / FP32_FILE)
+        graph = prepare_graph(proto, per_channel=config.quant.per_channel, where=str(config.model), files=files)
         proto, steps = graph.proto, graph.steps
+        written = files[1] if graph.written else None
     inputs = model_inputs(proto)
     tensors = quantizable(proto, config)
     _check_names(proto, config)
@@ -140,22 +182,29 @@ def prepare(config: RunConfig, folder: Path | None = None) -> Prepared:
         msg = f"--lead-output {config.lead_output!r} chooses among the outputs validation compares: pass --val"
         raise InputError(msg)
     model = source
-    if config.prepare:
-        model = write_prepared(proto, folder or config.out.absolute() / WORK / PREPARED_DIR, Path(config.model).stem)
+    if config.prepare and (staging is None or written is not None):
+        model = write_prepared(proto, folder, Path(config.model).stem, written)
     per_row = activation_bytes_per_row(proto)
     return Prepared(proto, model, tensors, calib, val, source, steps, chunk_size, output, batch, tuple(others), per_row)
 
 
-def write_prepared(proto, folder: Path, stem: str) -> ModelRef:
+def write_prepared(proto, folder: Path, stem: str, written: Path | None = None) -> ModelRef:
     """The prepared model in a folder of its own (unique name: concurrent runs never share or delete it), under
-    the name a run publishes it with, so that a large model's data file has its published name too."""
+    the name a run publishes it with, so that a large model's data file has its published name too.
+    `written`: a large model's prepared file, already written with its data file under `folder` (renamed)."""
     check_writable(folder, "--out")
     path = folder / f"{stem}-{secrets.token_hex(4)}" / FP32_FILE
     partial = path.with_suffix(".partial")
     created = [parent for parent in (path.parent, *path.parents[1:]) if not parent.exists()]  # deepest first
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_model(proto, partial, name=path)  # a large model's data file is written under its final name
+        if written is None:
+            save_model(proto, partial, name=path)  # a large model's data file is written under its final name
+        else:
+            written.replace(partial)
+            for data in files_of(partial)[1:]:
+                (written.parent / data.name).replace(path.parent / data.name)
+            share_like_model(partial)
         partial.replace(path)
     except OSError as exc:
         partial.unlink(missing_ok=True)

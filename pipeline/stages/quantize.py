@@ -69,22 +69,23 @@ def _extra_options(config: QuantConfig) -> dict:
     return options
 
 
-def write_quantized_model(model_proto, ranges, config: QuantConfig, out_path: Path) -> list[str]:
-    """Write the QDQ model for `ranges` (a TensorsData) to out_path; return the quantizer's warnings.
+def write_quantized_model(model, ranges, config: QuantConfig, out_path: Path) -> list[str]:
+    """Write the QDQ model of `model` (a ModelProto, or the path of a large model's file, which ORT then
+    reads itself) for `ranges` (a TensorsData) to out_path; return the quantizer's warnings.
 
-    A large model (pipeline.model_files.is_large) is written with its weights in `out_path`.data beside it.
+    A large model (pipeline.model_files) is written with its weights in `out_path`.data beside it.
     """
     from onnxruntime.quantization import CalibrationMethod, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
     from dask_quant.pipeline.model_files import is_large, share_like_model
 
-    large = is_large(model_proto)
+    large = isinstance(model, Path) or is_large(model)
     with tempfile.TemporaryDirectory(prefix="dask-quant-") as tmp, captured_logs() as messages:
         cache = Path(tmp) / "calibration.json"
         save_tensors_data(ranges, cache)
         quantize_static(
-            model_proto,
+            str(model) if isinstance(model, Path) else model,
             str(out_path),
             calibration_data_reader=None,
             calibrate_method=CalibrationMethod.MinMax,
@@ -139,6 +140,7 @@ def quantize(calibration: Calibration, quant: QuantConfig, path: Path, exclude: 
     """
     import onnx
 
+    from dask_quant.pipeline.model_files import is_large_file
     from dask_quant.tasks.digest import known_sha256, model_sha256, sha256_bytes
     from dask_quant.tasks.errors import InputError
     from dask_quant.tasks.storage import read_remote
@@ -149,10 +151,12 @@ def quantize(calibration: Calibration, quant: QuantConfig, path: Path, exclude: 
     if model.url == model.path:  # the user's model at a URL (--no-prepare): no local copy to read
         data = read_remote(model.url)
         found, proto, model_path = sha256_bytes(data), onnx.load_from_string(data), model.url
+        large = False
     else:
         model_path = Path(model.path)
         found = known_sha256(model_path, model=True) if model_path.is_file() else None
-        proto = onnx.load(str(model_path)) if found == model.sha256 else None
+        large = found == model.sha256 and is_large_file(model_path)  # ORT reads it: its weights stay out of here
+        proto = onnx.load(str(model_path), load_external_data=not large) if found == model.sha256 else None
     if found != model.sha256:
         msg = (
             f"{model_path}: not the model this calibration was made from (sha256 {model.sha256[:12]}...); "
@@ -169,7 +173,8 @@ def quantize(calibration: Calibration, quant: QuantConfig, path: Path, exclude: 
         )
         raise InputError(msg)
     path = Path(path)
-    warnings = write_quantized_model(proto, tensors_data(ranges, calibration.stats), quant, path)
+    given = model_path if large else proto
+    warnings = write_quantized_model(given, tensors_data(ranges, calibration.stats), quant, path)
     qparams = tuple(read_qparams(onnx.load(str(path))))
     return QuantizedModel(
         path, model_sha256(path), quant, calibration.for_method(quant), ranges, qparams, tuple(dict.fromkeys(warnings))

@@ -12,6 +12,7 @@ from pathlib import Path
 from dask_quant.pipeline.compute import compute
 from dask_quant.pipeline.config import RunConfig
 from dask_quant.pipeline.graph import channel_max_graph
+from dask_quant.pipeline.model_files import with_weights
 from dask_quant.pipeline.progress import Progress
 from dask_quant.pipeline.results import WORK
 from dask_quant.pipeline.smoothing import SmoothTarget, excluding_smoothing, smooth_model, smoothing_targets
@@ -21,7 +22,7 @@ from dask_quant.tasks.errors import InputError
 
 def smoothed_activations(prepared: Prepared, config: RunConfig) -> list[SmoothTarget]:
     """What `smooth` would rewrite; InputError when there is nothing (checked before a cluster starts)."""
-    targets = smoothing_targets(prepared.proto, dict(prepared.tensors), config.quant.exclude_nodes)
+    targets = smoothing_targets(_weighted(prepared), dict(prepared.tensors), config.quant.exclude_nodes)
     if not targets:
         msg = (
             f"--smooth-quant: {config.model} has no MatMul or Gemm with a constant 2-D weight that reads a "
@@ -49,7 +50,7 @@ def smooth(
     wanted = tuple((t.tensor, t.elem_type, t.channels) for t in targets)
     graph = channel_max_graph(chunks, prepared.model, wanted, config.split_every)
     (maxima,) = compute(client, [graph], "smoothing", progress)
-    proto = smooth_model(prepared.proto, targets, maxima, alpha)
+    proto = smooth_model(_weighted(prepared), targets, maxima, alpha)
     model = write_prepared(proto, folder or config.out.absolute() / WORK / PREPARED_DIR, Path(config.model).stem)
     prepared.discard()
     step = f"SmoothQuant (alpha {alpha:g}): {len(targets)} activations into the weights of {nodes} MatMul/Gemm nodes"
@@ -57,3 +58,8 @@ def smooth(
     config = replace(config, quant=excluding_smoothing(config.quant, proto))  # the new Muls stay FP32
     model = prepared.for_workers(model)
     return replace(prepared, proto=proto, model=model, tensors=quantizable(proto, config), steps=steps)
+
+
+def _weighted(prepared: Prepared):
+    """The model with its weights (a large model's prepared graph holds none: they are in its data file)."""
+    return with_weights(prepared.proto, Path(prepared.model.path).parent)

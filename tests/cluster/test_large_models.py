@@ -10,6 +10,7 @@ given by path either way. `benchmarks/large_model.py` runs a real 2.1 GB model.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +145,19 @@ def test_shape_inference_reads_a_large_models_graph_with_its_weights_set_aside(m
         assert graph_only.ByteSize() < 4096
     assert tensors_to_calibrate(proto) == expected == (("x", 1), ("y", 1), ("z", 1))
     assert _weights(proto) == before
+
+
+def test_a_large_model_is_smoothed_from_its_data_file(residual, tmp_path, client, monkeypatch):
+    """SmoothQuant reads the weights a large model's prepared graph does not hold, and its run equals the
+    same run written as single files."""
+    model, calib, val = residual
+    options = {"smooth_quant": 0.5, "quant": dq.QuantConfig(fp32_outputs=("MatMul", "Gemm"))}
+    config = dq.RunConfig(model=model, calib=calib, val=val, out=tmp_path / "small", chunk_size=32, **options)
+    small = dq.run(config, client=client).run_dir
+    monkeypatch.setattr(model_files, "EXTERNAL_DATA_ABOVE", 0)
+    large = dq.run(replace(config, out=tmp_path / "large"), client=client).run_dir
+    # Only tensors over 1 KiB go to a data file (onnx's and ORT's threshold): the smoothed weights do.
+    assert external_locations((large / results.FP32_FILE).read_bytes()) == ["model.fp32.onnx.data"]
+    assert model_signature(large / results.MODEL_FILE) == model_signature(small / results.MODEL_FILE)
+    assert model_signature(large / results.FP32_FILE) == model_signature(small / results.FP32_FILE)
+    assert _qparams(large).equals(_qparams(small))
