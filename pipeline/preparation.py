@@ -138,9 +138,10 @@ def prepare_graph(proto, *, per_channel: bool, where: str, files: tuple[Path, Pa
     """
     if files is not None and needed_opset(proto, per_channel)[0] > default_opset(proto):
         target, why = needed_opset(proto, per_channel)
+        fix = "pass --per-tensor, or " if target == PER_CHANNEL_OPSET else ""
         msg = (
             f"{where}: opset {default_opset(proto)}, and {why} opset {target}, but onnx's version converter "
-            f"cannot take a model over 2 GiB; export it at opset {target} or later"
+            f"cannot take a model over 2 GiB; {fix}export it at opset {target} or later"
         )
         raise InputError(msg)
     proto, steps = _upgrade(proto, per_channel, where)

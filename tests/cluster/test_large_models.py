@@ -161,3 +161,26 @@ def test_a_large_model_is_smoothed_from_its_data_file(residual, tmp_path, client
     assert model_signature(large / results.MODEL_FILE) == model_signature(small / results.MODEL_FILE)
     assert model_signature(large / results.FP32_FILE) == model_signature(small / results.FP32_FILE)
     assert _qparams(large).equals(_qparams(small))
+
+
+def test_a_large_model_below_opset_13_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    from exported import with_opset
+
+    from dask_quant.pipeline.stages.prepare import prepare
+    from dask_quant.tasks.errors import InputError
+
+    model = with_opset(MODEL, tmp_path / "opset12.onnx", 12)
+    readme = (  # the README's bad-input table
+        "opset 12, and per-channel weights need opset 13, but onnx's version converter cannot take a model over "
+        "2 GiB; pass --per-tensor, or export it at opset 13 or later"
+    )
+    monkeypatch.setattr(model_files, "EXTERNAL_DATA_ABOVE", 0)
+    with pytest.raises(InputError, match=f"^{model}: {readme}$"):
+        prepare(dq.RunConfig(model=model, calib=CALIB, out=tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+    prepared = prepare(
+        dq.RunConfig(model=model, calib=CALIB, out=tmp_path / "out", quant=dq.QuantConfig(per_channel=False))
+    )
+    assert prepared.prepared and external_locations(Path(prepared.model.path).read_bytes()) != []
+    prepared.discard()
+    assert not (tmp_path / "out" / results.WORK).exists()

@@ -38,6 +38,7 @@ TESTED_ELSEWHERE = {  # tests/cluster/*, tests/tasks/test_sessions.py, test_bad_
     "array header that does not match its bytes",  # tests/tasks/test_npy_io.py, as the next
     "corrupt .npz (zip structure or CRC)",  # and tests/pipeline/test_corrupt_data.py
     "data file changed during the run (found on a worker)",  # tests/pipeline/test_files_that_change.py
+    "model over 2 GiB below opset 13",  # tests/cluster/test_large_models.py
     "per-channel below opset 13 with --no-prepare",  # tests/cluster/test_exported_models.py, as the next
     "an infinite tensor the model itself makes (found on a worker)",
     "Parquet: lists of another size than the input's (found on a worker)",  # tests/pipeline/test_parquet_inputs.py
