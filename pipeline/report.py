@@ -53,6 +53,14 @@ window.addEventListener('load', function () {
 """
 
 
+
+def file_size(n: int) -> str:
+    """A file's bytes as people read them (KiB, MiB or GiB)."""
+    for unit, shift in (("GiB", 30), ("MiB", 20)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"
+    return f"{n / 1024:.1f} KiB"
+
 def _e(value) -> str:
     return html.escape(str(value))
 
@@ -70,7 +78,7 @@ def _read_table(path: Path) -> list[dict]:
 def _cards(run: dict) -> str:
     summary, latency = run.get("summary"), run.get("latency") or {}
     cards = headline_metrics(summary) if summary else [("validation", "none (no --val)")]
-    cards.append(("model size", f"{run['model']['bytes'] / 1024:.0f} → {run['int8_model']['bytes'] / 1024:.0f} KiB"))
+    cards.append(("model size", f"{file_size(run['model']['bytes'])} → {file_size(run['int8_model']['bytes'])}"))
     if latency:
         cards.append(
             (

@@ -5,11 +5,7 @@ from __future__ import annotations
 from dask_quant.pipeline.job import RunResult
 from dask_quant.pipeline.metrics import headline_metrics, shown_metrics
 from dask_quant.pipeline.records import summary_record
-from dask_quant.pipeline.report import REPORT_FILE
-
-
-def _size(n: int) -> str:
-    return f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
+from dask_quant.pipeline.report import REPORT_FILE, file_size
 
 
 def format_summary(result: RunResult) -> str:
@@ -39,7 +35,7 @@ def format_summary(result: RunResult) -> str:
             f"1 thread, median of {lat.repeats})"
         )
     lines += [
-        f"  model size       FP32 {_size(result.fp32_bytes)} -> INT8 {_size(result.int8_bytes)} ({change})",
+        f"  model size       FP32 {file_size(result.fp32_bytes)} -> INT8 {file_size(result.int8_bytes)} ({change})",
         f"  quantized        {activations} activations, {len(result.qparams) - activations} weights",
         f"  workers          {result.workers}; {sum(result.timings.values()):.1f} s including cluster start",
         f"  written to       {result.run_dir}",
