@@ -53,13 +53,13 @@ window.addEventListener('load', function () {
 """
 
 
-
 def file_size(n: int) -> str:
     """A file's bytes as people read them (KiB, MiB or GiB)."""
     for unit, shift in (("GiB", 30), ("MiB", 20)):
         if n >= 1 << shift:
             return f"{n / (1 << shift):.1f} {unit}"
     return f"{n / 1024:.1f} KiB"
+
 
 def _e(value) -> str:
     return html.escape(str(value))
