@@ -17,7 +17,6 @@ from dask_quant.tasks.errors import refusing
 from dask_quant.tasks.histogram import HistogramSpec
 from dask_quant.tasks.layer_error import chunk_layer_errors
 from dask_quant.tasks.merging import merge_all
-from dask_quant.tasks.reference_rows import sample_cosines
 from dask_quant.tasks.sessions import ModelRef
 from dask_quant.tasks.smoothing import chunk_channel_max
 from dask_quant.tasks.validate import chunk_outputs, compare_chunk, join_anchors, validate_against
@@ -118,14 +117,6 @@ def layer_graph(
     """Per-layer error sums (and FP32 histograms on `specs`) of every validation chunk, merged in a tree."""
     kwargs = {"fp32": fp32, "int8": int8, "pairs": pairs, "specs": specs, "checkpoints": checkpoints}
     return _statistics_tree(chunks, chunk_layer_errors, kwargs, split_every)
-
-
-def sample_cosine_graph(chunks: list[ChunkRef], fp32: ModelRef, int8: ModelRef, output: str | None = None):
-    """Each validation row's cosine of INT8 to FP32 outputs: a list of per-chunk arrays, in chunk order."""
-    graph, chunk_keys, token = _chunk_tasks(chunks, sample_cosines, {"fp32": fp32, "int8": int8, "output": output}, "")
-    root = f"sample-cosines-{token}"
-    graph[root] = (list, chunk_keys)
-    return ChunkGraph(root, graph, chunk_keys)
 
 
 def validation_graph(

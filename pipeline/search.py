@@ -8,8 +8,10 @@ of workers.
 
 1. Rank: one experiment per remaining group, the model with that group (and
    those already reverted) in FP32, scored on the ranking rows (the
-   validation samples the full INT8 model gets most wrong); the first round
-   also scores each group alone quantized (its isolated error).
+   validation samples the full INT8 model gets most wrong), and one of the
+   model as it stands; groups are ordered by what their revert gains per
+   weighted node it takes out of INT8. The first round can also score each
+   group alone quantized (its isolated error).
 2. Walk the ranking: revert the next group, scored on every validation row;
    keep it if the metric improves, skip it if not, until the target holds.
    `patience` skips in a row end the walk and the groups are ranked again
@@ -70,6 +72,14 @@ def _key(target: Target, stats: ValidationStats) -> tuple[float, float]:
     """Order of merit: the target's metric, then mean cosine (NaN last)."""
     values = (target.value(stats), stats.mean_cosine)
     return tuple(-math.inf if math.isnan(v) else v for v in values)
+
+
+def _merit(target: Target, stats: ValidationStats, here: float, cost: int) -> tuple[float, ...]:
+    """Sort key of a group in a ranking (first = most worth reverting): what reverting it gains on the
+    ranking rows per weighted node it takes out of INT8, so a group of three MatMuls must gain three times
+    what one MatMul gains to go first (a group without one counts as one); then the metric itself."""
+    gain = (target.value(stats) - here) / max(1, cost)
+    return (math.inf if math.isnan(gain) else -gain, *(-v for v in _key(target, stats)))
 
 
 def greedy_search(
@@ -138,6 +148,7 @@ def greedy_search(
             stopped = "every group is in FP32"
             break
         batch = [Experiment("rank", canonical((*reverted, *members[g])), g, RANKING) for g in remaining]
+        batch.append(Experiment("rank", reverted, None, RANKING))  # what each revert gains is measured from here
         if isolated and not rankings:
             everything = set(node_order)
             batch += [Experiment("isolated", canonical(everything - set(members[g])), g, RANKING) for g in labels]
@@ -146,17 +157,20 @@ def greedy_search(
             stopped = "time budget"
             break
         ranked = {e.group: s for e, s in zip(batch, stats, strict=True) if e.phase == "rank"}
+        here = target.value(ranked.pop(None))
         if isolated and not rankings:
             pairs = zip(batch, stats, strict=True)
             alone = tuple((e.group, target.value(s)) for e, s in pairs if e.phase == "isolated")
-        order = sorted(remaining, key=lambda g: (tuple(-v for v in _key(target, ranked[g])), order_of[g]))
+        cost = {g: len(restore.intersection(members[g]) - set(reverted)) for g in remaining}
+        order = sorted(remaining, key=lambda g: (*_merit(target, ranked[g], here, cost[g]), order_of[g]))
         rankings.append(tuple((g, target.value(ranked[g])) for g in order))
         log(f"ranked {len(order)} groups; most sensitive: {', '.join(order[:3])}")
         improved, walk, pending, misses = False, True, list(order), 0
         while walk and pending:
-            part, prefixes, ahead = [], [], reverted
+            part, prefixes, ahead, popped = [], [], reverted, []
             while pending and len(part) < speculate:
                 group = pending.pop(0)
+                popped.append(group)
                 prefix = canonical((*ahead, *members[group]))
                 if prefix != ahead:  # a group the steps before already took back adds nothing
                     part.append(group)
@@ -165,7 +179,7 @@ def greedy_search(
             if not part:
                 break
             steps = score([Experiment("step", p, g, ALL) for p, g in zip(prefixes, part, strict=True)])
-            for i, (prefix, group, step) in enumerate(zip(prefixes, part, steps, strict=True)):
+            for prefix, group, step in zip(prefixes, part, steps, strict=True):
                 if step is None:
                     stopped, walk = "time budget", False
                     break
@@ -173,7 +187,9 @@ def greedy_search(
                     # No better: skip it and walk on from here (the steps scored after it included it),
                     # until `patience` in a row miss; then rank again.
                     misses += 1
-                    pending[:0] = part[i + 1 :]
+                    # What came after it goes back, also a group its prefix covered: the same walk as one
+                    # step at a time, for any `speculate`.
+                    pending[:0] = popped[popped.index(group) + 1 :]
                     walk = misses < patience
                     break
                 reverted, current, improved, taken, misses = prefix, step, True, (*taken, group), 0
@@ -188,7 +204,7 @@ def greedy_search(
         elif not improved and not stopped:
             stopped = "no remaining group improves the metric"
     if target.met(current) and restore:
-        taken, reverted, current = _put_back(taken, members, canonical, target, current, restore, score, log)
+        taken, reverted, current = _put_back(taken, members, canonical, target, current, restore, score, log, speculate)
     return SearchResult(
         reverted, current, baseline, target.met(current), tuple(rankings), alone, stopped, count, len(rankings), taken
     )

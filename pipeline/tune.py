@@ -19,11 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from dask_quant.pipeline import results, storage_options
-from dask_quant.pipeline.compute import TASK_RETRIES, compute
+from dask_quant.pipeline.compute import TASK_RETRIES
 from dask_quant.pipeline.config import RunConfig, config_dict
 from dask_quant.pipeline.experiments import run_experiment
 from dask_quant.pipeline.gate import check_quantized
-from dask_quant.pipeline.graph import sample_cosine_graph
 from dask_quant.pipeline.groups import NODE, Group, int8_share, quantizer_groups, weighted_nodes
 from dask_quant.pipeline.job import (
     Laps,
@@ -48,8 +47,8 @@ from dask_quant.pipeline.stages.validate import validate
 from dask_quant.pipeline.target import Target
 from dask_quant.pipeline.trials import TrialStore
 from dask_quant.pipeline.workarea import WorkArea
-from dask_quant.tasks.errors import DaskQuantError, InputError
-from dask_quant.tasks.reference_rows import gather_rows
+from dask_quant.tasks.errors import DaskQuantError, InputError, Refused, refusing
+from dask_quant.tasks.reference_rows import ReferenceRows, baseline, first, joined, reference_chunk
 from dask_quant.tasks.sessions import ModelRef
 from dask_quant.tasks.storage import is_url
 
@@ -61,7 +60,7 @@ class TuneConfig:
     target: Target
     ranking_samples: int = 64  # validation rows the ranking scores: those the full INT8 model gets most wrong
     time_budget: float | None = None  # seconds; then the best model so far is published
-    speculate: int = 4  # steps of the walk scored at once (fixed: the decisions never depend on the workers)
+    speculate: int | None = None  # steps of the walk scored at once (None: the cluster's threads); never a decision
     patience: int = 4  # groups in a row that do not help before the walk ranks again
     isolated: bool = False  # also score each group quantized alone (first round; the report's dots)
 
@@ -96,12 +95,36 @@ def _job_key(config: RunConfig, prepared, ranking_rows: tuple[int, ...]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _ranking_rows(per_chunk: list[np.ndarray], chunks, samples: int) -> tuple[int, ...]:
-    """The `samples` rows with the lowest cosine under full INT8 (ties: lower row first), sorted."""
-    cosines = np.concatenate(per_chunk)
-    rows = np.concatenate([np.arange(c.start, c.stop) for c in chunks])
-    order = np.lexsort((rows, cosines))[:samples]
-    return tuple(sorted(int(r) for r in rows[order]))
+def _ranking_rows(cosines: np.ndarray, samples: int) -> tuple[int, ...]:
+    """The `samples` rows (numbered from 0) with the lowest cosine under full INT8 (ties: lower row first),
+    sorted."""
+    order = np.lexsort((np.arange(len(cosines)), cosines))[:samples]
+    return tuple(sorted(int(r) for r in order))
+
+
+def _threads(client) -> int:
+    """Every worker thread of the cluster: how many walk steps are worth scoring at once."""
+    return max(1, sum(w["nthreads"] for w in client.scheduler_info(n_workers=-1)["workers"].values()))
+
+
+def _reference(client, chunks, prepared, int8: ModelRef, bar: Progress):
+    """(every validation row with its FP32 outputs, as a future on the cluster; the full INT8 model's
+    (statistics, per-row cosines, seconds, where) on them): one pass of both models over the chunks."""
+    from distributed import as_completed
+
+    start = time.perf_counter()
+    parts = [
+        client.submit(refusing, reference_chunk, c, prepared.model, int8, prepared.output, pure=False,
+                      retries=TASK_RETRIES)
+        for c in chunks
+    ]  # fmt: skip
+    bar.track(as_completed(parts), len(parts), "reference rows and full INT8")
+    both = client.submit(joined, parts, pure=False)
+    stats = client.submit(baseline, both, pure=False).result()
+    if isinstance(stats, Refused):
+        stats.raise_it()
+    where = f"{len(parts)} chunks on {len(client.scheduler_info(n_workers=-1)['workers'])} workers"
+    return client.submit(first, both, pure=False), (*stats, time.perf_counter() - start, where)
 
 
 class _Runner:
@@ -219,19 +242,15 @@ def tune(
                     msg = f"{config.model}: ONNX Runtime's quantizer quantized no node, so there is nothing to tune"
                     raise InputError(msg)
                 chunks = dataset_chunks(prepared.val, config.chunk_size)
-                int8 = ModelRef(str(full.path), full.sha256)
-                (per_chunk,) = compute(
-                    dask_client, [sample_cosine_graph(chunks, prepared.model, int8, prepared.output)], "ranking rows"
-                )
-                ranking = _ranking_rows(per_chunk, chunks, tuning.ranking_samples)
-                every = tuple(range(chunks[0].start, chunks[-1].stop))
-                shared = {
-                    name: dask_client.submit(gather_rows, chunks, rows, prepared.model, prepared.output, pure=False)
-                    for name, rows in ((RANKING, ranking), (ALL, every))
-                }
+                every, baseline = _reference(dask_client, chunks, prepared, ModelRef(str(full.path), full.sha256), bar)
+                ranking = _ranking_rows(baseline[1], tuning.ranking_samples)
+                shared = {ALL: every, RANKING: dask_client.submit(ReferenceRows.take, every, ranking, pure=False)}
                 store = TrialStore(work.folder, _job_key(config, prepared, ranking), target, config.resume)
                 if store.rows:
                     log(f"resuming: {len(store.rows)} finished experiments found in {work.folder}")
+                full_int8 = Experiment("baseline", (), None, ALL)
+                if store.get(full_int8) is None:  # scored with the reference rows
+                    store.add(full_int8, baseline[0], baseline[2], baseline[3])
                 kinds = Counter(g.kind for g in groups)
                 log(
                     f"tune: {len(groups)} quantizer groups ({', '.join(f'{n} {k}' for k, n in kinds.items())}), "
@@ -246,7 +265,7 @@ def tune(
                     {g.name: g.nodes for g in groups},
                     target,
                     runner,
-                    speculate=tuning.speculate,
+                    speculate=tuning.speculate or _threads(dask_client),
                     patience=tuning.patience,
                     restore=frozenset(weighted_nodes(prepared.proto, groups)),
                     isolated=tuning.isolated,

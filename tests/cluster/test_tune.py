@@ -206,7 +206,7 @@ def test_remembered_weights_write_the_models_quantize_static_writes(residual, tm
 def test_a_worker_scores_each_distinct_variant_once(mlp, tmp_path, monkeypatch):
     from dask_quant.pipeline.experiments import run_experiment
     from dask_quant.pipeline.stages.prepare import dataset_chunks
-    from dask_quant.tasks.reference_rows import ReferenceRows, gather_rows
+    from dask_quant.tasks.reference_rows import ReferenceRows, reference_chunk
 
     model, calib, val = mlp
     config = dq.RunConfig(model=model, calib=calib, val=val, out=tmp_path)
@@ -215,7 +215,8 @@ def test_a_worker_scores_each_distinct_variant_once(mlp, tmp_path, monkeypatch):
     monkeypatch.setattr(ReferenceRows, "score", lambda self, *a: scored.append(1) or score(self, *a))
     with dq.prepare(config) as prepared, Client(processes=False, n_workers=1, dashboard_address=":0") as client:
         calibration = dq.calibrate(prepared, client, [config.quant])
-        rows = gather_rows(dataset_chunks(prepared.val, 64), range(10), prepared.model)
+        (chunk, *_) = dataset_chunks(prepared.val, 64)
+        rows = reference_chunk(chunk, prepared.model, prepared.model)[0].take(range(10))
         # "last" twice (the same model), then "first": the second one comes from what this process scored.
         results = [run_experiment(calibration, config.quant, nodes, rows, None)[0] for nodes in [("last",)] * 2]
         other = run_experiment(calibration, config.quant, ("first",), rows, None)[0]
@@ -263,6 +264,53 @@ def test_the_walk_skips_a_group_that_does_not_help_on_every_row_and_walks_on():
     assert walked.met and walked.reverted == ("b", "c") and walked.rounds == 1  # no second ranking needed
     impatient = greedy_search("abcd", Target("cosine", 0.999), run, speculate=2, patience=1, isolated=False)
     assert not impatient.met and impatient.reverted == () and impatient.stopped.startswith("no remaining group")
+
+
+def _additive(on_ranking: dict, on_all: dict | None = None):
+    """A made-up model: each node not in FP32 costs its penalty (on the ranking rows / on every row)."""
+
+    def run(experiments: list[Experiment]):
+        def cost(e):
+            return sum(v for n, v in (on_ranking if e.rows != ALL else on_all or on_ranking).items()
+                       if n not in e.reverted)  # fmt: skip
+
+        return [ValidationStats(samples=1, cosine_sum=1 - cost(e)) for e in experiments]
+
+    return run
+
+
+def test_a_group_of_three_weighted_nodes_must_gain_three_times_what_one_gains_to_go_first():
+    # Reverting q, k and v together gains 0.006, reverting f alone 0.003: f goes first (0.003 per MatMul
+    # against 0.002), and the target needs only f.
+    run = _additive({"q": 0.002, "k": 0.002, "v": 0.002, "f": 0.003, "x": 0.0})
+    groups = {"qkv": ("q", "k", "v"), "f": ("f",), "x": ("x",)}
+    result = greedy_search(groups, Target("cosine", 0.993), run, isolated=False, restore=frozenset("qkvfx"))
+    assert [g for g, _ in result.rankings[0]] == ["f", "qkv", "x"] and result.groups == ("f",) and result.met
+
+
+def test_the_walk_decides_the_same_for_any_number_of_steps_scored_at_once():
+    # Groups overlap (a shared quantizer's group covers nodes of single-node groups), some reverts help only
+    # on the ranking rows, and the put-back runs: every `speculate` gives the same search.
+    on_ranking = {"a": 0.004, "b": 0.003, "c": 0.0025, "d": 0.002, "e": 0.001, "f": 0.0005}
+    on_all = {"a": 0.001, "b": 0.003, "c": 0.0, "d": 0.002, "e": 0.001, "f": 0.0005}
+    groups = {"ab": ("a", "b"), "a": ("a",), "b": ("b",), "c": ("c",), "cd": ("c", "d"), "e": ("e",), "f": ("f",)}
+    results = [
+        greedy_search(groups, Target("cosine", 0.9982), _additive(on_ranking, on_all), speculate=k, patience=2,
+                      restore=frozenset("abcdef"))
+        for k in range(1, 7)
+    ]  # fmt: skip
+    # "ab" ranks first and its prefix covers "a", which comes next; "ab" misses on every row (b's INT8
+    # helped there), so "a" is still to be tried after it.
+    covering = {"ab": ("a", "b"), "a": ("a",), "c": ("c",)}
+    run = _additive({"a": 0.002, "b": 0.01, "c": 0.001}, {"a": 0.003, "b": -0.004, "c": 0.003})
+    results += [greedy_search(covering, Target("cosine", 0.9995), run, speculate=k, isolated=False) for k in (1, 3)]
+    assert results[-1].groups == results[-2].groups == ("a",)
+    results = results[:-2]
+    assert results[0].met
+    for other in results[1:]:
+        assert (other.reverted, other.groups, other.rankings, other.final) == (
+            results[0].reverted, results[0].groups, results[0].rankings, results[0].final,
+        )  # fmt: skip
 
 
 def test_a_target_met_only_in_fp32_publishes_nothing_and_says_so(mlp, tmp_path):
