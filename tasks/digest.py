@@ -53,8 +53,14 @@ def known_sha256(path: str | Path, model: bool = False) -> str:
     if is_url(path):
         return sha256_file(path)
     path = Path(path)
-    stat = path.stat()
-    return _sha256_as_of(str(path.resolve()), (stat.st_dev, stat.st_ino, *identity(path)), model)
+    return _sha256_as_of(str(path.resolve()), file_state(path), model)
+
+
+def file_state(path: str | Path) -> tuple[int, int, int, int]:
+    """(device, inode, size, modification time in ns) of a local file: while they stay, so does what it holds
+    (what a process may remember about a file it reads again and again)."""
+    stat = Path(path).stat()
+    return (stat.st_dev, stat.st_ino, *identity(path))
 
 
 def identity(path: str | Path) -> tuple[int, int]:

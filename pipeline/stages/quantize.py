@@ -8,6 +8,7 @@ the quantization itself is exactly the reference's code path.
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -69,18 +70,20 @@ def _extra_options(config: QuantConfig) -> dict:
     return options
 
 
-def write_quantized_model(model, ranges, config: QuantConfig, out_path: Path) -> list[str]:
-    """Write the QDQ model of `model` (a ModelProto, or the path of a large model's file, which ORT then
-    reads itself) for `ranges` (a TensorsData) to out_path; return the quantizer's warnings.
+def write_quantized_model(model, ranges, config: QuantConfig, out_path: Path, large: bool | None = None) -> list[str]:
+    """Write the QDQ model of `model` (a ModelProto, or a model file's path, which ORT then reads itself)
+    for `ranges` (a TensorsData) to out_path; return the quantizer's warnings.
 
-    A large model (pipeline.model_files) is written with its weights in `out_path`.data beside it.
+    A `large` model (pipeline.model_files; None: a path is, a ModelProto is asked) is written with its
+    weights in `out_path`.data beside it.
     """
     from onnxruntime.quantization import CalibrationMethod, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
     from dask_quant.pipeline.model_files import is_large, share_like_model
 
-    large = isinstance(model, Path) or is_large(model)
+    if large is None:
+        large = isinstance(model, Path) or is_large(model)
     with tempfile.TemporaryDirectory(prefix="dask-quant-") as tmp, captured_logs() as messages:
         cache = Path(tmp) / "calibration.json"
         save_tensors_data(ranges, cache)
@@ -132,6 +135,23 @@ class QuantizedModel:
         return sum(p.kind == "activation" for p in self.qparams)
 
 
+def _opsets(proto) -> tuple[int, tuple[tuple[int, str], tuple[int, str]]]:
+    """The model's opset, and the opset its QDQ model needs (and why) per tensor and per channel."""
+    return default_opset(proto), (needed_opset(proto, False), needed_opset(proto, True))
+
+
+@functools.lru_cache(maxsize=8)
+def _file_facts(path: str, state: tuple) -> tuple[bool, int, tuple]:
+    """(large, _opsets) of the model file at `path` while it keeps `state`: every tune variant asks them of
+    the same file, whose weights need reading to know them."""
+    import onnx
+
+    from dask_quant.pipeline.model_files import is_large_file
+
+    large = is_large_file(Path(path))
+    return large, *_opsets(onnx.load(path, load_external_data=False))
+
+
 def quantize(calibration: Calibration, quant: QuantConfig, path: Path, exclude: tuple[str, ...] = ()) -> QuantizedModel:
     """Write the QDQ model of `calibration`'s model under `quant` to `path` (plus `exclude`: nodes kept FP32).
 
@@ -140,8 +160,7 @@ def quantize(calibration: Calibration, quant: QuantConfig, path: Path, exclude: 
     """
     import onnx
 
-    from dask_quant.pipeline.model_files import is_large_file
-    from dask_quant.tasks.digest import known_sha256, model_sha256, sha256_bytes
+    from dask_quant.tasks.digest import file_state, known_sha256, model_sha256, sha256_bytes
     from dask_quant.tasks.errors import InputError
     from dask_quant.tasks.storage import read_remote
 
@@ -150,13 +169,15 @@ def quantize(calibration: Calibration, quant: QuantConfig, path: Path, exclude: 
     model = calibration.model
     if model.url == model.path:  # the user's model at a URL (--no-prepare): no local copy to read
         data = read_remote(model.url)
-        found, proto, model_path = sha256_bytes(data), onnx.load_from_string(data), model.url
-        large = False
+        found, given, model_path = sha256_bytes(data), onnx.load_from_string(data), model.url
+        large, (opset, needs) = False, _opsets(given)
     else:
         model_path = Path(model.path)
         found = known_sha256(model_path, model=True) if model_path.is_file() else None
-        large = found == model.sha256 and is_large_file(model_path)  # ORT reads it: its weights stay out of here
-        proto = onnx.load(str(model_path), load_external_data=not large) if found == model.sha256 else None
+        if found == model.sha256:
+            large, opset, needs = _file_facts(str(model_path.resolve()), file_state(model_path))
+            # A large model's file ORT reads itself: its weights stay out of this process.
+            given = model_path if large else onnx.load(str(model_path))
     if found != model.sha256:
         msg = (
             f"{model_path}: not the model this calibration was made from (sha256 {model.sha256[:12]}...); "
@@ -164,17 +185,16 @@ def quantize(calibration: Calibration, quant: QuantConfig, path: Path, exclude: 
         )
         raise InputError(msg)
     ranges = calibration.ranges(quant)
-    needed, why = needed_opset(proto, quant.per_channel)
-    if default_opset(proto) < needed:
+    needed, why = needs[quant.per_channel]
+    if opset < needed:
         msg = (
-            f"{model_path}: opset {default_opset(proto)}, but {why} opset {needed} (ONNX Runtime could not load "
+            f"{model_path}: opset {opset}, but {why} opset {needed} (ONNX Runtime could not load "
             "the INT8 model); drop --no-prepare, which upgrades the opset"
             + (", or pass --per-tensor" if needed == PER_CHANNEL_OPSET else "")
         )
         raise InputError(msg)
     path = Path(path)
-    given = model_path if large else proto
-    warnings = write_quantized_model(given, tensors_data(ranges, calibration.stats), quant, path)
+    warnings = write_quantized_model(given, tensors_data(ranges, calibration.stats), quant, path, large)
     qparams = tuple(read_qparams(onnx.load(str(path))))
     return QuantizedModel(
         path, model_sha256(path), quant, calibration.for_method(quant), ranges, qparams, tuple(dict.fromkeys(warnings))
