@@ -84,7 +84,7 @@ def sensitivity_chart(
     ax.set_xlabel(f"{metric} on the ranking rows, higher is better")
     ax.legend(loc="lower right", fontsize=8)
     ax.spines[["top", "right"]].set_visible(False)
-    title = "Sensitivity: most sensitive group first; red: kept in FP32"
+    title = "Sensitivity, in the walk's order (gain per MatMul, Conv or Gemm reverted); red: kept in FP32"
     notes = [f"top {MAX_BARS} of {len(ranking)}"] if len(ranking) > MAX_BARS else []
     notes += [scope] if scope else []
     ax.set_title(title + (f" ({', '.join(notes)})" if notes else ""), loc="left")
