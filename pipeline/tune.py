@@ -15,6 +15,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -51,6 +52,7 @@ from dask_quant.tasks.errors import DaskQuantError, InputError, Refused, refusin
 from dask_quant.tasks.reference_rows import ReferenceRows, baseline, first, joined, reference_chunk
 from dask_quant.tasks.sessions import ModelRef
 from dask_quant.tasks.storage import is_url
+from dask_quant.tasks.validate import ValidationStats
 
 
 @dataclass(frozen=True)
@@ -107,9 +109,18 @@ def _threads(client) -> int:
     return max(1, sum(w["nthreads"] for w in client.scheduler_info(n_workers=-1)["workers"].values()))
 
 
-def _reference(client, chunks, prepared, int8: ModelRef, bar: Progress):
-    """(every validation row with its FP32 outputs, as a future on the cluster; the full INT8 model's
-    (statistics, per-row cosines, seconds, where) on them): one pass of both models over the chunks."""
+class _FullInt8(NamedTuple):
+    """The full INT8 model on every validation row: the search's baseline and its ranking rows."""
+
+    stats: ValidationStats
+    cosines: np.ndarray  # per row
+    seconds: float
+    where: str
+
+
+def _reference(client, chunks, prepared, int8: ModelRef, bar: Progress) -> tuple[object, _FullInt8]:
+    """(every validation row with its FP32 outputs, as a future on the cluster; the full INT8 model on
+    them): one pass of both models over the chunks."""
     from distributed import as_completed
 
     start = time.perf_counter()
@@ -120,11 +131,11 @@ def _reference(client, chunks, prepared, int8: ModelRef, bar: Progress):
     ]  # fmt: skip
     bar.track(as_completed(parts), len(parts), "reference rows and full INT8")
     both = client.submit(joined, parts, pure=False)
-    stats = client.submit(baseline, both, pure=False).result()
-    if isinstance(stats, Refused):
-        stats.raise_it()
+    scored = client.submit(baseline, both, pure=False).result()
+    if isinstance(scored, Refused):
+        scored.raise_it()
     where = f"{len(parts)} chunks on {len(client.scheduler_info(n_workers=-1)['workers'])} workers"
-    return client.submit(first, both, pure=False), (*stats, time.perf_counter() - start, where)
+    return client.submit(first, both, pure=False), _FullInt8(*scored, time.perf_counter() - start, where)
 
 
 class _Runner:
@@ -242,15 +253,15 @@ def tune(
                     msg = f"{config.model}: ONNX Runtime's quantizer quantized no node, so there is nothing to tune"
                     raise InputError(msg)
                 chunks = dataset_chunks(prepared.val, config.chunk_size)
-                every, baseline = _reference(dask_client, chunks, prepared, ModelRef(str(full.path), full.sha256), bar)
-                ranking = _ranking_rows(baseline[1], tuning.ranking_samples)
+                every, full_int8 = _reference(dask_client, chunks, prepared, ModelRef(str(full.path), full.sha256), bar)
+                ranking = _ranking_rows(full_int8.cosines, tuning.ranking_samples)
                 shared = {ALL: every, RANKING: dask_client.submit(ReferenceRows.take, every, ranking, pure=False)}
                 store = TrialStore(work.folder, _job_key(config, prepared, ranking), target, config.resume)
                 if store.rows:
                     log(f"resuming: {len(store.rows)} finished experiments found in {work.folder}")
-                full_int8 = Experiment("baseline", (), None, ALL)
-                if store.get(full_int8) is None:  # scored with the reference rows
-                    store.add(full_int8, baseline[0], baseline[2], baseline[3])
+                first_experiment = Experiment("baseline", (), None, ALL)
+                if store.get(first_experiment) is None:  # scored with the reference rows
+                    store.add(first_experiment, full_int8.stats, full_int8.seconds, full_int8.where)
                 kinds = Counter(g.kind for g in groups)
                 log(
                     f"tune: {len(groups)} quantizer groups ({', '.join(f'{n} {k}' for k, n in kinds.items())}), "
