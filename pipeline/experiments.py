@@ -10,6 +10,7 @@ quantize_static writes (tests/cluster/test_tune.py).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import socket
@@ -17,6 +18,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +157,85 @@ def _remember_quantizer_work() -> None:
     qdq_quantizer._dask_quant_remembers = True
 
 
+# ORT's quantize_static first infers its input model's shapes (a copy saved, onnx's infer_shapes_path, a
+# reload: 0.2-0.3 s of a MiniLM variant), for every variant of the same source. That is a pure function of the
+# model, so each worker computes it once per source file state and hands ORT a copy: run_experiment gives the
+# quantizer a copy of the source registered here, and ORT's function, asked about that very object, returns a
+# copy of the remembered result.
+_handed: dict[int, tuple[object, object]] = {}  # id(source copy) -> (that copy, its shape-inferred model)
+
+
+@functools.lru_cache(maxsize=2)
+def _source(path: str, state: tuple):
+    """(the model at `path`, ORT's shape-inferred model of it) while the file keeps `state`; None for a large
+    model, which ORT's quantizer reads from its files."""
+    import onnx
+
+    from dask_quant.pipeline.model_files import is_large_file
+
+    if is_large_file(Path(path)):
+        return None
+    proto = onnx.load(path)
+    ort_quantize = _ort_quantize_module()
+    original = getattr(ort_quantize, "_dask_quant_shape_inference", ort_quantize.save_and_reload_model_with_shape_infer)
+    return proto, original(proto)
+
+
+def _ort_quantize_module():
+    """onnxruntime.quantization.quantize, the module (its package exports a function of that name)."""
+    import importlib
+
+    return importlib.import_module("onnxruntime.quantization.quantize")
+
+
+def _remember_shape_inference() -> None:
+    import onnx
+
+    ort_quantize = _ort_quantize_module()
+    if hasattr(ort_quantize, "_dask_quant_shape_inference"):
+        return
+    original = ort_quantize.save_and_reload_model_with_shape_infer
+
+    def save_and_reload_model_with_shape_infer(model):
+        with _lock:
+            entry = _handed.get(id(model))
+        if entry is None or entry[0] is not model:
+            return original(model)
+        inferred = onnx.ModelProto()
+        inferred.CopyFrom(entry[1])
+        return inferred
+
+    ort_quantize._dask_quant_shape_inference = original
+    ort_quantize.save_and_reload_model_with_shape_infer = save_and_reload_model_with_shape_infer
+
+
+@contextmanager
+def _source_copy(calibration: Calibration):
+    """A copy of calibration's model for ORT's quantizer to consume, its shape inference remembered (None for
+    a model at a URL or a large one: quantize() reads those itself)."""
+    import onnx
+
+    from dask_quant.tasks.digest import file_state
+
+    model = calibration.model
+    remembered = None
+    if model.url != model.path and Path(model.path).is_file():
+        remembered = _source(str(Path(model.path).resolve()), file_state(model.path))
+    if remembered is None:
+        yield None
+        return
+    _remember_shape_inference()
+    copy = onnx.ModelProto()
+    copy.CopyFrom(remembered[0])
+    with _lock:
+        _handed[id(copy)] = (copy, remembered[1])
+    try:
+        yield copy
+    finally:
+        with _lock:
+            _handed.pop(id(copy), None)
+
+
 # Variants scored by this process, by the model's sha256 and the rows: reverting a node whose every QDQ pair
 # another node also asks for writes the very model scored before (frequent with every op type quantized).
 _score_once = _bounded(
@@ -162,13 +243,20 @@ _score_once = _bounded(
 )
 
 
+def write_variant(calibration: Calibration, quant: QuantConfig, path: Path, reverted: tuple[str, ...]):
+    """quantize() of the variant with `reverted` nodes in FP32, byte for byte, with what this process remembers
+    of earlier variants (its qparams are not read back: a variant is only scored)."""
+    _remember_quantizer_work()
+    with _source_copy(calibration) as source:
+        return quantize(calibration, quant, path, exclude=reverted, source=source, read_back=False)
+
+
 def run_experiment(
     calibration: Calibration, quant: QuantConfig, reverted: tuple[str, ...], rows: ReferenceRows, output: str | None
 ) -> tuple[ValidationStats, float, str]:
     """(statistics against FP32 on `rows`, seconds, where it ran) of the model with `reverted` nodes in FP32."""
     start = time.perf_counter()
-    _remember_quantizer_work()
     with tempfile.TemporaryDirectory(prefix="dask-quant-variant-") as tmp:
-        quantized = quantize(calibration, quant, Path(tmp) / "variant.onnx", exclude=reverted)
+        quantized = write_variant(calibration, quant, Path(tmp) / "variant.onnx", reverted)
         stats = _score_once(ModelRef(str(quantized.path), quantized.sha256), rows, output)
     return stats, time.perf_counter() - start, f"{socket.gethostname()}:{os.getpid()}"

@@ -127,7 +127,7 @@ class QuantizedModel:
     quant: QuantConfig
     calibration: Calibration  # only what `quant`'s method reads
     ranges: dict  # tensor -> (low, high) handed to the quantizer
-    qparams: tuple[QParam, ...]
+    qparams: tuple[QParam, ...]  # empty when quantize() was told not to read the model back
     warnings: tuple[str, ...]  # ONNX Runtime's quantizer's, de-duplicated
 
     @property
@@ -152,11 +152,22 @@ def _file_facts(path: str, state: tuple) -> tuple[bool, int, tuple]:
     return large, *_opsets(onnx.load(path, load_external_data=False))
 
 
-def quantize(calibration: Calibration, quant: QuantConfig, path: Path, exclude: tuple[str, ...] = ()) -> QuantizedModel:
+def quantize(
+    calibration: Calibration,
+    quant: QuantConfig,
+    path: Path,
+    exclude: tuple[str, ...] = (),
+    *,
+    source=None,
+    read_back: bool = True,
+) -> QuantizedModel:
     """Write the QDQ model of `calibration`'s model under `quant` to `path` (plus `exclude`: nodes kept FP32).
 
     The model file is read from calibration.model.path (the user's model at a
-    URL from there) and must still have the sha256 it was calibrated with.
+    URL from there) and must still have the sha256 it was calibrated with; a
+    caller that already holds that file's ModelProto (not a large one) passes
+    it as `source`, which ORT's quantizer then consumes. Without `read_back`
+    the written model's qparams are not read (a tune variant, scored once).
     """
     import onnx
 
@@ -177,7 +188,7 @@ def quantize(calibration: Calibration, quant: QuantConfig, path: Path, exclude: 
         if found == model.sha256:
             large, opset, needs = _file_facts(str(model_path.resolve()), file_state(model_path))
             # A large model's file ORT reads itself: its weights stay out of this process.
-            given = model_path if large else onnx.load(str(model_path))
+            given = model_path if large else source if source is not None else onnx.load(str(model_path))
     if found != model.sha256:
         msg = (
             f"{model_path}: not the model this calibration was made from (sha256 {model.sha256[:12]}...); "
@@ -195,7 +206,7 @@ def quantize(calibration: Calibration, quant: QuantConfig, path: Path, exclude: 
         raise InputError(msg)
     path = Path(path)
     warnings = write_quantized_model(given, tensors_data(ranges, calibration.stats), quant, path, large)
-    qparams = tuple(read_qparams(onnx.load(str(path))))
+    qparams = tuple(read_qparams(onnx.load(str(path)))) if read_back else ()
     return QuantizedModel(
         path, model_sha256(path), quant, calibration.for_method(quant), ranges, qparams, tuple(dict.fromkeys(warnings))
     )

@@ -177,10 +177,10 @@ def test_an_output_its_writer_does_not_quantize_belongs_to_its_reader_alone(tmp_
     assert ("mm", "bias") in [g.nodes for g in quantizer_groups(int8, fp32, default_op_types())]  # without the rule
 
 
-def test_remembered_weights_write_the_models_quantize_static_writes(residual, tmp_path, monkeypatch):
+def test_remembered_weights_and_shapes_write_the_models_quantize_static_writes(residual, tmp_path, monkeypatch):
     from onnxruntime.quantization import qdq_quantizer
 
-    from dask_quant.pipeline.experiments import _remember_quantizer_work
+    from dask_quant.pipeline.experiments import _ort_quantize_module, _remember_quantizer_work, _source, write_variant
 
     model, calib, _ = residual
     config = dq.RunConfig(model=model, calib=calib, out=tmp_path)
@@ -196,8 +196,11 @@ def test_remembered_weights_write_the_models_quantize_static_writes(residual, tm
             expected = [
                 dq.quantize(calibration, config.quant, tmp_path / f"plain{i}.onnx", v) for i, v in enumerate(variants)
             ]
-        got = [dq.quantize(calibration, config.quant, tmp_path / f"memo{i}.onnx", v) for i, v in enumerate(variants)]
+        _source.cache_clear()
+        got = [write_variant(calibration, config.quant, tmp_path / f"memo{i}.onnx", v) for i, v in enumerate(variants)]
     assert all(getattr(owner, name) is not original for owner, name, original in originals)  # remembered ones ran
+    assert hasattr(_ort_quantize_module(), "_dask_quant_shape_inference")  # and ORT's shape inference, once per source:
+    assert _source.cache_info().misses == 1 and _source.cache_info().hits == len(variants) - 1
     for a, b in zip(expected, got, strict=True):
         assert a.path.read_bytes() == b.path.read_bytes()
     assert len({q.sha256 for q in got}) == 3
