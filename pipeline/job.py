@@ -30,7 +30,7 @@ from dask_quant.pipeline.stages.prepare import PREPARED_DIR, Prepared, prepare
 from dask_quant.pipeline.stages.publish import write_run
 from dask_quant.pipeline.stages.quantize import quantize
 from dask_quant.pipeline.stages.smooth import smooth, smoothed_activations
-from dask_quant.pipeline.stages.validate import validate
+from dask_quant.pipeline.stages.validate import validate_each
 from dask_quant.pipeline.workarea import WorkArea
 from dask_quant.tasks.checkpoint import Source
 from dask_quant.tasks.digest import model_bytes
@@ -166,8 +166,7 @@ def run_methods(
         out = remote.local if remote is not None else config.out  # where the client writes
         models = out.absolute() / results.WORK / PREPARED_DIR
         run_dirs = [
-            stack.enter_context(results.RunDirectory(out, results.new_run_id(config.model, name)))
-            for name in names
+            stack.enter_context(results.RunDirectory(out, results.new_run_id(config.model, name))) for name in names
         ]
         prepared = prepare(config, models)
         stack.callback(prepared.discard)  # each run directory keeps its own link to the prepared model
@@ -219,26 +218,32 @@ def run_methods(
                     own("quantize")
                     if len(quants) > 1:
                         log(f"{quant.method.value}: quantized {quantized.activations} activations")
-                    try:
-                        validation = validate(
-                            prepared,
-                            quantized,
-                            dask_client,
-                            metric=config.metric,
-                            chunk_size=config.chunk_size,
-                            split_every=config.split_every,
-                            log=log,
-                            progress=bar,
-                            per_layer=config.layers == "all",
-                            checkpoints=None if remote else work.checkpoints(config.resume),
-                        )
-                    except DaskQuantError:
+                    made.append((quantized, gate, own))
+                lap.restart()  # each method's own laps hold its quantizer's time: count it once
+                try:
+                    validations = validate_each(
+                        prepared,
+                        [quantized for quantized, _, _ in made],
+                        dask_client,
+                        metric=config.metric,
+                        chunk_size=config.chunk_size,
+                        split_every=config.split_every,
+                        log=log,
+                        progress=bar,
+                        per_layer=config.layers == "all",
+                        checkpoints=None if remote else work.checkpoints(config.resume),
+                    )
+                except DaskQuantError:
+                    for _, gate, _ in made:
                         gate.verdict()
-                        raise
+                    raise
+                for _, gate, _ in made:
                     gate.verdict()
-                    own("validate")
-                    made.append((quantized, validation, own))
-                    lap.restart()  # each method's own laps hold its time: count it once
+                lap("validate")  # the methods' validations ran together
+                made = [
+                    (quantized, validation, own)
+                    for (quantized, _, own), validation in zip(made, validations, strict=True)
+                ]
             lap("cluster_stop")
             shared = calibration_record(calibration, names)
             for (quantized, validation, own), run_dir in zip(made, run_dirs, strict=True):

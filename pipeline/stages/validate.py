@@ -9,7 +9,7 @@ so nothing else competes for the core it measures.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import reduce
 
@@ -88,37 +88,78 @@ def validate(
     `per_layer=False` skips the per-layer pass (layers.parquet is then empty). With `checkpoints`, every
     chunk's statistics are kept on disk, and with their resume flag read back, as calibration's are.
     """
+    (validation,) = validate_each(
+        prepared, [quantized], client, metric=metric, chunk_size=chunk_size, split_every=split_every, log=log,
+        progress=progress, per_layer=per_layer, checkpoints=checkpoints,
+    )  # fmt: skip
+    return validation
+
+
+def validate_each(
+    prepared: Prepared,
+    models: Sequence[QuantizedModel],
+    client,
+    *,
+    metric: Metric = Metric.AUTO,
+    chunk_size: int = 64,
+    split_every: int = 8,
+    log: Callable[[str], None] = lambda _: None,
+    progress: Progress | None = None,
+    per_layer: bool = True,
+    checkpoints: Checkpoints | None = None,
+) -> list[Validation]:
+    """validate() of each of `models` (INT8 models of `prepared`, e.g. one per method), each pass's tasks of
+    every model submitted together: the workers stay busy through one model's few long tasks and the next
+    one's start (MiniLM's zoo job: two methods' outputs pass are two tasks each). The same values as
+    validate() on each; latency is still measured one model at a time, alone on the cluster."""
     import onnx
 
     if prepared.val is None:
-        return Validation()
+        return [Validation() for _ in models]
     chunks = dataset_chunks(prepared.val, chunk_size)
-    int8 = prepared.for_workers(ModelRef(str(quantized.path), quantized.sha256))
     metric = resolve_metric(metric, prepared.proto, prepared.val.labels is not None, prepared.output)
     # Embeddings: the first whole chunks, about ANCHORS rows, are the nearest-neighbour reference set.
     anchors = min(len(chunks), max(1, ANCHORS // chunk_size)) if metric is Metric.EMBEDDING else 0
-    layers = quantized_layers(prepared.proto, onnx.load(str(quantized.path)), dict(prepared.tensors))
-    pairs = tuple((layer.tensor, layer.dequantized, layer.elem_type) for layer in layers)
+    int8s = [prepared.for_workers(ModelRef(str(q.path), q.sha256)) for q in models]
+    layers = [quantized_layers(prepared.proto, onnx.load(str(q.path)), dict(prepared.tensors)) for q in models]
     per_layer_chunks = layer_chunks(prepared.val, chunk_size, prepared.fixed_batch) if per_layer else []
     compared = (
-        f"per-layer error of {len(layers)} activations in {len(per_layer_chunks)} chunks"
+        f"per-layer error of {'/'.join(str(n) for n in dict.fromkeys(len(ls) for ls in layers))} activations in "
+        f"{len(per_layer_chunks)} chunks"
         if per_layer
         else "per-layer error skipped"
     )
     which = f"{1 + len(prepared.others)} outputs ({prepared.output!r} leads)" if prepared.others else "outputs"
+    methods = ", ".join(q.quant.method.value for q in models)
+    against = "INT8" if len(models) == 1 else f"{len(models)} INT8 models ({methods})"
     log(
-        f"validating FP32 against INT8 on {prepared.val.rows} rows: {which} in {len(chunks)} chunks, "
+        f"validating FP32 against {against} on {prepared.val.rows} rows: {which} in {len(chunks)} chunks, "
         f"{compared} ({metric.value} metrics)"
     )
-    specs = report_specs(quantized.calibration.stats, layers)
     names = (prepared.output, *prepared.others) if prepared.output is not None else None
-    outputs = compute(client, [validation_graph(chunks, prepared.model, int8, anchors, names, checkpoints)],
-                      "validation", progress)[0]  # fmt: skip
+    graphs = [validation_graph(chunks, prepared.model, int8, anchors, names, checkpoints) for int8 in int8s]
+    outputs_of = compute(client, graphs, "validation", progress)
+    errors_of = [None] * len(models)
     if per_layer:
-        graph = layer_graph(per_layer_chunks, prepared.model, int8, pairs, split_every, specs, checkpoints)
-        per_layer_errors = compute(client, [graph], "per-layer error", progress)
-    rows = tuple(layer_rows(layers, per_layer_errors[0])) if per_layer else ()
-    latency = client.submit(measure_latency, chunks[0], prepared.model, int8, LATENCY_REPEATS, pure=False).result()
+        graphs = [
+            layer_graph(
+                per_layer_chunks, prepared.model, int8,
+                tuple((layer.tensor, layer.dequantized, layer.elem_type) for layer in model_layers),
+                split_every, report_specs(q.calibration.stats, model_layers), checkpoints,
+            )
+            for int8, model_layers, q in zip(int8s, layers, models, strict=True)
+        ]  # fmt: skip
+        errors_of = compute(client, graphs, "per-layer error", progress)
+    return [
+        _validation(prepared, chunks[0], int8, model_layers, outputs, errors, metric, client)
+        for int8, model_layers, outputs, errors in zip(int8s, layers, outputs_of, errors_of, strict=True)
+    ]
+
+
+def _validation(prepared: Prepared, first: ChunkRef, int8: ModelRef, layers, outputs, errors, metric, client):
+    """One model's Validation from its passes' results, with its latency measured now (alone)."""
+    rows = tuple(layer_rows(layers, errors)) if errors is not None else ()
+    latency = client.submit(measure_latency, first, prepared.model, int8, LATENCY_REPEATS, pure=False).result()
     summary = reduce(ValidationStats.merge, (c.stats for c in outputs), ValidationStats())
     others = tuple(
         (
@@ -129,5 +170,5 @@ def validate(
         for i, name in enumerate(prepared.others)
     )
     counts = [("outputs", reduce(add_counts, (c.chunks for c in outputs), (0, 0, 0)))]
-    counts += [("per_layer", per_layer_errors[0].chunks)] if per_layer else []
+    counts += [("per_layer", errors.chunks)] if errors is not None else []
     return Validation(summary, tuple(outputs), rows, latency, metric, prepared.output, others, tuple(counts))
