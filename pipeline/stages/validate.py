@@ -69,29 +69,10 @@ class Validation:
         return [(self.output, self.metric, self.summary), *self.others]
 
 
-def validate(
-    prepared: Prepared,
-    quantized: QuantizedModel,
-    client,
-    *,
-    metric: Metric = Metric.AUTO,
-    chunk_size: int = 64,
-    split_every: int = 8,
-    log: Callable[[str], None] = lambda _: None,
-    progress: Progress | None = None,
-    per_layer: bool = True,
-    checkpoints: Checkpoints | None = None,
-) -> Validation:
-    """Compare `quantized` with `prepared`'s FP32 model on `prepared.val` over `client`'s workers.
-
-    `client` is the caller's and is never closed here. Without validation data, an empty Validation.
-    `per_layer=False` skips the per-layer pass (layers.parquet is then empty). With `checkpoints`, every
-    chunk's statistics are kept on disk, and with their resume flag read back, as calibration's are.
-    """
-    (validation,) = validate_each(
-        prepared, [quantized], client, metric=metric, chunk_size=chunk_size, split_every=split_every, log=log,
-        progress=progress, per_layer=per_layer, checkpoints=checkpoints,
-    )  # fmt: skip
+def validate(prepared: Prepared, quantized: QuantizedModel, client, **options) -> Validation:
+    """Compare `quantized` with `prepared`'s FP32 model on `prepared.val` over `client`'s workers (the
+    options are validate_each's)."""
+    (validation,) = validate_each(prepared, [quantized], client, **options)
     return validation
 
 
@@ -108,10 +89,16 @@ def validate_each(
     per_layer: bool = True,
     checkpoints: Checkpoints | None = None,
 ) -> list[Validation]:
-    """validate() of each of `models` (INT8 models of `prepared`, e.g. one per method), each pass's tasks of
-    every model submitted together: the workers stay busy through one model's few long tasks and the next
-    one's start (MiniLM's zoo job: two methods' outputs pass are two tasks each). The same values as
-    validate() on each; latency is still measured one model at a time, alone on the cluster."""
+    """Compare each of `models` (INT8 models of `prepared`, e.g. one per method) with `prepared`'s FP32 model
+    on `prepared.val` over `client`'s workers, each pass's tasks of every model submitted together: the
+    workers stay busy through one model's few long tasks and the next one's start (MiniLM's zoo job: two
+    methods' outputs pass are two tasks each). Each model's values are those it gets alone; latency is
+    measured one model at a time.
+
+    `client` is the caller's and is never closed here. Without validation data, empty Validations.
+    `per_layer=False` skips the per-layer pass (layers.parquet is then empty). With `checkpoints`, every
+    chunk's statistics are kept on disk, and with their resume flag read back, as calibration's are.
+    """
     import onnx
 
     if prepared.val is None:
