@@ -88,11 +88,6 @@ def security(config: ClusterConfig):
     )
 
 
-# glibc's malloc settings for the workers a run starts (see local_cluster); README says how to give them to
-# `dask worker` processes.
-WORKER_MALLOC = {"MALLOC_TRIM_THRESHOLD_": str(2**30), "MALLOC_MMAP_THRESHOLD_": str(2**30)}
-
-
 def local_cluster(workers: int, threads_per_worker: int = 1, locked: bool = True, **options):
     """The LocalCluster of process workers a run starts (the benchmarks start the same one).
 
@@ -117,11 +112,6 @@ def local_cluster(workers: int, threads_per_worker: int = 1, locked: bool = True
     # once, not one round trip at a time (1000 one-row chunks: 2.3 -> 1.2 ms of
     # overhead each). Chunk results are small statistics, so the root-task
     # overproduction queuing guards against costs no memory here.
-    # glibc returns every freed block above 64 KiB to the system (distributed's pre-spawn setting) and maps
-    # large ones afresh each time, so the passes that expose activations faulted their pages in again and
-    # again: 3.5 million page faults and 7 s of system time per worker in the built-in zoo. Kept in the heap,
-    # 1.2 million and 3 s, the zoo 4-7 s faster, and each worker's peak 5% higher (1.93 -> 2.02 GiB).
-    options["env"] = {**WORKER_MALLOC, **options.get("env", {})}
     with dask.config.set({"distributed.scheduler.worker-saturation": float("inf")}):
         return LocalCluster(
             n_workers=workers, threads_per_worker=threads_per_worker, processes=True, config=worker_config, **options
