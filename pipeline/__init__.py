@@ -5,6 +5,7 @@
     calibrate(prepared, client, quants)       -> Calibration     statistics over the cluster (save/load: Parquet)
     quantize(calibration, quant, path)        -> QuantizedModel  ORT's quantizer; pure, no cluster
     validate(prepared, quantized, client)     -> Validation      FP32 against INT8 over the cluster
+    validate_each(prepared, models, client)   -> [Validation]    several INT8 models, each pass's tasks at once
     publish(out, config, prepared, quantized, validation) -> Path   one atomic run directory
     run(config) / run_methods(config, methods)                    the chain above
 
@@ -31,6 +32,7 @@ _EXPORTS = {
     "quantize": "stages.quantize",
     "Validation": "stages.validate",
     "validate": "stages.validate",
+    "validate_each": "stages.validate",
     "publish": "stages.publish",
     "RunResult": "job",
     "run": "job",
