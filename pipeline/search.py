@@ -167,8 +167,8 @@ def greedy_search(
         log(f"ranked {len(order)} groups; most sensitive: {', '.join(order[:3])}")
         improved, walk, pending, misses = False, True, list(order), 0
         while walk and pending:
-            part, prefixes, ahead, popped = [], [], reverted, []
-            while pending and len(part) < speculate:
+            part, prefixes, ahead, popped, new = [], [], reverted, [], 0
+            while pending and new < speculate:  # `speculate` models not scored yet (a known one is free)
                 group = pending.pop(0)
                 popped.append(group)
                 prefix = canonical((*ahead, *members[group]))
@@ -176,6 +176,7 @@ def greedy_search(
                     part.append(group)
                     prefixes.append(prefix)
                     ahead = prefix
+                    new += (ALL, prefix) not in known
             if not part:
                 break
             steps = score([Experiment("step", p, g, ALL) for p, g in zip(prefixes, part, strict=True)])
@@ -204,19 +205,25 @@ def greedy_search(
         elif not improved and not stopped:
             stopped = "no remaining group improves the metric"
     if target.met(current) and restore:
-        taken, reverted, current = _put_back(taken, members, canonical, target, current, restore, score, log, speculate)
+
+        def scored(experiment: Experiment) -> bool:
+            return (experiment.rows, experiment.reverted) in known
+
+        put = _put_back(taken, members, canonical, target, current, restore, score, log, speculate, scored)
+        taken, reverted, current = put
     return SearchResult(
         reverted, current, baseline, target.met(current), tuple(rankings), alone, stopped, count, len(rankings), taken
     )
 
 
-def _put_back(taken, members, canonical, target, current, restore, score, log, speculate=4):
+def _put_back(taken, members, canonical, target, current, restore, score, log, speculate=4, known=lambda _: False):
     """Quantize again each reverted group holding a node of `restore` (the weighted ones) that the target
     can do without: a group the walk needed early can be needless once later groups are in FP32.
 
     Each candidate is first put back alone (all at once); those that keep the target, best first, are then
-    put back one after another, `speculate` at a time, each kept while the target still holds: one
-    experiment per candidate and at most one more.
+    put back one after another, `speculate` models not yet scored at a time (the first of them, put back
+    alone, is known), each kept while the target still holds: one experiment per candidate and at most one
+    more.
     """
     taken = list(taken)
 
@@ -237,12 +244,12 @@ def _put_back(taken, members, canonical, target, current, restore, score, log, s
     passing.sort(key=lambda pair: (tuple(-v for v in _key(target, pair[1])), taken.index(pair[0].group)))
     pending = [e.group for e, _ in passing]
     while pending:
-        part, back = pending[:speculate], set()
-        del pending[:speculate]
-        steps = []
-        for group in part:
-            back.add(group)
-            steps.append(Experiment("restore", without(back), group, ALL))
+        part, back, steps, new = [], set(), [], 0
+        while pending and new < speculate:
+            part.append(pending.pop(0))
+            back.add(part[-1])
+            steps.append(Experiment("restore", without(back), part[-1], ALL))
+            new += not known(steps[-1])
         for i, (step, stats) in enumerate(zip(steps, score(steps), strict=True)):
             if stats is None or not target.met(stats):
                 pending[:0] = part[i + 1 :]  # scored with the one that broke it: again without

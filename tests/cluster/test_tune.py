@@ -346,6 +346,27 @@ def test_a_weighted_group_the_target_no_longer_needs_is_put_back():
     assert put_back.final.mean_cosine == 1 - on_all["a"] and phases.count("restore") == 1
 
 
+def test_the_put_back_scores_as_many_models_not_yet_scored_at_once_as_it_may():
+    # The walk takes x, y, z (cheap on every row, costly on the ranking rows) and w; x, y and z each pass
+    # put back alone (w alone is the walk's third step: three new models), and the chain then puts back x
+    # (already scored alone), x+y (passes) and x+y+z (fails): two models not yet scored, one batch for two
+    # threads (it was two batches of one).
+    batches = []
+    run = _additive(
+        {"x": 0.01, "y": 0.009, "z": 0.008, "w": 0.007}, {"x": 0.0005, "y": 0.0005, "z": 0.0005, "w": 0.004}
+    )
+
+    def counted(experiments):
+        batches.append((experiments[0].phase, len(experiments)))
+        return run(experiments)
+
+    target, weighted = Target("cosine", 0.9988), frozenset("xyzw")
+    two = greedy_search("xyzw", target, counted, speculate=2, isolated=False, restore=weighted)
+    one = greedy_search("xyzw", target, run, speculate=1, isolated=False, restore=weighted)
+    assert two.groups == one.groups == ("z", "w") and two.final == one.final and two.met
+    assert [n for phase, n in batches if phase == "restore"] == [3, 2]
+
+
 def test_groups_without_a_weighted_node_are_walked_first():
     # "w" (a MatMul's group) ranks first, but "u" and "v" (no weighted node) meet the target without it;
     # only when they cannot does the search rank every group and take "w".
