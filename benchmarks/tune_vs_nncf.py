@@ -94,18 +94,24 @@ print(json.dumps({"seconds": seconds, "peak_kib": peak_rss_kib(), "scored": len(
 """
 
 
-def _tree_peak(pid: int, stop: threading.Event, peaks: dict) -> None:
-    """Largest RSS of `pid` and each of its descendants, polled until `stop`."""
-    while not stop.wait(0.25):
+def _children(pid: int) -> list[int]:
+    """The child processes of `pid`, from procfs (each of its threads lists those it started)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
-            children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
-            pids = [pid, *(int(p) for p in children.stdout.split())]
-            grandchildren = subprocess.run(
-                ["ps", "-o", "pid=", "--ppid", ",".join(map(str, pids))], capture_output=True, text=True
-            )
-            pids += [int(p) for p in grandchildren.stdout.split()]
-        except (OSError, ValueError):
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
             continue
+    return found
+
+
+def _tree_peak(pid: int, stop: threading.Event, peaks: dict) -> None:
+    """Largest RSS of `pid` and each of its descendants, polled until `stop` (read from procfs: a `ps` per
+    poll cost the measured side a few percent of two cores)."""
+    while not stop.wait(0.25):
+        pids = [pid]
+        for parent in pids:
+            pids += _children(parent)
         for p in set(pids):
             rss = proc_status_kib("VmRSS", p)
             if rss:

@@ -180,7 +180,9 @@ def test_an_output_its_writer_does_not_quantize_belongs_to_its_reader_alone(tmp_
 def test_remembered_weights_and_shapes_write_the_models_quantize_static_writes(residual, tmp_path, monkeypatch):
     from onnxruntime.quantization import qdq_quantizer
 
+    from dask_quant.pipeline import experiments
     from dask_quant.pipeline.experiments import _ort_quantize_module, _remember_quantizer_work, _source, write_variant
+    from dask_quant.tasks.digest import file_state
 
     model, calib, _ = residual
     config = dq.RunConfig(model=model, calib=calib, out=tmp_path)
@@ -198,9 +200,16 @@ def test_remembered_weights_and_shapes_write_the_models_quantize_static_writes(r
             ]
         _source.cache_clear()
         got = [write_variant(calibration, config.quant, tmp_path / f"memo{i}.onnx", v) for i, v in enumerate(variants)]
+        remembered = _source.cache_info()
+        with monkeypatch.context() as small:  # a model over the size remembered: ORT's own round trip
+            small.setattr(experiments, "_REMEMBER_SOURCE_UP_TO", 0)
+            _source.cache_clear()
+            unremembered = write_variant(calibration, config.quant, tmp_path / "large.onnx", variants[1])
+            assert _source(str(Path(prepared.model.path).resolve()), file_state(prepared.model.path)) is None
+        assert unremembered.path.read_bytes() == expected[1].path.read_bytes()
     assert all(getattr(owner, name) is not original for owner, name, original in originals)  # remembered ones ran
     assert hasattr(_ort_quantize_module(), "_dask_quant_shape_inference")  # and ORT's shape inference, once per source:
-    assert _source.cache_info().misses == 1 and _source.cache_info().hits == len(variants) - 1
+    assert remembered.misses == 1 and remembered.hits == len(variants) - 1
     for a, b in zip(expected, got, strict=True):
         assert a.path.read_bytes() == b.path.read_bytes()
     assert len({q.sha256 for q in got}) == 3
