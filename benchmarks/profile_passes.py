@@ -112,7 +112,7 @@ def main() -> None:
         layers = quantized_layers(prepared.proto, onnx.load(str(quantized.path)), dict(prepared.tensors))
         pairs = tuple((layer.tensor, layer.dequantized, layer.elem_type) for layer in layers)
         print(f"\n{len(pairs)} activations compared")
-        profiled("per-layer pass", layer_graph(chunks, prepared.model, int8, pairs), args.top)
+        profiled("per-layer pass", layer_graph(chunks, prepared.model, (int8,), (pairs,)), args.top)
 
 
 if __name__ == "__main__":

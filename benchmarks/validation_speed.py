@@ -151,7 +151,7 @@ def inference_only(chunk, fp32, int8, pairs, output) -> int:
     feeds = read_feeds(chunk)
     for model in (fp32, int8):  # the metric pass: as deployed
         run_in_batches(session_for(model), [output] if output else None, feeds, chunk.feeding)
-    runs = exposing_runs(chunk, feeds, fp32, int8, pairs)  # the per-layer pass's own sessions
+    runs = exposing_runs(chunk, feeds, fp32, (int8,), (pairs,))  # the per-layer pass's own sessions
     return sum(rows for rows, _, _ in exposed_runs(runs, feeds, feeding=chunk.feeding))
 
 
@@ -172,7 +172,7 @@ def floor(client, prepared, quantized, chunk_size: int) -> float:
     args = (prepared.model, int8, pairs, prepared.output)
     futures = [client.submit(inference_only, chunk, *args, pure=False) for chunk in chunks]
     assert sum(client.gather(futures)) == prepared.val.rows
-    client.submit(measure_latency, chunks[0], prepared.model, int8, LATENCY_REPEATS, pure=False).result()
+    client.submit(measure_latency, chunks[0], prepared.model, (int8,), LATENCY_REPEATS, pure=False).result()
     return time.perf_counter() - start
 
 

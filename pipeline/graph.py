@@ -19,7 +19,7 @@ from dask_quant.tasks.layer_error import chunk_layer_errors
 from dask_quant.tasks.merging import merge_all
 from dask_quant.tasks.sessions import ModelRef
 from dask_quant.tasks.smoothing import chunk_channel_max
-from dask_quant.tasks.validate import chunk_outputs, compare_chunk, join_anchors, validate_against
+from dask_quant.tasks.validate import chunk_outputs, compare_each, join_anchors, validate_against
 
 
 class ChunkGraph(Delayed):
@@ -108,33 +108,39 @@ def channel_max_graph(
 def layer_graph(
     chunks: list[ChunkRef],
     fp32: ModelRef,
-    int8: ModelRef,
-    pairs,
+    int8s: tuple[ModelRef, ...],
+    pairs_each,
     split_every: int = 8,
-    specs=(),
+    specs_each=None,
     checkpoints: Checkpoints | None = None,
 ):
-    """Per-layer error sums (and FP32 histograms on `specs`) of every validation chunk, merged in a tree."""
-    kwargs = {"fp32": fp32, "int8": int8, "pairs": pairs, "specs": specs, "checkpoints": checkpoints}
+    """Per-layer error sums (and FP32 histograms on each model's specs) of every validation chunk for each of
+    `int8s`, merged in a tree: an Each of LayerErrors. A chunk's task runs the FP32 model once for all."""
+    specs_each = tuple(specs_each) if specs_each is not None else ((),) * len(int8s)
+    kwargs = {
+        "fp32": fp32, "int8s": tuple(int8s), "pairs_each": tuple(pairs_each), "specs_each": specs_each,
+        "checkpoints": checkpoints,
+    }  # fmt: skip
     return _statistics_tree(chunks, chunk_layer_errors, kwargs, split_every)
 
 
 def validation_graph(
     chunks: list[ChunkRef],
     fp32: ModelRef,
-    int8: ModelRef,
+    int8s: tuple[ModelRef, ...],
     anchors: int = 0,
     outputs: tuple[str, ...] | None = None,
     checkpoints: Checkpoints | None = None,
 ):
-    """One ChunkValidation per chunk, as a list in chunk order (the rows of validation.parquet): `outputs`
-    compared, the lead one first (None: the model's first output).
+    """Per chunk, in chunk order, one ChunkValidation for each of `int8s` (the rows of each model's
+    validation.parquet): `outputs` compared, the lead one first (None: the model's first output). A chunk's
+    task runs the FP32 model once for all of `int8s`.
 
     With `anchors` > 0, the first `anchors` chunks are the nearest-neighbour reference set: their
     outputs are computed once, joined into one task every chunk task reads, and compared there
     without running the models again.
     """
-    kwargs = {"fp32": fp32, "int8": int8, "outputs": outputs}
+    kwargs = {"fp32": fp32, "int8s": tuple(int8s), "outputs": outputs}
     checked = {**kwargs, "checkpoints": checkpoints}  # the anchors' own chunks are compared from their outputs
     graph, chunk_keys, token = _chunk_tasks(chunks, validate_against, checked, ("list", anchors))
     reference = None
@@ -144,10 +150,10 @@ def validation_graph(
         graph.update((key, (run, chunk)) for key, chunk in zip(outputs, chunks, strict=False))
         reference = f"join_anchors-{token}"
         graph[reference] = (join_anchors, outputs, chunks[0].start, chunks[anchors - 1].stop)
-        compare = partial(refusing, compare_chunk, names=kwargs["outputs"])
+        compare = partial(refusing, compare_each, names=kwargs["outputs"])
         for key, chunk, output_key in zip(chunk_keys, chunks, outputs, strict=False):  # the anchors' own chunks
             graph[key] = (compare, chunk, output_key)
-    for key in chunk_keys:  # the chunk tasks' last argument: the anchors' reference set (a key), or None
+    for key in chunk_keys:  # the chunk tasks' last argument: the anchors' reference sets (a key), or None
         graph[key] = (*graph[key], reference)
     root = f"validation-{token}"
     graph[root] = (list, chunk_keys)

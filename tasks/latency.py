@@ -30,32 +30,38 @@ class Latency:
 
 
 def measure_latency(
-    chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, repeats: int, budget_s: float = 2.0, batch: int = BATCH
-) -> Latency:
-    """Time both models on the first `batch` rows of a chunk (default graph optimisations, as deployed);
-    a model that fixes its batch size runs whole batches of it.
+    chunk: ChunkRef,
+    fp32: ModelRef,
+    int8s: tuple[ModelRef, ...],
+    repeats: int,
+    budget_s: float = 2.0,
+    batch: int = BATCH,
+) -> tuple[Latency, ...]:
+    """Time the FP32 model and each of `int8s` on the first `batch` rows of a chunk (default graph
+    optimisations, as deployed); a model that fixes its batch size runs whole batches of it. One Latency
+    per INT8 model, all with the same FP32 time.
 
-    Runs alternate FP32 and INT8 so both see the same machine load; the first
-    few runs only warm up. A large model gets fewer repeats (at least 3), so
-    timing takes about `budget_s` seconds, not minutes.
+    Runs take turns (FP32, then each INT8 model) so all see the same machine load;
+    the first few rounds only warm up. A large model gets fewer repeats (at least
+    3), so timing takes about `budget_s` seconds, not minutes.
     """
-    sessions = (session_for(fp32), session_for(int8))
+    sessions = (session_for(fp32), *(session_for(model) for model in int8s))
     fixed = fixed_batch(sessions[0], chunk.feeding) or 1
     rows = min(chunk.rows, max(fixed, batch - batch % fixed))
     chunk = replace(chunk, stop=chunk.start + rows)
     feeds = read_feeds(chunk)
 
-    def timed_pair() -> tuple[float, float]:
+    def timed_round() -> list[float]:
         durations = []
         for session in sessions:
             start = time.perf_counter()
             run_in_batches(session, None, feeds, chunk.feeding)
             durations.append(time.perf_counter() - start)
-        return durations[0], durations[1]
+        return durations
 
-    pair = sum(timed_pair())  # the first warm-up run also sizes the rest
-    for _ in range(min(_WARMUP, max(1, int(budget_s / 4 / pair))) - 1):
-        timed_pair()
-    times = [timed_pair() for _ in range(min(repeats, max(3, int(budget_s / pair))))]
-    fp32_s, int8_s = (statistics.median(t[i] for t in times) / chunk.rows for i in (0, 1))
-    return Latency(chunk.rows, len(times), fp32_s, int8_s)
+    round_s = sum(timed_round())  # the first warm-up round also sizes the rest
+    for _ in range(min(_WARMUP, max(1, int(budget_s / 4 / round_s))) - 1):
+        timed_round()
+    times = [timed_round() for _ in range(min(repeats, max(3, int(budget_s / round_s))))]
+    fp32_s, *int8_s = (statistics.median(t[i] for t in times) / chunk.rows for i in range(len(sessions)))
+    return tuple(Latency(chunk.rows, len(times), fp32_s, seconds) for seconds in int8_s)

@@ -10,6 +10,7 @@ come out identical for any chunking, order or merge tree.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, replace
 
@@ -19,7 +20,7 @@ from dask_quant.tasks.checkpoint import Checkpoints, cached
 from dask_quant.tasks.chunks import ChunkRef, chunk_content, read_feeds
 from dask_quant.tasks.exact_sum import exact_sum, to_float
 from dask_quant.tasks.histogram import Histogram, HistogramSpec
-from dask_quant.tasks.merging import add_counts, merge_by_name
+from dask_quant.tasks.merging import Each, add_counts, merge_by_name
 from dask_quant.tasks.sessions import ModelRef, SessionSpec, exposed_runs, session_for
 
 
@@ -38,9 +39,12 @@ class LayerError:
     non_finite: int = 0  # elements where x or y is inf or NaN, left out of the sums
 
     @classmethod
-    def of(cls, x: np.ndarray, y: np.ndarray, spec: HistogramSpec | None = None, rows: int | None = None) -> LayerError:
-        """Sums over x and y; `samples` is `rows` (the slice's rows: some tensors, such as
-        scalars, have no batch axis), by default len(x)."""
+    def of(
+        cls, x: np.ndarray, y: np.ndarray, histogram: Histogram | None = None, rows: int | None = None
+    ) -> LayerError:
+        """Sums over x and y, with x's `histogram` (counted by the caller: models compared with one FP32
+        tensor share it); `samples` is `rows` (the slice's rows: some tensors, such as scalars, have no
+        batch axis), by default len(x)."""
         if np.float64 in (x.dtype, y.dtype):
             signal, quantized, product, noise, largest, non_finite = _float64_sums(x, y)
         else:  # float32, and float16 values, which float32 holds exactly
@@ -56,7 +60,7 @@ class LayerError:
             product=product,
             noise=noise,
             max_abs_error=largest,
-            histogram=None if spec is None else Histogram.of(spec, spec.count(x)),
+            histogram=histogram,
             non_finite=non_finite,
         )
 
@@ -133,49 +137,68 @@ class LayerErrors:
         return cls(tuple((name, LayerError.from_json(error)) for name, error in data["entries"]))
 
 
-def exposing_runs(chunk: ChunkRef, feeds: dict, fp32: ModelRef, int8: ModelRef, pairs) -> list[tuple]:
-    """(session, output names) of the FP32 and the INT8 model with every compared tensor exposed
-    (graph optimisations off), for tasks.sessions.exposed_runs; inputs the chunk feeds are not outputs."""
+def exposing_runs(
+    chunk: ChunkRef, feeds: dict, fp32: ModelRef, int8s: tuple[ModelRef, ...], pairs_each: tuple
+) -> list[tuple]:
+    """(session, output names) of the FP32 model and of each of `int8s` with every tensor its `pairs_each`
+    compares exposed (graph optimisations off), for tasks.sessions.exposed_runs; the FP32 model exposes what
+    any of them compares; inputs the chunk feeds are not outputs."""
     given = {*feeds, *(c.name for c in chunk.feeding.constants)}
-    fp32_exposed = tuple(sorted({(name, elem) for name, _, elem in pairs if name not in given}))
-    int8_exposed = tuple(sorted({(name, elem) for _, name, elem in pairs}))
+    fp32_exposed = tuple(sorted({(name, elem) for pairs in pairs_each for name, _, elem in pairs if name not in given}))
+    int8_exposed = [tuple(sorted({(name, elem) for _, name, elem in pairs})) for pairs in pairs_each]
     return [
         (session_for(model, SessionSpec(expose=exposed, calibration=True)), [name for name, _ in exposed])
-        for model, exposed in ((fp32, fp32_exposed), (int8, int8_exposed))
+        for model, exposed in ((fp32, fp32_exposed), *zip(int8s, int8_exposed, strict=True))
     ]
 
 
 def chunk_layer_errors(
     chunk: ChunkRef,
     fp32: ModelRef,
-    int8: ModelRef,
-    pairs: tuple[tuple[str, str, int], ...],
-    specs: tuple[HistogramSpec, ...] = (),
+    int8s: tuple[ModelRef, ...],
+    pairs_each: tuple[tuple[tuple[str, str, int], ...], ...],
+    specs_each: tuple[tuple[HistogramSpec, ...], ...],
     checkpoints: Checkpoints | None = None,
-) -> LayerErrors:
-    """Per-layer sums over one chunk; `pairs` are (FP32 tensor, INT8 dequantized tensor, elem type),
-    `specs` the bins of the FP32 tensors' histograms (values outside go to the end bins). With
-    `checkpoints`, kept on disk (and with resume, read back) as calibration's are.
+) -> Each:
+    """Per-layer sums over one chunk for each of `int8s` (an Each of LayerErrors), the FP32 model run once;
+    a model's `pairs_each` are (FP32 tensor, INT8 dequantized tensor, elem type), its `specs_each` the bins
+    of the FP32 tensors' histograms (values outside go to the end bins). With `checkpoints`, each model's
+    kept on disk (and with resume, read back) as calibration's are.
 
-    Both models run with graph optimisations off so every compared tensor exists
+    The models run with graph optimisations off so every compared tensor exists
     as written, as in ONNX Runtime's qdq_loss_debug.
     """
-    key = ("layer-errors", fp32.sha256, int8.sha256, chunk_content(chunk), pairs, specs)
-    errors, source = cached(
-        checkpoints, key, lambda: _layer_errors(chunk, fp32, int8, pairs, specs), LayerErrors.from_json
-    )
-    return replace(errors, chunks=source.counts)
+    every = functools.cache(lambda: _layer_errors(chunk, fp32, int8s, pairs_each, specs_each))
+    values = []
+    for i, (int8, pairs, specs) in enumerate(zip(int8s, pairs_each, specs_each, strict=True)):
+        key = ("layer-errors", fp32.sha256, int8.sha256, chunk_content(chunk), pairs, specs)
+        errors, source = cached(checkpoints, key, lambda i=i: every()[i], LayerErrors.from_json)
+        values.append(replace(errors, chunks=source.counts))
+    return Each(tuple(values))
 
 
-def _layer_errors(chunk, fp32, int8, pairs, specs) -> LayerErrors:
+def _layer_errors(chunk, fp32, int8s, pairs_each, specs_each) -> tuple[LayerErrors, ...]:
     feeds = read_feeds(chunk)
-    bins = {spec.tensor: spec for spec in specs}
-    total = LayerErrors()
-    for rows, part, (reference, quantized) in exposed_runs(
-        exposing_runs(chunk, feeds, fp32, int8, pairs), feeds, feeding=chunk.feeding
+    bins_each = [{spec.tensor: spec for spec in specs} for specs in specs_each]
+    totals = [LayerErrors() for _ in int8s]
+    for rows, part, (reference, *quantized) in exposed_runs(
+        exposing_runs(chunk, feeds, fp32, int8s, pairs_each), feeds, feeding=chunk.feeding
     ):
         reference.update(part)
-        errors = {name: LayerError.of(reference[name], quantized[dq], bins.get(name), rows) for name, dq, _ in pairs}
-        total = total.merge(LayerErrors(tuple(sorted(errors.items()))))
+        counted: dict[HistogramSpec, Histogram] = {}  # once per FP32 tensor and bins, whichever model asks
+
+        for i, (pairs, bins, values) in enumerate(zip(pairs_each, bins_each, quantized, strict=True)):
+            errors = {}
+            for name, dq, _ in pairs:
+                x = reference[name]
+                errors[name] = LayerError.of(x, values[dq], _histogram(counted, bins.get(name), x), rows)
+            totals[i] = totals[i].merge(LayerErrors(tuple(sorted(errors.items()))))
         del reference, quantized, part  # before the next slice runs (tasks.sessions.exposed_runs)
-    return total
+    return tuple(totals)
+
+
+def _histogram(counted: dict, spec: HistogramSpec | None, x: np.ndarray) -> Histogram | None:
+    """x's histogram on `spec`'s bins (None: none), counted once per slice in `counted`."""
+    if spec is not None and spec not in counted:
+        counted[spec] = Histogram.of(spec, spec.count(x))
+    return None if spec is None else counted[spec]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import reduce
 from typing import Protocol, TypeVar
 
@@ -32,6 +33,17 @@ def merge_all(parts: Iterable[T]) -> T:
         msg = "merge_all needs at least one partial"
         raise ValueError(msg) from None
     return reduce(type(first).merge, items, first)
+
+
+@dataclass(frozen=True)
+class Each:
+    """One statistic per model of a pass that runs several at once (their FP32 side shared); merged model by
+    model."""
+
+    values: tuple
+
+    def merge(self, other: Each) -> Each:
+        return Each(tuple(a.merge(b) for a, b in zip(self.values, other.values, strict=True)))
 
 
 def merge_by_name(left: tuple[tuple[str, T], ...], right: tuple[tuple[str, T], ...]) -> tuple[tuple[str, T], ...]:

@@ -8,6 +8,7 @@ the run's --metric only chooses which ones lead.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -209,32 +210,45 @@ def compare_outputs(fp32, int8, labels=None, rows=None, anchors=None) -> Validat
 
 
 def chunk_outputs(
-    chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, outputs: tuple[str, ...] | None = None
-) -> list[np.ndarray]:
-    """`outputs` of both models over a chunk (default graph optimisations, as deployed): FP32 then INT8
-    of the first (None: the model's first output), then FP32 and INT8 of each other one."""
+    chunk: ChunkRef, fp32: ModelRef, int8s: tuple[ModelRef, ...], outputs: tuple[str, ...] | None = None
+) -> tuple[list[np.ndarray], ...]:
+    """`outputs` of the FP32 model and of each of `int8s` over a chunk (default graph optimisations, as
+    deployed), the FP32 model run once: per INT8 model, FP32 then INT8 of the first output (None: the model's
+    first output), then FP32 and INT8 of each other one."""
     feeds = read_feeds(chunk)
+    fp32_out = model_outputs(chunk, feeds, fp32, outputs)
+    return tuple(_paired(fp32_out, model_outputs(chunk, feeds, int8, outputs)) for int8 in int8s)
+
+
+def model_outputs(chunk: ChunkRef, feeds: dict, model: ModelRef, outputs: tuple[str, ...] | None) -> list[np.ndarray]:
+    """`outputs` of one model over a chunk's `feeds` (None: its first output only)."""
     names = None if outputs is None else list(outputs)
-    fp32_out, int8_out = (run_in_batches(session_for(model), names, feeds, chunk.feeding) for model in (fp32, int8))
-    if names is None:
-        fp32_out, int8_out = fp32_out[:1], int8_out[:1]
+    values = run_in_batches(session_for(model), names, feeds, chunk.feeding)
+    return values[:1] if names is None else values
+
+
+def _paired(fp32_out: list[np.ndarray], int8_out: list[np.ndarray]) -> list[np.ndarray]:
     return [value for pair in zip(fp32_out, int8_out, strict=True) for value in pair]
 
 
-def join_anchors(parts: list, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | Refused:
-    """The nearest-neighbour reference set from the chunk_outputs of the chunks covering rows
-    [start, stop): both models' first outputs, one row per sample, and the row numbers."""
+def join_anchors(parts: list, start: int, stop: int) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...] | Refused:
+    """Per INT8 model, the nearest-neighbour reference set from the chunk_outputs of the chunks covering
+    rows [start, stop): both models' first outputs, one row per sample, and the row numbers."""
     refused = next((part for part in parts if isinstance(part, Refused)), None)
     if refused is not None:
         return refused
-    fp32, int8 = (np.concatenate([part[i].reshape(len(part[i]), -1) for part in parts]) for i in (0, 1))
-    return fp32.astype(np.float64), int8.astype(np.float64), np.arange(start, stop)
+    rows = np.arange(start, stop)
+    joined = []
+    for model in range(len(parts[0])):
+        fp32, int8 = (np.concatenate([p[model][i].reshape(len(p[model][i]), -1) for p in parts]) for i in (0, 1))
+        joined.append((fp32.astype(np.float64), int8.astype(np.float64), rows))
+    return tuple(joined)
 
 
 def compare_chunk(
     chunk: ChunkRef, outputs: list[np.ndarray], reference=None, names: tuple[str, ...] | None = None
 ) -> ChunkValidation:
-    """A chunk's statistics from its chunk_outputs, with the anchors' reference set (None: no
+    """A chunk's statistics from one INT8 model's chunk_outputs, with the anchors' reference set (None: no
     nearest-neighbour agreement) for the first output; `names`: the outputs', for messages."""
     for position, value in enumerate(outputs):
         if len(value) != chunk.rows:  # rows that are not samples (a NonZero's, data-dependent)
@@ -251,25 +265,41 @@ def compare_chunk(
     return ChunkValidation(chunk.index, chunk.start, chunk.stop, stats, others)
 
 
+def compare_each(
+    chunk: ChunkRef, outputs: tuple[list[np.ndarray], ...], references=None, names: tuple[str, ...] | None = None
+) -> tuple[ChunkValidation, ...]:
+    """compare_chunk for each INT8 model's chunk_outputs, with its reference set (None: none for any)."""
+    references = references or (None,) * len(outputs)
+    return tuple(compare_chunk(chunk, o, r, names) for o, r in zip(outputs, references, strict=True))
+
+
 def validate_against(
     chunk: ChunkRef,
-    reference,
+    references,
     fp32: ModelRef,
-    int8: ModelRef,
+    int8s: tuple[ModelRef, ...],
     outputs: tuple[str, ...] | None = None,
     checkpoints: Checkpoints | None = None,
-) -> ChunkValidation:
-    """validate_chunk with the anchors' reference set given (None: no nearest-neighbour agreement); with
-    `checkpoints`, kept on disk (and with resume, read back) under a key of everything it depends on."""
-    anchors = None if reference is None else (int(reference[2][0]), len(reference[2]))
-    key = ("validation", fp32.sha256, int8.sha256, chunk_content(chunk), chunk.labels, outputs, anchors)
-    value, source = cached(
-        checkpoints,
-        key,
-        lambda: compare_chunk(chunk, chunk_outputs(chunk, fp32, int8, outputs), reference, outputs),
-        ChunkValidation.from_json,
-    )
-    return replace(value, chunks=source.counts)
+) -> tuple[ChunkValidation, ...]:
+    """validate_chunk of each of `int8s`, with the anchors' reference sets given (one per model; None: no
+    nearest-neighbour agreement), the FP32 model run at most once; with `checkpoints`, each model's kept on
+    disk (and with resume, read back) under a key of everything it depends on."""
+    feeds = functools.cache(lambda: read_feeds(chunk))
+    fp32_out = functools.cache(lambda: model_outputs(chunk, feeds(), fp32, outputs))
+
+    def compared(int8: ModelRef, reference) -> ChunkValidation:
+        pairs = _paired(fp32_out(), model_outputs(chunk, feeds(), int8, outputs))
+        return compare_chunk(chunk, pairs, reference, outputs)
+
+    values = []
+    for int8, reference in zip(int8s, references or (None,) * len(int8s), strict=True):
+        anchors = None if reference is None else (int(reference[2][0]), len(reference[2]))
+        key = ("validation", fp32.sha256, int8.sha256, chunk_content(chunk), chunk.labels, outputs, anchors)
+        value, source = cached(
+            checkpoints, key, functools.partial(compared, int8, reference), ChunkValidation.from_json
+        )
+        values.append(replace(value, chunks=source.counts))
+    return tuple(values)
 
 
 def validate_chunk(
@@ -284,8 +314,9 @@ def validate_chunk(
     With `anchors` (consecutive chunks of the validation set), also count
     nearest-neighbour agreement against their rows.
     """
-    reference = None
+    references = None
     if anchors:
-        parts = [chunk_outputs(anchor, fp32, int8, outputs[:1] if outputs else None) for anchor in anchors]
-        reference = join_anchors(parts, anchors[0].start, anchors[-1].stop)
-    return validate_against(chunk, reference, fp32, int8, outputs)
+        parts = [chunk_outputs(anchor, fp32, (int8,), outputs[:1] if outputs else None) for anchor in anchors]
+        references = join_anchors(parts, anchors[0].start, anchors[-1].stop)
+    (validation,) = validate_against(chunk, references, fp32, (int8,), outputs)
+    return validation

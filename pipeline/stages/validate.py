@@ -1,10 +1,11 @@
 """The validate stage: FP32 against INT8 over the validation chunks, on the cluster.
 
 Model outputs (metrics per chunk, merged exactly), then per-layer errors (one
-merge tree): one pass after the other, so a worker holds one pass's two sessions
-at a time (tasks.sessions' budget lets the other pass's go; with both passes
-interleaved a 1 GiB worker rebuilt or held four). Latency runs alone afterwards,
-so nothing else competes for the core it measures.
+merge tree): one pass after the other, so a worker holds one pass's sessions at
+a time (tasks.sessions' budget lets the other pass's go; with both passes
+interleaved a 1 GiB worker rebuilt or held four). Several INT8 models (a run's
+methods) are compared in the same tasks, which run the FP32 model once for all.
+Latency runs alone afterwards, so nothing else competes for the core it measures.
 """
 
 from __future__ import annotations
@@ -90,10 +91,9 @@ def validate_each(
     checkpoints: Checkpoints | None = None,
 ) -> list[Validation]:
     """Compare each of `models` (INT8 models of `prepared`, e.g. one per method) with `prepared`'s FP32 model
-    on `prepared.val` over `client`'s workers, each pass's tasks of every model submitted together: the
-    workers stay busy through one model's few long tasks and the next one's start (MiniLM's zoo job: two
-    methods' outputs pass are two tasks each). Each model's values are those it gets alone; latency is
-    measured one model at a time.
+    on `prepared.val` over `client`'s workers. A pass's task compares one chunk for every model, the FP32 model
+    run once (and its histograms counted once where the models' bins agree); each model's values are those
+    it gets alone. Latency is measured in one task, the models taking turns, with one FP32 time for all.
 
     `client` is the caller's and is never closed here. Without validation data, empty Validations.
     `per_layer=False` skips the per-layer pass (layers.parquet is then empty). With `checkpoints`, every
@@ -124,29 +124,35 @@ def validate_each(
         f"{compared} ({metric.value} metrics)"
     )
     names = (prepared.output, *prepared.others) if prepared.output is not None else None
-    graphs = [validation_graph(chunks, prepared.model, int8, anchors, names, checkpoints) for int8 in int8s]
-    outputs_of = compute(client, graphs, "validation", progress)
+    # One graph per pass for every model: a chunk's task runs the FP32 model once for all of them.
+    graph = validation_graph(chunks, prepared.model, tuple(int8s), anchors, names, checkpoints)
+    (per_chunk,) = compute(client, [graph], "validation", progress)
+    outputs_of = [[each[i] for each in per_chunk] for i in range(len(models))]
     errors_of = [None] * len(models)
     if per_layer:
-        graphs = [
-            layer_graph(
-                per_layer_chunks, prepared.model, int8,
-                tuple((layer.tensor, layer.dequantized, layer.elem_type) for layer in model_layers),
-                split_every, report_specs(q.calibration.stats, model_layers), checkpoints,
-            )
-            for int8, model_layers, q in zip(int8s, layers, models, strict=True)
-        ]  # fmt: skip
-        errors_of = compute(client, graphs, "per-layer error", progress)
+        graph = layer_graph(
+            per_layer_chunks, prepared.model, tuple(int8s),
+            tuple(tuple((layer.tensor, layer.dequantized, layer.elem_type) for layer in ls) for ls in layers),
+            split_every, tuple(report_specs(q.calibration.stats, ls) for q, ls in zip(models, layers, strict=True)),
+            checkpoints,
+        )  # fmt: skip
+        (each,) = compute(client, [graph], "per-layer error", progress)
+        errors_of = list(each.values)
+    # Latency alone afterwards (nothing else of this job competes for the core it measures).
+    latencies = client.submit(
+        measure_latency, chunks[0], prepared.model, tuple(int8s), LATENCY_REPEATS, pure=False
+    ).result()
     return [
-        _validation(prepared, chunks[0], int8, model_layers, outputs, errors, metric, client)
-        for int8, model_layers, outputs, errors in zip(int8s, layers, outputs_of, errors_of, strict=True)
+        _validation(prepared, int8, model_layers, outputs, errors, metric, latency)
+        for int8, model_layers, outputs, errors, latency in zip(
+            int8s, layers, outputs_of, errors_of, latencies, strict=True
+        )
     ]
 
 
-def _validation(prepared: Prepared, first: ChunkRef, int8: ModelRef, layers, outputs, errors, metric, client):
-    """One model's Validation from its passes' results, with its latency measured now (alone)."""
+def _validation(prepared: Prepared, int8: ModelRef, layers, outputs, errors, metric, latency) -> Validation:
+    """One model's Validation from its passes' results."""
     rows = tuple(layer_rows(layers, errors)) if errors is not None else ()
-    latency = client.submit(measure_latency, first, prepared.model, int8, LATENCY_REPEATS, pure=False).result()
     summary = reduce(ValidationStats.merge, (c.stats for c in outputs), ValidationStats())
     others = tuple(
         (

@@ -25,8 +25,8 @@ def client():
         yield c
 
 
-def _qparams(run_dir):
-    return pq.read_table(run_dir / outputs.QPARAMS.name).drop(["run_id"])
+def _table(run_dir, file=outputs.QPARAMS):
+    return pq.read_table(run_dir / file.name).drop(["run_id"])
 
 
 def _run_dirs(out):
@@ -50,7 +50,10 @@ def test_methods_share_one_calibration_and_match_single_method_runs(tmp_path, cl
         assert record["passes"]["histograms"] == {"computed": chunks, "reused": 0, "discarded": 0}
         alone = dq.run(replace(config, out=tmp_path / method, quant=dq.QuantConfig(method=method)), client=client)
         assert (alone.run_dir / results.MODEL_FILE).read_bytes() == (run_dir / results.MODEL_FILE).read_bytes()
-        assert _qparams(alone.run_dir).equals(_qparams(run_dir))  # every column but run_id
+        assert _table(alone.run_dir).equals(_table(run_dir))  # every column but run_id
+        # Validated in the same tasks as the other methods (the FP32 model run once for all): the same values.
+        for file in (outputs.VALIDATION, outputs.LAYERS):
+            assert _table(alone.run_dir, file).equals(_table(run_dir, file)), file.name
         has_histograms = (run_dir / outputs.HISTOGRAMS.name).exists()
         assert has_histograms == (alone.run_dir / outputs.HISTOGRAMS.name).exists() == (method != "minmax")
 

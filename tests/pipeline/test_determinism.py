@@ -128,8 +128,8 @@ def test_layer_errors_are_identical_for_any_chunking(tmp_path, monkeypatch):
         if budget:
             monkeypatch.setattr(sessions, "EXPOSED_BYTES_PER_RUN", budget)
         chunks = dataset_chunks(PREPARED.calib, chunk_size)
-        (errors,) = dask.compute(layer_graph(chunks, PREPARED.model, int8, pairs, split_every), scheduler="sync")
-        tables.append(layer_rows(layers, errors))
+        (errors,) = dask.compute(layer_graph(chunks, PREPARED.model, (int8,), (pairs,), split_every), scheduler="sync")
+        tables.append(layer_rows(layers, errors.values[0]))
     assert len(tables[0]) == 7
     assert all(table == tables[0] for table in tables[1:])
 
@@ -138,6 +138,6 @@ def test_layer_errors_are_identical_for_any_chunking(tmp_path, monkeypatch):
     first = tmp_path / "first198.npy"
     np.save(first, np.load(CALIB)[:198])
     rows = prepare(RunConfig(model=MODEL, calib=first, prepare=False)).calib
-    graphs = [layer_graph(dataset_chunks(rows, size), PREPARED.model, int8, pairs) for size in (198, 197)]
-    pair = [layer_rows(layers, dask.compute(graph, scheduler="sync")[0]) for graph in graphs]
+    graphs = [layer_graph(dataset_chunks(rows, size), PREPARED.model, (int8,), (pairs,)) for size in (198, 197)]
+    pair = [layer_rows(layers, dask.compute(graph, scheduler="sync")[0].values[0]) for graph in graphs]
     assert pair[0] == pair[1]

@@ -1,4 +1,5 @@
-"""The validation graph: anchor chunks' outputs computed once and shared; the same statistics as each chunk alone."""
+"""The validation graph: anchor chunks' outputs computed once and shared, the FP32 model run once per chunk
+for every INT8 model; the same statistics as each chunk alone."""
 
 from __future__ import annotations
 
@@ -21,25 +22,26 @@ def test_validation_graph_computes_the_anchors_once_and_shares_them(anchors, mon
     ref = ModelRef(str(model), sha256_file(model))
     chunks = chunk_refs(str(calib), (("input", NPY_MEMBER),), 300, 60, sha256=sha256_file(calib))
     calls = []
-    original = validate.chunk_outputs
+    original = validate.model_outputs
 
     def counted(chunk, *args, **kwargs):
         calls.append(chunk.index)
         return original(chunk, *args, **kwargs)
 
-    monkeypatch.setattr(validate, "chunk_outputs", counted)
-    monkeypatch.setattr(graphs, "chunk_outputs", counted)
-    graph = graphs.validation_graph(chunks, ref, ref, anchors)
+    monkeypatch.setattr(validate, "model_outputs", counted)
+    graph = graphs.validation_graph(chunks, ref, (ref, ref), anchors)
     # Each chunk's outputs are computed once: by its own task, or, for an anchor chunk, by the task the anchors join.
     runs = [key for key in graph.dask if isinstance(key, tuple) and key[0].startswith("chunk_outputs-")]
     assert len(runs) == anchors
     assert sum(str(key).startswith("join_anchors-") for key in graph.dask) == (anchors > 0)
     (shared,) = dask.compute(graph, scheduler="sync")
-    assert sorted(calls) == list(range(len(chunks)))
+    # Each chunk runs the FP32 model once and each of the two INT8 models once.
+    assert sorted(calls) == sorted(3 * list(range(len(chunks))))
     monkeypatch.undo()
     alone = [validate.validate_chunk(chunk, ref, ref, chunks[:anchors]) for chunk in chunks]
-    assert [c.stats for c in shared] == [c.stats for c in alone]
-    assert sum(c.stats.neighbour_queries for c in shared) == (300 if anchors else 0)
+    assert [c.stats for (c, _) in shared] == [c.stats for c in alone]
+    assert [c.stats for (_, c) in shared] == [c.stats for c in alone]
+    assert sum(c.stats.neighbour_queries for (c, _) in shared) == (300 if anchors else 0)
 
 
 @pytest.mark.parametrize(("rows", "chunk_size"), [(128, 64), (129, 64), (24, 64), (5000, 64), (3, 64), (128, 1)])

@@ -15,17 +15,17 @@ def test_repeats_shrink_to_the_time_budget_but_not_below_three():
     model_path, calib, _ = digits_paths()
     ref = ModelRef(str(model_path), sha256_file(model_path))
     chunk = chunk_refs(str(calib), (("input", NPY_MEMBER),), 300, 64)[0]
-    generous = measure_latency(chunk, ref, ref, repeats=20)
+    generous = measure_latency(chunk, ref, (ref,), repeats=20)[0]
     assert generous.repeats == 20 and generous.batch_size == BATCH
     assert generous.fp32_seconds_per_sample > 0 and generous.int8_seconds_per_sample > 0
-    assert measure_latency(chunk, ref, ref, repeats=20, budget_s=1e-9).repeats == 3
+    assert measure_latency(chunk, ref, (ref,), repeats=20, budget_s=1e-9)[0].repeats == 3
 
 
 def test_a_short_chunk_is_timed_whole():
     model_path, calib, _ = digits_paths()
     ref = ModelRef(str(model_path), sha256_file(model_path))
     chunk = chunk_refs(str(calib), (("input", NPY_MEMBER),), 300, 3)[0]
-    assert measure_latency(chunk, ref, ref, repeats=3).batch_size == 3
+    assert measure_latency(chunk, ref, (ref,), repeats=3)[0].batch_size == 3
 
 
 def test_a_model_that_fixes_its_batch_runs_whole_batches(tmp_path):
@@ -33,4 +33,4 @@ def test_a_model_that_fixes_its_batch_runs_whole_batches(tmp_path):
     fixed = with_fixed_batch(model_path, tmp_path / "fixed.onnx", 3)
     ref = ModelRef(str(fixed), sha256_file(fixed))
     chunk = chunk_refs(str(calib), (("input", NPY_MEMBER),), 300, 30)[0]
-    assert measure_latency(chunk, ref, ref, repeats=3).batch_size == 6
+    assert measure_latency(chunk, ref, (ref,), repeats=3)[0].batch_size == 6
