@@ -11,7 +11,7 @@ from dask_quant.pipeline.selection import default_op_types
 from dask_quant.pipeline.stages.prepare import Prepared, dataset_chunks
 from dask_quant.pipeline.stages.quantize import QuantizedModel
 from dask_quant.tasks.errors import InputError
-from dask_quant.tasks.gate import int8_problem
+from dask_quant.tasks.gate import int8_problems
 from dask_quant.tasks.sessions import ModelRef
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -34,19 +34,21 @@ def check_quantized(config: RunConfig, prepared: Prepared, quantized: QuantizedM
 
     The run on a calibration chunk goes to `client`'s workers, or runs in this process without one.
     """
-    start_check(config, prepared, quantized, client).verdict()
+    (check,) = start_checks(config, prepared, [quantized], client)
+    check.verdict()
 
 
 @dataclass(frozen=True)
 class PendingCheck:
-    """The gate's run of the INT8 model on a worker, started; `verdict` waits for it."""
+    """The gate's run of an INT8 model on a worker, started; `verdict` waits for it."""
 
-    outcome: Any  # a distributed Future of tasks.gate.int8_problem, or its result when run in process
+    outcome: Any  # a distributed Future of tasks.gate.int8_problems, or its result when run in process
+    index: int  # this model's place in the outcome
     label: str
 
     def verdict(self) -> None:
         """InputError (nothing is to be published) if the INT8 model failed its run."""
-        problem = self.outcome.result() if hasattr(self.outcome, "result") else self.outcome
+        problem = (self.outcome.result() if hasattr(self.outcome, "result") else self.outcome)[self.index]
         if problem:
             fix = (
                 "drop --no-prepare (preparation upgrades the opset), or pass --per-tensor"
@@ -57,10 +59,26 @@ class PendingCheck:
             raise InputError(msg)
 
 
-def start_check(config: RunConfig, prepared: Prepared, quantized: QuantizedModel, client=None) -> PendingCheck:
-    """check_quantized in two halves: what the model file shows is checked now (InputError); the run on
-    a calibration chunk starts on `client`'s workers (in this process without one), so validation can
-    share the cluster with it, and the returned check's `verdict` gives its outcome."""
+def start_checks(
+    config: RunConfig, prepared: Prepared, models: list[QuantizedModel], client=None
+) -> list[PendingCheck]:
+    """check_quantized of each of `models` (a run's methods) in two halves: what each model file shows is
+    checked now (InputError, the first model's first); the runs on a calibration chunk start in one task on
+    `client`'s workers (in this process without one), the FP32 model run once, so validation can share the
+    cluster with it, and each returned check's `verdict` gives its model's outcome."""
+    labels = [_checked_file(config, prepared, quantized) for quantized in models]
+    chunk = dataset_chunks(prepared.calib, prepared.chunk_size)[0]
+    refs = tuple(prepared.for_workers(ModelRef(str(q.path), q.sha256)) for q in models)
+    if client is None:
+        outcome = int8_problems(chunk, prepared.model, refs)
+    else:
+        outcome = client.submit(int8_problems, chunk, prepared.model, refs, pure=False)
+    return [PendingCheck(outcome, index, label) for index, label in enumerate(labels)]
+
+
+def _checked_file(config: RunConfig, prepared: Prepared, quantized: QuantizedModel) -> str:
+    """InputError unless the model file holds quantization, of weights where there are constant ones; the
+    label its messages start with."""
     quant = quantized.quant
     label = f"--method {quant.method.value}: " if quant.method is not config.quant.method else ""
     if not quantized.qparams:
@@ -84,8 +102,4 @@ def start_check(config: RunConfig, prepared: Prepared, quantized: QuantizedModel
             f"{fix}. Nothing was published"
         )
         raise InputError(msg)
-    chunk = dataset_chunks(prepared.calib, prepared.chunk_size)[0]
-    model = prepared.for_workers(ModelRef(str(quantized.path), quantized.sha256))
-    if client is None:
-        return PendingCheck(int8_problem(chunk, prepared.model, model), label)
-    return PendingCheck(client.submit(int8_problem, chunk, prepared.model, model, pure=False), label)
+    return label

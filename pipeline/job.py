@@ -18,7 +18,7 @@ from dask_quant.pipeline.advice import explain
 from dask_quant.pipeline.chunking import auto_chunk, budget_sessions, thread_memory
 from dask_quant.pipeline.config import Metric, RunConfig
 from dask_quant.pipeline.failures import killed_worker_message
-from dask_quant.pipeline.gate import start_check
+from dask_quant.pipeline.gate import start_checks
 from dask_quant.pipeline.guard import collapse_warning
 from dask_quant.pipeline.methods import Method
 from dask_quant.pipeline.progress import Progress
@@ -212,13 +212,15 @@ def run_methods(
                     quantized = quantize(calibration, quant, run_dir.tmp / results.MODEL_FILE)
                     for line in explain(quantized.warnings, prepared.prepared):
                         log(line)
-                    # The gate's run on a worker shares the cluster with validation; nothing is published
-                    # before its verdict, which wins over validation's own failure on a broken model.
-                    gate = start_check(config, prepared, quantized, dask_client)
                     own("quantize")
                     if len(quants) > 1:
                         log(f"{quant.method.value}: quantized {quantized.activations} activations")
-                    made.append((quantized, gate, own))
+                    made.append((quantized, own))
+                # The gate's run on a worker (one task for every method, the FP32 model run once) shares the
+                # cluster with validation; nothing is published before its verdict, which wins over
+                # validation's own failure on a broken model.
+                gates = start_checks(config, prepared, [quantized for quantized, _ in made], dask_client)
+                made = [(quantized, gate, own) for (quantized, own), gate in zip(made, gates, strict=True)]
                 lap.restart()  # each method's own laps hold its quantizer's time: count it once
                 try:
                     validations = validate_each(

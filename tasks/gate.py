@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from dask_quant.tasks.chunks import ChunkRef, read_feeds
@@ -13,6 +15,18 @@ def int8_problem(chunk: ChunkRef, fp32: ModelRef, model: ModelRef) -> str | None
 
     Non-finite outputs count only where the FP32 model's are finite (a model may output -inf on purpose).
     """
+    (problem,) = int8_problems(chunk, fp32, (model,))
+    return problem
+
+
+def int8_problems(chunk: ChunkRef, fp32: ModelRef, models: tuple[ModelRef, ...]) -> tuple[str | None, ...]:
+    """int8_problem of each of `models` (a run's methods), the FP32 model run at most once."""
+    feeds = functools.cache(lambda: read_feeds(chunk))
+    reference = functools.cache(lambda: run_in_batches(session_for(fp32), None, feeds(), chunk.feeding))
+    return tuple(_problem(chunk, feeds, reference, model) for model in models)
+
+
+def _problem(chunk: ChunkRef, feeds, reference, model: ModelRef) -> str | None:
     from dask_quant.tasks.errors import DataError, InputError
 
     where = f"calibration rows {chunk.start}..{chunk.stop}"
@@ -21,15 +35,13 @@ def int8_problem(chunk: ChunkRef, fp32: ModelRef, model: ModelRef) -> str | None
     except InputError as exc:
         reason = str(exc).split("(", 1)[-1].rsplit(")", 1)[0]
         return f"cannot be loaded by ONNX Runtime ({reason})"
-    feeds = read_feeds(chunk)
     try:
-        outputs = run_in_batches(session, None, feeds, chunk.feeding)
+        outputs = run_in_batches(session, None, feeds(), chunk.feeding)
     except DataError as exc:
         return f"fails in ONNX Runtime on {where}, where the FP32 model runs ({exc})"
-    reference = run_in_batches(session_for(fp32), None, feeds, chunk.feeding)
     bad = [
         meta.name
-        for meta, value, expected in zip(session.get_outputs(), outputs, reference, strict=True)
+        for meta, value, expected in zip(session.get_outputs(), outputs, reference(), strict=True)
         if np.issubdtype(value.dtype, np.floating) and _newly_non_finite(expected, value)
     ]
     if bad:

@@ -82,13 +82,14 @@ def test_labels_outside_the_classes_are_refused_with_the_sample():
         compare_outputs(scores, scores, labels=np.array([0, 3, 4]), rows=np.array([9, 10, 11]))
 
 
-def test_the_gate_counts_non_finite_int8_outputs_only_where_fp32_is_finite(tmp_path):
+def test_the_gate_counts_non_finite_int8_outputs_only_where_fp32_is_finite(tmp_path, monkeypatch):
     import onnx
     from onnx import TensorProto, helper
 
     from dask_quant.tasks.chunks import chunk_refs
     from dask_quant.tasks.digest import sha256_file
-    from dask_quant.tasks.gate import int8_problem
+    from dask_quant.tasks import gate
+    from dask_quant.tasks.gate import int8_problem, int8_problems
     from dask_quant.tasks.npy_io import NPY_MEMBER
     from dask_quant.tasks.sessions import ModelRef
 
@@ -110,4 +111,10 @@ def test_the_gate_counts_non_finite_int8_outputs_only_where_fp32_is_finite(tmp_p
     fp32, same, broken = model("fp32", "Mul"), model("same", "Mul"), model("broken", "Sub")
     assert int8_problem(chunk, fp32, same) is None  # -inf where FP32 has it too
     assert "outputs NaN or infinite values ('y') on calibration rows 0..2" in int8_problem(chunk, fp32, broken)
-
+    # A run's methods are gated in one task: each model's own verdict, the FP32 model run once.
+    runs = []
+    original = gate.run_in_batches
+    monkeypatch.setattr(gate, "run_in_batches", lambda session, *a: runs.append(session) or original(session, *a))
+    both = int8_problems(chunk, fp32, (same, broken))
+    assert both[0] is None and "outputs NaN or infinite values ('y')" in both[1]
+    assert len(runs) == 3
