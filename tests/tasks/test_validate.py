@@ -86,9 +86,9 @@ def test_the_gate_counts_non_finite_int8_outputs_only_where_fp32_is_finite(tmp_p
     import onnx
     from onnx import TensorProto, helper
 
+    from dask_quant.tasks import gate
     from dask_quant.tasks.chunks import chunk_refs
     from dask_quant.tasks.digest import sha256_file
-    from dask_quant.tasks import gate
     from dask_quant.tasks.gate import int8_problem, int8_problems
     from dask_quant.tasks.npy_io import NPY_MEMBER
     from dask_quant.tasks.sessions import ModelRef
