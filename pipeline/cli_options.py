@@ -56,6 +56,14 @@ quant_options = option_group(
     click.option(
         "--per-channel/--per-tensor", default=True, show_default=True, help="Weight quantization granularity."
     ),
+    click.option(
+        "--scheme",
+        type=click.Choice(["static", "dynamic"]),
+        default="static",
+        show_default=True,
+        help="static: weights and activations from calibrated ranges (QDQ); dynamic: weights ahead of time, "
+        "activations at run time (ONNX Runtime's quantize_dynamic; no calibration pass).",
+    ),
     click.option("--method", "methods", default=Method.MINMAX.value, show_default=True, help=cli_help()),
     click.option(
         "--percentile", type=float, default=99.999, show_default=True, help="Percentile kept by --method percentile."
@@ -214,6 +222,7 @@ def quant_config(options: dict, method):
         exclude_nodes=split_values(options["exclude_nodes"]),
         op_types=split_values(options["op_types"]),
         fp32_outputs=split_values(options["fp32_outputs"]),
+        scheme=options["scheme"],
     )
 
 

@@ -26,6 +26,14 @@ class ActivationType(str, Enum):
         return 255 if self in (ActivationType.UINT8, ActivationType.INT8) else 65535
 
 
+class Scheme(str, Enum):
+    """What is quantized, and when: `static` (activations from calibrated ranges and weights, as QDQ),
+    `dynamic` (weights ahead of time, activations at run time: ONNX Runtime's quantize_dynamic)."""
+
+    STATIC = "static"
+    DYNAMIC = "dynamic"
+
+
 class Metric(str, Enum):
     """Which validation metrics lead the summary and the report (all are computed)."""
 
@@ -52,10 +60,16 @@ class QuantConfig:
     op_types: tuple[str, ...] = ()
     exclude_nodes: tuple[str, ...] = ()
     fp32_outputs: tuple[str, ...] = ()  # op types quantized on their inputs only (their outputs stay FP32)
+    scheme: Scheme = Scheme.STATIC
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", parse_method(self.method))
+        try:
+            object.__setattr__(self, "scheme", Scheme(self.scheme))
+        except ValueError:
+            msg = f"unknown scheme {self.scheme!r}; choose one of: {', '.join(e.value for e in Scheme)}"
+            raise InputError(msg) from None
         try:
             object.__setattr__(self, "activation_type", ActivationType(self.activation_type))
         except ValueError:
@@ -78,10 +92,42 @@ class QuantConfig:
         if "num_quantized_bins" in used and self.num_bins < self.num_quantized_bins:
             msg = f"--num-bins ({self.num_bins}) must be at least --num-quantized-bins ({self.num_quantized_bins})"
             raise InputError(msg)
+        if self.scheme is Scheme.DYNAMIC:
+            self._check_dynamic()
+
+    def _check_dynamic(self) -> None:
+        """Dynamic quantization measures activations at run time: what sets their static ranges does not apply."""
+        given = [
+            option
+            for option, used in (
+                (f"--method {self.method.value}", self.method is not Method.MINMAX),
+                (f"--activation-type {self.activation_type.value}", self.activation_type is not ActivationType.UINT8),
+                ("--symmetric", self.symmetric),
+                ("--fp32-outputs", bool(self.fp32_outputs)),
+            )
+            if used
+        ]
+        if given:
+            msg = (
+                f"--scheme dynamic quantizes activations at run time, from each input's own range, so "
+                f"{', '.join(given)} does not apply: drop it, or use --scheme static"
+            )
+            raise InputError(msg)
 
     @property
     def uses_histograms(self) -> bool:
-        return info(self.method).histograms
+        return self.scheme is Scheme.STATIC and info(self.method).histograms
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the scheme reads calibration statistics (static does; dynamic quantizes weights only
+        ahead of time)."""
+        return self.scheme is Scheme.STATIC
+
+    @property
+    def label(self) -> str:
+        """How runs and logs name this configuration: the method of a static scheme, else the scheme."""
+        return self.method.value if self.scheme is Scheme.STATIC else self.scheme.value
 
 
 @dataclass(frozen=True)

@@ -155,7 +155,7 @@ def run_methods(
     quants = [replace(config.quant, method=method) for method in dict.fromkeys(methods)]  # each checks its settings
     lap = Laps()
     bar = Progress(log, terminal=progress)
-    names = [quant.method.value for quant in quants]
+    names = [quant.label for quant in quants]
     with ExitStack() as stack:
         stack.enter_context(storage_options.applied(config.storage))
         remote = None
@@ -214,7 +214,7 @@ def run_methods(
                         log(line)
                     own("quantize")
                     if len(quants) > 1:
-                        log(f"{quant.method.value}: quantized {quantized.activations} activations")
+                        log(f"{quant.label}: quantized {quantized.activations} activations")
                     made.append((quantized, own))
                 # The gate's run on a worker (one task for every method, the FP32 model run once) shares the
                 # cluster with validation; nothing is published before its verdict, which wins over

@@ -42,7 +42,8 @@ def read_qparams(proto) -> list[QParam]:
     """One QParam per quantized tensor, sorted by kind and name.
 
     Activations are the inputs of QuantizeLinear nodes; weights are the
-    initializers feeding DequantizeLinear nodes directly.
+    initializers feeding DequantizeLinear nodes directly, and in a QOperator
+    model (the dynamic scheme's) those its integer operators read.
     """
     from onnx import numpy_helper
 
@@ -69,7 +70,45 @@ def read_qparams(proto) -> list[QParam]:
         found[(kind, name)] = QParam(
             name, kind, tuple(float(s) for s in scale), tuple(int(z) for z in zero_point), axis, zero_point.dtype.name
         )
+    for name, quantized, scale, zero_point in _operator_weights(init, proto):
+        if ("weight", name) not in found:
+            axis = _channel_axis(quantized.shape, scale.size)
+            found[("weight", name)] = QParam(
+                name, "weight", tuple(float(v) for v in scale), tuple(int(z) for z in zero_point), axis,
+                zero_point.dtype.name,
+            )  # fmt: skip
     return [found[key] for key in sorted(found)]
+
+
+def _operator_weights(init: dict, proto):
+    """(name, quantized values, scale, zero point) of each weight a QOperator model (quantize_dynamic's)
+    holds as `<w>_quantized` with `<w>_scale` and `<w>_zero_point` beside it, read by an integer operator
+    (MatMulInteger, ConvInteger) rather than a DequantizeLinear."""
+    from onnx import numpy_helper
+
+    dequantized = {node.input[0] for node in proto.graph.node if node.op_type == "DequantizeLinear"}
+    for key, tensor in init.items():
+        if not key.endswith(_QUANTIZED_SUFFIX) or key in dequantized:
+            continue
+        name = key.removesuffix(_QUANTIZED_SUFFIX)
+        scale, zero_point = init.get(f"{name}_scale"), init.get(f"{name}_zero_point")
+        if scale is None or zero_point is None:
+            continue
+        yield (
+            name,
+            numpy_helper.to_array(tensor),
+            numpy_helper.to_array(scale).astype(np.float32).reshape(-1),
+            numpy_helper.to_array(zero_point).reshape(-1),
+        )
+
+
+def _channel_axis(shape: tuple[int, ...], channels: int) -> int | None:
+    """The axis of a per-channel weight's scales (the one of that length; None when per tensor, or when
+    several axes have it)."""
+    if channels <= 1:
+        return None
+    axes = [axis for axis, size in enumerate(shape) if size == channels]
+    return axes[0] if len(axes) == 1 else None
 
 
 WEIGHT_SETTINGS = {

@@ -132,8 +132,17 @@ def _config_table(run: dict) -> str:
         if not run["data"].get("val")
         else f"{run['data']['val']['path']} ({run['data']['val']['rows']} samples)",
         "preparation": "; ".join(run.get("preparation", {}).get("steps", [])) or "none (--no-prepare)",
-        "method": quant["method"] + _shared(run),
-        "activations": f"{quant['activation_type']}, {'symmetric' if quant['symmetric'] else 'asymmetric'}",
+        **(
+            {
+                "method": quant["method"] + _shared(run),
+                "activations": f"{quant['activation_type']}, {'symmetric' if quant['symmetric'] else 'asymmetric'}",
+            }
+            if quant.get("scheme", "static") == "static"
+            else {
+                "scheme": "dynamic (ONNX Runtime's quantize_dynamic)",
+                "activations": "uint8, asymmetric, each input's own range at run time (DynamicQuantizeLinear)",
+            }
+        ),
         "weights": f"int8 symmetric, {'per-channel' if quant['per_channel'] else 'per-tensor'}",
         "histogram bins": quant["num_bins"] if "num_bins" in info(quant["method"]).settings else "-",
         "chunk size": run["config"]["chunk_size"],
@@ -239,6 +248,11 @@ def render(run_dir: Path) -> str:
         )
     elif run["config"].get("layers") == "none" and run.get("summary"):
         per_layer = "<p>The per-layer pass was skipped (<code>--layers none</code>).</p>"
+    elif run["config"]["quant"].get("scheme") == "dynamic" and run.get("summary"):
+        per_layer = (
+            "<p>Dynamic quantization computes each activation's scale at run time, from that input alone: no "
+            "activation is quantized ahead of time, so there is no per-layer error to compare.</p>"
+        )
     else:
         per_layer = "<p>No validation data was given (<code>--val</code>), so there is no per-layer error.</p>"
     return (

@@ -36,7 +36,7 @@ def format_summary(result: RunResult) -> str:
         )
     lines += [
         f"  model size       FP32 {file_size(result.fp32_bytes)} -> INT8 {file_size(result.int8_bytes)} ({change})",
-        f"  quantized        {activations} activations, {len(result.qparams) - activations} weights",
+        f"  quantized        {_quantized(activations, len(result.qparams) - activations)}",
         f"  workers          {result.workers}; {sum(result.timings.values()):.1f} s including cluster start",
         f"  written to       {result.run_dir}",
         f"  report           {result.run_dir}/{REPORT_FILE}",  # a folder, or a URL (--out at a URL)
@@ -44,3 +44,9 @@ def format_summary(result: RunResult) -> str:
     if result.dashboard:
         lines.append(f"  dashboard        {result.dashboard}")
     return "\n".join(lines)
+
+
+def _quantized(activations: int, weights: int) -> str:
+    if activations == 0 and weights:  # the dynamic scheme's: scales computed per input when the model runs
+        return f"{weights} weights; activations at run time (dynamic)"
+    return f"{activations} activations, {weights} weights"

@@ -201,6 +201,13 @@ def tune(
     if config.val is None:
         msg = "tune scores every variant on validation data: pass --val"
         raise InputError(msg)
+    if not config.quant.calibrated:
+        scheme = config.quant.scheme.value
+        msg = (
+            f"tune searches which QDQ groups of a static model stay FP32; --scheme {scheme} is not searched yet: "
+            f"quantize with `dask-quant run --scheme {scheme}`, or tune the static scheme"
+        )
+        raise InputError(msg)
     if is_url(config.out) or is_url(config.model):
         where = f"--out {config.out}" if is_url(config.out) else f"MODEL {config.model}"
         msg = f"{where}: tune works with local paths (or ones all workers see) so far; run takes URLs"

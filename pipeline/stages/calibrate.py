@@ -112,12 +112,16 @@ def calibrate(
 ) -> Calibration:
     """Calibrate `prepared`'s model on its calibration data over `client`'s workers.
 
-    Pass 1 runs once; pass 2 runs once if any of `quants` uses histograms,
+    Pass 1 runs once (none when no scheme of `quants` reads statistics: an
+    empty Calibration); pass 2 runs once if any of `quants` uses histograms,
     with every histogram they read (a method's range search then needs no
     data). `client` is the caller's and is never closed here. With
     `checkpoints`, every chunk's statistics are kept on disk (and reused with
     resume), so an interrupted run can pick up where it stopped.
     """
+    if not any(quant.calibrated for quant in quants):
+        log(f"no calibration pass: --scheme {quants[0].scheme.value} reads no activation statistics")
+        return Calibration(prepared.model, RangeStats())
     chunks = dataset_chunks(prepared.calib, chunk_size)
     workers = len(client.scheduler_info(n_workers=-1)["workers"])
     log(f"calibrating {len(prepared.tensors)} tensors over {len(chunks)} chunks on {workers} workers")

@@ -106,7 +106,7 @@ def publish(
     from dask_quant.pipeline.gate import check_quantized
 
     check_quantized(config, prepared, quantized)
-    run_dir = results.RunDirectory(Path(out), results.new_run_id(config.model, quantized.quant.method.value))
+    run_dir = results.RunDirectory(Path(out), results.new_run_id(config.model, quantized.quant.label))
     with run_dir:
         write_run(run_dir, config, prepared, quantized, validation, sections or {})
         return run_dir.publish()

@@ -1,9 +1,11 @@
-"""The quantize stage: from a Calibration and a QuantConfig to a QDQ model written by ONNX Runtime's quantizer.
+"""The quantize stage: from a Calibration and a QuantConfig to an INT8 model written by ONNX Runtime's quantizer.
 
 A pure function of (statistics, config) and the model file: no cluster, so it
-runs on the client or as a task on a worker alike. The model is written by
-`quantize_static` reading our ranges from its own calibration-cache format, so
-the quantization itself is exactly the reference's code path.
+runs on the client or as a task on a worker alike. The static scheme's QDQ
+model is written by `quantize_static` reading our ranges from its own
+calibration-cache format, so the quantization itself is exactly the
+reference's code path; the dynamic scheme's by `quantize_dynamic`, which reads
+no statistics.
 """
 
 from __future__ import annotations
@@ -101,6 +103,54 @@ def write_quantized_model(model, ranges, config: QuantConfig, out_path: Path, la
     return list(messages)
 
 
+# DynamicQuantizeLinear, which the dynamic scheme puts before every quantized MatMul/Conv, is opset 11.
+DYNAMIC_OPSET = 11
+
+
+def dynamic_kwargs(config: QuantConfig) -> dict:
+    """Options for onnxruntime.quantization.quantize_dynamic matching `config` (its default op types when
+    --op-types is not given)."""
+    from onnxruntime.quantization import QuantType
+
+    return {
+        "op_types_to_quantize": list(config.op_types) or None,
+        "per_channel": config.per_channel,
+        "reduce_range": False,
+        "weight_type": QuantType.QInt8,
+        "nodes_to_exclude": list(config.exclude_nodes),
+        "extra_options": {},
+    }
+
+
+def write_dynamic_model(model, config: QuantConfig, out_path: Path, large: bool) -> list[str]:
+    """Write the dynamic INT8 model of `model` (a ModelProto, or a model file's path) with quantize_dynamic;
+    return its warnings. A `large` model is written with its weights in `out_path`.data beside it."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    from dask_quant.pipeline.model_files import share_like_model
+    from dask_quant.tasks.errors import InputError
+
+    with captured_logs() as messages:
+        try:
+            quantize_dynamic(
+                str(model) if isinstance(model, Path) else model,
+                str(out_path),
+                use_external_data_format=large,
+                **dynamic_kwargs(config),
+            )
+        except ValueError as exc:  # e.g. a Conv whose weight a Constant node holds: "Expected w to be an initializer"
+            fix = (
+                "drop --no-prepare: preparation folds Constant nodes into initializers"
+                if "initializer" in str(exc)
+                else "keep the node it names in FP32 with --exclude-nodes, or use --scheme static"
+            )
+            msg = f"ONNX Runtime's quantize_dynamic cannot quantize this model ({exc}); nothing was published: {fix}"
+            raise InputError(msg) from None
+    if large:
+        share_like_model(out_path)
+    return list(messages)
+
+
 def write_tensorrt_table(ranges, folder: Path) -> None:
     """The calibration table ONNX Runtime's TensorRT EP reads, written by ORT's own writer.
 
@@ -161,7 +211,9 @@ def quantize(
     source=None,
     read_back: bool = True,
 ) -> QuantizedModel:
-    """Write the QDQ model of `calibration`'s model under `quant` to `path` (plus `exclude`: nodes kept FP32).
+    """Write the INT8 model of `calibration`'s model under `quant` to `path` (plus `exclude`: nodes kept
+    FP32): QDQ from the calibration's ranges (static), or quantize_dynamic's model (dynamic, which reads no
+    statistics: the calibration may be empty).
 
     The model file is read from calibration.model.path (the user's model at a
     URL from there) and must still have the sha256 it was calibrated with; a
@@ -195,8 +247,10 @@ def quantize(
             "calibrate again or restore the file"
         )
         raise InputError(msg)
-    ranges = calibration.ranges(quant)
+    ranges = calibration.ranges(quant) if quant.calibrated else {}
     needed, why = needs[quant.per_channel]
+    if not quant.calibrated and needed < DYNAMIC_OPSET:
+        needed, why = DYNAMIC_OPSET, "dynamic quantization (DynamicQuantizeLinear) needs"
     if opset < needed:
         msg = (
             f"{model_path}: opset {opset}, but {why} opset {needed} (ONNX Runtime could not load "
@@ -205,7 +259,10 @@ def quantize(
         )
         raise InputError(msg)
     path = Path(path)
-    warnings = write_quantized_model(given, tensors_data(ranges, calibration.stats), quant, path, large)
+    if quant.calibrated:
+        warnings = write_quantized_model(given, tensors_data(ranges, calibration.stats), quant, path, large)
+    else:
+        warnings = write_dynamic_model(given, quant, path, large)
     qparams = tuple(read_qparams(onnx.load(str(path)))) if read_back else ()
     return QuantizedModel(
         path, model_sha256(path), quant, calibration.for_method(quant), ranges, qparams, tuple(dict.fromkeys(warnings))

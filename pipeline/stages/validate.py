@@ -109,15 +109,18 @@ def validate_each(
     anchors = min(len(chunks), max(1, ANCHORS // chunk_size)) if metric is Metric.EMBEDDING else 0
     int8s = [prepared.for_workers(ModelRef(str(q.path), q.sha256)) for q in models]
     layers = [quantized_layers(prepared.proto, onnx.load(str(q.path)), dict(prepared.tensors)) for q in models]
+    # A dynamic model quantizes no activation ahead of time: nothing to compare layer by layer.
+    skipped = "per-layer error skipped" if not per_layer else "no activation quantized ahead of time to compare"
+    per_layer = per_layer and any(layers)
     per_layer_chunks = layer_chunks(prepared.val, chunk_size, prepared.fixed_batch) if per_layer else []
     compared = (
         f"per-layer error of {'/'.join(str(n) for n in dict.fromkeys(len(ls) for ls in layers))} activations in "
         f"{len(per_layer_chunks)} chunks"
         if per_layer
-        else "per-layer error skipped"
+        else skipped
     )
     which = f"{1 + len(prepared.others)} outputs ({prepared.output!r} leads)" if prepared.others else "outputs"
-    methods = ", ".join(q.quant.method.value for q in models)
+    methods = ", ".join(q.quant.label for q in models)
     against = "INT8" if len(models) == 1 else f"{len(models)} INT8 models ({methods})"
     log(
         f"validating FP32 against {against} on {prepared.val.rows} rows: {which} in {len(chunks)} chunks, "
