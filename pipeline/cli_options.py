@@ -58,11 +58,23 @@ quant_options = option_group(
     ),
     click.option(
         "--scheme",
-        type=click.Choice(["static", "dynamic"]),
+        type=click.Choice(["static", "dynamic", "weight-only"]),
         default="static",
         show_default=True,
         help="static: weights and activations from calibrated ranges (QDQ); dynamic: weights ahead of time, "
-        "activations at run time (ONNX Runtime's quantize_dynamic; no calibration pass).",
+        "activations at run time (ONNX Runtime's quantize_dynamic); weight-only: MatMul weights in blocks, "
+        "activations FP32 (MatMulNBitsQuantizer). Neither of the last two calibrates.",
+    ),
+    click.option("--bits", type=int, default=4, show_default=True, help="Bits per weight of --scheme weight-only."),
+    click.option(
+        "--block-size", type=int, default=32, show_default=True, help="Weights per block of --scheme weight-only."
+    ),
+    click.option(
+        "--algorithm",
+        type=click.Choice(["rtn", "hqq"]),
+        default="rtn",
+        show_default=True,
+        help="How --scheme weight-only quantizes each block: round to nearest, or HQQ.",
     ),
     click.option("--method", "methods", default=Method.MINMAX.value, show_default=True, help=cli_help()),
     click.option(
@@ -223,6 +235,9 @@ def quant_config(options: dict, method):
         op_types=split_values(options["op_types"]),
         fp32_outputs=split_values(options["fp32_outputs"]),
         scheme=options["scheme"],
+        bits=options["bits"],
+        block_size=options["block_size"],
+        algorithm=options["algorithm"],
     )
 
 

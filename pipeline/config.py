@@ -28,10 +28,22 @@ class ActivationType(str, Enum):
 
 class Scheme(str, Enum):
     """What is quantized, and when: `static` (activations from calibrated ranges and weights, as QDQ),
-    `dynamic` (weights ahead of time, activations at run time: ONNX Runtime's quantize_dynamic)."""
+    `dynamic` (weights ahead of time, activations at run time: ONNX Runtime's quantize_dynamic),
+    `weight-only` (MatMul weights in blocks of 4 or 8 bits, activations FP32: ONNX Runtime's
+    MatMulNBitsQuantizer, which writes MatMulNBits)."""
 
     STATIC = "static"
     DYNAMIC = "dynamic"
+    WEIGHT_ONLY = "weight-only"
+
+
+class WeightAlgorithm(str, Enum):
+    """How --scheme weight-only picks each block's scale: `rtn` rounds to nearest on the block's own
+    min/max (MatMulNBitsQuantizer's default algorithm), `hqq` optimises scale and zero point (Half-Quadratic
+    Quantization)."""
+
+    RTN = "rtn"
+    HQQ = "hqq"
 
 
 class Metric(str, Enum):
@@ -61,21 +73,16 @@ class QuantConfig:
     exclude_nodes: tuple[str, ...] = ()
     fp32_outputs: tuple[str, ...] = ()  # op types quantized on their inputs only (their outputs stay FP32)
     scheme: Scheme = Scheme.STATIC
+    bits: int = 4  # weight-only: bits per weight
+    block_size: int = 32  # weight-only: weights per block (along the MatMul's input axis)
+    algorithm: WeightAlgorithm = WeightAlgorithm.RTN  # weight-only: how blocks are quantized
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", parse_method(self.method))
-        try:
-            object.__setattr__(self, "scheme", Scheme(self.scheme))
-        except ValueError:
-            msg = f"unknown scheme {self.scheme!r}; choose one of: {', '.join(e.value for e in Scheme)}"
-            raise InputError(msg) from None
-        try:
-            object.__setattr__(self, "activation_type", ActivationType(self.activation_type))
-        except ValueError:
-            choices = ", ".join(e.value for e in ActivationType)
-            msg = f"unknown activation type {self.activation_type!r}; choose one of: {choices}"
-            raise InputError(msg) from None
+        self._enum("scheme", Scheme, "scheme")
+        self._enum("algorithm", WeightAlgorithm, "--algorithm", " (gptq is not built yet)")
+        self._enum("activation_type", ActivationType, "activation type")
         object.__setattr__(self, "op_types", tuple(self.op_types))
         object.__setattr__(self, "exclude_nodes", tuple(self.exclude_nodes))
         object.__setattr__(self, "fp32_outputs", tuple(self.fp32_outputs))
@@ -92,27 +99,57 @@ class QuantConfig:
         if "num_quantized_bins" in used and self.num_bins < self.num_quantized_bins:
             msg = f"--num-bins ({self.num_bins}) must be at least --num-quantized-bins ({self.num_quantized_bins})"
             raise InputError(msg)
-        if self.scheme is Scheme.DYNAMIC:
-            self._check_dynamic()
+        self._check_scheme()
 
-    def _check_dynamic(self) -> None:
-        """Dynamic quantization measures activations at run time: what sets their static ranges does not apply."""
-        given = [
-            option
-            for option, used in (
-                (f"--method {self.method.value}", self.method is not Method.MINMAX),
-                (f"--activation-type {self.activation_type.value}", self.activation_type is not ActivationType.UINT8),
-                ("--symmetric", self.symmetric),
-                ("--fp32-outputs", bool(self.fp32_outputs)),
-            )
-            if used
-        ]
+    def _enum(self, name: str, kind: type[Enum], what: str, note: str = "") -> None:
+        """Field `name` as a member of `kind` (InputError naming the choices if it is none)."""
+        value = getattr(self, name)
+        try:
+            object.__setattr__(self, name, kind(value))
+        except ValueError:
+            msg = f"unknown {what} {value!r}; choose one of: {', '.join(e.value for e in kind)}{note}"
+            raise InputError(msg) from None
+
+    def _check_scheme(self) -> None:
+        """Each scheme reads its own options: the others are refused, not ignored."""
+        static_ranges = (
+            (f"--method {self.method.value}", self.method is not Method.MINMAX),
+            (f"--activation-type {self.activation_type.value}", self.activation_type is not ActivationType.UINT8),
+            ("--symmetric", self.symmetric),
+            ("--fp32-outputs", bool(self.fp32_outputs)),
+        )
+        blocks = (
+            (f"--bits {self.bits}", self.bits != 4),
+            (f"--block-size {self.block_size}", self.block_size != 32),
+            (f"--algorithm {self.algorithm.value}", self.algorithm is not WeightAlgorithm.RTN),
+        )
+        why = {
+            Scheme.STATIC: (blocks, "--bits, --block-size and --algorithm are --scheme weight-only's"),
+            Scheme.DYNAMIC: (
+                (*static_ranges, *blocks),
+                "--scheme dynamic quantizes activations at run time, from each input's own range",
+            ),
+            Scheme.WEIGHT_ONLY: (
+                (*static_ranges, ("--per-tensor", not self.per_channel)),
+                "--scheme weight-only keeps activations in FP32 and quantizes weights in blocks of --block-size",
+            ),
+        }
+        options, reason = why[self.scheme]
+        given = [option for option, used in options if used]
         if given:
-            msg = (
-                f"--scheme dynamic quantizes activations at run time, from each input's own range, so "
-                f"{', '.join(given)} does not apply: drop it, or use --scheme static"
-            )
+            fix = "use --scheme weight-only" if self.scheme is Scheme.STATIC else "use --scheme static"
+            msg = f"{reason}, so {', '.join(given)} does not apply: drop it, or {fix}"
             raise InputError(msg)
+        if self.scheme is Scheme.WEIGHT_ONLY:
+            if self.bits not in (4, 8):
+                msg = f"--bits {self.bits}: MatMulNBits takes 4 or 8 bits per weight"
+                raise InputError(msg)
+            if self.block_size < 16 or self.block_size & (self.block_size - 1):
+                msg = f"--block-size {self.block_size}: MatMulNBits takes a power of 2, at least 16 (32 is usual)"
+                raise InputError(msg)
+            if self.algorithm is WeightAlgorithm.HQQ and self.bits != 4:
+                msg = f"--algorithm hqq --bits {self.bits}: ONNX Runtime's HQQ writes 4-bit weights only"
+                raise InputError(msg)
 
     @property
     def uses_histograms(self) -> bool:
@@ -120,13 +157,16 @@ class QuantConfig:
 
     @property
     def calibrated(self) -> bool:
-        """Whether the scheme reads calibration statistics (static does; dynamic quantizes weights only
-        ahead of time)."""
+        """Whether the scheme reads calibration statistics (static does; dynamic and weight-only quantize
+        only weights ahead of time)."""
         return self.scheme is Scheme.STATIC
 
     @property
     def label(self) -> str:
-        """How runs and logs name this configuration: the method of a static scheme, else the scheme."""
+        """How runs and logs name this configuration: the method of a static scheme, the scheme of a dynamic
+        one, the algorithm and bits of a weight-only one (rtn-int4)."""
+        if self.scheme is Scheme.WEIGHT_ONLY:
+            return f"{self.algorithm.value}-int{self.bits}"
         return self.method.value if self.scheme is Scheme.STATIC else self.scheme.value
 
 

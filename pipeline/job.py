@@ -16,7 +16,7 @@ from pathlib import Path
 from dask_quant.pipeline import results, storage_options
 from dask_quant.pipeline.advice import explain
 from dask_quant.pipeline.chunking import auto_chunk, budget_sessions, thread_memory
-from dask_quant.pipeline.config import Metric, RunConfig
+from dask_quant.pipeline.config import Metric, QuantConfig, RunConfig
 from dask_quant.pipeline.failures import killed_worker_message
 from dask_quant.pipeline.gate import start_checks
 from dask_quant.pipeline.guard import collapse_warning
@@ -60,6 +60,7 @@ class RunResult:
     metric: Metric | None = None  # which validation metrics lead
     output: str | None = None  # the model output whose metrics lead
     other_outputs: tuple[tuple[str, Metric, ValidationStats], ...] = ()  # every other output compared
+    quant: QuantConfig | None = None  # what the quantizer was asked for
 
 
 class Laps:
@@ -345,4 +346,5 @@ def run_result(run_id, final: Path, config, calibration, quantized, validation, 
         validation.metric,
         validation.output,
         validation.others,
+        quantized.quant,
     )

@@ -43,7 +43,8 @@ def read_qparams(proto) -> list[QParam]:
 
     Activations are the inputs of QuantizeLinear nodes; weights are the
     initializers feeding DequantizeLinear nodes directly, and in a QOperator
-    model (the dynamic scheme's) those its integer operators read.
+    model those its integer operators read (the dynamic scheme's) and the
+    blocks of each MatMulNBits (the weight-only scheme's).
     """
     from onnx import numpy_helper
 
@@ -77,7 +78,32 @@ def read_qparams(proto) -> list[QParam]:
                 name, "weight", tuple(float(v) for v in scale), tuple(int(z) for z in zero_point), axis,
                 zero_point.dtype.name,
             )  # fmt: skip
+    for param in _block_weights(init, proto):
+        found.setdefault(("weight", param.tensor), param)
     return [found[key] for key in sorted(found)]
+
+
+def _block_weights(init: dict, proto):
+    """A QParam per MatMulNBits weight (the weight-only scheme's): `scale` holds every block's scale, row
+    by row of the [N, K / block_size] grid MatMulNBits reads (one row per output column), `zero_point` the
+    blocks' integer zero points in the same order (none when they are floats, as HQQ's are)."""
+    from onnx import numpy_helper
+
+    for node in proto.graph.node:
+        if node.op_type != "MatMulNBits" or node.input[1] not in init:
+            continue
+        bits, n, k, block = (_attribute(node, name) for name in ("bits", "N", "K", "block_size"))
+        blocks = -(-k // block)
+        scale = numpy_helper.to_array(init[node.input[2]]).astype(np.float32).reshape(-1)
+        zero_point: tuple[int, ...] = ()
+        stored = init.get(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+        if stored is not None and stored.data_type == 2:  # uint8: packed `bits`-bit integers, row by row
+            packed = numpy_helper.to_array(stored).reshape(n, -1)
+            if bits == 4:  # two per byte, the low nibble first
+                packed = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(n, -1)
+            zero_point = tuple(int(z) for z in packed[:, :blocks].reshape(-1))
+        yield QParam(node.input[1].removesuffix(f"_Q{bits}"), "weight", tuple(float(v) for v in scale), zero_point,
+                     None, f"uint{bits}")  # fmt: skip
 
 
 def _operator_weights(init: dict, proto):

@@ -142,8 +142,15 @@ def _config_table(run: dict) -> str:
                 "scheme": "dynamic (ONNX Runtime's quantize_dynamic)",
                 "activations": "uint8, asymmetric, each input's own range at run time (DynamicQuantizeLinear)",
             }
+            if quant["scheme"] == "dynamic"
+            else {
+                "scheme": f"weight-only, {quant['algorithm']} (ONNX Runtime's MatMulNBitsQuantizer)",
+                "activations": "FP32",
+            }
         ),
-        "weights": f"int8 symmetric, {'per-channel' if quant['per_channel'] else 'per-tensor'}",
+        "weights": f"uint{quant['bits']} blocks of {quant['block_size']}, with zero points (MatMulNBits)"
+        if quant.get("scheme") == "weight-only"
+        else f"int8 symmetric, {'per-channel' if quant['per_channel'] else 'per-tensor'}",
         "histogram bins": quant["num_bins"] if "num_bins" in info(quant["method"]).settings else "-",
         "chunk size": run["config"]["chunk_size"],
         "cluster": _cluster(run.get("cluster")),
@@ -232,6 +239,15 @@ def _run_record(run_dir: Path) -> dict:
     return run
 
 
+# Why a scheme has no per-layer activation error.
+_NO_LAYERS = {
+    "dynamic": "Dynamic quantization computes each activation's scale at run time, from that input alone: no "
+    "activation is quantized ahead of time, so there is no per-layer error to compare.",
+    "weight-only": "Weight-only quantization keeps every activation in FP32 (MatMulNBits dequantizes its weight "
+    "blocks as it runs), so there is no per-layer activation error to compare.",
+}
+
+
 def render(run_dir: Path) -> str:
     """The report page for a run directory."""
     run = _run_record(run_dir)
@@ -248,11 +264,8 @@ def render(run_dir: Path) -> str:
         )
     elif run["config"].get("layers") == "none" and run.get("summary"):
         per_layer = "<p>The per-layer pass was skipped (<code>--layers none</code>).</p>"
-    elif run["config"]["quant"].get("scheme") == "dynamic" and run.get("summary"):
-        per_layer = (
-            "<p>Dynamic quantization computes each activation's scale at run time, from that input alone: no "
-            "activation is quantized ahead of time, so there is no per-layer error to compare.</p>"
-        )
+    elif run["config"]["quant"].get("scheme", "static") != "static" and run.get("summary"):
+        per_layer = f"<p>{_NO_LAYERS[run['config']['quant']['scheme']]}</p>"
     else:
         per_layer = "<p>No validation data was given (<code>--val</code>), so there is no per-layer error.</p>"
     return (

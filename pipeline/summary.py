@@ -36,7 +36,7 @@ def format_summary(result: RunResult) -> str:
         )
     lines += [
         f"  model size       FP32 {file_size(result.fp32_bytes)} -> INT8 {file_size(result.int8_bytes)} ({change})",
-        f"  quantized        {_quantized(activations, len(result.qparams) - activations)}",
+        f"  quantized        {_quantized(result.quant, activations, len(result.qparams) - activations)}",
         f"  workers          {result.workers}; {sum(result.timings.values()):.1f} s including cluster start",
         f"  written to       {result.run_dir}",
         f"  report           {result.run_dir}/{REPORT_FILE}",  # a folder, or a URL (--out at a URL)
@@ -46,7 +46,11 @@ def format_summary(result: RunResult) -> str:
     return "\n".join(lines)
 
 
-def _quantized(activations: int, weights: int) -> str:
-    if activations == 0 and weights:  # the dynamic scheme's: scales computed per input when the model runs
+def _quantized(quant, activations: int, weights: int) -> str:
+    scheme = None if quant is None else quant.scheme.value
+    if scheme == "dynamic":  # scales computed per input when the model runs
         return f"{weights} weights; activations at run time (dynamic)"
+    if scheme == "weight-only":
+        blocks = f"{quant.bits}-bit blocks of {quant.block_size} ({quant.algorithm.value})"
+        return f"{weights} MatMul weights in {blocks}; activations FP32 (weight-only)"
     return f"{activations} activations, {weights} weights"

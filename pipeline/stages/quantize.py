@@ -4,8 +4,8 @@ A pure function of (statistics, config) and the model file: no cluster, so it
 runs on the client or as a task on a worker alike. The static scheme's QDQ
 model is written by `quantize_static` reading our ranges from its own
 calibration-cache format, so the quantization itself is exactly the
-reference's code path; the dynamic scheme's by `quantize_dynamic`, which reads
-no statistics.
+reference's code path; the dynamic scheme's by `quantize_dynamic` and the
+weight-only scheme's by `MatMulNBitsQuantizer`, which read no statistics.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dask_quant.pipeline.config import ActivationType, QuantConfig
+from dask_quant.pipeline.config import ActivationType, QuantConfig, Scheme, WeightAlgorithm
 from dask_quant.pipeline.logs import captured_logs
 from dask_quant.pipeline.preparation import PER_CHANNEL_OPSET, default_opset, needed_opset
 from dask_quant.pipeline.qparams import QParam, read_qparams
@@ -151,6 +151,58 @@ def write_dynamic_model(model, config: QuantConfig, out_path: Path, large: bool)
     return list(messages)
 
 
+def weight_only_quantizer(model, config: QuantConfig):
+    """ONNX Runtime's MatMulNBitsQuantizer for `model` (a ModelProto, or a model file's path) under `config`:
+    `rtn` is its default algorithm (round to nearest per block, asymmetric, with zero points), `hqq` its
+    HQQ; MatMul weights only unless --op-types says otherwise, --exclude-nodes kept FP32."""
+    nbits = _matmul_nbits_module()
+    op_types = tuple(config.op_types) or None
+    if config.algorithm is WeightAlgorithm.HQQ:
+        algo = nbits.HQQWeightOnlyQuantConfig(
+            block_size=config.block_size, bits=config.bits, op_types_to_quantize=op_types
+        )
+    else:
+        algo = nbits.DefaultWeightOnlyQuantConfig(
+            block_size=config.block_size, is_symmetric=False, bits=config.bits, op_types_to_quantize=op_types
+        )
+    given = str(model) if isinstance(model, Path) else model
+    return nbits.MatMulNBitsQuantizer(given, nodes_to_exclude=list(config.exclude_nodes), algo_config=algo)
+
+
+def _matmul_nbits_module():
+    """onnxruntime.quantization.matmul_nbits_quantizer, imported without what its import does to this process:
+    it calls logging.basicConfig(level=INFO), which would print every library's INFO lines on stderr."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    from onnxruntime.quantization import matmul_nbits_quantizer
+
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+    return matmul_nbits_quantizer
+
+
+def write_weight_only_model(model, config: QuantConfig, out_path: Path, large: bool) -> list[str]:
+    """Write the weight-only model of `model` (a ModelProto, or a model file's path) to out_path with
+    MatMulNBitsQuantizer; return its warnings. A `large` model keeps its weights in `out_path`.data."""
+    import warnings
+
+    from dask_quant.pipeline.model_files import share_like_model
+
+    with captured_logs() as messages, warnings.catch_warnings():
+        # ORT's HQQ hands torch a read-only weight that it only reads: torch's warning about that is noise.
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
+        quantizer = weight_only_quantizer(model, config)
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(out_path), use_external_data_format=large)
+    if large:
+        share_like_model(out_path)
+    return list(messages)
+
+
 def write_tensorrt_table(ranges, folder: Path) -> None:
     """The calibration table ONNX Runtime's TensorRT EP reads, written by ORT's own writer.
 
@@ -211,9 +263,9 @@ def quantize(
     source=None,
     read_back: bool = True,
 ) -> QuantizedModel:
-    """Write the INT8 model of `calibration`'s model under `quant` to `path` (plus `exclude`: nodes kept
-    FP32): QDQ from the calibration's ranges (static), or quantize_dynamic's model (dynamic, which reads no
-    statistics: the calibration may be empty).
+    """Write the quantized model of `calibration`'s model under `quant` to `path` (plus `exclude`: nodes kept
+    FP32): QDQ from the calibration's ranges (static), quantize_dynamic's model (dynamic) or
+    MatMulNBitsQuantizer's (weight-only); those two read no statistics, so the calibration may be empty.
 
     The model file is read from calibration.model.path (the user's model at a
     URL from there) and must still have the sha256 it was calibrated with; a
@@ -248,8 +300,8 @@ def quantize(
         )
         raise InputError(msg)
     ranges = calibration.ranges(quant) if quant.calibrated else {}
-    needed, why = needs[quant.per_channel]
-    if not quant.calibrated and needed < DYNAMIC_OPSET:
+    needed, why = needs[quant.per_channel] if quant.scheme is not Scheme.WEIGHT_ONLY else (0, "")
+    if quant.scheme is Scheme.DYNAMIC and needed < DYNAMIC_OPSET:
         needed, why = DYNAMIC_OPSET, "dynamic quantization (DynamicQuantizeLinear) needs"
     if opset < needed:
         msg = (
@@ -259,10 +311,12 @@ def quantize(
         )
         raise InputError(msg)
     path = Path(path)
-    if quant.calibrated:
+    if quant.scheme is Scheme.STATIC:
         warnings = write_quantized_model(given, tensors_data(ranges, calibration.stats), quant, path, large)
-    else:
+    elif quant.scheme is Scheme.DYNAMIC:
         warnings = write_dynamic_model(given, quant, path, large)
+    else:
+        warnings = write_weight_only_model(given, quant, path, large)
     qparams = tuple(read_qparams(onnx.load(str(path)))) if read_back else ()
     return QuantizedModel(
         path, model_sha256(path), quant, calibration.for_method(quant), ranges, qparams, tuple(dict.fromkeys(warnings))

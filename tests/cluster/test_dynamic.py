@@ -116,3 +116,84 @@ def test_weights_in_constant_nodes_are_folded_first_or_refused_in_one_line(tmp_p
     assert "quantize_dynamic cannot quantize this model (Expected 0.weight to be an initializer)" in done.stderr
     assert "drop --no-prepare: preparation folds Constant nodes into initializers" in done.stderr
     assert not (tmp_path / "raw").exists()
+
+
+def _matmul_chain(path, width: int = 64):
+    """x [n, width] -> MatMul -> Relu -> MatMul -> [n, 10]: weights of a few blocks each."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(11)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w0"], ["h"], name="first"),
+            helper.make_node("Relu", ["h"], ["r"], name="relu"),
+            helper.make_node("MatMul", ["r", "w1"], ["out"], name="last"),
+        ],
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", width])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 10])],
+        [
+            numpy_helper.from_array((rng.normal(size=(width, width)) / 8).astype(np.float32), "w0"),
+            numpy_helper.from_array((rng.normal(size=(width, 10)) / 8).astype(np.float32), "w1"),
+        ],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    data = path.with_suffix(".npz")
+    np.savez(data, x=rng.normal(size=(80, width)).astype(np.float32))
+    return path, data
+
+
+def _ort_weight_only(source, path, algorithm: str, bits: int, block_size: int) -> bytes:
+    import onnx
+    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+
+    if algorithm == "hqq":
+        algo = nbits.HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits)
+    else:  # MatMulNBitsQuantizer's default algorithm: round to nearest per block, asymmetric
+        algo = nbits.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=False, bits=bits)
+    quantizer = nbits.MatMulNBitsQuantizer(onnx.load(str(source)), algo_config=algo)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(path))
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(("algorithm", "bits", "block_size", "prepare"), [
+    ("rtn", 4, 32, True), ("rtn", 8, 16, False), ("rtn", 4, 64, False), ("hqq", 4, 32, True),
+])  # fmt: skip
+def test_weight_only_is_what_matmul_nbits_quantizer_writes(tmp_path, client, algorithm, bits, block_size, prepare):
+    model, data = _matmul_chain(tmp_path / "chain.onnx")
+    quant = dq.QuantConfig(scheme="weight-only", algorithm=algorithm, bits=bits, block_size=block_size)
+    config = dq.RunConfig(model=model, calib=data, val=data, out=tmp_path / "runs", prepare=prepare, quant=quant)
+    result = dq.run(config, client=client)
+    fp32 = result.run_dir / results.FP32_FILE if prepare else model
+    expected = _ort_weight_only(fp32, tmp_path / "ort.onnx", algorithm, bits, block_size)
+    assert (result.run_dir / results.MODEL_FILE).read_bytes() == expected
+    assert f"-{algorithm}-int{bits}-" in result.run_id
+    # Each MatMul weight's block scales ([N, K / block] row by row) and, for round to nearest, integer zero
+    # points in [0, 2**bits).
+    params = {p.tensor: p for p in result.qparams}
+    assert sorted(params) == ["w0", "w1"]
+    assert [len(params[w].scale) for w in ("w0", "w1")] == [64 * (64 // block_size), 10 * (64 // block_size)]
+    if algorithm == "rtn":
+        assert len(params["w0"].zero_point) == len(params["w0"].scale)
+        assert 0 <= min(params["w0"].zero_point) and max(params["w0"].zero_point) < 2**bits
+    assert result.validation.mean_cosine > 0.98 and result.layers == []  # 4-bit blocks of 64 of random weights: 0.990
+    report = (result.run_dir / "report.html").read_text()
+    assert "Weight-only quantization keeps every activation in FP32" in report
+
+
+def test_weight_only_refuses_what_it_cannot_do_in_one_line(tmp_path):
+    for args, says in (
+        (("--bits", "3"), "--bits 3: MatMulNBits takes 4 or 8 bits per weight"),
+        (("--block-size", "24"), "--block-size 24: MatMulNBits takes a power of 2, at least 16"),
+        (("--per-tensor",), "--per-tensor does not apply"),
+        (("--algorithm", "hqq", "--bits", "8"), "ONNX Runtime's HQQ writes 4-bit weights only"),
+        ((), "ONNX Runtime's quantizer inserted no quantization at all"),  # the built-in CNN has no MatMul
+    ):
+        done = dask_quant("run", "--scheme", "weight-only", *args, "--out", tmp_path / "runs")
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert says in done.stderr, done.stderr
+        assert not (tmp_path / "runs").exists() or not any(p.name != ".work" for p in (tmp_path / "runs").iterdir())
+    done = dask_quant("run", "--bits", "8", "--out", tmp_path / "runs")
+    assert done.returncode == 2 and "--bits 8 does not apply: drop it, or use --scheme weight-only" in done.stderr
