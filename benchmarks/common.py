@@ -8,6 +8,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -116,3 +117,42 @@ def run_limited(script: str, args: dict, limit_kib: int, what: str) -> dict:
         msg = f"{what} failed:\n{stderr[-2000:]}"
         raise RuntimeError(msg)
     return json.loads(stdout.strip().splitlines()[-1])
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of `pid`, from procfs (each of its threads lists those it started)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def tree_peak(pid: int, stop: threading.Event, peaks: dict) -> None:
+    """Largest RSS of `pid` and each of its descendants, polled until `stop` (read from procfs: a `ps` per
+    poll cost the measured side a few percent of two cores)."""
+    while not stop.wait(0.25):
+        pids = [pid]
+        for parent in pids:
+            pids += children(parent)
+        for p in set(pids):
+            rss = proc_status_kib("VmRSS", p)
+            if rss:
+                peaks[p] = max(peaks.get(p, 0), rss)
+
+
+def run_measured(args: list[str]) -> tuple[subprocess.CompletedProcess, float, int]:
+    """Run `args`; return the finished process (output captured), its wall seconds, and the largest RSS
+    (KiB) any one process of its tree reached."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stop, peaks = threading.Event(), {}
+    watcher = threading.Thread(target=tree_peak, args=(proc.pid, stop, peaks), daemon=True)
+    watcher.start()
+    stdout, stderr = proc.communicate()
+    seconds = time.perf_counter() - start
+    stop.set()
+    watcher.join()
+    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr), seconds, max(peaks.values(), default=0)

@@ -36,18 +36,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import MINILM_MISSING, machine_line, minilm_cache, proc_status_kib  # noqa: E402
+from common import MINILM_MISSING, machine_line, minilm_cache, run_measured  # noqa: E402
 from smoothquant_minilm import embeddings, int8_matmuls, mean_cosine  # noqa: E402
 
 CALIB_ROWS, HELD_OUT = 300, slice(1024, 1536)
@@ -94,30 +91,6 @@ print(json.dumps({"seconds": seconds, "peak_kib": peak_rss_kib(), "scored": len(
 """
 
 
-def _children(pid: int) -> list[int]:
-    """The child processes of `pid`, from procfs (each of its threads lists those it started)."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found += [int(child) for child in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return found
-
-
-def _tree_peak(pid: int, stop: threading.Event, peaks: dict) -> None:
-    """Largest RSS of `pid` and each of its descendants, polled until `stop` (read from procfs: a `ps` per
-    poll cost the measured side a few percent of two cores)."""
-    while not stop.wait(0.25):
-        pids = [pid]
-        for parent in pids:
-            pids += _children(parent)
-        for p in set(pids):
-            rss = proc_status_kib("VmRSS", p)
-            if rss:
-                peaks[p] = max(peaks.get(p, 0), rss)
-
-
 def ours(model: Path, calib: Path, val: Path, out: Path, workers: int, op_types: str | None) -> dict:
     args = [sys.executable, "-m", "dask_quant", "tune", str(model), "--calib", str(calib), "--val", str(val),
             "--out", str(out), "--workers", str(workers), "--target", "cosine>=0.995", "--layers", "none"]  # fmt: skip
@@ -125,23 +98,15 @@ def ours(model: Path, calib: Path, val: Path, out: Path, workers: int, op_types:
         args += ["--op-types", op_types, "--fp32-outputs", op_types]
     else:  # every op type: SmoothQuant moves the activations' outliers into the weights first
         args += ["--smooth-quant", str(EVERY_OP_ALPHA), "--fp32-outputs", "MatMul"]
-    start = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stop, peaks = threading.Event(), {}
-    watcher = threading.Thread(target=_tree_peak, args=(proc.pid, stop, peaks), daemon=True)
-    watcher.start()
-    stdout, stderr = proc.communicate()
-    seconds = time.perf_counter() - start
-    stop.set()
-    watcher.join()
+    proc, seconds, peak_kib = run_measured(args)
     if proc.returncode not in (0, 1):
-        msg = f"dask-quant tune failed:\n{stderr[-2000:]}"
+        msg = f"dask-quant tune failed:\n{proc.stderr[-2000:]}"
         raise RuntimeError(msg)
     (run_dir,) = [d for d in out.iterdir() if not d.name.startswith(".")]
     record = json.loads((run_dir / "run.json").read_text())
     return {
         "seconds": seconds,
-        "peak_kib": max(peaks.values(), default=0),
+        "peak_kib": peak_kib,
         "model": run_dir / "model.int8.onnx",
         "tune": record["tune"],
         "scored": record["data"]["val"]["rows"],
