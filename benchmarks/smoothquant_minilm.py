@@ -28,7 +28,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import MINILM_MISSING, machine_line, minilm_cache  # noqa: E402
+from common import minilm_main  # noqa: E402
 
 GOAL = 0.997
 ATTENTION_V = "/encoder/encoder/layer.{}/attention/self/MatMul_1"
@@ -63,10 +63,8 @@ def main() -> None:
     parser.add_argument("--calib-rows", type=int, default=300)
     parser.add_argument("--alphas", default="0.5,0.8")
     args = parser.parse_args()
-    print(machine_line())
-    cache = minilm_cache()
+    cache = minilm_main()
     if cache is None:
-        print(MINILM_MISSING)
         return
     from distributed import Client, LocalCluster
 

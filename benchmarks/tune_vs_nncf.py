@@ -44,7 +44,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import MINILM_MISSING, machine_line, minilm_cache, run_measured  # noqa: E402
+from common import minilm_main, run_measured  # noqa: E402
 from smoothquant_minilm import embeddings, int8_matmuls, mean_cosine  # noqa: E402
 
 CALIB_ROWS, HELD_OUT = 300, slice(1024, 1536)
@@ -119,10 +119,8 @@ def main() -> None:
     parser.add_argument("--skip-nncf", action="store_true")
     parser.add_argument("--all-op-types", action="store_true")
     args = parser.parse_args()
-    print(machine_line())
-    cache = minilm_cache()
+    cache = minilm_main()
     if cache is None:
-        print(MINILM_MISSING)
         return
     model = cache / "minilm.onnx"
     with tempfile.TemporaryDirectory() as tmp_name:
