@@ -89,7 +89,8 @@ def main() -> None:
         with local_cluster(args.workers, silence_logs=logging.ERROR, dashboard_address=":0") as lc, Client(lc) as c:
             for job in jobs:
                 methods = list(job.model.methods)
-                results = run_methods(job_config(job, tmp / "models", methods[0], cluster), methods, client=c)
+                quants = [job.model.quant_for(m) for m in methods]
+                results = run_methods(job_config(job, tmp / "models", methods[0], cluster), quants, client=c)
                 for method, result in zip(methods, results, strict=True):
                     metric = METRICS[lead[job.model.name, method.value]][0]
                     values["per model"][(job.model.name, method.value)] = metric(result.validation)

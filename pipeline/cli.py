@@ -16,11 +16,11 @@ from dask_quant.pipeline.cli_options import (
     job_options,
     model_and_data,
     quant_config,
+    quant_fields,
     quant_options,
     run_config,
     split_values,
 )
-from dask_quant.pipeline.methods import choices
 from dask_quant.tasks.errors import DaskQuantError, InputError
 
 EXIT_INPUT = 2
@@ -134,17 +134,18 @@ def run(**options):
     """Quantize MODEL (default: the built-in digits CNN) to INT8 and validate it.
 
     With several methods (--method minmax,entropy), one calibration serves
-    them all and each is published as its own run.
+    them all and each is published as its own run; entries may name schemes
+    too (--method minmax,dynamic,weight-only).
     """
-    from dask_quant.pipeline.methods import parse_method
+    from dask_quant.pipeline.config import entry_choices, entry_configs
 
     with _errors_to_exit_codes("interrupted; no run was published"):
         model, calib, val = model_and_data(options["model"], options["calib"], options["val"])
-        methods = [parse_method(m) for m in split_values((options["methods"],))]
-        if not methods:
-            msg = f"--method needs at least one of: {choices()}"
+        entries = split_values((options["methods"],))
+        if not entries:
+            msg = f"--method needs at least one of: {entry_choices()}"
             raise InputError(msg)
-        quants = [quant_config(options, method) for method in methods]  # each method checks its own settings
+        quants = entry_configs(quant_fields(options), entries)  # each entry checks the settings it reads
         config = run_config(
             options,
             model,
@@ -164,7 +165,7 @@ def run(**options):
         log = lambda line: click.echo(f"dask-quant: {line}", err=True)  # noqa: E731
         terminal = sys.stderr.isatty()
         results = run_methods(
-            config, methods, log=log, progress=terminal, interrupted=interrupts.commit_unless_requested
+            config, quants, log=log, progress=terminal, interrupted=interrupts.commit_unless_requested
         )
         click.echo("\n".join(format_summary(result) for result in results))
         if interrupts.count:
@@ -180,9 +181,7 @@ def run(**options):
 @cluster_options
 @click.option("--target", default=None, help='What the tuned model must reach on --val, e.g. "cosine>=0.99".')
 @click.option("--max-drop", type=float, default=None, help="Instead of --target: accuracy drop at most this (points).")
-@click.option(
-    "--ranking-samples", type=int, default=64, show_default=True, help="Validation rows the ranking scores."
-)
+@click.option("--ranking-samples", type=int, default=64, show_default=True, help="Validation rows the ranking scores.")
 @click.option("--time-budget", default=None, help="Stop after this long (90s, 30m, 2h) with the best model so far.")
 @click.option(
     "--isolated-errors/--no-isolated-errors",
@@ -233,9 +232,7 @@ def tune(**options):
             f"  kept in FP32     {len(search.groups)} of {len(result.groups)} groups, {len(search.reverted)} nodes"
             + (f": {_some(search.groups, 6)}" if search.groups else "")
         )
-        click.echo(
-            f"  experiments      {result.trials_computed} run, {result.trials_reused} reused (trials.parquet)"
-        )
+        click.echo(f"  experiments      {result.trials_computed} run, {result.trials_reused} reused (trials.parquet)")
         if not search.met:
             _fail(f"tune: {target.describe()} not reached; the best model found was published", 1)
 

@@ -76,7 +76,13 @@ quant_options = option_group(
         show_default=True,
         help="How --scheme weight-only quantizes each block: round to nearest, or HQQ.",
     ),
-    click.option("--method", "methods", default=Method.MINMAX.value, show_default=True, help=cli_help()),
+    click.option(
+        "--method",
+        "methods",
+        default=Method.MINMAX.value,
+        show_default=True,
+        help=cli_help() + " Entries may also name a scheme that calibrates nothing (minmax,dynamic,weight-only).",
+    ),
     click.option(
         "--percentile", type=float, default=99.999, show_default=True, help="Percentile kept by --method percentile."
     ),
@@ -220,25 +226,30 @@ def cluster_config(options: dict):
     )
 
 
+def quant_fields(options: dict) -> dict:
+    """The quantization options given on the command line: QuantConfig's fields but the method (each entry
+    of --method brings its own: pipeline.config.entry_configs)."""
+    return {
+        "percentile": options["percentile"],
+        "num_bins": options["num_bins"],
+        "num_quantized_bins": options["num_quantized_bins"],
+        "symmetric": options["symmetric"],
+        "per_channel": options["per_channel"],
+        "activation_type": options["activation_type"],
+        "exclude_nodes": split_values(options["exclude_nodes"]),
+        "op_types": split_values(options["op_types"]),
+        "fp32_outputs": split_values(options["fp32_outputs"]),
+        "scheme": options["scheme"],
+        "bits": options["bits"],
+        "block_size": options["block_size"],
+        "algorithm": options["algorithm"],
+    }
+
+
 def quant_config(options: dict, method):
     from dask_quant.pipeline.config import QuantConfig
 
-    return QuantConfig(
-        method=method,
-        percentile=options["percentile"],
-        num_bins=options["num_bins"],
-        num_quantized_bins=options["num_quantized_bins"],
-        symmetric=options["symmetric"],
-        per_channel=options["per_channel"],
-        activation_type=options["activation_type"],
-        exclude_nodes=split_values(options["exclude_nodes"]),
-        op_types=split_values(options["op_types"]),
-        fp32_outputs=split_values(options["fp32_outputs"]),
-        scheme=options["scheme"],
-        bits=options["bits"],
-        block_size=options["block_size"],
-        algorithm=options["algorithm"],
-    )
+    return QuantConfig(method=method, **quant_fields(options))
 
 
 def run_config(options: dict, model, calib, val, quant, **more):

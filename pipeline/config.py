@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 
@@ -267,3 +267,52 @@ def config_dict(config: RunConfig) -> dict:
     data = json_ready(asdict(config))
     data["storage_options"] = [key for key, _ in config.storage_options]  # values may be secrets
     return data
+
+
+# What a scheme does not read: a sweep entry of that scheme leaves these to the entries that do.
+_STATIC_RANGES = ("method", "activation_type", "symmetric", "fp32_outputs")
+_BLOCKS = ("bits", "block_size", "algorithm")
+_UNREAD = {
+    Scheme.STATIC: _BLOCKS,
+    Scheme.DYNAMIC: (*_STATIC_RANGES, *_BLOCKS),
+    Scheme.WEIGHT_ONLY: (*_STATIC_RANGES, "per_channel"),
+}
+SWEPT_SCHEMES = (Scheme.DYNAMIC, Scheme.WEIGHT_ONLY)  # what a sweep entry may name besides a method
+
+
+def parse_entry(value: str | Method | Scheme) -> Method | Scheme:
+    """One entry of a sweep (--method a,b or a zoo model's `methods`): a calibration method, run with the
+    options' scheme (static unless --scheme says otherwise), or a scheme that calibrates nothing."""
+    if isinstance(value, (Method, Scheme)):
+        return value
+    if value in {scheme.value for scheme in SWEPT_SCHEMES}:
+        return Scheme(value)
+    if value in {method.value for method in Method}:
+        return Method(value)
+    msg = f"unknown method {value!r}; choose one of: {entry_choices()}"
+    raise InputError(msg)
+
+
+def entry_choices() -> str:
+    return ", ".join([*(m.value for m in Method), *(s.value for s in SWEPT_SCHEMES)])
+
+
+def entry_configs(options: dict, entries) -> list[QuantConfig]:
+    """The QuantConfig of each sweep entry from the quantization options given (QuantConfig's fields but the
+    method). Each entry takes the options its scheme reads and leaves the others to the entries that read
+    them (`--method minmax,weight-only --bits 8`: 8 bits for weight-only); an option no entry reads is
+    refused as that scheme alone would refuse it."""
+    defaults = {f.name: f.default for f in fields(QuantConfig)}
+    configs = []
+    for entry in map(parse_entry, entries):
+        scheme = entry if isinstance(entry, Scheme) else Scheme(options.get("scheme", Scheme.STATIC))
+        kept = {k: v for k, v in options.items() if k not in _UNREAD[scheme]}
+        method = entry if isinstance(entry, Method) else Method.MINMAX
+        configs.append(QuantConfig(**{**kept, "scheme": scheme, "method": method}))
+    given = [k for k, v in options.items() if k in defaults and k != "scheme" and v != defaults[k]]
+    unread = [k for k in given if all(k in _UNREAD[config.scheme] for config in configs)]
+    if unread:  # as the first entry's scheme alone says it
+        QuantConfig(**{**options, "scheme": configs[0].scheme, "method": configs[0].method})
+        msg = f"no entry of this sweep reads {', '.join(unread)}"
+        raise InputError(msg)
+    return list(dict.fromkeys(configs))

@@ -80,7 +80,7 @@ def _checked_file(config: RunConfig, prepared: Prepared, quantized: QuantizedMod
     """InputError unless the model file holds quantization, of weights where there are constant ones; the
     label its messages start with."""
     quant = quantized.quant
-    label = f"--method {quant.method.value}: " if quant.method is not config.quant.method else ""
+    label = f"--method {quant.label}: " if quant != config.quant else ""
     if not quantized.qparams:
         msg = (
             f"{label}{config.model}: ONNX Runtime's quantizer inserted no quantization at all (the operators it "

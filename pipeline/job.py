@@ -140,20 +140,23 @@ def run(
 
 def run_methods(
     config: RunConfig,
-    methods: Sequence[Method | str],
+    methods: Sequence[QuantConfig | Method | str],
     client=None,
     log: Callable[[str], None] = lambda _: None,
     progress: bool = False,
     interrupted: Callable[[], bool] = lambda: False,
 ) -> list[RunResult]:
-    """`run` for each of `methods` (with config.quant's other options), sharing one calibration.
+    """`run` for each of `methods`, sharing one calibration (when any of them calibrates): each a QuantConfig
+    (a sweep's entry: pipeline.config.entry_configs), or a method (config.quant with that method).
 
-    Publishes one run directory per method, in the order given; each holds
-    what `run` with that method alone publishes.
+    Publishes one run directory per entry, in the order given; each holds
+    what `run` with that configuration alone publishes.
     """
     from distributed import KilledWorker
 
-    quants = [replace(config.quant, method=method) for method in dict.fromkeys(methods)]  # each checks its settings
+    quants = list(
+        dict.fromkeys(m if isinstance(m, QuantConfig) else replace(config.quant, method=m) for m in methods)
+    )  # each checks its settings
     lap = Laps()
     bar = Progress(log, terminal=progress)
     names = [quant.label for quant in quants]

@@ -231,7 +231,9 @@ def _run_job(job: _Job, config: ZooConfig, client, log, interrupted) -> None:
     run_config = job_config(job, config.out / RUNS / name, methods[0], config.cluster)
     start = time.perf_counter()
     try:
-        results = run_methods(run_config, methods, client, say, interrupted=interrupted)
+        results = run_methods(
+            run_config, [job.model.quant_for(m) for m in methods], client, say, interrupted=interrupted
+        )
     except DaskQuantError as exc:
         job.error = str(exc)
         say(f"failed: {job.error}")
@@ -242,5 +244,3 @@ def _run_job(job: _Job, config: ZooConfig, client, log, interrupted) -> None:
         job.results = {method.value: result for method, result in zip(methods, results, strict=True)}
         say(f"done in {time.perf_counter() - start:.1f} s")
     job.seconds = time.perf_counter() - start
-
-

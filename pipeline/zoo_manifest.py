@@ -8,7 +8,7 @@ A TOML file with one `[[model]]` table per model:
     # builder = "package.module:function"  # called with a cache folder; returns {"model": path, "calib": ...}
     calib = "digits_calib.npy"
     val = "digits_val.npz"
-    methods = ["minmax", "entropy"]
+    methods = ["minmax", "entropy"]     # methods, and schemes that calibrate nothing: "dynamic", "weight-only"
     metric = "auto"                     # as --metric
     lead = "agreement"                  # the metric regressions are judged on: cosine, agreement or accuracy
     max_drop = 0.01                     # a lead metric this far below the last good night is a regression
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from dask_quant.pipeline.config import Metric, QuantConfig
-from dask_quant.pipeline.methods import Method, choices
+from dask_quant.pipeline.config import Metric, QuantConfig, Scheme, entry_choices, entry_configs, parse_entry
+from dask_quant.pipeline.methods import Method
 from dask_quant.pipeline.target import METRICS
 from dask_quant.tasks.errors import InputError
 from dask_quant.tasks.storage import is_url
@@ -37,7 +37,7 @@ from dask_quant.tasks.storage import is_url
 BUILTIN_MANIFEST = "zoo.toml"  # in the dask_quant.data package
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _BUILDER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-# QuantConfig's fields a manifest may set ([model.quant]); the method comes from `methods`.
+# QuantConfig's fields a manifest may set ([model.quant]); the method (or scheme) comes from `methods`.
 QUANT_FIELDS = tuple(f.name for f in dataclasses.fields(QuantConfig) if f.name not in ("method", "version"))
 MODEL_FIELDS = (
     "name", "model", "builder", "calib", "val", "methods", "metric", "lead", "max_drop",
@@ -54,17 +54,17 @@ class ZooModel:
     builder: str | None
     calib: Path | str | None  # a local path, or a URL (tasks.storage)
     val: Path | str | None
-    methods: tuple[Method, ...]
+    methods: tuple[Method | Scheme, ...]  # sweep entries: methods, or schemes that calibrate nothing
     metric: Metric = Metric.AUTO
     lead: str = "cosine"
     max_drop: float = 0.01
     max_layer_sqnr_drop_db: float | None = None
     chunk_size: int | None = None
     prepare: bool = True
-    quant: QuantConfig = QuantConfig()
+    quants: tuple[QuantConfig, ...] = (QuantConfig(),)  # one per entry of `methods`
 
-    def quant_for(self, method: Method) -> QuantConfig:
-        return dataclasses.replace(self.quant, method=method)
+    def quant_for(self, method: Method | Scheme) -> QuantConfig:
+        return self.quants[self.methods.index(method)]
 
 
 @dataclass(frozen=True)
@@ -171,12 +171,11 @@ def _model(path: Path, index: int, table: dict) -> ZooModel:
         fields.refuse("calib", "required (a calibration .npz/.npy file) unless a builder makes the data")
     methods = fields.get("methods", list, ["minmax"])
     if not methods or not all(isinstance(m, str) for m in methods):
-        fields.refuse("methods", f"a non-empty list of method names ({choices()})")
+        fields.refuse("methods", f"a non-empty list of method or scheme names ({entry_choices()})")
     try:
-        parsed = tuple(dict.fromkeys(Method(m) for m in methods))
-    except ValueError:
-        bad = next(m for m in methods if m not in {e.value for e in Method})
-        fields.refuse("methods", f"unknown method {bad!r}; choose from: {choices()}")
+        parsed = tuple(dict.fromkeys(parse_entry(m) for m in methods))
+    except InputError as exc:
+        fields.refuse("methods", str(exc))
     metric = fields.get("metric", str, "auto")
     if metric not in {m.value for m in Metric}:
         fields.refuse("metric", f"unknown metric {metric!r}; choose one of: {', '.join(m.value for m in Metric)}")
@@ -193,7 +192,7 @@ def _model(path: Path, index: int, table: dict) -> ZooModel:
     if chunk_size is not None and chunk_size < 1:
         fields.refuse("chunk_size", f"must be a positive number of rows, got {chunk_size}")
     options = fields.get("quant", dict, {})
-    quant = [_quant(fields, options, method) for method in parsed][0]  # each method checks its own settings
+    quants = _quants(fields, options, parsed)  # each entry checks the settings it reads
     return ZooModel(
         name=name,
         model=fields.file("model"),
@@ -207,11 +206,11 @@ def _model(path: Path, index: int, table: dict) -> ZooModel:
         max_layer_sqnr_drop_db=None if sqnr_drop is None else float(sqnr_drop),
         chunk_size=chunk_size,
         prepare=fields.get("prepare", bool, True),
-        quant=quant,
+        quants=quants,
     )
 
 
-def _quant(fields: _Fields, table: dict, method: Method) -> QuantConfig:
+def _quants(fields: _Fields, table: dict, entries) -> tuple[QuantConfig, ...]:
     unknown = sorted(set(table) - set(QUANT_FIELDS))
     if unknown:
         fields.refuse(f"quant.{unknown[0]}", f"unknown option; [model.quant] takes: {', '.join(QUANT_FIELDS)}")
@@ -232,6 +231,6 @@ def _quant(fields: _Fields, table: dict, method: Method) -> QuantConfig:
             fields.refuse(f"quant.{key}", f"expected a string, got {value!r}")
         options[key] = value
     try:
-        return QuantConfig(method=method, **options)
+        return tuple(entry_configs(options, entries))
     except InputError as exc:
         fields.refuse("quant", str(exc))

@@ -197,3 +197,29 @@ def test_weight_only_refuses_what_it_cannot_do_in_one_line(tmp_path):
         assert not (tmp_path / "runs").exists() or not any(p.name != ".work" for p in (tmp_path / "runs").iterdir())
     done = dask_quant("run", "--bits", "8", "--out", tmp_path / "runs")
     assert done.returncode == 2 and "--bits 8 does not apply: drop it, or use --scheme weight-only" in done.stderr
+
+
+def test_one_run_sweeps_a_method_and_the_schemes_each_as_it_runs_alone(tmp_path, client):
+    """--method minmax,dynamic,weight-only: one calibration (minmax's), three runs, each the model its
+    configuration writes alone; --bits goes to weight-only, --symmetric to minmax."""
+    model, data = _matmul_chain(tmp_path / "chain.onnx")
+    done = dask_quant(
+        "run", model, "--calib", data, "--val", data, "--method", "minmax,dynamic,weight-only", "--bits", "8",
+        "--symmetric", "--out", tmp_path / "sweep", "--workers", "2",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("calibrating") == 1
+    runs = {d.name.split("-")[1]: d for d in (tmp_path / "sweep").iterdir() if not d.name.startswith(".")}
+    assert sorted(runs) == ["dynamic", "minmax", "rtn"]
+    for entry, quant in (
+        ("minmax", dq.QuantConfig(symmetric=True)),
+        ("dynamic", dq.QuantConfig(scheme="dynamic")),
+        ("rtn", dq.QuantConfig(scheme="weight-only", bits=8)),
+    ):
+        alone = dq.run(
+            dq.RunConfig(model=model, calib=data, val=data, out=tmp_path / entry, quant=quant), client=client
+        )
+        published = (runs[entry] / results.MODEL_FILE).read_bytes()
+        assert published == (alone.run_dir / results.MODEL_FILE).read_bytes(), entry
+        record = json.loads((runs[entry] / results.RUN_FILE).read_text())
+        assert record["summary"]["mean_cosine"] == pytest.approx(alone.validation.mean_cosine, abs=0), entry

@@ -23,7 +23,7 @@ BAD = [
     (_model(builder='"x:y"'), "model 'digits': field 'model': give exactly one source"),
     (_model(model=None, builder='"not a builder"'), "field 'builder'"),
     (_model(calib='"missing.npy"'), "model 'digits': field 'calib': "),
-    (_model(methods='["minmax", "kl"]'), "field 'methods': unknown method 'kl'"),
+    (_model(methods='["minmax", "kl"]'), "field 'methods': unknown method 'kl'; choose one of: minmax, entropy, "),
     (_model(methods="[]"), "field 'methods'"),
     (_model(lead='"f1"'), "field 'lead': unknown lead metric 'f1'"),
     (_model(max_drop="2"), "field 'max_drop': must be in [0, 1]"),
@@ -60,7 +60,23 @@ def test_a_good_manifest_resolves_paths_against_its_folder(tmp_path):
     (model,) = load_manifest(manifest).models
     assert model.calib == (tmp_path / "calib.npy").resolve()
     assert [m.value for m in model.methods] == ["minmax", "entropy"]
-    assert model.quant.per_channel is False and model.quant.op_types == ("Conv",)
+    assert all(q.per_channel is False and q.op_types == ("Conv",) for q in model.quants)
+    assert [q.method.value for q in model.quants] == ["minmax", "entropy"]
+
+
+def test_a_model_sweeps_schemes_next_to_methods_each_with_the_options_it_reads(tmp_path):
+    manifest = tmp_path / "zoo.toml"
+    text = _model(methods='["minmax", "dynamic", "weight-only"]') + "[model.quant]\nsymmetric = true\nbits = 8\n"
+    manifest.write_text(text)
+    (model,) = load_manifest(manifest).models
+    assert [m.value for m in model.methods] == ["minmax", "dynamic", "weight-only"]
+    static, dynamic, weight_only = (model.quant_for(m) for m in model.methods)
+    assert static.symmetric and static.bits == 4  # --bits is weight-only's
+    assert dynamic.scheme.value == "dynamic" and not dynamic.symmetric
+    assert weight_only.label == "rtn-int8" and not weight_only.symmetric
+    manifest.write_text(_model(methods='["dynamic"]') + "[model.quant]\nsymmetric = true\n")
+    with pytest.raises(InputError, match="field 'quant': --scheme dynamic quantizes activations at run time"):
+        load_manifest(manifest)
 
 
 def test_the_command_refuses_a_bad_manifest_in_one_line_and_writes_nothing(tmp_path):
