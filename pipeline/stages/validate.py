@@ -111,11 +111,13 @@ def validate_each(
     layers = [quantized_layers(prepared.proto, onnx.load(str(q.path)), dict(prepared.tensors)) for q in models]
     # A dynamic model quantizes no activation ahead of time: nothing to compare layer by layer.
     skipped = "per-layer error skipped" if not per_layer else "no activation quantized ahead of time to compare"
-    per_layer = per_layer and any(layers)
+    # Only the models that have layers to compare (a sweep's dynamic or weight-only entry has none).
+    layered = [i for i, ls in enumerate(layers) if ls] if per_layer else []
+    per_layer = bool(layered)
     per_layer_chunks = layer_chunks(prepared.val, chunk_size, prepared.fixed_batch) if per_layer else []
     compared = (
-        f"per-layer error of {'/'.join(str(n) for n in dict.fromkeys(len(ls) for ls in layers))} activations in "
-        f"{len(per_layer_chunks)} chunks"
+        f"per-layer error of {'/'.join(str(n) for n in dict.fromkeys(len(layers[i]) for i in layered))} "
+        f"activations in {len(per_layer_chunks)} chunks"
         if per_layer
         else skipped
     )
@@ -134,13 +136,13 @@ def validate_each(
     errors_of = [None] * len(models)
     if per_layer:
         graph = layer_graph(
-            per_layer_chunks, prepared.model, tuple(int8s),
-            tuple(tuple((layer.tensor, layer.dequantized, layer.elem_type) for layer in ls) for ls in layers),
-            split_every, tuple(report_specs(q.calibration.stats, ls) for q, ls in zip(models, layers, strict=True)),
-            checkpoints,
+            per_layer_chunks, prepared.model, tuple(int8s[i] for i in layered),
+            tuple(tuple((layer.tensor, layer.dequantized, layer.elem_type) for layer in layers[i]) for i in layered),
+            split_every, tuple(report_specs(models[i].calibration.stats, layers[i]) for i in layered), checkpoints,
         )  # fmt: skip
         (each,) = compute(client, [graph], "per-layer error", progress)
-        errors_of = list(each.values)
+        for i, errors in zip(layered, each.values, strict=True):
+            errors_of[i] = errors
     # Latency alone afterwards (nothing else of this job competes for the core it measures).
     latencies = client.submit(
         measure_latency, chunks[0], prepared.model, tuple(int8s), LATENCY_REPEATS, pure=False
