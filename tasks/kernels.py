@@ -149,6 +149,8 @@ def _count(values, absolute, first, last, scale, margin, zero_bin, edges):
 def count(values: np.ndarray, bins: Bins, absolute: bool) -> np.ndarray:
     """np.histogram(np.clip(v, first, last), len(edges) - 1, range=(first, last))[0] as int64, where
     v is `values` (|values| when `absolute`) in the dtype of the edges (numpy's for that range)."""
+    if bins.scale == 0:  # a range of denormals (Bins.of): numpy's own estimate is no edge search there
+        return numpy_count(values, bins, absolute)
     flat = np.ascontiguousarray(values.reshape(-1), dtype=bins.edges.dtype)
     return _count(flat, absolute, bins.first, bins.last, bins.scale, bins.margin, bins.zero_bin, bins.edges)
 
