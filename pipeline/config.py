@@ -112,30 +112,16 @@ class QuantConfig:
 
     def _check_scheme(self) -> None:
         """Each scheme reads its own options: the others are refused, not ignored."""
-        static_ranges = (
-            (f"--method {self.method.value}", self.method is not Method.MINMAX),
-            (f"--activation-type {self.activation_type.value}", self.activation_type is not ActivationType.UINT8),
-            ("--symmetric", self.symmetric),
-            ("--fp32-outputs", bool(self.fp32_outputs)),
-        )
-        blocks = (
-            (f"--bits {self.bits}", self.bits != 4),
-            (f"--block-size {self.block_size}", self.block_size != 32),
-            (f"--algorithm {self.algorithm.value}", self.algorithm is not WeightAlgorithm.RTN),
-        )
-        why = {
-            Scheme.STATIC: (blocks, "--bits, --block-size and --algorithm are --scheme weight-only's"),
-            Scheme.DYNAMIC: (
-                (*static_ranges, *blocks),
-                "--scheme dynamic quantizes activations at run time, from each input's own range",
-            ),
-            Scheme.WEIGHT_ONLY: (
-                (*static_ranges, ("--per-tensor", not self.per_channel)),
-                "--scheme weight-only keeps activations in FP32 and quantizes weights in blocks of --block-size",
-            ),
-        }
-        options, reason = why[self.scheme]
-        given = [option for option, used in options if used]
+        defaults = {f.name: f.default for f in fields(QuantConfig)}
+        given = [
+            _flag(name, getattr(self, name)) for name in _UNREAD[self.scheme] if getattr(self, name) != defaults[name]
+        ]
+        reason = {
+            Scheme.STATIC: "--bits, --block-size and --algorithm are --scheme weight-only's",
+            Scheme.DYNAMIC: "--scheme dynamic quantizes activations at run time, from each input's own range",
+            Scheme.WEIGHT_ONLY: "--scheme weight-only keeps activations in FP32 and quantizes weights in blocks of "
+            "--block-size",
+        }[self.scheme]
         if given:
             fix = "use --scheme weight-only" if self.scheme is Scheme.STATIC else "use --scheme static"
             msg = f"{reason}, so {', '.join(given)} does not apply: drop it, or {fix}"
@@ -277,6 +263,18 @@ _UNREAD = {
     Scheme.DYNAMIC: (*_STATIC_RANGES, *_BLOCKS),
     Scheme.WEIGHT_ONLY: (*_STATIC_RANGES, "per_channel"),
 }
+
+
+def _flag(name: str, value) -> str:
+    """The command-line option that set QuantConfig field `name` to `value`."""
+    if name == "per_channel":
+        return "--per-tensor"
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool) or isinstance(value, tuple):
+        return flag
+    return f"{flag} {value.value if isinstance(value, Enum) else value}"
+
+
 SWEPT_SCHEMES = (Scheme.DYNAMIC, Scheme.WEIGHT_ONLY)  # what a sweep entry may name besides a method
 
 
