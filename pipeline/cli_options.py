@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from dask_quant.pipeline.config import Scheme, WeightAlgorithm
 from dask_quant.pipeline.methods import Method, cli_help
 from dask_quant.tasks.errors import InputError
 
@@ -58,12 +59,12 @@ quant_options = option_group(
     ),
     click.option(
         "--scheme",
-        type=click.Choice(["static", "dynamic", "weight-only"]),
+        type=click.Choice([scheme.value for scheme in Scheme]),
         default="static",
         show_default=True,
         help="static: weights and activations from calibrated ranges (QDQ); dynamic: weights ahead of time, "
         "activations at run time (ONNX Runtime's quantize_dynamic); weight-only: MatMul weights in blocks, "
-        "activations FP32 (MatMulNBitsQuantizer). Neither of the last two calibrates.",
+        "activations FP32 (MatMulNBitsQuantizer). Dynamic calibrates nothing; weight-only only with --algorithm gptq.",
     ),
     click.option("--bits", type=int, default=4, show_default=True, help="Bits per weight of --scheme weight-only."),
     click.option(
@@ -71,10 +72,11 @@ quant_options = option_group(
     ),
     click.option(
         "--algorithm",
-        type=click.Choice(["rtn", "hqq"]),
+        type=click.Choice([algorithm.value for algorithm in WeightAlgorithm]),
         default="rtn",
         show_default=True,
-        help="How --scheme weight-only quantizes each block: round to nearest, or HQQ.",
+        help="How --scheme weight-only quantizes each block: round to nearest, HQQ, or GPTQ (from the calibration "
+        "set's Gram matrices, solved on the workers; 4 bits).",
     ),
     click.option(
         "--method",

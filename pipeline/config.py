@@ -40,10 +40,12 @@ class Scheme(str, Enum):
 class WeightAlgorithm(str, Enum):
     """How --scheme weight-only picks each block's scale: `rtn` rounds to nearest on the block's own
     min/max (MatMulNBitsQuantizer's default algorithm), `hqq` optimises scale and zero point (Half-Quadratic
-    Quantization)."""
+    Quantization), `gptq` rounds column by column and corrects the rest of the weight for each rounding
+    error, weighted by the calibration set's Gram matrix of the MatMul's input (pipeline.gptq)."""
 
     RTN = "rtn"
     HQQ = "hqq"
+    GPTQ = "gptq"
 
 
 class Metric(str, Enum):
@@ -81,7 +83,7 @@ class QuantConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", parse_method(self.method))
         self._enum("scheme", Scheme, "scheme")
-        self._enum("algorithm", WeightAlgorithm, "--algorithm", " (gptq is not built yet)")
+        self._enum("algorithm", WeightAlgorithm, "--algorithm")
         self._enum("activation_type", ActivationType, "activation type")
         object.__setattr__(self, "op_types", tuple(self.op_types))
         object.__setattr__(self, "exclude_nodes", tuple(self.exclude_nodes))
@@ -133,8 +135,12 @@ class QuantConfig:
             if self.block_size < 16 or self.block_size & (self.block_size - 1):
                 msg = f"--block-size {self.block_size}: MatMulNBits takes a power of 2, at least 16 (32 is usual)"
                 raise InputError(msg)
-            if self.algorithm is WeightAlgorithm.HQQ and self.bits != 4:
-                msg = f"--algorithm hqq --bits {self.bits}: ONNX Runtime's HQQ writes 4-bit weights only"
+            if self.algorithm in (WeightAlgorithm.HQQ, WeightAlgorithm.GPTQ) and self.bits != 4:
+                which = {WeightAlgorithm.HQQ: "HQQ", WeightAlgorithm.GPTQ: "GPTQ"}[self.algorithm]
+                msg = (
+                    f"--algorithm {self.algorithm.value} --bits {self.bits}: ONNX Runtime's {which} writes 4-bit "
+                    "weights only; use --bits 4, or --algorithm rtn"
+                )
                 raise InputError(msg)
 
     @property
@@ -146,6 +152,11 @@ class QuantConfig:
         """Whether the scheme reads calibration statistics (static does; dynamic and weight-only quantize
         only weights ahead of time)."""
         return self.scheme is Scheme.STATIC
+
+    @property
+    def uses_grams(self) -> bool:
+        """Whether the scheme reads the Gram matrices of MatMul inputs (weight-only GPTQ)."""
+        return self.scheme is Scheme.WEIGHT_ONLY and self.algorithm is WeightAlgorithm.GPTQ
 
     @property
     def label(self) -> str:

@@ -14,6 +14,7 @@ from dask_quant.tasks.calibrate import chunk_histograms, chunk_range_stats
 from dask_quant.tasks.checkpoint import Checkpoints
 from dask_quant.tasks.chunks import ChunkRef
 from dask_quant.tasks.errors import refusing
+from dask_quant.tasks.gram import chunk_grams
 from dask_quant.tasks.histogram import HistogramSpec
 from dask_quant.tasks.layer_error import chunk_layer_errors
 from dask_quant.tasks.merging import merge_all
@@ -103,6 +104,13 @@ def channel_max_graph(
 ):
     """SmoothQuant's statistic: every chunk's per-channel abs-max of `tensors`, merged in a tree."""
     return _statistics_tree(chunks, chunk_channel_max, {"model": model, "tensors": tensors}, split_every)
+
+
+def gram_graph(
+    chunks: list[ChunkRef], model: ModelRef, tensors: tuple[tuple[str, int, tuple[int, ...]], ...], split_every: int = 8
+):
+    """GPTQ's statistic: every chunk's exact Gram sums of `tensors` on their grids, merged in a tree."""
+    return _statistics_tree(chunks, chunk_grams, {"model": model, "tensors": tensors}, split_every)
 
 
 def layer_graph(

@@ -19,6 +19,7 @@ from dask_quant.pipeline.chunking import auto_chunk, budget_sessions, thread_mem
 from dask_quant.pipeline.config import Metric, QuantConfig, RunConfig
 from dask_quant.pipeline.failures import killed_worker_message
 from dask_quant.pipeline.gate import start_checks
+from dask_quant.pipeline.gptq import prepared_targets
 from dask_quant.pipeline.guard import collapse_warning
 from dask_quant.pipeline.methods import Method
 from dask_quant.pipeline.progress import Progress
@@ -180,6 +181,9 @@ def run_methods(
         _check_guard_data(config, prepared)
         if config.smooth_quant is not None:
             smoothed_activations(prepared, config)  # bad input stays one line, before any cluster starts
+        for quant in quants:
+            if quant.uses_grams:
+                prepared_targets(prepared, quant.exclude_nodes)
         if remote is not None:
             prepared = remote.share(prepared)
         lap("prepare")
@@ -326,10 +330,15 @@ def calibration_record(calibration: Calibration, methods: list[str]) -> dict:
     passes = {"range_stats": calibration.stats}
     if calibration.histograms is not None:
         passes["histograms"] = calibration.histograms
-    return {
+    record = {
         "methods": methods,
         "passes": {name: dict(zip(Source.names(), value.chunks, strict=True)) for name, value in passes.items()},
     }
+    if calibration.gptq:  # weight-only GPTQ: its Gram pass and the weights solved from it
+        record["gptq"] = [
+            {"bits": w.bits, "block_size": w.block_size, "weights_solved": len(w.nodes)} for w in calibration.gptq
+        ]
+    return record
 
 
 def run_result(run_id, final: Path, config, calibration, quantized, validation, cluster, dashboard, timings):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from dask_quant.pipeline.compute import compute
 from dask_quant.pipeline.config import QuantConfig
+from dask_quant.pipeline.gptq import GptqWeights, gptq_weights
 from dask_quant.pipeline.graph import calibration_graph, histogram_graph
 from dask_quant.pipeline.outputs import CALIBRATION, HISTOGRAMS
 from dask_quant.pipeline.progress import Progress
@@ -35,12 +36,27 @@ class Calibration:
 
     `stats`: the exact observed range of every calibrated tensor;
     `histograms`: integer histograms on global edges (None: no histogram method asked);
-    `model`: the FP32 model they describe (path and sha256).
+    `model`: the FP32 model they describe (path and sha256);
+    `gptq`: weight-only GPTQ's solved nodes per (bits, block size) asked (pipeline.gptq). They are
+    parameters, not statistics, but solved where the Gram matrices they come from were merged, which are
+    too large to bring to the client; they are not saved with the rest.
     """
 
     model: ModelRef
     stats: RangeStats
     histograms: Histograms | None = None
+    gptq: tuple[GptqWeights, ...] = ()
+
+    def gptq_weights(self, quant: QuantConfig) -> GptqWeights:
+        """The solved nodes for `quant` (InputError when this calibration has none for it)."""
+        found = [w for w in self.gptq if (w.bits, w.block_size) == (quant.bits, quant.block_size)]
+        if not found:
+            msg = (
+                f"this calibration has no GPTQ solve for --bits {quant.bits} --block-size {quant.block_size}; "
+                "calibrate with that configuration"
+            )
+            raise InputError(msg)
+        return found[0]
 
     def ranges(self, quant: QuantConfig) -> dict[str, tuple[float, float]]:
         """The (low, high) range `quant`'s method picks for every calibrated activation."""
@@ -113,15 +129,18 @@ def calibrate(
     """Calibrate `prepared`'s model on its calibration data over `client`'s workers.
 
     Pass 1 runs once (none when no scheme of `quants` reads statistics: an
-    empty Calibration); pass 2 runs once if any of `quants` uses histograms,
+    empty Calibration); weight-only GPTQ's own two passes and solve run once
+    for all of its entries (pipeline.gptq); pass 2 runs once if any of `quants` uses histograms,
     with every histogram they read (a method's range search then needs no
     data). `client` is the caller's and is never closed here. With
     `checkpoints`, every chunk's statistics are kept on disk (and reused with
     resume), so an interrupted run can pick up where it stopped.
     """
+    gptq = _gptq(prepared, client, quants, chunk_size, split_every, log, progress)
     if not any(quant.calibrated for quant in quants):
-        log(f"no calibration pass: --scheme {quants[0].scheme.value} reads no activation statistics")
-        return Calibration(prepared.model, RangeStats())
+        if not gptq:
+            log(f"no calibration pass: --scheme {quants[0].scheme.value} reads no activation statistics")
+        return Calibration(prepared.model, RangeStats(), gptq=gptq)
     chunks = dataset_chunks(prepared.calib, chunk_size)
     workers = len(client.scheduler_info(n_workers=-1)["workers"])
     log(f"calibrating {len(prepared.tensors)} tensors over {len(chunks)} chunks on {workers} workers")
@@ -129,10 +148,21 @@ def calibrate(
     (stats,) = compute(client, [graph], "pass 1 (ranges)", progress)
     specs = {spec.key: spec for quant in quants for spec in histogram_specs(stats, quant)}
     if not specs:
-        return Calibration(prepared.model, stats)
+        return Calibration(prepared.model, stats, gptq=gptq)
     ordered = tuple(specs[key] for key in sorted(specs))
     tensors = len({spec.tensor for spec in ordered})
     log(f"pass 2: {len(ordered)} histograms of {tensors} tensors")
     graph = histogram_graph(chunks, prepared.model, prepared.tensors, ordered, split_every, checkpoints)
     (histograms,) = compute(client, [graph], "pass 2 (histograms)", progress)
-    return Calibration(prepared.model, stats, histograms)
+    return Calibration(prepared.model, stats, histograms, gptq)
+
+
+def _gptq(prepared, client, quants, chunk_size, split_every, log, progress) -> tuple[GptqWeights, ...]:
+    """GPTQ's solved nodes for every (bits, block size) the GPTQ entries of `quants` ask, in one pair of passes;
+    the nodes every one of them excludes are not solved (each skips its own when its model is written)."""
+    asking = [quant for quant in quants if quant.uses_grams]
+    if not asking:
+        return ()
+    shapes = tuple(dict.fromkeys((quant.bits, quant.block_size) for quant in asking))
+    excluded = set.intersection(*(set(quant.exclude_nodes) for quant in asking))
+    return gptq_weights(prepared, client, shapes, tuple(sorted(excluded)), chunk_size, split_every, log, progress)

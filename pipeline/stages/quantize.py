@@ -264,8 +264,9 @@ def quantize(
     read_back: bool = True,
 ) -> QuantizedModel:
     """Write the quantized model of `calibration`'s model under `quant` to `path` (plus `exclude`: nodes kept
-    FP32): QDQ from the calibration's ranges (static), quantize_dynamic's model (dynamic) or
-    MatMulNBitsQuantizer's (weight-only); those two read no statistics, so the calibration may be empty.
+    FP32): QDQ from the calibration's ranges (static), quantize_dynamic's model (dynamic),
+    MatMulNBitsQuantizer's (weight-only) or GPTQ's nodes solved by calibrate (weight-only gptq); dynamic and
+    rtn/hqq read no statistics, so the calibration may be empty.
 
     The model file is read from calibration.model.path (the user's model at a
     URL from there) and must still have the sha256 it was calibrated with; a
@@ -315,6 +316,11 @@ def quantize(
         warnings = write_quantized_model(given, tensors_data(ranges, calibration.stats), quant, path, large)
     elif quant.scheme is Scheme.DYNAMIC:
         warnings = write_dynamic_model(given, quant, path, large)
+    elif quant.uses_grams:
+        from dask_quant.pipeline.gptq import write_gptq_model
+
+        write_gptq_model(given, calibration.gptq_weights(quant), quant.exclude_nodes, path, large)
+        warnings = []
     else:
         warnings = write_weight_only_model(given, quant, path, large)
     qparams = tuple(read_qparams(onnx.load(str(path)))) if read_back else ()
