@@ -12,6 +12,7 @@ import click
 
 from dask_quant.pipeline.config import Scheme, WeightAlgorithm
 from dask_quant.pipeline.methods import Method, cli_help
+from dask_quant.pipeline.presets import Preset
 from dask_quant.tasks.errors import InputError
 
 
@@ -77,6 +78,14 @@ quant_options = option_group(
         show_default=True,
         help="How --scheme weight-only quantizes each block: round to nearest, HQQ, or GPTQ (from the calibration "
         "set's Gram matrices, solved on the workers; 4 bits).",
+    ),
+    click.option(
+        "--preset",
+        type=click.Choice([preset.value for preset in Preset]),
+        default=None,
+        help="A hardware preset: the options an execution provider's own guidance gives (cpu: S8S8 QDQ per-channel; "
+        "tensorrt: symmetric int8 and its calibration table; qnn: ONNX Runtime's get_qnn_qdq_config). It fills "
+        "the options it names; one given with another value is refused.",
     ),
     click.option(
         "--method",
@@ -228,9 +237,27 @@ def cluster_config(options: dict):
     )
 
 
+def _refuse_preset_conflicts(options: dict) -> None:
+    """An option given on the command line beside a --preset that sets it otherwise, even to its default
+    (QuantConfig itself only sees values, so it cannot tell a default given from one left alone)."""
+    from click.core import ParameterSource
+
+    from dask_quant.pipeline.config import preset_conflict
+    from dask_quant.pipeline.presets import PRESETS
+
+    context = click.get_current_context(silent=True)
+    if context is None or options.get("preset") is None:
+        return
+    preset = Preset(options["preset"])
+    for name, value in PRESETS[preset].quant:
+        if context.get_parameter_source(name) is ParameterSource.COMMANDLINE and options[name] != value:
+            raise preset_conflict(preset, name, options[name])
+
+
 def quant_fields(options: dict) -> dict:
     """The quantization options given on the command line: QuantConfig's fields but the method (each entry
     of --method brings its own: pipeline.config.entry_configs)."""
+    _refuse_preset_conflicts(options)
     return {
         "percentile": options["percentile"],
         "num_bins": options["num_bins"],
@@ -245,6 +272,7 @@ def quant_fields(options: dict) -> dict:
         "bits": options["bits"],
         "block_size": options["block_size"],
         "algorithm": options["algorithm"],
+        "preset": options["preset"],
     }
 
 

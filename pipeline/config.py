@@ -8,6 +8,7 @@ from pathlib import Path
 
 from dask_quant.cluster.config import ClusterConfig
 from dask_quant.pipeline.methods import Method, info, parse_method
+from dask_quant.pipeline.presets import Preset
 from dask_quant.tasks.errors import InputError
 from dask_quant.tasks.storage import is_url
 
@@ -78,9 +79,12 @@ class QuantConfig:
     bits: int = 4  # weight-only: bits per weight
     block_size: int = 32  # weight-only: weights per block (along the MatMul's input axis)
     algorithm: WeightAlgorithm = WeightAlgorithm.RTN  # weight-only: how blocks are quantized
+    preset: Preset | None = None  # a hardware preset (pipeline.presets): fills the options it names
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
+        if self.preset is not None:
+            self._apply_preset()
         object.__setattr__(self, "method", parse_method(self.method))
         self._enum("scheme", Scheme, "scheme")
         self._enum("algorithm", WeightAlgorithm, "--algorithm")
@@ -102,6 +106,21 @@ class QuantConfig:
             msg = f"--num-bins ({self.num_bins}) must be at least --num-quantized-bins ({self.num_quantized_bins})"
             raise InputError(msg)
         self._check_scheme()
+
+    def _apply_preset(self) -> None:
+        """The preset's options in place of defaults; an option given with another value is refused."""
+        from dask_quant.pipeline.presets import PRESETS
+
+        self._enum("preset", Preset, "--preset")
+        defaults = {f.name: f.default for f in fields(QuantConfig)}
+        for name, value in PRESETS[self.preset].quant:
+            given = getattr(self, name)
+            given = given.value if isinstance(given, Enum) else given
+            if given == value:
+                continue
+            if given != (defaults[name].value if isinstance(defaults[name], Enum) else defaults[name]):
+                raise preset_conflict(self.preset, name, given)
+            object.__setattr__(self, name, value)
 
     def _enum(self, name: str, kind: type[Enum], what: str, note: str = "") -> None:
         """Field `name` as a member of `kind` (InputError naming the choices if it is none)."""
@@ -157,6 +176,10 @@ class QuantConfig:
     def uses_grams(self) -> bool:
         """Whether the scheme reads the Gram matrices of MatMul inputs (weight-only GPTQ)."""
         return self.scheme is Scheme.WEIGHT_ONLY and self.algorithm is WeightAlgorithm.GPTQ
+
+    @property
+    def precision(self) -> str:
+        return precision_name(self.scheme, self.bits)
 
     @property
     def label(self) -> str:
@@ -237,6 +260,14 @@ class RunConfig:
         self.storage  # noqa: B018  (refuses options without a URL to apply them to)
 
     @property
+    def writes_tensorrt_table(self) -> bool:
+        """--tensorrt-table, or a preset that asks for the table."""
+        from dask_quant.pipeline.presets import PRESETS
+
+        preset = self.quant.preset
+        return self.tensorrt_table or (preset is not None and PRESETS[preset].tensorrt_table)
+
+    @property
     def storage(self) -> dict[str, dict]:
         """--storage-option per protocol of the job's URLs (pipeline.storage_options)."""
         from dask_quant.pipeline.storage_options import by_protocol
@@ -284,6 +315,32 @@ def _flag(name: str, value) -> str:
     if isinstance(value, bool) or isinstance(value, tuple):
         return flag
     return f"{flag} {value.value if isinstance(value, Enum) else value}"
+
+
+def precision_name(scheme: Scheme | str, bits: int) -> str:
+    """How titles and summaries name the quantized model: INT4 for 4-bit weight-only, INT8 otherwise."""
+    return f"INT{bits}" if Scheme(scheme) is Scheme.WEIGHT_ONLY else "INT8"
+
+
+def preset_conflict(preset: Preset, name: str, given) -> InputError:
+    """The refusal of QuantConfig field `name` given as `given` beside a preset that sets it otherwise (a value
+    left at its default takes the preset's; the command line also refuses a default given explicitly)."""
+    from dask_quant.pipeline.presets import PRESETS
+
+    value = dict(PRESETS[preset].quant)[name]
+    return InputError(
+        f"--preset {preset.value} sets {_said(name, value)}, so {_said(name, given)} does not apply: drop it, "
+        "or drop --preset"
+    )
+
+
+def _said(name: str, value) -> str:
+    """How the command line says QuantConfig field `name` is `value` (booleans either way)."""
+    if name == "per_channel":
+        return "--per-channel" if value else "--per-tensor"
+    if name == "symmetric":
+        return "--symmetric" if value else "asymmetric activations (no --symmetric)"
+    return _flag(name, value)
 
 
 SWEPT_SCHEMES = (Scheme.DYNAMIC, Scheme.WEIGHT_ONLY)  # what a sweep entry may name besides a method

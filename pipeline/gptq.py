@@ -20,6 +20,9 @@ from pathlib import Path
 from dask_quant.tasks.errors import Refused
 from dask_quant.tasks.gptq import MatMulTarget, SolvedNode
 
+# A partial Gram statistic holds K(K+1)/2 int64 per MatMul input (68 MiB for MiniLM's 24): merged in pairs,
+# a task holds three of them, not split_every + 1, and the worker's peak stops growing with the chunks.
+GRAM_FAN_IN = 2
 GPTQ_OP = "MatMul"  # what ONNX Runtime's GPTQ quantizes: MatMul with a constant 2-D weight
 
 
@@ -72,7 +75,7 @@ def solve_graph(chunks, model, tensors, targets, shapes, split_every: int):
     from dask_quant.pipeline.graph import gram_graph
     from dask_quant.tasks.gptq import solve_gptq
 
-    grams = gram_graph(chunks, model, tensors, split_every)
+    grams = gram_graph(chunks, model, tensors, min(split_every, GRAM_FAN_IN))
     graph, token = dict(grams.dask), grams.key[0]
     roots = []
     for i, (bits, block) in enumerate(shapes):

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
+# What the dynamic and weight-only schemes write in place of a node: its output is then made by another op.
+QUANTIZED_FORMS = {"MatMulNBits": "MatMul", "MatMulInteger": "MatMul", "ConvInteger": "Conv"}
 
 
 NODE, SHARED, OP_TYPE = "node", "shared", "op type"
@@ -42,8 +44,9 @@ class Group:
 
 def quantized_nodes(int8_proto, fp32_proto, op_types: tuple[str, ...]) -> tuple[str, ...]:
     """Names of the FP32 model's nodes of `op_types` (what the quantizer was asked to quantize) that read a
-    DequantizeLinear output in the INT8 model, in graph order. A node of another type can read one too (a
-    Tanh after a quantized MatMul's output) but excluding it would change nothing."""
+    DequantizeLinear output in the INT8 model (static QDQ), or whose output another op makes there
+    (dynamic's MatMulInteger, weight-only's MatMulNBits), in graph order. A node of another type can read
+    a dequantized value too (a Tanh after a quantized MatMul's output) but excluding it would change nothing."""
     made_by = {out: node.op_type for node in int8_proto.graph.node for out in node.output}
     quantized = {
         node.name
@@ -51,7 +54,12 @@ def quantized_nodes(int8_proto, fp32_proto, op_types: tuple[str, ...]) -> tuple[
         if node.op_type not in _QDQ and any(made_by.get(name) == "DequantizeLinear" for name in node.input)
     }
     wanted = set(op_types)
-    return tuple(node.name for node in fp32_proto.graph.node if node.name in quantized and node.op_type in wanted)
+    return tuple(
+        node.name
+        for node in fp32_proto.graph.node
+        if node.op_type in wanted
+        and (node.name in quantized or made_by.get(node.output[0], node.op_type) != node.op_type)
+    )
 
 
 def _quantized_activations(int8_proto, fp32_names: set[str]) -> set[str]:
@@ -125,13 +133,15 @@ def weighted_nodes(fp32_proto, groups: tuple[Group, ...]) -> set[str]:
 
 
 def int8_share(int8_proto, op_types: tuple[str, ...] = WEIGHTED) -> dict[str, tuple[int, int]]:
-    """Per op type in `op_types`: (nodes whose every input is dequantized, nodes) in a QDQ model."""
+    """Per op type in `op_types`: (nodes in INT8, nodes): in a QDQ model those whose every input is
+    dequantized; a MatMulNBits or MatMulInteger counts as a MatMul in INT8 (QUANTIZED_FORMS)."""
     made_by = {out: node.op_type for node in int8_proto.graph.node for out in node.output}
     share: dict[str, tuple[int, int]] = {}
     for node in int8_proto.graph.node:
-        if node.op_type in op_types:
+        op_type = QUANTIZED_FORMS.get(node.op_type, node.op_type)
+        if op_type in op_types:
             inputs = [name for name in node.input[:2] if name]
-            int8 = all(made_by.get(name) == "DequantizeLinear" for name in inputs)
-            done, total = share.get(node.op_type, (0, 0))
-            share[node.op_type] = (done + int8, total + 1)
+            int8 = op_type != node.op_type or all(made_by.get(name) == "DequantizeLinear" for name in inputs)
+            done, total = share.get(op_type, (0, 0))
+            share[op_type] = (done + int8, total + 1)
     return share

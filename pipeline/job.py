@@ -22,6 +22,7 @@ from dask_quant.pipeline.gate import start_checks
 from dask_quant.pipeline.gptq import prepared_targets
 from dask_quant.pipeline.guard import collapse_warning
 from dask_quant.pipeline.methods import Method
+from dask_quant.pipeline.presets import preset_line
 from dask_quant.pipeline.progress import Progress
 from dask_quant.pipeline.qparams import QParam
 from dask_quant.pipeline.remote_out import RemoteOut
@@ -198,6 +199,8 @@ def run_methods(
                 lap("cluster_start")
                 cluster, dashboard = cluster_record(dask_client, log)
                 log_preparation(prepared, log)  # once the job is sure to run: bad input stays one line
+                for preset in dict.fromkeys(quant.preset for quant in quants if quant.preset is not None):
+                    log(preset_line(preset))
                 config, prepared, chunking = decide_chunking(config, prepared, auto, dask_client, log)
                 if config.smooth_quant is not None:
                     prepared = smooth(prepared, config, dask_client, log, bar, models)

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from dask_quant.pipeline import outputs, plots, results
+from dask_quant.pipeline.config import precision_name
 from dask_quant.pipeline.groups import WEIGHTED
 from dask_quant.pipeline.guard import collapse_reason
 from dask_quant.pipeline.methods import info
@@ -144,7 +145,12 @@ def _config_table(run: dict) -> str:
             }
             if quant["scheme"] == "dynamic"
             else {
-                "scheme": f"weight-only, {quant['algorithm']} (ONNX Runtime's MatMulNBitsQuantizer)",
+                "scheme": f"weight-only, {quant['algorithm']} "
+                + (
+                    "(distributed GPTQ, packed as ONNX Runtime's MatMulNBits)"
+                    if quant["algorithm"] == "gptq"
+                    else "(ONNX Runtime's MatMulNBitsQuantizer)"
+                ),
                 "activations": "FP32",
             }
         ),
@@ -184,6 +190,12 @@ def _outputs_table(run: dict) -> str:
     return f"<h2>Outputs</h2><table><tr><th>output</th><th>metrics</th><th>FP32 against INT8</th></tr>{rows}</table>"
 
 
+def _precision(run: dict) -> str:
+    """INT4 or INT8, as config.precision_name names the run's model."""
+    quant = run["config"]["quant"]
+    return precision_name(quant.get("scheme", "static"), quant.get("bits", 8))
+
+
 def _tune(run: dict) -> str:
     """The tune search's section: what was reverted, the metric before and after, the sensitivity chart."""
     tune = run.get("tune")
@@ -216,7 +228,8 @@ def _tune(run: dict) -> str:
         f"{len(taken)} of {tune['groups']} quantizer groups kept in FP32 ({_plural(len(tune['reverted']), 'node')}): "
         f"{reverted}. "
         f"Metric on every validation row {tune['metric_before']:.5f} → {tune['metric_after']:.5f}; "
-        f"INT8: {_e(share) or '-'}. {experiments['computed']} experiments run, {experiments['reused']} reused, "
+        f"{_precision(run)}: {_e(share) or '-'}. "
+        f"{experiments['computed']} experiments run, {experiments['reused']} reused, "
         f"{_plural(tune['rounds'], 'ranking round')} on {tune['ranking_samples']} rows "
         f"(<code>trials.parquet</code>).</p>{chart}"
     )
@@ -271,7 +284,7 @@ def render(run_dir: Path) -> str:
     return (
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>dask-quant · {_e(name)}</title>"
         f"<style>{_STYLE}</style><script>{_SCRIPT}</script></head><body>"
-        f"<h1>{_e(name)} → INT8</h1><p class=sub>run {_e(run['run_id'])} · {_e(run['created_utc'])}</p>"
+        f"<h1>{_e(name)} → {_precision(run)}</h1><p class=sub>run {_e(run['run_id'])} · {_e(run['created_utc'])}</p>"
         '<div id="broken">Some charts failed to load.</div>'
         f"{_collapse(run)}"
         f'<div class="cards">{_cards(run)}</div>{_outputs_table(run)}{_tune(run)}<h2>Per-layer error</h2>{per_layer}'

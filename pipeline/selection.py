@@ -19,6 +19,20 @@ def default_op_types() -> tuple[str, ...]:
     return tuple(sorted(set(QLinearOpsRegistry) | set(QDQRegistry)))
 
 
+def scheme_op_types(quant) -> tuple[str, ...]:
+    """The op types `quant`'s scheme quantizes: --op-types, else what its ORT tool takes by default
+    (quantize_static's registries; quantize_dynamic's IntegerOps registry; MatMulNBitsQuantizer's MatMul)."""
+    from dask_quant.pipeline.config import Scheme
+
+    if quant.op_types:
+        return tuple(quant.op_types)
+    if quant.scheme is Scheme.DYNAMIC:
+        from onnxruntime.quantization.registry import IntegerOpsRegistry
+
+        return tuple(sorted(IntegerOpsRegistry))
+    return ("MatMul",) if quant.scheme is Scheme.WEIGHT_ONLY else default_op_types()
+
+
 def tensors_to_calibrate(
     proto, op_types: tuple[str, ...] = (), exclude_nodes: tuple[str, ...] = ()
 ) -> tuple[tuple[str, int], ...]:

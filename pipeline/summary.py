@@ -30,12 +30,13 @@ def format_summary(result: RunResult) -> str:
     if result.latency:
         lat = result.latency
         lines.append(
-            f"  latency          FP32 {lat.fp32_seconds_per_sample * 1e3:.3f} -> INT8 "
+            f"  latency          FP32 {lat.fp32_seconds_per_sample * 1e3:.3f} -> {result.quant.precision} "
             f"{lat.int8_seconds_per_sample * 1e3:.3f} ms/sample ({lat.speedup:.2f}x; batch {lat.batch_size}, "
             f"1 thread, median of {lat.repeats})"
         )
     lines += [
-        f"  model size       FP32 {file_size(result.fp32_bytes)} -> INT8 {file_size(result.int8_bytes)} ({change})",
+        f"  model size       FP32 {file_size(result.fp32_bytes)} -> {result.quant.precision} "
+        f"{file_size(result.int8_bytes)} ({change})",
         f"  quantized        {_quantized(result.quant, activations, len(result.qparams) - activations)}",
         f"  workers          {result.workers}; {sum(result.timings.values()):.1f} s including cluster start",
         f"  written to       {result.run_dir}",

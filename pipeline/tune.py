@@ -37,7 +37,7 @@ from dask_quant.pipeline.job import (
 )
 from dask_quant.pipeline.progress import Progress
 from dask_quant.pipeline.search import ALL, RANKING, Experiment, SearchResult, greedy_search
-from dask_quant.pipeline.selection import default_op_types
+from dask_quant.pipeline.selection import scheme_op_types
 from dask_quant.pipeline.smoothing import excluding_smoothing
 from dask_quant.pipeline.stages.calibrate import calibrate
 from dask_quant.pipeline.stages.prepare import dataset_chunks, prepare
@@ -201,13 +201,6 @@ def tune(
     if config.val is None:
         msg = "tune scores every variant on validation data: pass --val"
         raise InputError(msg)
-    if not config.quant.calibrated:
-        scheme = config.quant.scheme.value
-        msg = (
-            f"tune searches which QDQ groups of a static model stay FP32; --scheme {scheme} is not searched yet: "
-            f"quantize with `dask-quant run --scheme {scheme}`, or tune the static scheme"
-        )
-        raise InputError(msg)
     if is_url(config.out) or is_url(config.model):
         where = f"--out {config.out}" if is_url(config.out) else f"MODEL {config.model}"
         msg = f"{where}: tune works with local paths (or ones all workers see) so far; run takes URLs"
@@ -219,7 +212,7 @@ def tune(
     with ExitStack() as stack:
         stack.enter_context(storage_options.applied(config.storage))
         run_dir = stack.enter_context(
-            results.RunDirectory(config.out, results.new_run_id(config.model, f"{config.quant.method.value}-tuned"))
+            results.RunDirectory(config.out, results.new_run_id(config.model, f"{config.quant.label}-tuned"))
         )
         prepared = prepare(config)
         stack.callback(prepared.discard)
@@ -252,7 +245,7 @@ def tune(
                 )  # fmt: skip
                 lap("calibrate")
                 full = quantize(calibration, config.quant, work.folder / "full.int8.onnx")
-                op_types = config.quant.op_types or default_op_types()
+                op_types = scheme_op_types(config.quant)
                 groups = quantizer_groups(
                     _load(full.path), prepared.proto, op_types, config.quant.exclude_nodes, config.quant.fp32_outputs
                 )
@@ -314,7 +307,7 @@ def tune(
             sections = {
                 "cluster": cluster,
                 "chunking": chunking,
-                "calibration": calibration_record(calibration, [config.quant.method.value]),
+                "calibration": calibration_record(calibration, [config.quant.label]),
                 "timings_s": lap.timings,
                 "tune": _tune_record(tuning, search, groups, store, _load(run_dir.tmp / results.MODEL_FILE)),
             }

@@ -38,8 +38,8 @@ def grid_exponents(channel_max: np.ndarray) -> tuple[int, ...]:
 @dataclass(frozen=True)
 class Gram:
     """Sum over rows of x_i * x_j for one activation, on the grid of `exponents` (int64 counts of
-    2**(e_i + e_j - 2 * GRID_BITS), held as bytes so the value is immutable); `rows` the rows summed,
-    `samples` the calibration samples they came from."""
+    2**(e_i + e_j - 2 * GRID_BITS); the upper triangle, row by row, held as bytes so the value is immutable
+    and half the size); `rows` the rows summed, `samples` the calibration samples they came from."""
 
     exponents: tuple[int, ...]
     raw: bytes
@@ -48,12 +48,16 @@ class Gram:
 
     @classmethod
     def of(cls, exponents: tuple[int, ...], sums: np.ndarray, rows: int, samples: int) -> Gram:
-        return cls(tuple(exponents), np.ascontiguousarray(sums, dtype=np.int64).tobytes(), rows, samples)
+        upper = np.asarray(sums, dtype=np.int64)[np.triu_indices(len(exponents))]
+        return cls(tuple(exponents), upper.tobytes(), rows, samples)
 
     @property
     def sums(self) -> np.ndarray:
+        """The symmetric matrix of sums."""
         channels = len(self.exponents)
-        return np.frombuffer(self.raw, dtype=np.int64).reshape(channels, channels)
+        full = np.zeros((channels, channels), dtype=np.int64)
+        full[np.triu_indices(channels)] = np.frombuffer(self.raw, dtype=np.int64)
+        return full + np.triu(full, 1).T
 
     def merge(self, other: Gram) -> Gram:
         if other.exponents != self.exponents:
@@ -66,7 +70,8 @@ class Gram:
                 f"set has more ({rows}); calibrate GPTQ on fewer samples"
             )
             raise InputError(msg)
-        return Gram.of(self.exponents, self.sums + other.sums, rows, self.samples + other.samples)
+        total = np.frombuffer(self.raw, dtype=np.int64) + np.frombuffer(other.raw, dtype=np.int64)
+        return Gram(self.exponents, total.tobytes(), rows, self.samples + other.samples)
 
     def matrix(self) -> np.ndarray:
         """The Gram matrix as float64 (each entry rounded once)."""
@@ -95,9 +100,11 @@ class Grams:
 
 def gram_sums(values: np.ndarray, exponents: tuple[int, ...]) -> np.ndarray:
     """The int64 Gram sums of `values` (rows x channels) on the grid of `exponents`."""
-    scaled = np.ldexp(values.astype(np.float64), GRID_BITS - np.asarray(exponents))
+    on_grid = values.astype(np.float64)  # one copy, then rounded in place
+    np.ldexp(on_grid, GRID_BITS - np.asarray(exponents), out=on_grid)
+    np.rint(on_grid, out=on_grid)
     bound = float(1 << GRID_BITS)  # a value of a later pass a float ulp above its channel's bound stays in
-    on_grid = np.clip(np.rint(scaled), -bound, bound)
+    np.clip(on_grid, -bound, bound, out=on_grid)
     sums = np.zeros((len(exponents), len(exponents)), dtype=np.int64)
     for start in range(0, len(on_grid), BLOCK_ROWS):
         block = on_grid[start : start + BLOCK_ROWS]

@@ -44,7 +44,7 @@ def write_run(
         names = tuple(name for name, _, _ in validation.by_output())
         outputs.VALIDATION.write(tmp, run_id, validation.per_chunk, names)
         outputs.LAYERS.write(tmp, run_id, validation.layers)
-    if config.tensorrt_table:
+    if config.writes_tensorrt_table:
         write_tensorrt_table(tensors_data(quantized.ranges, calibration.stats), tmp / results.TENSORRT_DIR)
     config = replace(config, quant=quantized.quant, chunk_size=prepared.chunk_size)
     source = prepared.source or prepared.model

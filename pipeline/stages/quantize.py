@@ -21,6 +21,7 @@ import numpy as np
 from dask_quant.pipeline.config import ActivationType, QuantConfig, Scheme, WeightAlgorithm
 from dask_quant.pipeline.logs import captured_logs
 from dask_quant.pipeline.preparation import PER_CHANNEL_OPSET, default_opset, needed_opset
+from dask_quant.pipeline.presets import Preset, qnn_kwargs
 from dask_quant.pipeline.qparams import QParam, read_qparams
 from dask_quant.pipeline.selection import default_op_types
 from dask_quant.pipeline.stages.calibrate import Calibration
@@ -41,10 +42,15 @@ def tensors_data(ranges: Mapping[str, tuple[float, float]], stats: RangeStats):
     return TensorsData(CalibrationMethod.MinMax, data)
 
 
-def quantize_kwargs(config: QuantConfig) -> dict:
-    """Options for onnxruntime.quantization.quantize_static matching `config`."""
+def quantize_kwargs(config: QuantConfig, model=None) -> dict:
+    """Options for onnxruntime.quantization.quantize_static matching `config` (for --preset qnn, what
+    get_qnn_qdq_config gives for `model`, a ModelProto or a path)."""
     from onnxruntime.quantization import QuantFormat, QuantType
 
+    if config.preset is Preset.QNN:
+        kwargs = qnn_kwargs(model, config)
+        kwargs["extra_options"].update(_extra_options(config))
+        return kwargs
     activation = {
         ActivationType.UINT8: QuantType.QUInt8,
         ActivationType.INT8: QuantType.QInt8,
@@ -96,7 +102,7 @@ def write_quantized_model(model, ranges, config: QuantConfig, out_path: Path, la
             calibrate_method=CalibrationMethod.MinMax,
             calibration_cache_path=str(cache),
             use_external_data_format=large,
-            **quantize_kwargs(config),
+            **quantize_kwargs(config, model),
         )
     if large:
         share_like_model(out_path)

@@ -88,14 +88,6 @@ def test_options_that_set_static_ranges_are_refused_with_the_dynamic_scheme(tmp_
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "--symmetric does not apply: drop it, or use --scheme static" in done.stderr
     assert not any(tmp_path.iterdir())
-    model, calib, val = (builtin_path(name) for name in (MODEL, CALIB, VAL))
-    tuned = dask_quant(
-        "tune", model, "--calib", calib, "--val", val, "--scheme", "dynamic", "--target", "cosine>=0.99", "--out",
-        tmp_path,
-    )  # fmt: skip
-    assert tuned.returncode == 2 and "Traceback" not in tuned.stderr
-    assert "--scheme dynamic is not searched yet: quantize with `dask-quant run --scheme dynamic`" in tuned.stderr
-    assert not any(tmp_path.iterdir())
 
 
 def test_weights_in_constant_nodes_are_folded_first_or_refused_in_one_line(tmp_path, client):
@@ -223,3 +215,46 @@ def test_one_run_sweeps_a_method_and_the_schemes_each_as_it_runs_alone(tmp_path,
         assert published == (alone.run_dir / results.MODEL_FILE).read_bytes(), entry
         record = json.loads((runs[entry] / results.RUN_FILE).read_text())
         assert record["summary"]["mean_cosine"] == pytest.approx(alone.validation.mean_cosine, abs=0), entry
+
+
+def _three_matmuls(path):
+    """x -> MatMul -> Relu -> MatMul (one huge weight per block of each column) -> Relu -> MatMul: 4-bit
+    blocks of 32 scaled to the outlier round the middle weight's other values to zero."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(4)
+    weights = [(rng.normal(size=(64, 64)) / 8).astype(np.float32) for _ in range(3)]
+    weights[1][::32] = 40.0
+    nodes, names = [], ["x", "a", "a_relu", "b", "b_relu", "y"]
+    for i, (source, made) in enumerate(((0, 1), (2, 3), (4, 5))):
+        nodes.append(helper.make_node("MatMul", [names[source], f"w{i}"], [names[made]], name=f"mm{i}"))
+        if i < 2:
+            nodes.append(helper.make_node("Relu", [names[made]], [names[made + 1]], name=f"relu{i}"))
+    graph = helper.make_graph(
+        nodes, "three", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 64])],
+        [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    np.savez(path.with_suffix(".npz"), x=rng.normal(size=(96, 64)).astype(np.float32))
+    return path, path.with_suffix(".npz")
+
+
+@pytest.mark.parametrize("scheme", ["weight-only", "dynamic"])
+def test_tune_searches_the_schemes_that_calibrate_nothing(tmp_path, client, scheme):
+    """The MatMul whose blocks an outlier ruins is the one tune keeps in FP32, under either scheme."""
+    from dask_quant.pipeline.target import Target
+    from dask_quant.pipeline.tune import TuneConfig, tune
+
+    model, data = _three_matmuls(tmp_path / "three.onnx")
+    config = dq.RunConfig(
+        model=model, calib=data, val=data, out=tmp_path / "runs", layers="none", quant=dq.QuantConfig(scheme=scheme)
+    )
+    tuned = tune(config, TuneConfig(Target("cosine", 0.99), ranking_samples=16), client=client)
+    assert [g.name for g in tuned.groups] == ["mm0", "mm1", "mm2"]
+    assert tuned.search.met and tuned.search.reverted == ("mm1",), tuned.search
+    assert tuned.search.baseline.mean_cosine < 0.99 <= tuned.search.final.mean_cosine
+    record = json.loads((tuned.run.run_dir / results.RUN_FILE).read_text())
+    assert record["tune"]["int8_share"]["MatMul"] == {"int8": 2, "total": 3}
+    assert record["config"]["quant"]["scheme"] == scheme

@@ -92,6 +92,46 @@ def test_model_is_bit_identical_to_quantize_static(case, quant, reference_option
     assert model_signature(ours) == model_signature(theirs)
 
 
+# Each hardware preset beside ONNX Runtime's own flow for that execution provider, spelled out here.
+PRESET_REFERENCES = {
+    "cpu": dict(per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8),
+    "tensorrt": dict(
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        extra_options={"ActivationSymmetric": True},
+    ),
+    "qnn": None,  # get_qnn_qdq_config's StaticQuantConfig, handed to onnxruntime.quantization.quantize
+}
+
+
+@pytest.mark.parametrize("case", ["digits", "residual"])
+@pytest.mark.parametrize("preset", sorted(PRESET_REFERENCES))
+def test_each_preset_is_its_execution_providers_own_flow(case, preset, residual, tmp_path):
+    """The documented options of each preset, bit for bit: for QNN, ORT's get_qnn_qdq_config and quantize(),
+    as its QNN guide does it (with the op types ORT's QDQ quantizer registers, as the preset documents)."""
+    from onnxruntime.quantization import quantize
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+    from reference import BatchReader
+
+    model, calib, names = _cases(residual)[case]
+    quant = QuantConfig(preset=preset)
+    prepared, stats = distributed_stats(RunConfig(out=tmp_path, model=model, calib=calib, chunk_size=23, quant=quant))
+    ours = tmp_path / "ours.onnx"
+    write_quantized_model(prepared.proto, minmax_data(stats), quant, ours)
+    arrays = load_arrays(calib, names)
+    rows = len(next(iter(arrays.values())))
+    theirs = tmp_path / "ref.onnx"
+    if PRESET_REFERENCES[preset] is None:
+        config = get_qnn_qdq_config(
+            prepared.model.path, BatchReader(arrays, rows), op_types_to_quantize=list(default_op_types())
+        )
+        quantize(prepared.model.path, str(theirs), config)
+    else:
+        reference_model(prepared.model.path, arrays, batch=rows, kwargs=PRESET_REFERENCES[preset], out=theirs)
+    assert model_signature(ours) == model_signature(theirs)
+
+
 @pytest.mark.parametrize("case", ["digits", "residual"])
 def test_ranges_are_bit_identical_to_ort_minmax_calibrator(case, residual, tmp_path):
     model, calib, names = _cases(residual)[case]
