@@ -166,3 +166,18 @@ def run_measured(args: list[str]) -> tuple[subprocess.CompletedProcess, float, i
     stop.set()
     watcher.join()
     return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr), seconds, max(peaks.values(), default=0)
+
+
+TO_THE_MODEL = ("prepare", "calibrate", "quantize")  # run.json's laps up to the quantized model
+
+
+def measured_run(args: list[str], out: Path) -> tuple[Path, float, float, int]:
+    """`dask-quant run ARGS --out OUT`, measured: (its run directory, seconds to the quantized model from
+    run.json's laps, wall seconds, largest RSS in KiB of one process); SystemExit with its stderr if it fails."""
+    proc, wall, peak = run_measured([sys.executable, "-m", "dask_quant", "run", *args, "--out", str(out)])
+    if proc.returncode != 0:
+        msg = f"{out.name} failed: {proc.stderr.strip()[-2000:]}"
+        raise SystemExit(msg)
+    (run_dir,) = [d for d in out.iterdir() if not d.name.startswith(".")]
+    timings = json.loads((run_dir / "run.json").read_text())["timings_s"]
+    return run_dir, sum(timings[lap] for lap in TO_THE_MODEL), wall, peak

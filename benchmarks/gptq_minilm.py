@@ -24,7 +24,6 @@ grew with the calibration set.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -33,26 +32,18 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import minilm_main, run_measured  # noqa: E402
+from common import measured_run, minilm_main, run_measured  # noqa: E402
 from smoothquant_minilm import embeddings, mean_cosine  # noqa: E402
 
 WEIGHT_ONLY = ["--scheme", "weight-only", "--bits", "4", "--block-size", "32"]
-QUANTIZING = ("prepare", "calibrate", "quantize")
 
 
 def _ours(cache: Path, calib: Path, out: Path, workers: int, algorithm: str):
-    command = [
-        sys.executable, "-m", "dask_quant", "run", str(cache / "minilm.onnx"), "--calib", str(calib),
-        "--val", str(cache / "minilm_val.npz"), "--out", str(out), "--workers", str(workers), "--layers", "none",
-        *WEIGHT_ONLY, "--algorithm", algorithm,
+    args = [
+        str(cache / "minilm.onnx"), "--calib", str(calib), "--val", str(cache / "minilm_val.npz"),
+        "--workers", str(workers), "--layers", "none", *WEIGHT_ONLY, "--algorithm", algorithm,
     ]  # fmt: skip
-    proc, wall, peak = run_measured(command)
-    if proc.returncode != 0:
-        msg = f"{out.name} failed: {proc.stderr.strip()[-2000:]}"
-        raise SystemExit(msg)
-    (run_dir,) = [d for d in out.iterdir() if not d.name.startswith(".")]
-    timings = json.loads((run_dir / "run.json").read_text())["timings_s"]
-    return run_dir, sum(timings[lap] for lap in QUANTIZING), wall, peak
+    return measured_run(args, out)
 
 
 def main() -> None:

@@ -23,6 +23,10 @@ from dask_quant.tasks.gptq import MatMulTarget, SolvedNode
 # A partial Gram statistic holds K(K+1)/2 int64 per MatMul input (68 MiB for MiniLM's 24): merged in pairs,
 # a task holds three of them, not split_every + 1, and the worker's peak stops growing with the chunks.
 GRAM_FAN_IN = 2
+# A chunk's Gram sums cost K^2 whatever its rows: with 64 rows of a 1024-wide MLP they were 12 MiB against
+# 0.25 MiB of data, and 256 chunks spent their time allocating and merging sums. The GPTQ passes take
+# chunks of up to K rows (the widest input's), as long as their activations stay within this.
+GRAM_CHUNK_BYTES = 256 * 2**20
 GPTQ_OP = "MatMul"  # what ONNX Runtime's GPTQ quantizes: MatMul with a constant 2-D weight
 
 
@@ -123,14 +127,26 @@ def gptq_weights(
     targets = prepared_targets(prepared, exclude_nodes)
     channels = {t.activation: _rows(proto, t.weight) for t in targets}
     wanted = tuple((name, tensors.get(name, 1), rows) for name, rows in sorted(channels.items()))
-    chunks = dataset_chunks(prepared.calib, chunk_size)
-    log(f"GPTQ: Gram matrices of {len(wanted)} MatMul inputs, then {len(targets)} weights solved on the workers")
+    rows = gram_chunk_rows(chunk_size, prepared.row_bytes, max(channels.values()))
+    chunks = dataset_chunks(prepared.calib, rows)
+    log(
+        f"GPTQ: Gram matrices of {len(wanted)} MatMul inputs in {len(chunks)} chunks of up to {rows} rows, then "
+        f"{len(targets)} weights solved on the workers"
+    )
     maxima_graph = channel_max_graph(chunks, prepared.model, wanted, split_every)
     (maxima,) = compute(client, [maxima_graph], "GPTQ pass 1 (channel maxima)", progress)
     grids = tuple((name, elem, grid_exponents(maxima.get(name).array())) for name, elem, _ in wanted)
     graph = solve_graph(chunks, prepared.model, grids, tuple(targets), tuple(shapes), split_every)
     (solved,) = compute(client, [graph], "GPTQ pass 2 (Gram matrices) and solve", progress)
     return solved
+
+
+def gram_chunk_rows(chunk_size: int, row_bytes: int | None, widest: int) -> int:
+    """Rows per chunk of the GPTQ passes: the run's chunk size, raised towards the widest MatMul input's
+    channels while a chunk's activations (`row_bytes` a row, when known) stay within GRAM_CHUNK_BYTES."""
+    if not row_bytes:
+        return chunk_size
+    return max(chunk_size, min(widest, GRAM_CHUNK_BYTES // row_bytes))
 
 
 def _rows(proto, weight: str) -> int:
