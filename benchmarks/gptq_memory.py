@@ -81,11 +81,11 @@ def main() -> None:
         for rows in sizes:
             calib = Path(tmp) / f"calib{rows}.npz"
             np.savez(calib, x=_rows(rows, args.width, 2))
-            args = [
+            given = [
                 str(model), "--calib", str(calib), "--workers", "2", "--scheme", "weight-only", "--algorithm", "gptq",
                 "--layers", "none",
             ]  # fmt: skip
-            run_dir, seconds, _, peak = measured_run(args, Path(tmp) / f"ours{rows}")
+            run_dir, seconds, _, peak = measured_run(given, Path(tmp) / f"ours{rows}")
             fp32 = run_dir / "model.fp32.onnx"
             mse = _mse(run_dir / "model.int8.onnx", fp32, held)
             print(f"{rows:6d} {'ours, 2 workers':<16} {seconds:10.1f} {peak / 2**20:9.2f} {mse:11.3e}", flush=True)
