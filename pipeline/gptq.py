@@ -56,9 +56,18 @@ def prepared_targets(prepared, exclude_nodes: Sequence[str]) -> list[MatMulTarge
 
     targets = gptq_targets(prepared.proto, dict(prepared.tensors), exclude_nodes)
     if not targets:
+        graph = prepared.proto.graph
+        constants = {out for node in graph.node if node.op_type == "Constant" for out in node.output}
+        held = any(n.op_type == GPTQ_OP and len(n.input) == 2 and n.input[1] in constants for n in graph.node)
+        fix = (
+            "its MatMul weights are Constant nodes: drop --no-prepare, which folds them into initializers"
+            if held
+            else "use --scheme static or dynamic"
+        )
+        where = prepared.source.path if prepared.source else prepared.model.path
         msg = (
-            f"--algorithm gptq: {prepared.source.path if prepared.source else prepared.model.path} has no MatMul "
-            "with a constant 2-D weight to quantize (outside --exclude-nodes); use --scheme static or dynamic"
+            f"--algorithm gptq: {where} has no MatMul with a constant 2-D weight to quantize (outside "
+            f"--exclude-nodes); {fix}"
         )
         raise InputError(msg)
     return targets

@@ -224,8 +224,9 @@ def run_methods(
                     for line in explain(quantized.warnings, prepared.prepared):
                         log(line)
                     own("quantize")
-                    if len(quants) > 1:
-                        log(f"{quant.label}: quantized {quantized.activations} activations")
+                    if len(quants) > 1:  # a static entry's activations; the weights of one that quantizes only those
+                        count = quantized.activations if quant.calibrated else len(quantized.qparams)
+                        log(f"{quant.label}: quantized {count} {'activations' if quant.calibrated else 'weights'}")
                     made.append((quantized, own))
                 # The gate's run on a worker (one task for every method, the FP32 model run once) shares the
                 # cluster with validation; nothing is published before its verdict, which wins over

@@ -26,6 +26,7 @@ class PresetInfo:
     source: str
     quant: tuple[tuple[str, object], ...]
     tensorrt_table: bool = False
+    weights: str = "int8 symmetric"  # the weight type its quantizer writes (QuantConfig has no field for it)
 
 
 PRESETS = {
@@ -49,8 +50,14 @@ PRESETS = {
         "onnxruntime.quantization.execution_providers.qnn.get_qnn_qdq_config, whose options quantize_static "
         "receives unchanged (op types: the ones ONNX Runtime's QDQ quantizer registers)",
         (("scheme", "static"), ("activation_type", "uint8"), ("symmetric", False), ("per_channel", False)),
+        weights="uint8 asymmetric",
     ),
 }
+
+
+def weights_line(preset: Preset | str | None) -> str:
+    """The weight type a static run writes: int8 symmetric, or what its preset says."""
+    return PRESETS[Preset(preset)].weights if preset is not None else "int8 symmetric"
 
 
 def preset_line(preset: Preset) -> str:

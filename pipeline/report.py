@@ -15,6 +15,7 @@ from dask_quant.pipeline.groups import WEIGHTED
 from dask_quant.pipeline.guard import collapse_reason
 from dask_quant.pipeline.methods import info
 from dask_quant.pipeline.metrics import headline_metrics, shown_metrics
+from dask_quant.pipeline.presets import PRESETS, Preset, weights_line
 from dask_quant.tasks.errors import InputError
 
 REPORT_FILE = "report.html"
@@ -156,7 +157,8 @@ def _config_table(run: dict) -> str:
         ),
         "weights": f"uint{quant['bits']} blocks of {quant['block_size']}, with zero points (MatMulNBits)"
         if quant.get("scheme") == "weight-only"
-        else f"int8 symmetric, {'per-channel' if quant['per_channel'] else 'per-tensor'}",
+        else f"{weights_line(quant.get('preset'))}, {'per-channel' if quant['per_channel'] else 'per-tensor'}",
+        **({"preset": f"{quant['preset']}: {PRESETS[Preset(quant['preset'])].summary}"} if quant.get("preset") else {}),
         "histogram bins": quant["num_bins"] if "num_bins" in info(quant["method"]).settings else "-",
         "chunk size": run["config"]["chunk_size"],
         "cluster": _cluster(run.get("cluster")),

@@ -169,6 +169,29 @@ def test_ours_is_as_good_as_onnx_runtimes_gptq_on_float_data(tmp_path, client):
     assert errors["ours"] < errors["rtn"] * 0.8 and errors["ours"] < errors["ort"] * 0.8, errors
 
 
+def test_weights_in_constant_nodes_are_folded_first_or_refused_in_one_line(tmp_path, client):
+    """An exporter's opset-12 model with its weights in Constant nodes: preparation folds them, and GPTQ
+    quantizes both MatMuls; with --no-prepare it says what to do."""
+    from exported import with_constant_weights
+
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((64, 8)) @ rng.normal(size=(8, 64))).astype(np.float32)
+    model, data = _chain(
+        tmp_path / "chain.onnx", x, (rng.normal(size=(64, 64)) / 8).astype(np.float32),
+        (rng.normal(size=(64, 10)) / 8).astype(np.float32),
+    )  # fmt: skip
+    exported = with_constant_weights(model, tmp_path / "exported.onnx")
+    config = dq.RunConfig(model=exported, calib=data, val=data, out=tmp_path / "runs", quant=GPTQ)
+    result = dq.run(config, client=client)
+    assert [n.op_type for n in onnx.load(str(result.run_dir / results.MODEL_FILE)).graph.node].count("MatMulNBits") == 2
+    done = dask_quant(
+        "run", exported, "--calib", data, "--no-prepare", "--scheme", "weight-only", "--algorithm", "gptq", "--out",
+        tmp_path / "raw",
+    )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "its MatMul weights are Constant nodes: drop --no-prepare" in done.stderr
+
+
 def test_gptq_refuses_what_it_cannot_do_in_one_line(tmp_path):
     for args, says in (
         (("--bits", "8"), "--algorithm gptq --bits 8: ONNX Runtime's GPTQ writes 4-bit weights only"),
