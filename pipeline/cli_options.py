@@ -238,20 +238,20 @@ def cluster_config(options: dict):
 
 
 def _refuse_preset_conflicts(options: dict) -> None:
-    """An option given on the command line beside a --preset that sets it otherwise, even to its default
-    (QuantConfig itself only sees values, so it cannot tell a default given from one left alone)."""
+    """An option given on the command line beside a --preset that sets it otherwise, even to its default."""
     from click.core import ParameterSource
 
-    from dask_quant.pipeline.config import preset_conflict
-    from dask_quant.pipeline.presets import PRESETS
+    from dask_quant.pipeline.config import refuse_preset_conflicts
 
     context = click.get_current_context(silent=True)
     if context is None or options.get("preset") is None:
         return
-    preset = Preset(options["preset"])
-    for name, value in PRESETS[preset].quant:
-        if context.get_parameter_source(name) is ParameterSource.COMMANDLINE and options[name] != value:
-            raise preset_conflict(preset, name, options[name])
+    given = {
+        name: value
+        for name, value in options.items()
+        if name != "preset" and context.get_parameter_source(name) is ParameterSource.COMMANDLINE
+    }
+    refuse_preset_conflicts(options["preset"], given)
 
 
 def quant_fields(options: dict) -> dict:

@@ -322,6 +322,22 @@ def precision_name(scheme: Scheme | str, bits: int) -> str:
     return f"INT{bits}" if Scheme(scheme) is Scheme.WEIGHT_ONLY else "INT8"
 
 
+def refuse_preset_conflicts(preset: Preset | str | None, given: dict) -> None:
+    """InputError for an option explicitly `given` (command line, manifest) beside a preset that sets it to
+    another value, even when the given value is the option's default (QuantConfig itself only sees values,
+    so it cannot tell a default given from one left alone)."""
+    from dask_quant.pipeline.presets import PRESETS
+
+    if preset is None:
+        return
+    preset = Preset(preset)
+    for name, value in PRESETS[preset].quant:
+        if name in given:
+            said = given[name].value if isinstance(given[name], Enum) else given[name]
+            if said != value:
+                raise preset_conflict(preset, name, said)
+
+
 def preset_conflict(preset: Preset, name: str, given) -> InputError:
     """The refusal of QuantConfig field `name` given as `given` beside a preset that sets it otherwise (a value
     left at its default takes the preset's; the command line also refuses a default given explicitly)."""

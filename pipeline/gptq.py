@@ -30,12 +30,23 @@ GRAM_CHUNK_BYTES = 256 * 2**20
 GPTQ_OP = "MatMul"  # what ONNX Runtime's GPTQ quantizes: MatMul with a constant 2-D weight
 
 
-def gptq_targets(proto, tensors: dict[str, int], exclude_nodes: Sequence[str] = ()) -> list[MatMulTarget]:
+def gptq_targets(
+    proto, tensors: dict[str, int], exclude_nodes: Sequence[str] = (), op_types: Sequence[str] = ()
+) -> list[MatMulTarget]:
     """The MatMul nodes of the main graph whose second input is a 2-D float initializer and whose first is not
-    one (ONNX Runtime's GPTQ's rule), minus `exclude_nodes`, in graph order."""
+    one (ONNX Runtime's GPTQ's rule), minus `exclude_nodes`, in graph order; none when `op_types` is given
+    without MatMul. A weight another node also reads, or that is also a graph input (a caller may feed
+    another), stays FP32: GPTQ solves a weight for one input's Gram matrix."""
     from onnx import TensorProto
 
+    if op_types and GPTQ_OP not in op_types:
+        return []
     weights = {init.name: init for init in proto.graph.initializer}
+    readers: dict[str, int] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    overridable = {value.name for value in proto.graph.input}
     floats = (TensorProto.FLOAT, TensorProto.FLOAT16)
     targets = []
     for node in proto.graph.node:
@@ -44,17 +55,19 @@ def gptq_targets(proto, tensors: dict[str, int], exclude_nodes: Sequence[str] = 
         init = weights.get(node.input[1])
         if init is None or len(init.dims) != 2 or init.data_type not in floats or node.input[0] in weights:
             continue
+        if readers[node.input[1]] > 1 or node.input[1] in overridable:
+            continue
         if tensors.get(node.input[0], TensorProto.FLOAT) not in floats:
             continue
         targets.append(MatMulTarget(node.name, node.input[0], node.input[1], tuple(node.output)))
     return targets
 
 
-def prepared_targets(prepared, exclude_nodes: Sequence[str]) -> list[MatMulTarget]:
+def prepared_targets(prepared, exclude_nodes: Sequence[str], op_types: Sequence[str] = ()) -> list[MatMulTarget]:
     """gptq_targets of `prepared`'s model; InputError when there are none (checked before a cluster starts)."""
     from dask_quant.tasks.errors import InputError
 
-    targets = gptq_targets(prepared.proto, dict(prepared.tensors), exclude_nodes)
+    targets = gptq_targets(prepared.proto, dict(prepared.tensors), exclude_nodes, op_types)
     if not targets:
         graph = prepared.proto.graph
         constants = {out for node in graph.node if node.op_type == "Constant" for out in node.output}
@@ -66,8 +79,8 @@ def prepared_targets(prepared, exclude_nodes: Sequence[str]) -> list[MatMulTarge
         )
         where = prepared.source.path if prepared.source else prepared.model.path
         msg = (
-            f"--algorithm gptq: {where} has no MatMul with a constant 2-D weight to quantize (outside "
-            f"--exclude-nodes); {fix}"
+            f"--algorithm gptq: {where} has no MatMul with a constant 2-D weight of its own to quantize (outside "
+            f"--exclude-nodes and within --op-types); {fix}"
         )
         raise InputError(msg)
     return targets
@@ -119,6 +132,7 @@ def gptq_weights(
     client,
     shapes: Sequence[tuple[int, int]],
     exclude_nodes: Sequence[str],
+    op_types: Sequence[str],
     chunk_size: int,
     split_every: int,
     log: Callable[[str], None],
@@ -133,7 +147,7 @@ def gptq_weights(
 
     proto = prepared.proto  # a weight's dims and type are in the graph even when its data is in a file
     tensors = dict(prepared.tensors)
-    targets = prepared_targets(prepared, exclude_nodes)
+    targets = prepared_targets(prepared, exclude_nodes, op_types)
     channels = {t.activation: _rows(proto, t.weight) for t in targets}
     wanted = tuple((name, tensors.get(name, 1), rows) for name, rows in sorted(channels.items()))
     rows = gram_chunk_rows(chunk_size, prepared.row_bytes, max(channels.values()))
@@ -163,31 +177,38 @@ def _rows(proto, weight: str) -> int:
 
 
 def write_gptq_model(model, weights: GptqWeights, exclude_nodes: Sequence[str], out_path: Path, large: bool) -> None:
-    """Write `model` (a ModelProto, or a model file's path) with each solved MatMul replaced by its MatMulNBits
-    node, as ONNX Runtime's gptq_quantize splices them (its ONNXModel: new initializers, the node swapped,
-    an unshared weight dropped, then a topological sort); a `large` model keeps its weights in
-    `out_path`.data."""
+    """Write `model` (a ModelProto, or a model file's path) with each solved MatMul replaced, where it stands, by
+    its MatMulNBits node (the same input and output: the order stays topological), its weight by the packed
+    blocks; a `large` model keeps its weights in `out_path`.data."""
     import onnx
-    from onnxruntime.quantization.neural_compressor.onnx_model import ONNXModel
+    from onnxruntime.quantization.onnx_model import ONNXModel
 
     from dask_quant.pipeline.model_files import share_like_model
+    from dask_quant.tasks.errors import InputError
 
     proto = onnx.load(str(model)) if isinstance(model, Path) else model
-    wrapped = ONNXModel(proto)
-    made_by = {tuple(node.output): node for node in wrapped.nodes()}  # names may repeat or be empty; outputs not
+    graph = proto.graph
+    position = {tuple(node.output): i for i, node in enumerate(graph.node)}  # outputs are unique; names may not be
+    taken = {init.name for init in graph.initializer} | {v.name for v in graph.input}
+    taken |= {name for node in graph.node for name in node.output}
+    replaced = set()
     for solved in weights.nodes:
         if solved.target.name in exclude_nodes:
             continue
-        node = made_by[solved.target.outputs]
-        shared = wrapped.get_initializer_share_num(solved.target.weight)
-        wrapped.add_initializers([onnx.TensorProto.FromString(raw) for raw in solved.initializers])
-        wrapped.remove_node(node)
-        wrapped.add_node(onnx.NodeProto.FromString(solved.node))
-        if shared == 1:
-            wrapped.remove_initializer(wrapped.get_initializer(solved.target.weight))
-    wrapped.topological_sort()
-    if not any(op.domain == "com.microsoft" for op in wrapped.model.opset_import):
-        wrapped.model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))  # MatMulNBits' domain
-    wrapped.save_model_to_file(str(out_path), use_external_data_format=large)
+        inits = [onnx.TensorProto.FromString(raw) for raw in solved.initializers]
+        clash = [init.name for init in inits if init.name in taken]
+        if clash:
+            msg = f"{clash[0]!r} already names a tensor of the model, and GPTQ's packed weight would take it"
+            raise InputError(msg)
+        taken |= {init.name for init in inits}
+        graph.node[position[solved.target.outputs]].CopyFrom(onnx.NodeProto.FromString(solved.node))
+        graph.initializer.extend(inits)
+        replaced.add(solved.target.weight)
+    kept = [init for init in graph.initializer if init.name not in replaced]  # each read by its MatMul alone
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    if not any(op.domain == "com.microsoft" for op in proto.opset_import):
+        proto.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))  # MatMulNBits' domain
+    ONNXModel(proto).save_model_to_file(str(out_path), use_external_data_format=large)
     if large:
         share_like_model(out_path)

@@ -42,10 +42,12 @@ class Group:
     kind: str = NODE  # NODE, SHARED or OP_TYPE
 
 
-def quantized_nodes(int8_proto, fp32_proto, op_types: tuple[str, ...]) -> tuple[str, ...]:
+def quantized_nodes(int8_proto, fp32_proto, op_types: tuple[str, ...], replaced: bool = False) -> tuple[str, ...]:
     """Names of the FP32 model's nodes of `op_types` (what the quantizer was asked to quantize) that read a
-    DequantizeLinear output in the INT8 model (static QDQ), or whose output another op makes there
-    (dynamic's MatMulInteger, weight-only's MatMulNBits), in graph order. A node of another type can read
+    DequantizeLinear output in the INT8 model (static QDQ), or, for a scheme that `replaced` nodes, whose
+    output another op makes there (dynamic's MatMulInteger, weight-only's MatMulNBits), in graph order. (In
+    a QDQ model another op can make a node's output too, a Conv for the Relu ORT folded into it: not a
+    quantized node.) A node of another type can read
     a dequantized value too (a Tanh after a quantized MatMul's output) but excluding it would change nothing."""
     made_by = {out: node.op_type for node in int8_proto.graph.node for out in node.output}
     quantized = {
@@ -58,7 +60,7 @@ def quantized_nodes(int8_proto, fp32_proto, op_types: tuple[str, ...]) -> tuple[
         node.name
         for node in fp32_proto.graph.node
         if node.op_type in wanted
-        and (node.name in quantized or made_by.get(node.output[0], node.op_type) != node.op_type)
+        and (node.name in quantized or (replaced and made_by.get(node.output[0], node.op_type) != node.op_type))
     )
 
 
@@ -81,13 +83,14 @@ def quantizer_groups(
     op_types: tuple[str, ...],
     excluded: tuple[str, ...] = (),
     fp32_outputs: tuple[str, ...] = (),
+    replaced: bool = False,
 ) -> tuple[Group, ...]:
     """Every quantized node as its own group, then one group per activation whose QDQ pair two or more of
     the nodes that may ask for it share, then one per unweighted op type with two or more quantized nodes
     (each unless the same nodes already form a group), in graph order. Nodes of `fp32_outputs` (ORT's
     OpTypesToExcludeOutputQuantization) never ask for their outputs: a MatMul's output read by a quantized
     Add is then the Add's alone, and reverting it needs no MatMul in FP32."""
-    nodes = quantized_nodes(int8_proto, fp32_proto, op_types)
+    nodes = quantized_nodes(int8_proto, fp32_proto, op_types, replaced)
     groups = [Group(name, (name,)) for name in nodes]
     order = {node.name: i for i, node in enumerate(fp32_proto.graph.node)}
     wanted, skipped, inputs_only = set(op_types), set(excluded), set(fp32_outputs)

@@ -184,7 +184,7 @@ def run_methods(
             smoothed_activations(prepared, config)  # bad input stays one line, before any cluster starts
         for quant in quants:
             if quant.uses_grams:
-                prepared_targets(prepared, quant.exclude_nodes)
+                prepared_targets(prepared, quant.exclude_nodes, quant.op_types)
         if remote is not None:
             prepared = remote.share(prepared)
         lap("prepare")

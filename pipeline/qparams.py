@@ -102,8 +102,9 @@ def _block_weights(init: dict, proto):
             if bits == 4:  # two per byte, the low nibble first
                 packed = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(n, -1)
             zero_point = tuple(int(z) for z in packed[:, :blocks].reshape(-1))
-        yield QParam(node.input[1].removesuffix(f"_Q{bits}"), "weight", tuple(float(v) for v in scale), zero_point,
-                     None, f"uint{bits}")  # fmt: skip
+        # The FP32 weight's name: MatMulNBitsQuantizer writes W_Q4, the GPTQ packing (ORT's) W_Q4G32.
+        weight = node.input[1].removesuffix(f"_Q{bits}G{block}").removesuffix(f"_Q{bits}")
+        yield QParam(weight, "weight", tuple(float(v) for v in scale), zero_point, None, f"uint{bits}")
 
 
 def _operator_weights(init: dict, proto):

@@ -247,8 +247,9 @@ def tune(
                 full = quantize(calibration, config.quant, work.folder / "full.int8.onnx")
                 op_types = scheme_op_types(config.quant)
                 groups = quantizer_groups(
-                    _load(full.path), prepared.proto, op_types, config.quant.exclude_nodes, config.quant.fp32_outputs
-                )
+                    _load(full.path), prepared.proto, op_types, config.quant.exclude_nodes, config.quant.fp32_outputs,
+                    replaced=not config.quant.calibrated,  # dynamic and weight-only replace the nodes they quantize
+                )  # fmt: skip
                 if not groups:
                     msg = f"{config.model}: ONNX Runtime's quantizer quantized no node, so there is nothing to tune"
                     raise InputError(msg)

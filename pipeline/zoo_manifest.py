@@ -28,7 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from dask_quant.pipeline.config import Metric, QuantConfig, Scheme, entry_choices, entry_configs, parse_entry
+from dask_quant.pipeline.config import (
+    Metric,
+    QuantConfig,
+    Scheme,
+    entry_choices,
+    entry_configs,
+    parse_entry,
+    refuse_preset_conflicts,
+)
 from dask_quant.pipeline.methods import Method
 from dask_quant.pipeline.target import METRICS
 from dask_quant.tasks.errors import InputError
@@ -231,6 +239,7 @@ def _quants(fields: _Fields, table: dict, entries) -> tuple[QuantConfig, ...]:
             fields.refuse(f"quant.{key}", f"expected a string, got {value!r}")
         options[key] = value
     try:
+        refuse_preset_conflicts(options.get("preset"), options)  # a setting written out beside a preset
         return tuple(entry_configs(options, entries))
     except InputError as exc:
         fields.refuse("quant", str(exc))

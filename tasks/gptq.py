@@ -98,6 +98,8 @@ def solve_gptq(grams: Grams | Refused, model: ModelRef, target: MatMulTarget, bi
         scale=np.ascontiguousarray(scales.T).astype(weight.dtype),
         zero_point=None,  # packed below, row by row
     )
+    if not target.name:  # ORT would call every unnamed one "_Q4"
+        node.name = f"{target.outputs[0]}_Q{bits}"
     zp = numpy_helper.from_array(packed_zero_points(np.ascontiguousarray(zeros.T)), f"{target.weight}_zp")
     node.input.append(zp.name)
     inits.insert(1, zp)  # where ORT's packing puts it: after the scales, before the weights

@@ -131,9 +131,22 @@ def chunk_grams(chunk: ChunkRef, model: ModelRef, tensors: tuple[tuple[str, int,
                     f"{chunk.path}, not {len(exponents)} channels on its last axis as its MatMul weight has"
                 )
                 raise InputError(msg)
+            if not np.isfinite(array).all():  # pass 1's in-graph ReduceMax may have dropped a NaN
+                msg = (
+                    f"tensor {name!r} is NaN or infinite on chunk rows {chunk.start}..{chunk.stop} of {chunk.path}: "
+                    "GPTQ needs finite activations; fix those samples, or keep the nodes that read it out "
+                    "(--exclude-nodes)"
+                )
+                raise InputError(msg)
             flat = array.reshape(-1, len(exponents))
-            sums[name] += gram_sums(flat, exponents)
             rows[name] += len(flat)
+            if rows[name] > MAX_ROWS:
+                msg = (
+                    f"GPTQ's exact Gram matrix holds at most {MAX_ROWS} rows of one activation, and {name!r} has more "
+                    f"in one chunk ({chunk.path} rows {chunk.start}..{chunk.stop}); use a smaller --chunk-size"
+                )
+                raise InputError(msg)
+            sums[name] += gram_sums(flat, exponents)
         del values, part  # before the next slice runs
     entries = ((name, Gram.of(e, sums[name], rows[name], chunk.rows)) for name, _, e in tensors)
     return Grams(tuple(sorted(entries)), (1, 0, 0))

@@ -69,7 +69,7 @@ def chunk_channel_max(
             if not np.isfinite(part).all():
                 msg = (
                     f"tensor {name!r} is NaN or infinite on chunk rows {chunk.start}..{chunk.stop} of {chunk.path}: "
-                    "SmoothQuant needs finite activations; fix those samples, or exclude the nodes that read it"
+                    "SmoothQuant and GPTQ need finite activations; fix those samples, or exclude the nodes that read it"
                 )
                 raise InputError(msg)
             maxima[name] = part if maxima[name] is None else np.maximum(maxima[name], part)

@@ -165,4 +165,8 @@ def _gptq(prepared, client, quants, chunk_size, split_every, log, progress) -> t
         return ()
     shapes = tuple(dict.fromkeys((quant.bits, quant.block_size) for quant in asking))
     excluded = set.intersection(*(set(quant.exclude_nodes) for quant in asking))
-    return gptq_weights(prepared, client, shapes, tuple(sorted(excluded)), chunk_size, split_every, log, progress)
+    op_types = () if any(not quant.op_types for quant in asking) else {t for q in asking for t in q.op_types}
+    return gptq_weights(
+        prepared, client, shapes, tuple(sorted(excluded)), tuple(sorted(op_types)), chunk_size, split_every, log,
+        progress,
+    )  # fmt: skip

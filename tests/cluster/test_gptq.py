@@ -192,10 +192,73 @@ def test_weights_in_constant_nodes_are_folded_first_or_refused_in_one_line(tmp_p
     assert "its MatMul weights are Constant nodes: drop --no-prepare" in done.stderr
 
 
+def _graph_model(path, nodes, inits, width: int = 64, outputs: int = 64):
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", outputs])],
+        [numpy_helper.from_array(value, name) for name, value in inits.items()],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_unnamed_nodes_and_a_shared_weight_give_a_model_that_loads_and_computes(tmp_path, client):
+    """Exporters leave nodes unnamed; ALBERT-like models read one weight in two MatMuls. The unnamed MatMuls are
+    replaced where they stand (no node lost), and the shared weight stays FP32 (GPTQ solves a weight for one
+    input's Gram matrix), while the weight read once is quantized."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(6)
+    inits = {name: (rng.normal(size=(64, 64)) / 8).astype(np.float32) for name in ("shared", "own")}
+    nodes = [
+        helper.make_node("MatMul", ["x", "shared"], ["a"]),
+        helper.make_node("Relu", ["a"], ["r"]),
+        helper.make_node("MatMul", ["r", "shared"], ["b"]),
+        helper.make_node("Tanh", ["b"], ["t"]),
+        helper.make_node("MatMul", ["t", "own"], ["y"]),
+    ]
+    model = _graph_model(tmp_path / "unnamed.onnx", nodes, inits)
+    x = (rng.standard_normal((48, 8)) @ rng.normal(size=(8, 64))).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    result = dq.run(
+        dq.RunConfig(model=model, calib=tmp_path / "x.npz", val=tmp_path / "x.npz", out=tmp_path / "runs", quant=GPTQ),
+        client=client,
+    )
+    written = onnx.load(str(result.run_dir / results.MODEL_FILE))
+    assert [n.op_type for n in written.graph.node] == ["MatMul", "Relu", "MatMul", "Tanh", "MatMulNBits"]
+    assert "shared" in _initializers(written) and "own" not in _initializers(written)
+    expected = ort.InferenceSession(str(model)).run(None, {"x": x})[0]
+    got = ort.InferenceSession(str(result.run_dir / results.MODEL_FILE)).run(None, {"x": x})[0]
+    assert np.abs(got - expected).max() < 0.1 * np.abs(expected).max()
+    assert [p.tensor for p in result.qparams] == ["own"]  # named as the FP32 weight, as rtn's are
+
+
+def test_a_nan_activation_is_refused_in_one_line(tmp_path):
+    """Sqrt of a negative input makes NaN inside the model, past the data checks; ORT's ReduceMax can drop a
+    NaN, so the Gram pass checks the values it sums itself."""
+    rng = np.random.default_rng(8)
+    nodes = [
+        helper.make_node("Sqrt", ["x"], ["s"], name="sqrt"),
+        helper.make_node("MatMul", ["s", "w"], ["y"], name="mm"),
+    ]
+    model = _graph_model(tmp_path / "sqrt.onnx", nodes, {"w": rng.normal(size=(64, 64)).astype(np.float32)})
+    x = np.abs(rng.normal(size=(40, 64))).astype(np.float32)
+    x[17, 5] = -1.0  # one NaN, not in a slice's first row
+    np.savez(tmp_path / "x.npz", x=x)
+    done = dask_quant(
+        "run", model, "--calib", tmp_path / "x.npz", "--scheme", "weight-only", "--algorithm", "gptq", "--out",
+        tmp_path / "runs",
+    )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "is NaN or infinite" in done.stderr and "need" in done.stderr, done.stderr
+    assert not (tmp_path / "runs").exists() or not any(p.name != ".work" for p in (tmp_path / "runs").iterdir())
+
+
 def test_gptq_refuses_what_it_cannot_do_in_one_line(tmp_path):
     for args, says in (
         (("--bits", "8"), "--algorithm gptq --bits 8: ONNX Runtime's GPTQ writes 4-bit weights only"),
-        ((), "has no MatMul with a constant 2-D weight to quantize"),  # the built-in CNN
+        ((), "has no MatMul with a constant 2-D weight of its own to quantize"),  # the built-in CNN
+        (("--op-types", "Conv"), "within --op-types"),
     ):
         done = dask_quant("run", "--scheme", "weight-only", "--algorithm", "gptq", *args, "--out", tmp_path / "runs")
         assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr

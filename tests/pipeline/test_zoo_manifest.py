@@ -35,6 +35,10 @@ BAD = [
     (_model() + '[model.quant]\nop_types = "Conv"\n', "field 'quant.op_types': expected a list of strings"),
     (_model() + '[model.quant]\nactivation_type = "int4"\n', "field 'quant': unknown activation type 'int4'"),
     (_model(methods='["percentile"]') + "[model.quant]\npercentile = 120.0\n", "field 'quant': --percentile"),
+    (
+        _model() + '[model.quant]\npreset = "qnn"\nper_channel = true\n',
+        "field 'quant': --preset qnn sets --per-tensor, so --per-channel does not apply",
+    ),
     (_model() + _model(), "model 'digits': field 'name': another model has that name"),
     ("title = 'zoo'\n" + _model(), "unknown top-level key 'title'"),
     ("", "no [[model]] tables"),
