@@ -108,18 +108,16 @@ class QuantConfig:
         self._check_scheme()
 
     def _apply_preset(self) -> None:
-        """The preset's options in place of defaults; an option given with another value is refused."""
+        """The preset's options in place of defaults; an option set to another value is refused."""
         from dask_quant.pipeline.presets import PRESETS
 
         self._enum("preset", Preset, "--preset")
         defaults = {f.name: f.default for f in fields(QuantConfig)}
-        for name, value in PRESETS[self.preset].quant:
-            given = getattr(self, name)
-            given = given.value if isinstance(given, Enum) else given
-            if given == value:
-                continue
-            if given != (defaults[name].value if isinstance(defaults[name], Enum) else defaults[name]):
-                raise preset_conflict(self.preset, name, given)
+        settings = PRESETS[self.preset].quant
+        refuse_preset_conflicts(
+            self.preset, {n: getattr(self, n) for n, _ in settings if getattr(self, n) != defaults[n]}
+        )
+        for name, value in settings:
             object.__setattr__(self, name, value)
 
     def _enum(self, name: str, kind: type[Enum], what: str, note: str = "") -> None:

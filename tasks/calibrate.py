@@ -15,7 +15,7 @@ from dask_quant.tasks.range_stats import RangeStats, TensorRange
 from dask_quant.tasks.sessions import (
     ModelRef,
     SessionSpec,
-    exposed_runs,
+    exposed_slices,
     fixed_batch,
     reduced_runs,
     run_in_batches,
@@ -94,18 +94,12 @@ def chunk_histograms(
 
 
 def _histograms(chunk, model, tensors, specs) -> Histograms:
-    feeds = read_feeds(chunk)
-    given = {*feeds, *(c.name for c in chunk.feeding.constants)}
-    computed = tuple((name, elem) for name, elem in tensors if name not in given)
-    session = session_for(model, SessionSpec(expose=computed, calibration=True))
-    names = [name for name, _ in computed]
     total = Histograms()
-    for _, part, (values,) in exposed_runs([(session, names)], feeds, feeding=chunk.feeding):
-        values.update(part)
+    for values in exposed_slices(chunk, model, tensors):
         counted = []
         for tensor in dict.fromkeys(spec.tensor for spec in specs):  # a tensor may have a signed and an |x| spec
             array = values.pop(tensor)
             counted += [Histogram.of(spec, spec.count(array)) for spec in specs if spec.tensor == tensor]
         total = total.merge(Histograms.of(counted))
-        del values, part  # before the next slice runs (tasks.sessions.exposed_runs)
+        del values  # before the next slice runs (tasks.sessions.exposed_runs)
     return total

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dask_quant.tasks.chunks import ChunkRef, read_feeds
+from dask_quant.tasks.chunks import ChunkRef
 from dask_quant.tasks.errors import InputError
 from dask_quant.tasks.merging import add_counts, merge_by_name
-from dask_quant.tasks.sessions import ModelRef, SessionSpec, exposed_runs, session_for
+from dask_quant.tasks.sessions import ModelRef, exposed_slices
 
 GRID_BITS = 20
 BLOCK_ROWS = 1 << (53 - 2 * GRID_BITS)  # rows whose products float64 still sums exactly
@@ -115,14 +115,9 @@ def gram_sums(values: np.ndarray, exponents: tuple[int, ...]) -> np.ndarray:
 def chunk_grams(chunk: ChunkRef, model: ModelRef, tensors: tuple[tuple[str, int, tuple[int, ...]], ...]) -> Grams:
     """The Gram sums of every (name, elem type, grid exponents) in `tensors` over one chunk; the activations
     are exposed in row slices (tasks.sessions.exposed_runs), so a task holds one slice of them."""
-    feeds = read_feeds(chunk)
-    given = {*feeds, *(c.name for c in chunk.feeding.constants)}
-    computed = tuple((name, elem) for name, elem, _ in tensors if name not in given)
-    session = session_for(model, SessionSpec(expose=computed, calibration=True))
     sums = {name: np.zeros((len(e), len(e)), dtype=np.int64) for name, _, e in tensors}
     rows = dict.fromkeys(sums, 0)
-    for _, part, (values,) in exposed_runs([(session, [name for name, _ in computed])], feeds, feeding=chunk.feeding):
-        values.update(part)
+    for values in exposed_slices(chunk, model, tensors):
         for name, _, exponents in tensors:
             array = values.pop(name)
             if array.ndim == 0 or array.shape[-1] != len(exponents):
@@ -147,6 +142,6 @@ def chunk_grams(chunk: ChunkRef, model: ModelRef, tensors: tuple[tuple[str, int,
                 )
                 raise InputError(msg)
             sums[name] += gram_sums(flat, exponents)
-        del values, part  # before the next slice runs
+        del values  # before the next slice runs
     entries = ((name, Gram.of(e, sums[name], rows[name], chunk.rows)) for name, _, e in tensors)
     return Grams(tuple(sorted(entries)), (1, 0, 0))

@@ -273,3 +273,20 @@ def reduced_runs(
 
     slices = exposed_runs([(session, names)], feeds, feeding=feeding, row_bytes=row_bytes)
     return [outputs for _, _, (outputs,) in slices]
+
+
+def exposed_slices(chunk, model: ModelRef, tensors) -> Iterator[dict[str, np.ndarray]]:
+    """The values of `tensors` ((name, elem type, ...) tuples) over one chunk, one row slice at a time
+    (exposed_runs): graph inputs straight from the feeds, the rest exposed as outputs of a calibration
+    session. Callers take what they need from each dict and drop it before asking for the next."""
+    from dask_quant.tasks.chunks import read_feeds
+
+    feeds = read_feeds(chunk)
+    given = {*feeds, *(c.name for c in chunk.feeding.constants)}
+    computed = tuple((name, elem) for name, elem, *_ in tensors if name not in given)
+    session = session_for(model, SessionSpec(expose=computed, calibration=True))
+    for _, part, (values,) in exposed_runs([(session, [name for name, _ in computed])], feeds, feeding=chunk.feeding):
+        values.update(part)
+        del part
+        yield values
+        del values  # before exposed_runs runs the next slice: one slice's activations at a time
