@@ -189,7 +189,8 @@ def _outputs_table(run: dict) -> str:
         f"<td>{_e(shown_metrics(summary))}</td></tr>"
         for position, summary in enumerate([run["summary"], *others])
     )
-    return f"<h2>Outputs</h2><table><tr><th>output</th><th>metrics</th><th>FP32 against INT8</th></tr>{rows}</table>"
+    head = f"<tr><th>output</th><th>metrics</th><th>FP32 against {_precision(run)}</th></tr>"
+    return f"<h2>Outputs</h2><table>{head}{rows}</table>"
 
 
 def _precision(run: dict) -> str:
