@@ -182,6 +182,13 @@ def run(**options):
 @click.option("--target", default=None, help='What the tuned model must reach on --val, e.g. "cosine>=0.99".')
 @click.option("--max-drop", type=float, default=None, help="Instead of --target: accuracy drop at most this (points).")
 @click.option("--ranking-samples", type=int, default=64, show_default=True, help="Validation rows the ranking scores.")
+@click.option(
+    "--walk-samples",
+    type=int,
+    default=None,
+    help="Validation rows (evenly spaced) the walk scores its steps on; a step meeting the target there is "
+    "then scored on every row. Default: a quarter of them, at least twice --ranking-samples; 0: every row.",
+)
 @click.option("--time-budget", default=None, help="Stop after this long (90s, 30m, 2h) with the best model so far.")
 @click.option(
     "--isolated-errors/--no-isolated-errors",
@@ -216,6 +223,7 @@ def tune(**options):
             target,
             options["ranking_samples"],
             duration(options["time_budget"]),
+            walk_samples=options["walk_samples"],
             isolated=options["isolated_errors"],
         )
         config = run_config(options, model, calib, val, quant_config(options, methods[0]))

@@ -233,8 +233,8 @@ def _tune(run: dict) -> str:
         f"Metric on every validation row {tune['metric_before']:.5f} → {tune['metric_after']:.5f}; "
         f"{_precision(run)}: {_e(share) or '-'}. "
         f"{experiments['computed']} experiments run, {experiments['reused']} reused, "
-        f"{_plural(tune['rounds'], 'ranking round')} on {tune['ranking_samples']} rows "
-        f"(<code>trials.parquet</code>).</p>{chart}"
+        f"{_plural(tune['rounds'], 'ranking round')} on {tune['ranking_samples']} rows, "
+        f"the walk on {tune.get('walk_samples', 'every')} (<code>trials.parquet</code>).</p>{chart}"
     )
 
 

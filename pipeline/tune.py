@@ -36,7 +36,7 @@ from dask_quant.pipeline.job import (
     run_result,
 )
 from dask_quant.pipeline.progress import Progress
-from dask_quant.pipeline.search import ALL, RANKING, Experiment, SearchResult, greedy_search
+from dask_quant.pipeline.search import ALL, RANKING, WALK, Experiment, SearchResult, greedy_search
 from dask_quant.pipeline.selection import scheme_op_types
 from dask_quant.pipeline.smoothing import excluding_smoothing
 from dask_quant.pipeline.stages.calibrate import calibrate
@@ -49,7 +49,7 @@ from dask_quant.pipeline.target import Target
 from dask_quant.pipeline.trials import TrialStore
 from dask_quant.pipeline.workarea import WorkArea
 from dask_quant.tasks.errors import DaskQuantError, InputError, Refused, refusing
-from dask_quant.tasks.reference_rows import ReferenceRows, baseline, first, joined, reference_chunk
+from dask_quant.tasks.reference_rows import ReferenceRows, baseline, first, joined, reference_chunk, subset_stats
 from dask_quant.tasks.sessions import ModelRef
 from dask_quant.tasks.storage import is_url
 from dask_quant.tasks.validate import ValidationStats
@@ -65,10 +65,16 @@ class TuneConfig:
     speculate: int | None = None  # steps of the walk scored at once (None: the cluster's threads); never a decision
     patience: int = 4  # groups in a row that do not help before the walk ranks again
     isolated: bool = False  # also score each group quantized alone (first round; the report's dots)
+    # Validation rows the walk scores its steps on, evenly spaced (None: a quarter of them, at least twice
+    # ranking_samples; 0: every row); a step meeting the target there is then scored on every row.
+    walk_samples: int | None = None
 
     def __post_init__(self) -> None:
         if self.ranking_samples < 1:
             msg = f"--ranking-samples must be at least 1, got {self.ranking_samples}"
+            raise InputError(msg)
+        if self.walk_samples is not None and self.walk_samples < 0:
+            msg = f"--walk-samples must be 0 (every row) or more, got {self.walk_samples}"
             raise InputError(msg)
         if self.time_budget is not None and self.time_budget <= 0:
             msg = f"--time-budget must be positive, got {self.time_budget:g} s"
@@ -84,8 +90,9 @@ class TuneResult:
     trials_reused: int
 
 
-def _job_key(config: RunConfig, prepared, ranking_rows: tuple[int, ...]) -> str:
+def _job_key(config: RunConfig, prepared, ranking_rows: tuple[int, ...], walk_rows: tuple[int, ...]) -> str:
     key = [
+        list(walk_rows),
         prepared.model.sha256,
         prepared.calib.sha256,
         prepared.val.sha256,
@@ -104,6 +111,17 @@ def _ranking_rows(cosines: np.ndarray, samples: int) -> tuple[int, ...]:
     return tuple(sorted(int(r) for r in order))
 
 
+def _walk_rows(rows: int, tuning: TuneConfig) -> tuple[int, ...]:
+    """The rows the walk scores its steps on, evenly spaced over the validation set (so they stand for all of
+    it, where the ranking rows are its worst); () when that would be every row."""
+    size = tuning.walk_samples
+    if size is None:
+        size = max(2 * tuning.ranking_samples, -(-rows // 4))
+    if size == 0 or size >= rows:
+        return ()
+    return tuple(i * rows // size for i in range(size))
+
+
 def _threads(client) -> int:
     """Every worker thread of the cluster: how many walk steps are worth scoring at once."""
     return max(1, sum(w["nthreads"] for w in client.scheduler_info(n_workers=-1)["workers"].values()))
@@ -118,9 +136,9 @@ class _FullInt8(NamedTuple):
     where: str
 
 
-def _reference(client, chunks, prepared, int8: ModelRef, bar: Progress) -> tuple[object, _FullInt8]:
-    """(every validation row with its FP32 outputs, as a future on the cluster; the full INT8 model on
-    them): one pass of both models over the chunks."""
+def _reference(client, chunks, prepared, int8: ModelRef, bar: Progress) -> tuple[object, object, _FullInt8]:
+    """(every validation row with its FP32 outputs, as a future on the cluster; that and the full INT8
+    model's outputs, a future; the full INT8 model on them): one pass of both models over the chunks."""
     from distributed import as_completed
 
     start = time.perf_counter()
@@ -135,7 +153,7 @@ def _reference(client, chunks, prepared, int8: ModelRef, bar: Progress) -> tuple
     if isinstance(scored, Refused):
         scored.raise_it()
     where = f"{len(parts)} chunks on {len(client.scheduler_info(n_workers=-1)['workers'])} workers"
-    return client.submit(first, both, pure=False), _FullInt8(*scored, time.perf_counter() - start, where)
+    return client.submit(first, both, pure=False), both, _FullInt8(*scored, time.perf_counter() - start, where)
 
 
 class _Runner:
@@ -254,20 +272,29 @@ def tune(
                     msg = f"{config.model}: ONNX Runtime's quantizer quantized no node, so there is nothing to tune"
                     raise InputError(msg)
                 chunks = dataset_chunks(prepared.val, config.chunk_size)
-                every, full_int8 = _reference(dask_client, chunks, prepared, ModelRef(str(full.path), full.sha256), bar)
+                int8 = ModelRef(str(full.path), full.sha256)
+                every, both, full_int8 = _reference(dask_client, chunks, prepared, int8, bar)
                 ranking = _ranking_rows(full_int8.cosines, tuning.ranking_samples)
+                walk = _walk_rows(prepared.val.rows, tuning)
                 shared = {ALL: every, RANKING: dask_client.submit(ReferenceRows.take, every, ranking, pure=False)}
-                store = TrialStore(work.folder, _job_key(config, prepared, ranking), target, config.resume)
+                if walk:
+                    shared[WALK] = dask_client.submit(ReferenceRows.take, every, walk, pure=False)
+                store = TrialStore(work.folder, _job_key(config, prepared, ranking, walk), target, config.resume)
                 if store.rows:
                     log(f"resuming: {len(store.rows)} finished experiments found in {work.folder}")
                 first_experiment = Experiment("baseline", (), None, ALL)
                 if store.get(first_experiment) is None:  # scored with the reference rows
                     store.add(first_experiment, full_int8.stats, full_int8.seconds, full_int8.where)
+                for rows, label in ((ranking, RANKING), (walk, WALK)):  # and so on the ranking's and walk's rows
+                    subset = Experiment("baseline", (), None, label)
+                    if rows and store.get(subset) is None:
+                        stats = dask_client.submit(subset_stats, both, rows, pure=False).result()
+                        store.add(subset, stats, 0.0, full_int8.where)
                 kinds = Counter(g.kind for g in groups)
                 log(
                     f"tune: {len(groups)} quantizer groups ({', '.join(f'{n} {k}' for k, n in kinds.items())}), "
                     f"target {target.describe()}; ranking on the {len(ranking)} validation rows full INT8 gets "
-                    "most wrong"
+                    "most wrong, " + (f"walking on {len(walk)} evenly spaced ones" if walk else "walking on every one")
                 )
                 calibration_future = dask_client.scatter(calibration, broadcast=True)
                 runner = _Runner(
@@ -280,6 +307,7 @@ def tune(
                     speculate=tuning.speculate or _threads(dask_client),
                     patience=tuning.patience,
                     restore=frozenset(weighted_nodes(prepared.proto, groups)),
+                    walk_rows=WALK if walk else ALL,
                     isolated=tuning.isolated,
                     log=log,
                 )
@@ -310,7 +338,14 @@ def tune(
                 "chunking": chunking,
                 "calibration": calibration_record(calibration, [config.quant.label]),
                 "timings_s": lap.timings,
-                "tune": _tune_record(tuning, search, groups, store, _load(run_dir.tmp / results.MODEL_FILE)),
+                "tune": _tune_record(
+                    tuning,
+                    search,
+                    groups,
+                    store,
+                    _load(run_dir.tmp / results.MODEL_FILE),
+                    len(walk) or prepared.val.rows,
+                ),  # fmt: skip
             }
             write_run(run_dir, config, prepared, quantized, validation, sections)
             if interrupted():
@@ -334,7 +369,9 @@ def _load(path: Path):
     return onnx.load(str(path))
 
 
-def _tune_record(tuning: TuneConfig, search: SearchResult, groups, store: TrialStore, int8_proto) -> dict:
+def _tune_record(
+    tuning: TuneConfig, search: SearchResult, groups, store: TrialStore, int8_proto, walk_samples: int
+) -> dict:
     target = tuning.target
     return {
         "target": target.describe(),
@@ -347,6 +384,7 @@ def _tune_record(tuning: TuneConfig, search: SearchResult, groups, store: TrialS
         "metric_before": target.value(search.baseline),
         "metric_after": target.value(search.final),
         "ranking_samples": tuning.ranking_samples,
+        "walk_samples": walk_samples,
         "rounds": search.rounds,
         "experiments": {"computed": store.computed, "reused": store.reused},
         "ranking": [[{"group": g, "metric": v} for g, v in ranking] for ranking in search.rankings],

@@ -105,5 +105,12 @@ def baseline(both: tuple[ReferenceRows, np.ndarray] | Refused) -> tuple[Validati
     return every.compare(outputs), cosines
 
 
+def subset_stats(both: tuple[ReferenceRows, np.ndarray], rows: Sequence[int]) -> ValidationStats:
+    """The statistics of the INT8 outputs against FP32's on `rows` (row numbers) only."""
+    every, outputs = both
+    at = np.searchsorted(np.asarray(every.rows), sorted(rows))
+    return every.take(rows).compare(outputs[at])
+
+
 def first(both: tuple[ReferenceRows, np.ndarray]) -> ReferenceRows:
     return both[0]

@@ -22,7 +22,7 @@ from processes import dask_quant
 
 from dask_quant import pipeline as dq
 from dask_quant.pipeline import results
-from dask_quant.pipeline.search import ALL, Experiment, greedy_search
+from dask_quant.pipeline.search import ALL, RANKING, WALK, Experiment, greedy_search
 from dask_quant.pipeline.target import Target
 from dask_quant.pipeline.tune import TuneConfig, tune
 from dask_quant.tasks.errors import InputError
@@ -81,7 +81,11 @@ def test_search_reverts_exactly_the_outlier_layer_for_any_workers_and_chunking(m
     )
     trials = _trials(first.run.run_dir)
     assert len(trials) == record["experiments"]["computed"] == first.trials_computed
-    assert set(trials["phase"]) == {"baseline", "rank", "isolated", "step"}
+    assert set(trials["phase"]) == {"baseline", "rank", "isolated", "step", "confirm"}
+    # The walk's steps on 32 evenly spaced rows of the 120 (twice the ranking's 16), and the step that met the
+    # target there on every row.
+    assert record["walk_samples"] == 32 and set(trials[trials.phase == "step"]["rows"]) == {"walk"}
+    assert list(trials[trials.phase == "confirm"]["rows"]) == ["all"]
     assert (trials["run_id"] == first.run.run_id).all()
     # Its own error: the first layer alone quantized is what breaks the model.
     isolated = dict(first.search.isolated)
@@ -325,6 +329,45 @@ def test_the_walk_decides_the_same_for_any_number_of_steps_scored_at_once():
         )  # fmt: skip
 
 
+def _by_rows(costs: dict):
+    """A made-up model scored on each set of rows: every node not in FP32 costs that set's penalty."""
+
+    def run(experiments: list[Experiment]):
+        def cost(e):
+            return sum(v for n, v in costs[e.rows].items() if n not in e.reverted)
+
+        return [ValidationStats(samples=1, cosine_sum=1 - cost(e)) for e in experiments]
+
+    return run
+
+
+def test_the_walk_scores_its_steps_on_its_rows_and_only_every_row_ends_it():
+    # The walk's rows stand for every row: four steps there, then one model on every row, which meets it.
+    ranking = {"a": 0.004, "b": 0.003, "c": 0.002, "d": 0.001}
+    alike = {"a": 0.0012, "b": 0.001, "c": 0.0007, "d": 0.0001}
+    scored = []
+    run = _by_rows({RANKING: ranking, WALK: alike, ALL: alike})
+
+    def counted(experiments):
+        scored.extend((e.phase, e.rows) for e in experiments)
+        return run(experiments)
+
+    result = greedy_search("abcd", Target("cosine", 0.999), counted, speculate=1, isolated=False, walk_rows=WALK)
+    assert result.met and result.groups == ("a", "b") and result.final.mean_cosine == pytest.approx(1 - 0.0008)
+    assert [p for p, rows in scored if rows == ALL] == ["baseline", "confirm"]
+    assert [p for p, rows in scored if rows == WALK] == ["baseline", "step", "step"]
+    # Rows that flatter the model: they meet the target after "a", every row does not, and from there the walk
+    # goes on every row (where "b" then meets it), the same for any number of steps scored at once.
+    flattering = {"a": 0.0012, "b": 0.0001, "c": 0.0001, "d": 0.0001}
+    results = [
+        greedy_search("abcd", Target("cosine", 0.999), _by_rows({RANKING: ranking, WALK: flattering, ALL: alike}),
+                      speculate=k, isolated=False, walk_rows=WALK)
+        for k in (1, 2, 4)
+    ]  # fmt: skip
+    assert results[0].met and results[0].groups == ("a", "b")
+    assert all((r.groups, r.final) == (results[0].groups, results[0].final) for r in results[1:])
+
+
 def test_a_target_met_only_in_fp32_publishes_nothing_and_says_so(mlp, tmp_path):
     model, calib, val = mlp
     result = dask_quant("tune", model, "--calib", calib, "--val", val, "--target", "cosine>=1.5", "--out", tmp_path,
@@ -355,25 +398,29 @@ def test_a_weighted_group_the_target_no_longer_needs_is_put_back():
     assert put_back.final.mean_cosine == 1 - on_all["a"] and phases.count("restore") == 1
 
 
-def test_the_put_back_scores_as_many_models_not_yet_scored_at_once_as_it_may():
-    # The walk takes x, y, z (cheap on every row, costly on the ranking rows) and w; x, y and z each pass
-    # put back alone (w alone is the walk's third step: three new models), and the chain then puts back x
-    # (already scored alone), x+y (passes) and x+y+z (fails): two models not yet scored, one batch for two
-    # threads (it was two batches of one).
-    batches = []
+def test_the_put_back_tries_the_least_useful_revert_first_and_stops_after_two_misses():
+    # The walk takes x, y, z (cheap on every row, costly on the ranking rows) and then w. Put back in the
+    # order of what each revert gained on every row: x (passes), x+y (passes), x+y+z (fails), x+y+w (fails):
+    # two misses in a row end it. Any number of models scored at once decides the same.
+    scored = []
     run = _additive(
-        {"x": 0.01, "y": 0.009, "z": 0.008, "w": 0.007}, {"x": 0.0005, "y": 0.0005, "z": 0.0005, "w": 0.004}
+        {"x": 0.01, "y": 0.009, "z": 0.008, "w": 0.007}, {"x": 0.0003, "y": 0.0006, "z": 0.0009, "w": 0.004}
     )
 
     def counted(experiments):
-        batches.append((experiments[0].phase, len(experiments)))
+        scored.extend((e.phase, e.reverted) for e in experiments)
         return run(experiments)
 
-    target, weighted = Target("cosine", 0.9988), frozenset("xyzw")
-    two = greedy_search("xyzw", target, counted, speculate=2, isolated=False, restore=weighted)
-    one = greedy_search("xyzw", target, run, speculate=1, isolated=False, restore=weighted)
-    assert two.groups == one.groups == ("z", "w") and two.final == one.final and two.met
-    assert [n for phase, n in batches if phase == "restore"] == [3, 2]
+    target, weighted = Target("cosine", 0.999), frozenset("xyzw")
+    results = [greedy_search("xyzw", target, counted if k == 2 else run, speculate=k, isolated=False,
+                             restore=weighted) for k in (1, 2, 3, 5)]  # fmt: skip
+    assert results[0].groups == ("z", "w") and results[0].met
+    assert results[0].final.mean_cosine == 1 - 0.0009
+    for other in results[1:]:
+        assert (other.groups, other.reverted, other.final) == (results[0].groups, results[0].reverted, results[0].final)
+    # Two at a time: (y z w) and (z w) pass, (w) fails with the next one scored speculatively (the baseline,
+    # already known), and (z) fails: four models on every row, never one of the eight subsets more.
+    assert [r for phase, r in scored if phase == "restore"] == [("y", "z", "w"), ("z", "w"), ("w",), ("z",)]
 
 
 def test_groups_without_a_weighted_node_are_walked_first():
@@ -403,6 +450,18 @@ def test_time_budget_stops_with_the_best_so_far():
 
     result = greedy_search(("a", "b"), TARGET, run)
     assert result.stopped == "time budget" and result.reverted == () and not result.met
+    # The time runs out after the walk's first step on its rows: that model stands, not met (every row has
+    # not scored it), with its statistics on the walk's rows.
+    scored = _by_rows({RANKING: {"a": 0.01, "b": 0.001}, WALK: {"a": 0.01, "b": 0.001}, ALL: {"a": 0.01, "b": 0.001}})
+    calls = []
+
+    def budget(experiments):
+        calls.append(experiments)
+        return scored(experiments) if len(calls) <= 4 else [None] * len(experiments)
+
+    walked = greedy_search(("a", "b"), Target("cosine", 0.9995), budget, speculate=1, isolated=False, walk_rows=WALK)
+    assert walked.stopped == "time budget" and walked.reverted == ("a",) and not walked.met
+    assert walked.final.mean_cosine == pytest.approx(0.999) and walked.groups == ("a",)
 
 
 def test_bad_targets_are_refused_in_one_line():
