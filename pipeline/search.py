@@ -219,8 +219,11 @@ def greedy_search(
                 size = f" ({len(members[group])} nodes)" if len(members[group]) > 1 else ""
                 log(f"reverted {group}{size}: {target.metric} {target.value(current):.5f} on {on()}")
                 if target.met(current):
-                    # Met on the walk's rows: only every row decides (free when those are every row).
-                    (everywhere,) = score([Experiment("confirm", reverted, group, ALL)])
+                    # Met on the walk's rows: only every row decides (free when those are every row). The
+                    # put-back's first models are scored with it, on the threads it would leave idle.
+                    spare = speculate - 1 if walk_rows != ALL else 0
+                    ahead = _first_put_backs(taken, gains, members, canonical, restore, spare)
+                    everywhere, *_ = score([Experiment("confirm", reverted, group, ALL), *ahead])
                     if everywhere is None:
                         stopped, walk = "time budget", False
                         break
@@ -262,31 +265,53 @@ def greedy_search(
     )
 
 
+def _put_back_order(taken, gains, members, restore) -> tuple[list, list]:
+    """(the groups the walk took, less those the others cover; the put-back's candidates in order: those
+    holding a node of `restore`, the one whose revert gained least first)."""
+    taken = list(taken)
+    for group in reversed(tuple(taken)):  # a group the others cover adds nothing: no experiment needed
+        others = {n for g in taken if g != group for n in members[g]}
+        if set(members[group]) <= others:
+            taken.remove(group)
+
+    def own(group) -> set[str]:
+        return set(restore.intersection(members[group])) - {n for g in taken if g != group for n in members[g]}
+
+    candidates = [g for g in taken if own(g)]
+    return taken, sorted(candidates, key=lambda g: (gains.get(g, 0.0), taken.index(g)))
+
+
+def _first_put_backs(taken, gains, members, canonical, restore, count: int) -> list[Experiment]:
+    """The first `count` models the put-back would score if the target held with `taken` in FP32 (each
+    candidate put back after the ones before it)."""
+    if not restore or count < 1:
+        return []
+    taken, pending = _put_back_order(taken, gains, members, restore)
+    back, models = set(), []
+    for group in pending[:count]:
+        back.add(group)
+        models.append(Experiment("restore", canonical(n for g in taken if g not in back for n in members[g]),
+                                 group, ALL))  # fmt: skip
+    return models
+
+
 def _put_back(
     taken, gains, members, canonical, target, current, restore, score, log, speculate=4, known=lambda _: False
 ):
     """Quantize again the reverted groups holding a node of `restore` (the weighted ones) that the target can
     do without: a group the walk needed early can be needless once later groups are in FP32.
 
-    One after another, the group whose revert gained least first (`gains`), each kept in INT8 while the
-    target still holds on every validation row, until PUT_BACK_MISSES in a row break it; `speculate` models
-    not yet scored at a time, each as if put back one at a time, so the decisions never depend on it. (On the
-    walk's rows, its margins are too thin: on MiniLM a third put-back held there, 0.99511, and not on every
-    row, and going back cost more than the sample saved.)
+    One after another, the group whose revert gained least in the walk first (`gains`), each kept in INT8
+    while the target still holds on every validation row, until PUT_BACK_MISSES in a row break it; `speculate`
+    models not yet scored at a time, each as if put back one at a time, so the decisions never depend on it.
+    (On the walk's rows, its margins are too thin: on MiniLM a third put-back held there, 0.99511, and not on
+    every row, and going back cost more than the sample saved.)
     """
-    taken = list(taken)
-
-    def others(group) -> set[str]:
-        return {n for g in taken if g != group for n in members[g]}
+    taken, pending = _put_back_order(taken, gains, members, restore)
 
     def without(groups) -> tuple[str, ...]:
         return canonical(n for g in taken if g not in groups for n in members[g])
 
-    for group in reversed(tuple(taken)):  # a group the others cover adds nothing: no experiment needed
-        if set(members[group]) <= others(group):
-            taken.remove(group)
-    candidates = [g for g in taken if restore.intersection(members[g]) - others(g)]
-    pending = sorted(candidates, key=lambda g: (gains.get(g, 0.0), taken.index(g)))
     misses = 0
     while pending and misses < PUT_BACK_MISSES:
         part, back, steps, new = [], set(), [], 0

@@ -366,6 +366,23 @@ def test_the_walk_scores_its_steps_on_its_rows_and_only_every_row_ends_it():
     ]  # fmt: skip
     assert results[0].met and results[0].groups == ("a", "b")
     assert all((r.groups, r.final) == (results[0].groups, results[0].final) for r in results[1:])
+    # With a put-back to follow, its first model is scored beside the confirmation (the idle thread's work),
+    # and the search decides as with one model at a time: "b" gained least, and goes back.
+    batches = []
+    costs = {RANKING: ranking, WALK: alike, ALL: {"a": 0.0006, "b": 0.0001, "c": 0.0003, "d": 0.0001}}
+
+    def batched(experiments):
+        batches.append([(e.phase, e.rows) for e in experiments])
+        return _by_rows(costs)(experiments)
+
+    two, one = (
+        greedy_search("abcd", Target("cosine", 0.999), run, speculate=k, isolated=False, walk_rows=WALK,
+                      restore=frozenset("abcd"))
+        for k, run in ((2, batched), (1, _by_rows(costs)))
+    )  # fmt: skip
+    assert [("confirm", ALL), ("restore", ALL)] in batches
+    assert two.met and (two.groups, two.reverted, two.final) == (one.groups, one.reverted, one.final)
+    assert two.groups == ("a",)
 
 
 def test_a_target_met_only_in_fp32_publishes_nothing_and_says_so(mlp, tmp_path):
