@@ -149,9 +149,13 @@ def greedy_search(
     if current is None:
         msg = "--time-budget ran out before the full INT8 model was even scored: allow more time"
         raise InputError(msg)
+    if walk_rows != ALL and target.met(current) and not target.met(baseline):
+        walk_rows, current = ALL, baseline  # the walk's rows flatter the full INT8 model: every row decides
     reverted, taken = (), ()
     confirmed = ((), (), baseline)  # the last (reverted, taken, statistics on every row) the walk reached
-    gains: dict[str, float] = {}  # what each group the walk took gained on its rows
+    # What each group the walk took gained on its rows (on every row once the walk moved there): the
+    # put-back's order, a guess that never decides alone.
+    gains: dict[str, float] = {}
 
     def on() -> str:
         return "every validation row" if walk_rows == ALL else "the walk's rows"
@@ -242,11 +246,22 @@ def greedy_search(
         if not improved and not stopped and len(tiers) > 1:
             tiers.pop(0)
             log("no group without a MatMul, Conv or Gemm improves the metric further: ranking every group")
+        elif not improved and not stopped and walk_rows != ALL:
+            # Nothing helps on the walk's rows, which may simply have nothing left to gain: every row decides.
+            (everywhere,) = score([Experiment("confirm", reverted, taken[-1] if taken else None, ALL)])
+            if everywhere is None:
+                stopped = "time budget"
+                break
+            confirmed = (reverted, taken, everywhere)
+            log("no group improves the metric on the walk's rows: walking on every row")
+            walk_rows, current = ALL, everywhere
         elif not improved and not stopped:
             stopped = "no remaining group improves the metric"
     if confirmed[0] != reverted and stopped != "time budget":  # where the walk ended, on every row
         (everywhere,) = score([Experiment("confirm", reverted, taken[-1] if taken else None, ALL)])
-        if everywhere is not None:
+        if everywhere is None:
+            stopped = "time budget"
+        else:
             confirmed = (reverted, taken, everywhere)
     if confirmed[0] != reverted:  # the time is up: the walk's last model stands, not met until every row says so
         return SearchResult(
@@ -278,7 +293,12 @@ def _put_back_order(taken, gains, members, restore) -> tuple[list, list]:
         return set(restore.intersection(members[group])) - {n for g in taken if g != group for n in members[g]}
 
     candidates = [g for g in taken if own(g)]
-    return taken, sorted(candidates, key=lambda g: (gains.get(g, 0.0), taken.index(g)))
+
+    def gained(group) -> float:  # a revert that fixed a NaN metric gained everything: put back last
+        gain = gains.get(group, 0.0)
+        return math.inf if math.isnan(gain) else gain
+
+    return taken, sorted(candidates, key=lambda g: (gained(g), taken.index(g)))
 
 
 def _first_put_backs(taken, gains, members, canonical, restore, count: int) -> list[Experiment]:

@@ -383,6 +383,26 @@ def test_the_walk_scores_its_steps_on_its_rows_and_only_every_row_ends_it():
     assert [("confirm", ALL), ("restore", ALL)] in batches
     assert two.met and (two.groups, two.reverted, two.final) == (one.groups, one.reverted, one.final)
     assert two.groups == ("a",)
+    # Walk rows with nothing to gain (they meet the target at full INT8, or reverting helps only elsewhere):
+    # every row decides, and the walk goes on there.
+    target, ranked = Target("cosine", 0.999), {"a": 0.004, "b": 0.002}
+    for walk in ({"a": 0.0, "b": 0.0}, {"a": 0.0, "b": 0.0, "z": 0.002}):
+        found = greedy_search("ab", target, _by_rows({RANKING: ranked, WALK: walk, ALL: ranked}), isolated=False,
+                              walk_rows=WALK, restore=frozenset("ab"))  # fmt: skip
+        assert found.met and found.reverted == ("a", "b") and found.final.mean_cosine == 1.0
+
+
+def test_a_revert_that_fixes_a_nan_metric_is_put_back_last():
+    # "a" turns the walk's rows from NaN to a number: its gain is NaN, which must not sort first.
+    nan = float("nan")
+    costs = {
+        RANKING: {"a": 0.01, "b": 0.005, "c": 0.004, "d": 0.003},
+        WALK: {"a": nan, "b": 0.003, "c": 0.0005, "d": 0.001},
+        ALL: {"a": nan, "b": 0.003, "c": 0.003, "d": 0.0},
+    }
+    result = greedy_search("abcd", Target("cosine", 0.9995), _by_rows(costs), isolated=False, walk_rows=WALK,
+                           restore=frozenset("abcd"), speculate=1)  # fmt: skip
+    assert result.met and result.reverted == ("a", "b", "c")  # "d" (least gain) went back
 
 
 def test_a_target_met_only_in_fp32_publishes_nothing_and_says_so(mlp, tmp_path):
@@ -479,6 +499,12 @@ def test_time_budget_stops_with_the_best_so_far():
     walked = greedy_search(("a", "b"), Target("cosine", 0.9995), budget, speculate=1, isolated=False, walk_rows=WALK)
     assert walked.stopped == "time budget" and walked.reverted == ("a",) and not walked.met
     assert walked.final.mean_cosine == pytest.approx(0.999) and walked.groups == ("a",)
+    # Every group is in FP32 and the time runs out as every row would score that: it says so.
+    tables = _by_rows({RANKING: {"a": 0.004}, WALK: {"a": 0.001, "z": 0.005}, ALL: {"a": 0.001}})
+    whole = greedy_search("a", Target("cosine", 0.9999), tables, isolated=False, walk_rows=WALK)
+    cut = greedy_search("a", Target("cosine", 0.9999), lambda es: tables(es) if not any(e.phase == "confirm"
+                        for e in es) else [None] * len(es), isolated=False, walk_rows=WALK)  # fmt: skip
+    assert whole.met and whole.reverted == ("a",) and not cut.met and cut.stopped == "time budget"
 
 
 def test_bad_targets_are_refused_in_one_line():
