@@ -141,12 +141,10 @@ def greedy_search(
     # The groups without a weighted node first, then every group (one tier when that is all of them).
     unweighted = tuple(g for g in labels if not restore.intersection(members[g]))
     tiers = [unweighted, labels] if unweighted and len(unweighted) < len(labels) else [labels]
+    # On every row, then on the walk's rows (the same model, free when those are every row).
     (baseline,) = score([Experiment("baseline", (), None, ALL)])
-    if baseline is None:
-        msg = "--time-budget ran out before the full INT8 model was even scored: allow more time"
-        raise InputError(msg)
-    (current,) = score([Experiment("baseline", (), None, walk_rows)])  # the walk's rows (free when every row)
-    if current is None:
+    (current,) = score([Experiment("baseline", (), None, walk_rows)]) if baseline is not None else (None,)
+    if baseline is None or current is None:
         msg = "--time-budget ran out before the full INT8 model was even scored: allow more time"
         raise InputError(msg)
     if walk_rows != ALL and target.met(current) and not target.met(baseline):
@@ -280,19 +278,19 @@ def greedy_search(
     )
 
 
+def _nodes(groups, members, leaving=()) -> set[str]:
+    """The nodes of `groups` but those in `leaving`."""
+    return {n for g in groups if g not in leaving for n in members[g]}
+
+
 def _put_back_order(taken, gains, members, restore) -> tuple[list, list]:
     """(the groups the walk took, less those the others cover; the put-back's candidates in order: those
     holding a node of `restore`, the one whose revert gained least first)."""
     taken = list(taken)
     for group in reversed(tuple(taken)):  # a group the others cover adds nothing: no experiment needed
-        others = {n for g in taken if g != group for n in members[g]}
-        if set(members[group]) <= others:
+        if set(members[group]) <= _nodes(taken, members, {group}):
             taken.remove(group)
-
-    def own(group) -> set[str]:
-        return set(restore.intersection(members[group])) - {n for g in taken if g != group for n in members[g]}
-
-    candidates = [g for g in taken if own(g)]
+    candidates = [g for g in taken if restore.intersection(members[g]) - _nodes(taken, members, {g})]
 
     def gained(group) -> float:  # a revert that fixed a NaN metric gained everything: put back last
         gain = gains.get(group, 0.0)
@@ -310,8 +308,7 @@ def _first_put_backs(taken, gains, members, canonical, restore, count: int) -> l
     back, models = set(), []
     for group in pending[:count]:
         back.add(group)
-        models.append(Experiment("restore", canonical(n for g in taken if g not in back for n in members[g]),
-                                 group, ALL))  # fmt: skip
+        models.append(Experiment("restore", canonical(_nodes(taken, members, back)), group, ALL))
     return models
 
 
@@ -330,7 +327,7 @@ def _put_back(
     taken, pending = _put_back_order(taken, gains, members, restore)
 
     def without(groups) -> tuple[str, ...]:
-        return canonical(n for g in taken if g not in groups for n in members[g])
+        return canonical(_nodes(taken, members, groups))
 
     misses = 0
     while pending and misses < PUT_BACK_MISSES:
