@@ -25,9 +25,10 @@ import numpy as np
 
 from dask_quant.pipeline.config import QuantConfig
 from dask_quant.pipeline.stages.calibrate import Calibration
-from dask_quant.pipeline.stages.quantize import quantize
+from dask_quant.pipeline.stages.quantize import quantize, quantized_proto
+from dask_quant.tasks.digest import sha256_bytes
 from dask_quant.tasks.reference_rows import ReferenceRows
-from dask_quant.tasks.sessions import ModelRef
+from dask_quant.tasks.sessions import ModelRef, fresh_session, session_from_bytes
 from dask_quant.tasks.validate import ValidationStats
 
 _REMEMBERED = 20_000  # weights whose parameters and quantized initializer each worker process keeps
@@ -244,7 +245,8 @@ def _source_copy(calibration: Calibration):
 # Variants scored by this process, by the model's sha256 and the rows: reverting a node whose every QDQ pair
 # another node also asks for writes the very model scored before (frequent with every op type quantized).
 _score_once = _bounded(
-    lambda model, rows, output: rows.score(model, output), lambda model, rows, output: (model.sha256, rows.rows, output)
+    lambda key, rows, output, session: rows.score_session(session(), output),
+    lambda key, rows, output, session: (key, rows.rows, output),
 )
 
 
@@ -256,12 +258,26 @@ def write_variant(calibration: Calibration, quant: QuantConfig, path: Path, reve
         return quantize(calibration, quant, path, exclude=reverted, source=source, read_back=False)
 
 
+def variant_bytes(calibration: Calibration, quant: QuantConfig, reverted: tuple[str, ...]) -> bytes | None:
+    """The serialized model write_variant would write, made in memory (no file written, read back and hashed:
+    a third of a MiniLM ranking experiment's time), or None for one that quantize() must write itself."""
+    _remember_quantizer_work()
+    with _source_copy(calibration) as source:
+        proto = quantized_proto(calibration, quant, reverted, source=source)
+    return None if proto is None else proto.SerializeToString()
+
+
 def run_experiment(
     calibration: Calibration, quant: QuantConfig, reverted: tuple[str, ...], rows: ReferenceRows, output: str | None
 ) -> tuple[ValidationStats, float, str]:
     """(statistics against FP32 on `rows`, seconds, where it ran) of the model with `reverted` nodes in FP32."""
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="dask-quant-variant-") as tmp:
-        quantized = write_variant(calibration, quant, Path(tmp) / "variant.onnx", reverted)
-        stats = _score_once(ModelRef(str(quantized.path), quantized.sha256), rows, output)
+    data = variant_bytes(calibration, quant, reverted)
+    if data is not None:
+        stats = _score_once(sha256_bytes(data), rows, output, lambda: session_from_bytes(data, "a tune variant"))
+    else:
+        with tempfile.TemporaryDirectory(prefix="dask-quant-variant-") as tmp:
+            quantized = write_variant(calibration, quant, Path(tmp) / "variant.onnx", reverted)
+            model = ModelRef(str(quantized.path), quantized.sha256)
+            stats = _score_once(model.sha256, rows, output, lambda: fresh_session(model))
     return stats, time.perf_counter() - start, f"{socket.gethostname()}:{os.getpid()}"

@@ -36,7 +36,11 @@ class ReferenceRows:
     def score(self, model: ModelRef, output: str | None = None) -> ValidationStats:
         """The statistics of `model`'s outputs on these rows against FP32's (as validation computes them);
         the model's session is not cached (a variant is scored once)."""
-        return self.compare(_run_sliced(fresh_session(model), output, self.feeds, self.feeding))
+        return self.score_session(fresh_session(model), output)
+
+    def score_session(self, session, output: str | None = None) -> ValidationStats:
+        """score() of the model a `session` runs."""
+        return self.compare(_run_sliced(session, output, self.feeds, self.feeding))
 
     def compare(self, outputs: np.ndarray) -> ValidationStats:
         """The statistics of `outputs` (one per row) against these rows' FP32 outputs."""

@@ -104,7 +104,7 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-def _build(model: ModelRef, spec: SessionSpec):
+def _options(spec: SessionSpec, folder: str | None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -125,14 +125,29 @@ def _build(model: ModelRef, spec: SessionSpec):
         options.enable_cpu_mem_arena = False
     # A model saved with external data names its files relative to its own folder; from bytes, ORT
     # needs that folder said (the model's own bytes are checked against the digest, data files too).
-    if model.url is None:  # one at a URL has no external data (pipeline.remote_out)
-        folder = str(Path(model.path).resolve().parent)
+    if folder is not None:
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+    return options
+
+
+def _session(data: bytes, options, where: str):
+    import onnxruntime as ort
+
     try:
-        return ort.InferenceSession(_model_bytes(model, spec), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except _ort_load_errors() as exc:
-        msg = f"{model.location}: ONNX Runtime cannot load this model ({_first_line(exc)}); check it with onnx.checker"
+        msg = f"{where}: ONNX Runtime cannot load this model ({_first_line(exc)}); check it with onnx.checker"
         raise InputError(msg) from None
+
+
+def _build(model: ModelRef, spec: SessionSpec):
+    folder = None if model.url is not None else str(Path(model.path).resolve().parent)  # a URL's has no data files
+    return _session(_model_bytes(model, spec), _options(spec, folder), model.location)
+
+
+def session_from_bytes(data: bytes, where: str):
+    """A session of its own for a serialized model without external data, made in memory (a tune variant)."""
+    return _session(data, _options(SessionSpec(), None), where)
 
 
 def fresh_session(model: ModelRef, spec: SessionSpec = SessionSpec()):

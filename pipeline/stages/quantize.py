@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import functools
 import tempfile
+import threading
+import uuid
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -260,29 +263,12 @@ def _file_facts(path: str, state: tuple) -> tuple[bool, int, tuple]:
     return large, *_opsets(onnx.load(path, load_external_data=False))
 
 
-def quantize(
-    calibration: Calibration,
-    quant: QuantConfig,
-    path: Path,
-    exclude: tuple[str, ...] = (),
-    *,
-    source=None,
-    read_back: bool = True,
-) -> QuantizedModel:
-    """Write the quantized model of `calibration`'s model under `quant` to `path` (plus `exclude`: nodes kept
-    FP32): QDQ from the calibration's ranges (static), quantize_dynamic's model (dynamic),
-    MatMulNBitsQuantizer's (weight-only) or GPTQ's nodes solved by calibrate (weight-only gptq); dynamic and
-    rtn/hqq read no statistics, so the calibration may be empty.
-
-    The model file is read from calibration.model.path (the user's model at a
-    URL from there) and must still have the sha256 it was calibrated with; a
-    caller that already holds that file's ModelProto (not a large one) passes
-    it as `source`, which ORT's quantizer then consumes. Without `read_back`
-    the written model's qparams are not read (a tune variant, scored once).
-    """
+def _inputs(calibration: Calibration, quant: QuantConfig, exclude: tuple[str, ...], source):
+    """(quant with `exclude` added, the model ORT's quantizer is given, whether it is large, the ranges) after
+    checking that the model file is the one calibrated and its opset can hold the quantized model."""
     import onnx
 
-    from dask_quant.tasks.digest import file_state, known_sha256, model_sha256, sha256_bytes
+    from dask_quant.tasks.digest import file_state, known_sha256, sha256_bytes
     from dask_quant.tasks.errors import InputError
     from dask_quant.tasks.storage import read_remote
 
@@ -317,6 +303,81 @@ def quantize(
             + (", or pass --per-tensor" if needed == PER_CHANNEL_OPSET else "")
         )
         raise InputError(msg)
+    return quant, given, large, ranges
+
+
+def quantized_proto(calibration: Calibration, quant: QuantConfig, exclude: tuple[str, ...] = (), *, source=None):
+    """The static QDQ model quantize() would write, byte for byte once serialized, as a ModelProto in memory
+    (nothing is written), or None where quantize() must write a file: a large model, another scheme."""
+    if quant.scheme is not Scheme.STATIC:
+        return None
+    quant, given, large, ranges = _inputs(calibration, quant, exclude, source)
+    if large:
+        return None
+    with _kept_in_memory() as kept:
+        write_quantized_model(given, tensors_data(ranges, calibration.stats), quant, kept.path, large=False)
+    return kept.model
+
+
+class _Kept(threading.local):
+    path: str | None = None
+    model = None
+
+
+_kept = _Kept()
+_keeping = threading.Lock()
+
+
+@contextmanager
+def _kept_in_memory():
+    """While it lasts, this thread's onnx.save_model to the yielded object's `path` (which ORT's quantizer
+    calls last, after its own sorting and checks) keeps the model in that object's `model` instead."""
+    import onnx
+
+    with _keeping:
+        if not getattr(onnx.save_model, "_dask_quant_keeps", False):
+            save = onnx.save_model
+
+            def save_model(proto, f, *args, **kwargs):
+                if _kept.path is not None and str(f) == _kept.path:
+                    _kept.model = proto
+                    return None
+                return save(proto, f, *args, **kwargs)
+
+            save_model._dask_quant_keeps = True
+            onnx.save_model = save_model
+    _kept.path, _kept.model = f"dask-quant-in-memory-{uuid.uuid4().hex}.onnx", None
+    try:
+        yield _kept
+    finally:
+        _kept.path = None
+
+
+def quantize(
+    calibration: Calibration,
+    quant: QuantConfig,
+    path: Path,
+    exclude: tuple[str, ...] = (),
+    *,
+    source=None,
+    read_back: bool = True,
+) -> QuantizedModel:
+    """Write the quantized model of `calibration`'s model under `quant` to `path` (plus `exclude`: nodes kept
+    FP32): QDQ from the calibration's ranges (static), quantize_dynamic's model (dynamic),
+    MatMulNBitsQuantizer's (weight-only) or GPTQ's nodes solved by calibrate (weight-only gptq); dynamic and
+    rtn/hqq read no statistics, so the calibration may be empty.
+
+    The model file is read from calibration.model.path (the user's model at a
+    URL from there) and must still have the sha256 it was calibrated with; a
+    caller that already holds that file's ModelProto (not a large one) passes
+    it as `source`, which ORT's quantizer then consumes. Without `read_back`
+    the written model's qparams are not read (a tune variant, scored once).
+    """
+    import onnx
+
+    from dask_quant.tasks.digest import model_sha256
+
+    quant, given, large, ranges = _inputs(calibration, quant, exclude, source)
     path = Path(path)
     if quant.scheme is Scheme.STATIC:
         warnings = write_quantized_model(given, tensors_data(ranges, calibration.stats), quant, path, large)

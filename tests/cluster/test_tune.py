@@ -185,7 +185,13 @@ def test_remembered_weights_and_shapes_write_the_models_quantize_static_writes(r
     from onnxruntime.quantization import qdq_quantizer
 
     from dask_quant.pipeline import experiments
-    from dask_quant.pipeline.experiments import _ort_quantize_module, _remember_quantizer_work, _source, write_variant
+    from dask_quant.pipeline.experiments import (
+        _ort_quantize_module,
+        _remember_quantizer_work,
+        _source,
+        variant_bytes,
+        write_variant,
+    )
     from dask_quant.tasks.digest import file_state
 
     model, calib, _ = residual
@@ -205,6 +211,7 @@ def test_remembered_weights_and_shapes_write_the_models_quantize_static_writes(r
         _source.cache_clear()
         got = [write_variant(calibration, config.quant, tmp_path / f"memo{i}.onnx", v) for i, v in enumerate(variants)]
         remembered = _source.cache_info()
+        in_memory = [variant_bytes(calibration, config.quant, v) for v in variants]  # nothing written
         with monkeypatch.context() as small:  # a model over the size remembered: ORT's own round trip
             small.setattr(experiments, "_REMEMBER_SOURCE_UP_TO", 0)
             _source.cache_clear()
@@ -214,9 +221,10 @@ def test_remembered_weights_and_shapes_write_the_models_quantize_static_writes(r
     assert all(getattr(owner, name) is not original for owner, name, original in originals)  # remembered ones ran
     assert hasattr(_ort_quantize_module(), "_dask_quant_shape_inference")  # and ORT's shape inference, once per source:
     assert remembered.misses == 1 and remembered.hits == len(variants) - 1
-    for a, b in zip(expected, got, strict=True):
-        assert a.path.read_bytes() == b.path.read_bytes()
+    for a, b, c in zip(expected, got, in_memory, strict=True):
+        assert a.path.read_bytes() == b.path.read_bytes() == c
     assert len({q.sha256 for q in got}) == 3
+    assert not list(tmp_path.glob("dask-quant-in-memory-*")) and not list(Path.cwd().glob("dask-quant-in-memory-*"))
 
 
 def test_a_worker_scores_each_distinct_variant_once(mlp, tmp_path, monkeypatch):
@@ -227,8 +235,8 @@ def test_a_worker_scores_each_distinct_variant_once(mlp, tmp_path, monkeypatch):
     model, calib, val = mlp
     config = dq.RunConfig(model=model, calib=calib, val=val, out=tmp_path)
     scored = []
-    score = ReferenceRows.score
-    monkeypatch.setattr(ReferenceRows, "score", lambda self, *a: scored.append(1) or score(self, *a))
+    score = ReferenceRows.score_session
+    monkeypatch.setattr(ReferenceRows, "score_session", lambda self, *a: scored.append(1) or score(self, *a))
     with dq.prepare(config) as prepared, Client(processes=False, n_workers=1, dashboard_address=":0") as client:
         calibration = dq.calibrate(prepared, client, [config.quant])
         (chunk, *_) = dataset_chunks(prepared.val, 64)
