@@ -88,6 +88,15 @@ def security(config: ClusterConfig):
     )
 
 
+# glibc's malloc gives every block over 32 MiB fresh pages from mmap and unmaps them when freed, and Dask's
+# default gives the top of the heap back at 64 KiB. A tune experiment makes and frees a model's bytes several
+# times (MiniLM: 68 MiB, copied by ORT's quantizer, serialized, parsed by the session), so each one faulted in
+# ~600 MiB of zeroed pages: 30% of the workers' CPU time was the kernel's. Kept in the heap, the next
+# experiment reuses them (benchmarks/tune_vs_nncf.py). A worker's peak is unchanged; what it frees stays its
+# own. Set before each worker process starts (glibc reads them once); a user's own environment wins.
+REUSE_FREED = {"MALLOC_MMAP_MAX_": 0, "MALLOC_TRIM_THRESHOLD_": 2**30}
+
+
 def local_cluster(workers: int, threads_per_worker: int = 1, locked: bool = True, **options):
     """The LocalCluster of process workers a run starts (the benchmarks start the same one).
 
@@ -112,7 +121,9 @@ def local_cluster(workers: int, threads_per_worker: int = 1, locked: bool = True
     # once, not one round trip at a time (1000 one-row chunks: 2.3 -> 1.2 ms of
     # overhead each). Chunk results are small statistics, so the root-task
     # overproduction queuing guards against costs no memory here.
-    with dask.config.set({"distributed.scheduler.worker-saturation": float("inf")}):
+    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ"), **REUSE_FREED}
+    settings = {"distributed.scheduler.worker-saturation": float("inf"), "distributed.nanny.pre-spawn-environ": environ}
+    with dask.config.set(settings):
         return LocalCluster(
             n_workers=workers, threads_per_worker=threads_per_worker, processes=True, config=worker_config, **options
         )

@@ -292,6 +292,20 @@ def test_only_this_process_can_connect_to_the_local_cluster():
         gc.collect()
 
 
+def test_local_workers_keep_what_they_free_for_reuse(monkeypatch):
+    import os
+
+    from dask_quant.cluster.config import ClusterConfig
+    from dask_quant.cluster.connect import REUSE_FREED, cluster_client
+
+    names = sorted(REUSE_FREED)
+    monkeypatch.delenv("MALLOC_MMAP_MAX_", raising=False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")  # the user's own setting wins
+    with cluster_client(ClusterConfig(workers=1)) as client:
+        (found,) = client.run(lambda: [os.environ.get(name) for name in names]).values()
+    assert dict(zip(names, found, strict=True)) == {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "12345"}
+
+
 def test_workers_that_die_before_running_anything_end_the_job_with_one_message(tmp_path, monkeypatch):
     """Workers killed as they start (as a memory limit below what they need would) are restarted by
     their nannies forever; the job must end instead of waiting."""
