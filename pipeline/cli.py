@@ -122,6 +122,9 @@ def _errors_to_exit_codes(interrupted: str, unwritten: str = "; nothing was publ
 @click.version_option(package_name="dask-quant")
 def main() -> None:
     """Post-training quantization of ONNX models as a Dask task graph."""
+    from dask_quant.cluster.connect import reuse_freed_here
+
+    reuse_freed_here()
 
 
 @main.command()

@@ -23,7 +23,7 @@ from dask_quant.pipeline import results, storage_options
 from dask_quant.pipeline.compute import TASK_RETRIES
 from dask_quant.pipeline.config import RunConfig, config_dict
 from dask_quant.pipeline.experiments import run_experiment
-from dask_quant.pipeline.gate import check_quantized
+from dask_quant.pipeline.gate import start_checks
 from dask_quant.pipeline.groups import NODE, Group, int8_share, quantizer_groups, weighted_nodes
 from dask_quant.pipeline.job import (
     Laps,
@@ -325,11 +325,18 @@ def tune(
                     )
                     raise DaskQuantError(msg)
                 quantized = quantize(calibration, config.quant, run_dir.tmp / results.MODEL_FILE, search.reverted)
-                check_quantized(config, prepared, quantized)
-                validation = validate(
-                    prepared, quantized, dask_client, metric=config.metric, chunk_size=config.chunk_size,
-                    split_every=config.split_every, log=log, progress=bar, per_layer=config.layers == "all",
-                )  # fmt: skip
+                # The gate's run shares the cluster with validation (as in run); its verdict wins over
+                # validation's own failure on a broken model, and nothing is published before it.
+                (gate,) = start_checks(config, prepared, [quantized], dask_client)
+                try:
+                    validation = validate(
+                        prepared, quantized, dask_client, metric=config.metric, chunk_size=config.chunk_size,
+                        split_every=config.split_every, log=log, progress=bar, per_layer=config.layers == "all",
+                    )  # fmt: skip
+                except DaskQuantError:
+                    gate.verdict()
+                    raise
+                gate.verdict()
                 lap("validate")
             lap("cluster_stop")
             store.write(run_dir.tmp, run_dir.run_id)
