@@ -245,8 +245,8 @@ def _source_copy(calibration: Calibration):
 # Variants scored by this process, by the model's sha256 and the rows: reverting a node whose every QDQ pair
 # another node also asks for writes the very model scored before (frequent with every op type quantized).
 _score_once = _bounded(
-    lambda key, rows, output, session: rows.score_session(session(), output),
-    lambda key, rows, output, session: (key, rows.rows, output),
+    lambda key, rows, names, session: rows.score_session(session(), names),
+    lambda key, rows, names, session: (key, rows.rows, names),
 )
 
 
@@ -268,16 +268,21 @@ def variant_bytes(calibration: Calibration, quant: QuantConfig, reverted: tuple[
 
 
 def run_experiment(
-    calibration: Calibration, quant: QuantConfig, reverted: tuple[str, ...], rows: ReferenceRows, output: str | None
-) -> tuple[ValidationStats, float, str]:
-    """(statistics against FP32 on `rows`, seconds, where it ran) of the model with `reverted` nodes in FP32."""
+    calibration: Calibration,
+    quant: QuantConfig,
+    reverted: tuple[str, ...],
+    rows: ReferenceRows,
+    names: tuple[str, ...] | None,
+) -> tuple[tuple[ValidationStats, ...], float, str]:
+    """(statistics against FP32 on `rows` of each output `names` (None: the first), seconds, where it ran) of
+    the model with `reverted` nodes in FP32."""
     start = time.perf_counter()
     data = variant_bytes(calibration, quant, reverted)
     if data is not None:
-        stats = _score_once(sha256_bytes(data), rows, output, lambda: session_from_bytes(data, "a tune variant"))
+        stats = _score_once(sha256_bytes(data), rows, names, lambda: session_from_bytes(data, "a tune variant"))
     else:
         with tempfile.TemporaryDirectory(prefix="dask-quant-variant-") as tmp:
             quantized = write_variant(calibration, quant, Path(tmp) / "variant.onnx", reverted)
             model = ModelRef(str(quantized.path), quantized.sha256)
-            stats = _score_once(model.sha256, rows, output, lambda: fresh_session(model))
+            stats = _score_once(model.sha256, rows, names, lambda: fresh_session(model))
     return stats, time.perf_counter() - start, f"{socket.gethostname()}:{os.getpid()}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dask_quant.tasks.errors import InputError
@@ -60,6 +61,19 @@ class Target:
         """The metric on `stats` (NaN when it cannot be measured there)."""
         value = METRICS[self.metric][0](stats)
         return math.nan if value is None else float(value)
+
+    @property
+    def every_output(self) -> bool:
+        """Whether the target holds on every output compared (cosine), or on the lead one (its labels)."""
+        return self.metric == "cosine"
+
+    def judge(self, outputs: Sequence[ValidationStats]) -> ValidationStats:
+        """Of the statistics of each output compared (the lead one first), those the target holds or fails on:
+        for cosine, the output that scores lowest (NaN lowest; the first of equals), so a target met holds on
+        every output; agreement and accuracy read the lead output, whose classes and labels they are."""
+        if not self.every_output:
+            return outputs[0]
+        return min(outputs, key=lambda stats: -math.inf if math.isnan(self.value(stats)) else self.value(stats))
 
     def met(self, stats: ValidationStats) -> bool:
         value = self.value(stats)

@@ -99,7 +99,7 @@ def _job_key(config: RunConfig, prepared, ranking_rows: tuple[int, ...], walk_ro
         config.chunk_size,
         config_dict(config)["quant"],
         list(ranking_rows),
-        prepared.output,
+        prepared.compared,  # the target holds on each of them
     ]
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -130,26 +130,27 @@ def _threads(client) -> int:
 class _FullInt8(NamedTuple):
     """The full INT8 model on every validation row: the search's baseline and its ranking rows."""
 
-    stats: ValidationStats
-    cosines: np.ndarray  # per row
+    outputs: tuple[ValidationStats, ...]  # one per output compared, the lead one first
+    cosines: np.ndarray  # per row, the lowest over the outputs the target holds on (the ranking rows' order)
     seconds: float
     where: str
 
 
-def _reference(client, chunks, prepared, int8: ModelRef, bar: Progress) -> tuple[object, object, _FullInt8]:
+def _reference(client, chunks, prepared, int8: ModelRef, target, bar: Progress) -> tuple[object, object, _FullInt8]:
     """(every validation row with its FP32 outputs, as a future on the cluster; that and the full INT8
-    model's outputs, a future; the full INT8 model on them): one pass of both models over the chunks."""
+    model's outputs, a future; the full INT8 model on them, each row's cosine on the outputs `target` holds
+    on): one pass of both models over the chunks."""
     from distributed import as_completed
 
     start = time.perf_counter()
     parts = [
-        client.submit(refusing, reference_chunk, c, prepared.model, int8, prepared.output, pure=False,
+        client.submit(refusing, reference_chunk, c, prepared.model, int8, prepared.compared, pure=False,
                       retries=TASK_RETRIES)
         for c in chunks
     ]  # fmt: skip
     bar.track(as_completed(parts), len(parts), "reference rows and full INT8")
     both = client.submit(joined, parts, pure=False)
-    scored = client.submit(baseline, both, pure=False).result()
+    scored = client.submit(baseline, both, target.every_output, pure=False).result()
     if isinstance(scored, Refused):
         scored.raise_it()
     where = f"{len(parts)} chunks on {len(client.scheduler_info(n_workers=-1)['workers'])} workers"
@@ -159,9 +160,9 @@ def _reference(client, chunks, prepared, int8: ModelRef, bar: Progress) -> tuple
 class _Runner:
     """The search's `run`: experiments from the trial store, or as tasks on the cluster."""
 
-    def __init__(self, client, calibration, quant, rows: dict, output, store: TrialStore, deadline, progress):
+    def __init__(self, client, calibration, quant, rows: dict, names, store: TrialStore, deadline, progress):
         self.client, self.calibration, self.quant, self.rows = client, calibration, quant, rows
-        self.output, self.store, self.deadline, self.progress = output, store, deadline, progress
+        self.names, self.store, self.deadline, self.progress = names, store, deadline, progress
 
     def __call__(self, experiments: list[Experiment]):
         from distributed import as_completed
@@ -179,7 +180,7 @@ class _Runner:
                 self.quant,
                 experiments[i].reverted,
                 self.rows[experiments[i].rows],
-                self.output,
+                self.names,
                 pure=False,
                 retries=TASK_RETRIES,
             ): i
@@ -191,7 +192,8 @@ class _Runner:
         def finished():
             for future in pending:
                 i = futures[future]
-                stats, seconds, worker = future.result()
+                outputs, seconds, worker = future.result()
+                stats = self.store.target.judge(outputs)  # the output the target holds or fails on
                 self.store.add(experiments[i], stats, seconds, worker)
                 values[i] = stats
                 yield
@@ -273,7 +275,7 @@ def tune(
                     raise InputError(msg)
                 chunks = dataset_chunks(prepared.val, config.chunk_size)
                 int8 = ModelRef(str(full.path), full.sha256)
-                every, both, full_int8 = _reference(dask_client, chunks, prepared, int8, bar)
+                every, both, full_int8 = _reference(dask_client, chunks, prepared, int8, target, bar)
                 ranking = _ranking_rows(full_int8.cosines, tuning.ranking_samples)
                 walk = _walk_rows(prepared.val.rows, tuning)
                 shared = {ALL: every, RANKING: dask_client.submit(ReferenceRows.take, every, ranking, pure=False)}
@@ -284,21 +286,23 @@ def tune(
                     log(f"resuming: {len(store.rows)} finished experiments found in {work.folder}")
                 first_experiment = Experiment("baseline", (), None, ALL)
                 if store.get(first_experiment) is None:  # scored with the reference rows
-                    store.add(first_experiment, full_int8.stats, full_int8.seconds, full_int8.where)
+                    store.add(first_experiment, target.judge(full_int8.outputs), full_int8.seconds, full_int8.where)
                 for rows, label in ((ranking, RANKING), (walk, WALK)):  # and so on the ranking's and walk's rows
                     subset = Experiment("baseline", (), None, label)
                     if rows and store.get(subset) is None:
-                        stats = dask_client.submit(subset_stats, both, rows, pure=False).result()
-                        store.add(subset, stats, 0.0, full_int8.where)
+                        outputs = dask_client.submit(subset_stats, both, rows, pure=False).result()
+                        store.add(subset, target.judge(outputs), 0.0, full_int8.where)
                 kinds = Counter(g.kind for g in groups)
+                compared = len(prepared.compared or (None,))
+                each = f" on each of {compared} outputs" if target.every_output and compared > 1 else ""
                 log(
                     f"tune: {len(groups)} quantizer groups ({', '.join(f'{n} {k}' for k, n in kinds.items())}), "
-                    f"target {target.describe()}; ranking on the {len(ranking)} validation rows full INT8 gets "
+                    f"target {target.describe()}{each}; ranking on the {len(ranking)} validation rows full INT8 gets "
                     "most wrong, " + (f"walking on {len(walk)} evenly spaced ones" if walk else "walking on every one")
                 )
                 calibration_future = dask_client.scatter(calibration, broadcast=True)
                 runner = _Runner(
-                    dask_client, calibration_future, config.quant, shared, prepared.output, store, deadline, bar
+                    dask_client, calibration_future, config.quant, shared, prepared.compared, store, deadline, bar
                 )
                 search = greedy_search(
                     {g.name: g.nodes for g in groups},

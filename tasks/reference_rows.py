@@ -25,26 +25,31 @@ SLICE_ROWS = 64
 
 @dataclass(frozen=True)
 class ReferenceRows:
-    """Feeds (samples on axis 0), FP32 outputs and labels (or None) of the validation rows `rows`."""
+    """Feeds (samples on axis 0), FP32 outputs and labels (or None) of the validation rows `rows`: `fp32` of
+    the lead output, `others` of each other output compared (pipeline.metrics), in order."""
 
     rows: tuple[int, ...]
     feeds: dict[str, np.ndarray]
     fp32: np.ndarray
     labels: np.ndarray | None
     feeding: Feeding
+    others: tuple[np.ndarray, ...] = ()
 
-    def score(self, model: ModelRef, output: str | None = None) -> ValidationStats:
-        """The statistics of `model`'s outputs on these rows against FP32's (as validation computes them);
-        the model's session is not cached (a variant is scored once)."""
-        return self.score_session(fresh_session(model), output)
+    def score(self, model: ModelRef, names: tuple[str, ...] | None = None) -> tuple[ValidationStats, ...]:
+        """The statistics of `model`'s outputs `names` (None: its first) on these rows against FP32's (as
+        validation computes them), one per output; the model's session is not cached (a variant is scored
+        once)."""
+        return self.score_session(fresh_session(model), names)
 
-    def score_session(self, session, output: str | None = None) -> ValidationStats:
+    def score_session(self, session, names: tuple[str, ...] | None = None) -> tuple[ValidationStats, ...]:
         """score() of the model a `session` runs."""
-        return self.compare(_run_sliced(session, output, self.feeds, self.feeding))
+        return self.compare(_run_sliced(session, names, self.feeds, self.feeding))
 
-    def compare(self, outputs: np.ndarray) -> ValidationStats:
-        """The statistics of `outputs` (one per row) against these rows' FP32 outputs."""
-        return compare_outputs(self.fp32, outputs, self.labels, np.asarray(self.rows))
+    def compare(self, outputs: Sequence[np.ndarray]) -> tuple[ValidationStats, ...]:
+        """The statistics of `outputs` (the lead output's, then the others', one row per row) against these
+        rows' FP32 outputs: labels and row numbers go with the lead one, as in validation."""
+        lead = compare_outputs(self.fp32, outputs[0], self.labels, np.asarray(self.rows))
+        return (lead, *(compare_outputs(a, b) for a, b in zip(self.others, outputs[1:], strict=True)))
 
     def take(self, rows: Sequence[int]) -> ReferenceRows:
         """These rows' subset `rows` (row numbers, each one of them)."""
@@ -52,34 +57,36 @@ class ReferenceRows:
         labels = None if self.labels is None else self.labels[at]
         return ReferenceRows(
             tuple(self.rows[i] for i in at), {k: v[at] for k, v in self.feeds.items()}, self.fp32[at], labels,
-            self.feeding,
+            self.feeding, tuple(other[at] for other in self.others),
         )  # fmt: skip
 
 
-def _run_sliced(session, output: str | None, feeds: dict[str, np.ndarray], feeding: Feeding) -> np.ndarray:
-    """One output over every row, SLICE_ROWS rows per run (a multiple of a fixed batch): the same slices
-    whatever the caller, and a worker's memory bounded by them, not by how many rows are scored."""
-    names = None if output is None else [output]
+def _run_sliced(session, names: tuple[str, ...] | None, feeds: dict[str, np.ndarray], feeding: Feeding):
+    """Outputs `names` (None: the first) over every row, SLICE_ROWS rows per run (a multiple of a fixed batch):
+    the same slices whatever the caller, and a worker's memory bounded by them, not by how many rows are
+    scored."""
+    wanted = None if names is None else list(names)
     batch = fixed_batch(session, feeding) or 1
     step = max(1, SLICE_ROWS // batch) * batch
     rows = len(next(iter(feeds.values())))
     parts = [
-        run_in_batches(session, names, {k: v[i : i + step] for k, v in feeds.items()}, feeding)[0]
+        run_in_batches(session, wanted, {k: v[i : i + step] for k, v in feeds.items()}, feeding)
         for i in range(0, rows, step)
     ]
-    return np.concatenate(parts)
+    count = 1 if names is None else len(names)
+    return [np.concatenate([part[j] for part in parts]) for j in range(count)]
 
 
-def reference_chunk(chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, output: str | None = None):
-    """(ReferenceRows of the chunk's rows, the outputs of `int8` on them): the search's reference rows and
-    its baseline, from one read of the chunk."""
+def reference_chunk(chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, names: tuple[str, ...] | None = None):
+    """(ReferenceRows of the chunk's rows, the outputs `names` of `int8` on them): the search's reference rows
+    and its baseline, from one read of the chunk."""
     feeds, feeding = read_feeds(chunk), chunk.feeding
-    fp32_outputs = _run_sliced(session_for(fp32), output, feeds, feeding)
-    rows = ReferenceRows(tuple(range(chunk.start, chunk.stop)), feeds, fp32_outputs, read_labels(chunk), feeding)
-    return rows, _run_sliced(session_for(int8), output, feeds, feeding)
+    lead, *others = _run_sliced(session_for(fp32), names, feeds, feeding)
+    rows = ReferenceRows(tuple(range(chunk.start, chunk.stop)), feeds, lead, read_labels(chunk), feeding, tuple(others))
+    return rows, _run_sliced(session_for(int8), names, feeds, feeding)
 
 
-def joined(parts: Sequence) -> tuple[ReferenceRows, np.ndarray] | Refused:
+def joined(parts: Sequence) -> tuple[ReferenceRows, list[np.ndarray]] | Refused:
     """reference_chunk's results of chunks in row order as one (or the first chunk's refusal)."""
     refused = [part for part in parts if isinstance(part, Refused)]
     if refused:
@@ -92,29 +99,35 @@ def joined(parts: Sequence) -> tuple[ReferenceRows, np.ndarray] | Refused:
         np.concatenate([r.fp32 for r in references]),
         None if labels[0] is None else np.concatenate(labels),
         references[0].feeding,
+        tuple(np.concatenate([r.others[j] for r in references]) for j in range(len(references[0].others))),
     )
-    return every, np.concatenate([outputs for _, outputs in parts])
+    outputs = [np.concatenate([each[j] for _, each in parts]) for j in range(len(parts[0][1]))]
+    return every, outputs
 
 
-def baseline(both: tuple[ReferenceRows, np.ndarray] | Refused) -> tuple[ValidationStats, np.ndarray] | Refused:
-    """The statistics of the INT8 outputs against FP32's on every row, and each row's cosine (1 where both
-    outputs are all zeros)."""
+def baseline(both, every_output: bool = False) -> tuple[tuple[ValidationStats, ...], np.ndarray] | Refused:
+    """The statistics of the INT8 outputs against FP32's on every row (one per output), and each row's cosine
+    on the lead output, or its lowest over `every_output` (1 where both outputs are all zeros)."""
     if isinstance(both, Refused):
         return both
     every, outputs = both
-    a, b = (x.reshape(len(x), -1).astype(np.float64) for x in (every.fp32, outputs))
-    cosines = np.ones(len(a))
-    both_zero = (np.linalg.norm(a, axis=1) == 0) & (np.linalg.norm(b, axis=1) == 0)
-    cosines[~both_zero] = _cosines(a, b)[0]
+    compared = zip((every.fp32, *every.others), outputs, strict=True) if every_output else [(every.fp32, outputs[0])]
+    cosines = np.ones(len(every.fp32))
+    for fp32, int8 in compared:
+        a, b = (x.reshape(len(x), -1).astype(np.float64) for x in (fp32, int8))
+        row = np.ones(len(a))
+        both_zero = (np.linalg.norm(a, axis=1) == 0) & (np.linalg.norm(b, axis=1) == 0)
+        row[~both_zero] = _cosines(a, b)[0]
+        cosines = np.fmin(cosines, row)
     return every.compare(outputs), cosines
 
 
-def subset_stats(both: tuple[ReferenceRows, np.ndarray], rows: Sequence[int]) -> ValidationStats:
-    """The statistics of the INT8 outputs against FP32's on `rows` (row numbers) only."""
+def subset_stats(both, rows: Sequence[int]) -> tuple[ValidationStats, ...]:
+    """The statistics of the INT8 outputs against FP32's on `rows` (row numbers) only, one per output."""
     every, outputs = both
     at = np.searchsorted(np.asarray(every.rows), sorted(rows))
-    return every.take(rows).compare(outputs[at])
+    return every.take(rows).compare([output[at] for output in outputs])
 
 
-def first(both: tuple[ReferenceRows, np.ndarray]) -> ReferenceRows:
+def first(both) -> ReferenceRows:
     return both[0]

@@ -80,6 +80,11 @@ class Prepared:
     models_url: str | None = None  # where workers read the models the client writes (--out at a URL), if anywhere
 
     @property
+    def compared(self) -> tuple[str, ...] | None:
+        """The outputs validation compares, the lead one first (None: the model's first output)."""
+        return (self.output, *self.others) if self.output is not None else None
+
+    @property
     def prepared(self) -> bool:
         """Whether `model` is a prepared copy (not the user's file)."""
         return self.source is not None and self.model.path != self.source.path

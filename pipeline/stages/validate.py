@@ -128,7 +128,7 @@ def validate_each(
         f"validating FP32 against {against} on {prepared.val.rows} rows: {which} in {len(chunks)} chunks, "
         f"{compared} ({metric.value} metrics)"
     )
-    names = (prepared.output, *prepared.others) if prepared.output is not None else None
+    names = prepared.compared
     # One graph per pass for every model: a chunk's task runs the FP32 model once for all of them.
     graph = validation_graph(chunks, prepared.model, tuple(int8s), anchors, names, checkpoints)
     (per_chunk,) = compute(client, [graph], "validation", progress)
