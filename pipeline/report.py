@@ -226,11 +226,13 @@ def _tune(run: dict) -> str:
         png = plots.sensitivity_chart(first, isolated, set(taken), metric, scope)
         chart = _img(png, "sensitivity of each quantizer group")
     experiments = tune["experiments"]
+    outputs = tune.get("judged_on", [])
+    judged = f" (the lowest of outputs {', '.join(_e(o) for o in outputs)})" if len(outputs) > 1 else ""
     return (
         f"<h2>Tune</h2><p>Target <code>{_e(tune['target'])}</code>: {status} ({_e(tune['stopped'])}). "
         f"{len(taken)} of {tune['groups']} quantizer groups kept in FP32 ({_plural(len(tune['reverted']), 'node')}): "
         f"{reverted}. "
-        f"Metric on every validation row {tune['metric_before']:.5f} → {tune['metric_after']:.5f}; "
+        f"Metric{judged} on every validation row {tune['metric_before']:.5f} → {tune['metric_after']:.5f}; "
         f"{_precision(run)}: {_e(share) or '-'}. "
         f"{experiments['computed']} experiments run, {experiments['reused']} reused, "
         f"{_plural(tune['rounds'], 'ranking round')} on {tune['ranking_samples']} rows, "

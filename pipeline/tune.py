@@ -356,6 +356,7 @@ def tune(
                     store,
                     _load(run_dir.tmp / results.MODEL_FILE),
                     len(walk) or prepared.val.rows,
+                    prepared,
                 ),  # fmt: skip
             }
             write_run(run_dir, config, prepared, quantized, validation, sections)
@@ -381,11 +382,13 @@ def _load(path: Path):
 
 
 def _tune_record(
-    tuning: TuneConfig, search: SearchResult, groups, store: TrialStore, int8_proto, walk_samples: int
+    tuning: TuneConfig, search: SearchResult, groups, store: TrialStore, int8_proto, walk_samples: int, prepared
 ) -> dict:
     target = tuning.target
+    compared = list(prepared.compared or ())
     return {
         "target": target.describe(),
+        "judged_on": compared if target.every_output else compared[:1],  # the outputs it holds on ([]: the first)
         "met": search.met,
         "stopped": search.stopped,
         "groups": len(groups),

@@ -122,7 +122,9 @@ def test_the_target_holds_on_every_output_not_only_the_lead_one(tmp_path):
     assert result.search.reverted == ("side_mm",) and result.search.met
     assert result.search.baseline.mean_cosine < TARGET.bound <= result.search.final.mean_cosine
     record = json.loads((result.run.run_dir / results.RUN_FILE).read_text())["tune"]
-    assert record["metric_before"] == result.search.baseline.mean_cosine
+    assert record["metric_before"] == result.search.baseline.mean_cosine and record["judged_on"] == ["out", "side"]
+    page = (result.run.run_dir / "report.html").read_text()
+    assert "(the lowest of outputs out, side) on every validation row" in page
     lead, ((name, _, side),) = result.run.validation, result.run.other_outputs
     assert name == "side" and min(lead.mean_cosine, side.mean_cosine) >= TARGET.bound
 
