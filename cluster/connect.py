@@ -98,6 +98,24 @@ REUSE_FREED = {"MALLOC_MMAP_MAX_": 0, "MALLOC_TRIM_THRESHOLD_": 2**30}
 _MALLOPT = {"MALLOC_MMAP_MAX_": -4, "MALLOC_TRIM_THRESHOLD_": -1}  # glibc's M_MMAP_MAX, M_TRIM_THRESHOLD
 
 
+# What a worker frees and keeps stays in its resident memory, which the nanny's limit counts (the pages are
+# reused, but a heap fragments): with 1 GiB workers, MiniLM's validation then passed 95% and workers restarted
+# (benchmarks/auto_chunks_memory.py). So only workers with room keep it.
+REUSE_FREED_FROM = 4 * 2**30
+
+
+def _room_to_reuse(memory_limit, threads_per_worker: int) -> bool:
+    """Whether a local worker's memory limit (as LocalCluster reads `memory_limit`) leaves room to keep what it
+    frees: none, or at least REUSE_FREED_FROM bytes."""
+    import logging
+
+    from dask.system import CPU_COUNT
+    from distributed.worker_memory import parse_memory_limit
+
+    limit = parse_memory_limit(memory_limit, threads_per_worker, CPU_COUNT, logger=logging.getLogger(__name__))
+    return limit is None or limit >= REUSE_FREED_FROM
+
+
 def reuse_freed_here() -> None:
     """REUSE_FREED in this process, already running (the command's own: preparation and ORT's quantizer copy
     the model too, MiniLM's preparation 4.4-5.0 -> 2.8-3.1 s), unless the environment set them; nothing
@@ -138,7 +156,9 @@ def local_cluster(workers: int, threads_per_worker: int = 1, locked: bool = True
     # once, not one round trip at a time (1000 one-row chunks: 2.3 -> 1.2 ms of
     # overhead each). Chunk results are small statistics, so the root-task
     # overproduction queuing guards against costs no memory here.
-    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ"), **REUSE_FREED}
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
+    if _room_to_reuse(options.get("memory_limit", "auto"), threads_per_worker):
+        environ.update(REUSE_FREED)
     settings = {"distributed.scheduler.worker-saturation": float("inf"), "distributed.nanny.pre-spawn-environ": environ}
     with dask.config.set(settings):
         return LocalCluster(

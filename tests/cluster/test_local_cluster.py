@@ -301,9 +301,13 @@ def test_local_workers_keep_what_they_free_for_reuse(monkeypatch):
     names = sorted(REUSE_FREED)
     monkeypatch.delenv("MALLOC_MMAP_MAX_", raising=False)
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")  # the user's own setting wins
-    with cluster_client(ClusterConfig(workers=1)) as client:
+    with cluster_client(ClusterConfig(workers=1, memory_limit="8GiB")) as client:
         (found,) = client.run(lambda: [os.environ.get(name) for name in names]).values()
     assert dict(zip(names, found, strict=True)) == {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "12345"}
+    monkeypatch.delenv("MALLOC_MMAP_MAX_", raising=False)  # the nanny set it in this process for its child
+    with cluster_client(ClusterConfig(workers=1, memory_limit="1GiB")) as client:  # no room: glibc's defaults
+        (found,) = client.run(lambda: [os.environ.get(name) for name in names]).values()
+    assert found[0] is None
 
 
 def test_workers_that_die_before_running_anything_end_the_job_with_one_message(tmp_path, monkeypatch):
