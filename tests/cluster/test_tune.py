@@ -551,6 +551,16 @@ def test_bad_targets_are_refused_in_one_line():
     assert Target.parse(None, 1.0).describe() == "accuracy at most 1 points below FP32's"
 
 
+def test_a_cosine_target_is_judged_on_the_lowest_output_and_the_others_on_the_lead_one():
+    lead, side, broken = (ValidationStats(samples=2, cosine_sum=c, top1_agree=a) for c, a in
+                          ((1.99, 2), (1.9, 0), (float("nan"), 2)))  # fmt: skip
+    cosine, agreement = Target("cosine", 0.99), Target("agreement", 0.9)
+    assert cosine.judge([lead, side]) is side and not cosine.met(cosine.judge([lead, side]))
+    assert cosine.judge([lead, broken, side]) is broken  # a NaN output is the worst: never met
+    assert cosine.judge([lead, ValidationStats(samples=2, cosine_sum=1.99)]) is lead  # the first of equals
+    assert agreement.judge([lead, side]) is lead and agreement.met(lead)  # top-1 of the lead output's classes
+
+
 def test_cli_tune_refuses_bad_input_with_exit_2(mlp, tmp_path):
     model, calib, val = mlp
     cases = [
