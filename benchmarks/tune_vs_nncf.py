@@ -175,8 +175,9 @@ def main() -> None:
             )
         if (op_types, 1) in seconds_by and (op_types, 2) in seconds_by:
             scaling = seconds_by[(op_types, 1)] / seconds_by[(op_types, 2)]
-            print(f"tune scaling ({label}): 2 workers {scaling:.2f}x faster than 1; goal: at least 1.6x: "
-                  f"{'MET' if scaling >= 1.6 else 'NOT MET'}")  # fmt: skip
+            # Issue 14's goal is for the search from every op type; MatMul only is shown for comparison.
+            goal = f"; goal: at least 1.6x: {'MET' if scaling >= 1.6 else 'NOT MET'}" if op_types is None else ""
+            print(f"tune scaling ({label}): 2 workers {scaling:.2f}x faster than 1{goal}")
         if op_types is None:
             ok = best[6] >= 0.995 and best[4] >= 45
             print(f"tune from every op type: held-out cosine {best[6]:.5f} with {best[4]} of {best[5]} MatMuls INT8; "
