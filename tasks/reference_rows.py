@@ -17,7 +17,7 @@ import numpy as np
 from dask_quant.tasks.chunks import ChunkRef, read_feeds, read_labels
 from dask_quant.tasks.errors import Refused
 from dask_quant.tasks.feeding import Feeding
-from dask_quant.tasks.sessions import ModelRef, fixed_batch, fresh_session, run_in_batches, session_for
+from dask_quant.tasks.sessions import ModelRef, fixed_batch, run_in_batches, session_for
 from dask_quant.tasks.validate import ValidationStats, _cosines, compare_outputs
 
 SLICE_ROWS = 64
@@ -35,14 +35,9 @@ class ReferenceRows:
     feeding: Feeding
     others: tuple[np.ndarray, ...] = ()
 
-    def score(self, model: ModelRef, names: tuple[str, ...] | None = None) -> tuple[ValidationStats, ...]:
-        """The statistics of `model`'s outputs `names` (None: its first) on these rows against FP32's (as
-        validation computes them), one per output; the model's session is not cached (a variant is scored
-        once)."""
-        return self.score_session(fresh_session(model), names)
-
     def score_session(self, session, names: tuple[str, ...] | None = None) -> tuple[ValidationStats, ...]:
-        """score() of the model a `session` runs."""
+        """The statistics of the outputs `names` (None: the first) of the model a `session` runs, on these rows
+        against FP32's (as validation computes them), one per output."""
         return self.compare(_run_sliced(session, names, self.feeds, self.feeding))
 
     def compare(self, outputs: Sequence[np.ndarray]) -> tuple[ValidationStats, ...]:
