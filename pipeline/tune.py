@@ -22,7 +22,6 @@ import numpy as np
 from dask_quant.pipeline import results, storage_options
 from dask_quant.pipeline.compute import TASK_RETRIES
 from dask_quant.pipeline.config import RunConfig, config_dict
-from dask_quant.pipeline.experiments import run_experiment
 from dask_quant.pipeline.gate import start_checks
 from dask_quant.pipeline.groups import NODE, Group, int8_share, quantizer_groups, weighted_nodes
 from dask_quant.pipeline.job import (
@@ -46,6 +45,7 @@ from dask_quant.pipeline.stages.quantize import quantize
 from dask_quant.pipeline.stages.smooth import smooth, smoothed_activations
 from dask_quant.pipeline.stages.validate import validate
 from dask_quant.pipeline.target import Target
+from dask_quant.pipeline.trial_runner import ClusterRunner
 from dask_quant.pipeline.trials import TrialStore
 from dask_quant.pipeline.workarea import WorkArea
 from dask_quant.tasks.errors import DaskQuantError, InputError, Refused, refusing
@@ -157,58 +157,6 @@ def _reference(client, chunks, prepared, int8: ModelRef, target, bar: Progress) 
     return client.submit(first, both, pure=False), both, _FullInt8(*scored, time.perf_counter() - start, where)
 
 
-class _Runner:
-    """The search's `run`: experiments from the trial store, or as tasks on the cluster."""
-
-    def __init__(self, client, calibration, quant, rows: dict, names, store: TrialStore, deadline, progress):
-        self.client, self.calibration, self.quant, self.rows = client, calibration, quant, rows
-        self.names, self.store, self.deadline, self.progress = names, store, deadline, progress
-
-    def __call__(self, experiments: list[Experiment]):
-        from distributed import as_completed
-
-        values = [self.store.get(e) for e in experiments]
-        todo = [i for i, v in enumerate(values) if v is None]
-        if not todo:
-            return values
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            return values
-        futures = {
-            self.client.submit(
-                run_experiment,
-                self.calibration,
-                self.quant,
-                experiments[i].reverted,
-                self.rows[experiments[i].rows],
-                self.names,
-                pure=False,
-                retries=TASK_RETRIES,
-            ): i
-            for i in todo
-        }
-        label = experiments[todo[0]].phase
-        pending = as_completed(futures, timeout=None)
-
-        def finished():
-            for future in pending:
-                i = futures[future]
-                outputs, seconds, worker = future.result()
-                stats = self.store.target.judge(outputs)  # the output the target holds or fails on
-                self.store.add(experiments[i], stats, seconds, worker)
-                values[i] = stats
-                yield
-                if self.deadline is not None and time.monotonic() >= self.deadline:
-                    self.client.cancel(list(futures))
-                    return
-
-        if self.progress is not None:
-            self.progress.track(finished(), len(todo), f"tune {label}", "experiments")
-        else:
-            for _ in finished():
-                pass
-        return values
-
-
 def tune(
     config: RunConfig,
     tuning: TuneConfig,
@@ -301,7 +249,7 @@ def tune(
                     "most wrong, " + (f"walking on {len(walk)} evenly spaced ones" if walk else "walking on every one")
                 )
                 calibration_future = dask_client.scatter(calibration, broadcast=True)
-                runner = _Runner(
+                runner = ClusterRunner(
                     dask_client, calibration_future, config.quant, shared, prepared.compared, store, deadline, bar
                 )
                 search = greedy_search(
