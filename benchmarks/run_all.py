@@ -25,6 +25,7 @@ SCRIPTS = (
     "tls_overhead.py",
     "end_to_end.py",
     "validation_speed.py",
+    "rows_per_run.py",
     "whole_run.py",
     "smoothquant_minilm.py",
     "tune_vs_nncf.py",

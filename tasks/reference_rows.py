@@ -17,10 +17,8 @@ import numpy as np
 from dask_quant.tasks.chunks import ChunkRef, read_feeds, read_labels
 from dask_quant.tasks.errors import Refused
 from dask_quant.tasks.feeding import Feeding
-from dask_quant.tasks.sessions import ModelRef, fixed_batch, run_in_batches, session_for
+from dask_quant.tasks.sessions import ModelRef, run_in_slices, session_for
 from dask_quant.tasks.validate import ValidationStats, _cosines, compare_outputs
-
-SLICE_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -38,7 +36,7 @@ class ReferenceRows:
     def score_session(self, session, names: tuple[str, ...] | None = None) -> tuple[ValidationStats, ...]:
         """The statistics of the outputs `names` (None: the first) of the model a `session` runs, on these rows
         against FP32's (as validation computes them), one per output."""
-        return self.compare(_run_sliced(session, names, self.feeds, self.feeding))
+        return self.compare(run_in_slices(session, names, self.feeds, self.feeding))
 
     def compare(self, outputs: Sequence[np.ndarray]) -> tuple[ValidationStats, ...]:
         """The statistics of `outputs` (the lead output's, then the others', one row per row) against these
@@ -56,29 +54,13 @@ class ReferenceRows:
         )  # fmt: skip
 
 
-def _run_sliced(session, names: tuple[str, ...] | None, feeds: dict[str, np.ndarray], feeding: Feeding):
-    """Outputs `names` (None: the first) over every row, SLICE_ROWS rows per run (a multiple of a fixed batch):
-    the same slices whatever the caller, and a worker's memory bounded by them, not by how many rows are
-    scored."""
-    wanted = None if names is None else list(names)
-    batch = fixed_batch(session, feeding) or 1
-    step = max(1, SLICE_ROWS // batch) * batch
-    rows = len(next(iter(feeds.values())))
-    parts = [
-        run_in_batches(session, wanted, {k: v[i : i + step] for k, v in feeds.items()}, feeding)
-        for i in range(0, rows, step)
-    ]
-    count = 1 if names is None else len(names)
-    return [np.concatenate([part[j] for part in parts]) for j in range(count)]
-
-
 def reference_chunk(chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, names: tuple[str, ...] | None = None):
     """(ReferenceRows of the chunk's rows, the outputs `names` of `int8` on them): the search's reference rows
     and its baseline, from one read of the chunk."""
     feeds, feeding = read_feeds(chunk), chunk.feeding
-    lead, *others = _run_sliced(session_for(fp32), names, feeds, feeding)
+    lead, *others = run_in_slices(session_for(fp32), names, feeds, feeding)
     rows = ReferenceRows(tuple(range(chunk.start, chunk.stop)), feeds, lead, read_labels(chunk), feeding, tuple(others))
-    return rows, _run_sliced(session_for(int8), names, feeds, feeding)
+    return rows, run_in_slices(session_for(int8), names, feeds, feeding)
 
 
 def joined(parts: Sequence) -> tuple[ReferenceRows, list[np.ndarray]] | Refused:

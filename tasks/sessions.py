@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -230,6 +230,43 @@ def run_in_batches(
         return run(feeds)
     parts = [run({k: v[i : i + batch] for k, v in feeds.items()}) for i in range(0, rows, batch)]
     return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
+
+
+# Rows per session.run where whole outputs are compared (validation's output pass, the tune search's
+# experiments): MiniLM runs 1.09x (INT8) to 1.16x (FP32) as fast in slices of 16 rows as of 64, its outputs
+# bit for bit the same (benchmarks/rows_per_run.py): a transformer's activations for 64 rows overflow the
+# CPU's caches.
+ROWS_PER_RUN = 16
+
+
+def run_in_slices(
+    session, names: Sequence[str] | None, feeds: dict[str, np.ndarray], feeding: Feeding = NO_FEEDING
+) -> list[np.ndarray]:
+    """Outputs `names` (None: the first only) over every row (samples on axis 0), run_in_batches over slices
+    of ROWS_PER_RUN rows (whole batches of a fixed batch size): the same slices whoever asks, and a worker's
+    memory bounded by them, not by the rows. No slice has one row unless the feeds have (see exposed_runs)."""
+    names = list(names) if names else [session.get_outputs()[0].name]
+    batch = fixed_batch(session, feeding)
+    rows = len(next(iter(feeds.values())))
+    step = max(1, ROWS_PER_RUN // batch) * batch if batch else ROWS_PER_RUN
+    least = batch or 2
+    bounds, start = [], 0
+    while start < rows:
+        stop = min(rows, start + step)
+        if 0 < rows - stop < least:  # no short tail of its own
+            stop = rows
+        bounds.append((start, stop))
+        start = stop
+    if len(bounds) > 1:
+        parts = []
+        for a, b in bounds:
+            part = run_in_batches(session, names, {k: v[a:b] for k, v in feeds.items()}, feeding)
+            if any(np.ndim(value) == 0 or len(value) != b - a for value in part):
+                break  # an output whose rows are not samples: one run over every row, as callers' checks expect
+            parts.append(part)
+        else:
+            return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
+    return run_in_batches(session, names, feeds, feeding)
 
 
 def exposed_runs(

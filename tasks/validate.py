@@ -19,7 +19,7 @@ from dask_quant.tasks.checkpoint import Checkpoints, cached
 from dask_quant.tasks.chunks import ChunkRef, chunk_content, read_feeds, read_labels
 from dask_quant.tasks.errors import InputError, Refused
 from dask_quant.tasks.exact_sum import exact_sum, to_float
-from dask_quant.tasks.sessions import ModelRef, run_in_batches, session_for
+from dask_quant.tasks.sessions import ModelRef, run_in_slices, session_for
 
 
 @dataclass(frozen=True)
@@ -222,9 +222,7 @@ def chunk_outputs(
 
 def model_outputs(chunk: ChunkRef, feeds: dict, model: ModelRef, outputs: tuple[str, ...] | None) -> list[np.ndarray]:
     """`outputs` of one model over a chunk's `feeds` (None: its first output only)."""
-    names = None if outputs is None else list(outputs)
-    values = run_in_batches(session_for(model), names, feeds, chunk.feeding)
-    return values[:1] if names is None else values
+    return run_in_slices(session_for(model), outputs, feeds, chunk.feeding)
 
 
 def _paired(fp32_out: list[np.ndarray], int8_out: list[np.ndarray]) -> list[np.ndarray]:

@@ -126,6 +126,45 @@ def test_exposed_runs_fill_the_byte_budget_and_never_run_one_row_alone(tmp_path)
     assert np.array_equal(joined, session.run(["logits"], {"input": feeds["input"][:23]})[0])
 
 
+def test_run_in_slices_gives_one_runs_outputs_without_one_row_slices(tmp_path, monkeypatch):
+    model_path, calib, _ = digits_paths()
+    session = sessions.session_for(sessions.ModelRef(str(model_path), sha256_file(model_path)))
+    seen = []
+
+    def counted(session, names, feeds, feeding=sessions.NO_FEEDING):
+        seen.append(len(feeds["input"]))
+        return run_in_batches(session, names, feeds, feeding)
+
+    run_in_batches = sessions.run_in_batches
+    monkeypatch.setattr(sessions, "run_in_batches", counted)
+    rows = np.load(calib)
+    for count, slices in ((50, [16, 16, 16, 2]), (33, [16, 17]), (17, [17]), (1, [1])):
+        seen.clear()
+        (logits,) = sessions.run_in_slices(session, None, {"input": rows[:count]})
+        assert seen == slices
+        assert np.array_equal(logits, session.run(["logits"], {"input": rows[:count]})[0])
+
+
+def test_run_in_slices_runs_every_row_at_once_when_an_output_has_other_rows(tmp_path):
+    """An output whose rows are not samples (here one value per run) comes back as one run makes it, so
+    validation's check names it, rather than concatenated per slice."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0, noop_with_empty_axes=0)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+        [helper.make_tensor_value_info("total", TensorProto.FLOAT, [])],
+    )
+    path = tmp_path / "sum.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    session = sessions.session_for(sessions.ModelRef(str(path), sha256_file(path)))
+    x = np.arange(120, dtype=np.float32).reshape(40, 3)
+    (total,) = sessions.run_in_slices(session, ["total"], {"x": x})
+    assert total.shape == () and total == x.sum()
+
+
 def test_reductions_run_as_soon_as_their_tensor_is_made(tmp_path):
     """ORT must be able to free each activation right after it is made, not at the end of the chunk."""
     import json
