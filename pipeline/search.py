@@ -95,6 +95,7 @@ def greedy_search(
     run: Callable[[list[Experiment]], list[ValidationStats | None]],
     *,
     speculate: int = 4,
+    speculate_every_row: int | None = None,
     patience: int = 4,
     isolated: bool = True,
     restore: frozenset[str] = frozenset(),
@@ -108,7 +109,10 @@ def greedy_search(
     step that meets the target there is scored on every row too, and only that ends the walk. If it misses
     there, the sample has shown it does not stand for every row, and the walk goes on on every row.
     `run` returns None for experiments it did not finish (the time budget ran out): the search then ends
-    with the best so far."""
+    with the best so far. `speculate` models are scored at once on the ranking's and the walk's rows,
+    `speculate_every_row` (None: `speculate`) on every row, where `run` may split each over the workers.
+    Neither changes a decision."""
+    every_row = speculate if speculate_every_row is None else speculate_every_row
     members = {g: tuple(groups[g]) for g in groups} if isinstance(groups, Mapping) else {g: (g,) for g in groups}
     labels = tuple(members)
     order_of = {group: index for index, group in enumerate(labels)}
@@ -191,7 +195,8 @@ def greedy_search(
         improved, walk, pending, misses = False, True, list(order), 0
         while walk and pending:
             part, prefixes, ahead, popped, new = [], [], reverted, [], 0
-            while pending and new < speculate:  # `speculate` models not scored yet (a known one is free)
+            at_once = speculate if walk_rows != ALL else every_row
+            while pending and new < at_once:  # models not scored yet (a known one is free)
                 group = pending.pop(0)
                 popped.append(group)
                 prefix = canonical((*ahead, *members[group]))
@@ -223,7 +228,7 @@ def greedy_search(
                 if target.met(current):
                     # Met on the walk's rows: only every row decides (free when those are every row). The
                     # put-back's first models are scored with it, on the threads it would leave idle.
-                    spare = speculate - 1 if walk_rows != ALL else 0
+                    spare = every_row - 1 if walk_rows != ALL else 0
                     ahead = _first_put_backs(taken, gains, members, canonical, restore, spare)
                     everywhere, *_ = score([Experiment("confirm", reverted, group, ALL), *ahead])
                     if everywhere is None:
@@ -271,7 +276,7 @@ def greedy_search(
         def scored(experiment: Experiment) -> bool:
             return (experiment.rows, experiment.reverted) in known
 
-        put = _put_back(taken, gains, members, canonical, target, current, restore, score, log, speculate, scored)
+        put = _put_back(taken, gains, members, canonical, target, current, restore, score, log, every_row, scored)
         taken, reverted, current = put
     return SearchResult(
         reverted, current, baseline, target.met(current), tuple(rankings), alone, stopped, count, len(rankings), taken

@@ -8,7 +8,6 @@ asks it before running an experiment: a kill loses only experiments in flight.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -24,12 +23,11 @@ from dask_quant.tasks.validate import ValidationStats
 
 
 def stats_to_json(stats: ValidationStats) -> str:
-    return json.dumps(dataclasses.asdict(stats))
+    return json.dumps(stats.to_json())
 
 
 def stats_from_json(text: str) -> ValidationStats:
-    fields = json.loads(text)
-    return ValidationStats(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    return ValidationStats.from_json(json.loads(text))
 
 
 def experiment_key(job: str, experiment: Experiment) -> str:

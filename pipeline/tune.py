@@ -122,6 +122,18 @@ def _walk_rows(rows: int, tuning: TuneConfig) -> tuple[int, ...]:
     return tuple(i * rows // size for i in range(size))
 
 
+# The fewest rows an experiment on every validation row gives a task of their own: each piece builds the
+# variant again (0.4 s of MiniLM's 3 s for 256 rows).
+PIECE_ROWS = 32
+
+
+def _pieces(rows: int, threads: int) -> list[range]:
+    """The validation rows (numbered from 0) in contiguous pieces, one per thread while each has PIECE_ROWS
+    rows: an experiment on every row is scored piece by piece on all the workers at once."""
+    count = max(1, min(threads, rows // PIECE_ROWS))
+    return [range(rows * k // count, rows * (k + 1) // count) for k in range(count)]
+
+
 def _threads(client) -> int:
     """Every worker thread of the cluster: how many walk steps are worth scoring at once."""
     return max(1, sum(w["nthreads"] for w in client.scheduler_info(n_workers=-1)["workers"].values()))
@@ -229,6 +241,10 @@ def tune(
                 shared = {ALL: every, RANKING: dask_client.submit(ReferenceRows.take, every, ranking, pure=False)}
                 if walk:
                     shared[WALK] = dask_client.submit(ReferenceRows.take, every, walk, pure=False)
+                threads = _threads(dask_client)
+                pieces = _pieces(prepared.val.rows, threads)
+                if len(pieces) > 1:
+                    shared[ALL] = tuple(dask_client.submit(ReferenceRows.take, every, p, pure=False) for p in pieces)
                 store = TrialStore(work.folder, _job_key(config, prepared, ranking, walk), target, config.resume)
                 if store.rows:
                     log(f"resuming: {len(store.rows)} finished experiments found in {work.folder}")
@@ -256,7 +272,9 @@ def tune(
                     {g.name: g.nodes for g in groups},
                     target,
                     runner,
-                    speculate=tuning.speculate or _threads(dask_client),
+                    speculate=tuning.speculate or threads,
+                    # One model at a time on every row when its pieces keep every thread busy.
+                    speculate_every_row=tuning.speculate or max(1, threads // len(pieces)),
                     patience=tuning.patience,
                     restore=frozenset(weighted_nodes(prepared.proto, groups)),
                     walk_rows=WALK if walk else ALL,

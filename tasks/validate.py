@@ -26,9 +26,9 @@ from dask_quant.tasks.sessions import ModelRef, run_in_slices, session_for
 class ValidationStats:
     """Counts and sums over validation samples; `merge` adds them up.
 
-    Counts, maxima, minima and the exact sums (`squared_error`, `signal`,
-    integers as in tasks.exact_sum) are identical for any chunking;
-    `cosine_sum` is a float sum.
+    Counts, maxima, minima and the exact sums (`cosine_sum`, `squared_error`,
+    `signal`, integers as in tasks.exact_sum) are identical for any chunking:
+    the same rows in any pieces merge to the same statistics.
     """
 
     samples: int = 0
@@ -37,7 +37,7 @@ class ValidationStats:
     int8_correct: int = 0
     top1_agree: int = 0
     max_abs_error: float = 0.0
-    cosine_sum: float = 0.0
+    cosine_sum: int = 0  # sum of the samples' cosines, exact
     min_cosine: float = 1.0
     elements: int = 0
     squared_error: int = 0  # sum (fp32 - int8)**2, exact
@@ -49,6 +49,7 @@ class ValidationStats:
     # output no longer depends on the input (collapsed)
     fp32_sum_range: tuple[float, float] = (math.inf, -math.inf)
     int8_sum_range: tuple[float, float] = (math.inf, -math.inf)
+    nan_cosines: int = 0  # samples whose cosine is NaN (outputs not finite): the mean cosine is NaN then
 
     def merge(self, other: ValidationStats) -> ValidationStats:
         return ValidationStats(
@@ -68,6 +69,7 @@ class ValidationStats:
             self.zero_pairs + other.zero_pairs,
             _span(self.fp32_sum_range, other.fp32_sum_range),
             _span(self.int8_sum_range, other.int8_sum_range),
+            self.nan_cosines + other.nan_cosines,
         )
 
     def to_json(self) -> dict:
@@ -75,7 +77,12 @@ class ValidationStats:
 
     @classmethod
     def from_json(cls, data: dict) -> ValidationStats:
+        """TypeError for what these fields cannot hold (a file written by an older version: a float sum)."""
         ranges = {key: tuple(data[key]) for key in ("fp32_sum_range", "int8_sum_range")}
+        for key in ("cosine_sum", "squared_error", "signal"):
+            if type(data.get(key, 0)) is not int:
+                msg = f"{key} must be an exact sum (an integer), got {type(data[key]).__name__}"
+                raise TypeError(msg)
         return cls(**{**data, **ranges})
 
     @property
@@ -91,7 +98,7 @@ class ValidationStats:
     @property
     def mean_cosine(self) -> float:
         compared = self.samples - self.zero_pairs
-        return self.cosine_sum / compared if compared else float("nan")
+        return to_float(self.cosine_sum) / compared if compared and not self.nan_cosines else float("nan")
 
     @property
     def fp32_accuracy(self) -> float | None:
@@ -196,7 +203,7 @@ def compare_outputs(fp32, int8, labels=None, rows=None, anchors=None) -> Validat
         int8_correct=0 if flat_labels is None else int((top_b == flat_labels).sum()),
         top1_agree=int((top_a == top_b).sum()),
         max_abs_error=float(np.abs(a - b).max()) if a.size else 0.0,
-        cosine_sum=float(cosines.sum()),
+        cosine_sum=exact_sum(cosines[~np.isnan(cosines)]),
         min_cosine=float(cosines.min()) if len(cosines) else 1.0,
         elements=a.size,
         squared_error=exact_sum((a - b) ** 2),
@@ -206,6 +213,7 @@ def compare_outputs(fp32, int8, labels=None, rows=None, anchors=None) -> Validat
         zero_pairs=zero_pairs,
         fp32_sum_range=(float(sums_a.min()), float(sums_a.max())) if len(a) else (math.inf, -math.inf),
         int8_sum_range=(float(sums_b.min()), float(sums_b.max())) if len(b) else (math.inf, -math.inf),
+        nan_cosines=int(np.isnan(cosines).sum()),
     )
 
 

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from distributed import Client, LocalCluster
@@ -32,6 +33,7 @@ from dask_quant.pipeline.search import ALL, RANKING, WALK, Experiment, greedy_se
 from dask_quant.pipeline.target import Target
 from dask_quant.pipeline.tune import TuneConfig, tune
 from dask_quant.tasks.errors import InputError
+from dask_quant.tasks.exact_sum import exact_sum
 from dask_quant.tasks.validate import ValidationStats
 
 TARGET = Target("cosine", 0.999)
@@ -56,6 +58,11 @@ def _tuned(mlp, out, client, chunk_size=None, **tuning):
 
 def _trials(run_dir: Path):
     return pq.read_table(run_dir / "trials.parquet").to_pandas()
+
+
+def _stats(samples: int = 1, cosine_sum: float = 0.0, **fields) -> ValidationStats:
+    """Statistics of `samples` whose cosines add up to `cosine_sum` (held exactly, as compare_outputs holds it)."""
+    return ValidationStats(samples=samples, cosine_sum=exact_sum(np.array([cosine_sum])), **fields)
 
 
 def _readme_block() -> str:
@@ -278,7 +285,7 @@ def test_search_logic_reverts_greedily_and_ranks_again_when_a_step_does_not_help
     penalty = {"a": 0.001, "b": 0.02, "c": 0.0, "d": 0.01}
 
     def stats(cosine: float) -> ValidationStats:
-        return ValidationStats(samples=1, cosine_sum=cosine)
+        return _stats(samples=1, cosine_sum=cosine)
 
     seen = []
 
@@ -308,7 +315,7 @@ def test_the_walk_skips_a_group_that_does_not_help_on_every_row_and_walks_on():
         def cost(e):
             return sum(v for g, v in (on_all if e.rows == ALL else on_ranking).items() if g not in e.reverted)
 
-        return [ValidationStats(samples=1, cosine_sum=1 - cost(e)) for e in experiments]
+        return [_stats(samples=1, cosine_sum=1 - cost(e)) for e in experiments]
 
     walked = greedy_search("abcd", Target("cosine", 0.999), run, speculate=2, patience=2, isolated=False)
     assert walked.met and walked.reverted == ("b", "c") and walked.rounds == 1  # no second ranking needed
@@ -324,7 +331,7 @@ def _additive(on_ranking: dict, on_all: dict | None = None):
             return sum(v for n, v in (on_ranking if e.rows != ALL else on_all or on_ranking).items()
                        if n not in e.reverted)  # fmt: skip
 
-        return [ValidationStats(samples=1, cosine_sum=1 - cost(e)) for e in experiments]
+        return [_stats(samples=1, cosine_sum=1 - cost(e)) for e in experiments]
 
     return run
 
@@ -370,7 +377,7 @@ def _by_rows(costs: dict):
         def cost(e):
             return sum(v for n, v in costs[e.rows].items() if n not in e.reverted)
 
-        return [ValidationStats(samples=1, cosine_sum=1 - cost(e)) for e in experiments]
+        return [_stats(samples=1, cosine_sum=1 - cost(e)) for e in experiments]
 
     return run
 
@@ -459,7 +466,7 @@ def test_a_weighted_group_the_target_no_longer_needs_is_put_back():
         phases.extend(e.phase for e in experiments)
         costs = [sum(v for g, v in (on_all if e.rows == ALL else on_ranking).items() if g not in e.reverted)
                  for e in experiments]  # fmt: skip
-        return [ValidationStats(samples=1, cosine_sum=1 - c) for c in costs]
+        return [_stats(samples=1, cosine_sum=1 - c) for c in costs]
 
     target = Target("cosine", 0.995)
     kept = greedy_search("ab", target, run, isolated=False)
@@ -501,7 +508,7 @@ def test_groups_without_a_weighted_node_are_walked_first():
     logged = []
 
     def run(experiments: list[Experiment]):
-        return [ValidationStats(samples=1, cosine_sum=1 - sum(c for g, c in cost.items() if g not in e.reverted))
+        return [_stats(samples=1, cosine_sum=1 - sum(c for g, c in cost.items() if g not in e.reverted))
                 for e in experiments]  # fmt: skip
 
     weighted = frozenset({"w"})
@@ -516,7 +523,7 @@ def test_groups_without_a_weighted_node_are_walked_first():
 
 def test_time_budget_stops_with_the_best_so_far():
     def run(experiments):
-        return [ValidationStats(samples=1, cosine_sum=0.5) if e.rows == ALL and not e.reverted else None
+        return [_stats(samples=1, cosine_sum=0.5) if e.rows == ALL and not e.reverted else None
                 for e in experiments]  # fmt: skip
 
     result = greedy_search(("a", "b"), TARGET, run)
@@ -552,12 +559,12 @@ def test_bad_targets_are_refused_in_one_line():
 
 
 def test_a_cosine_target_is_judged_on_the_lowest_output_and_the_others_on_the_lead_one():
-    lead, side, broken = (ValidationStats(samples=2, cosine_sum=c, top1_agree=a) for c, a in
+    lead, side, broken = (_stats(samples=2, cosine_sum=c, top1_agree=a) for c, a in
                           ((1.99, 2), (1.9, 0), (float("nan"), 2)))  # fmt: skip
     cosine, agreement = Target("cosine", 0.99), Target("agreement", 0.9)
     assert cosine.judge([lead, side]) is side and not cosine.met(cosine.judge([lead, side]))
     assert cosine.judge([lead, broken, side]) is broken  # a NaN output is the worst: never met
-    assert cosine.judge([lead, ValidationStats(samples=2, cosine_sum=1.99)]) is lead  # the first of equals
+    assert cosine.judge([lead, _stats(samples=2, cosine_sum=1.99)]) is lead  # the first of equals
     assert agreement.judge([lead, side]) is lead and agreement.met(lead)  # top-1 of the lead output's classes
 
 

@@ -34,22 +34,37 @@ def test_compare_outputs_matches_numpy():
     assert stats.samples == stats.labelled == 50
 
 
-def test_merged_chunks_equal_whole_batch():
+def test_merged_chunks_equal_whole_batch_field_for_field_for_any_pieces():
+    """Every statistic merges exactly (the cosine sum too): rows scored in any pieces, merged in any order,
+    give the statistics of one batch, so the search may split an experiment over its workers."""
     rng = np.random.default_rng(5)
     a = rng.normal(size=(31, 4)).astype(np.float32)
     b = (a + rng.normal(scale=0.5, size=a.shape)).astype(np.float32)
     labels = rng.integers(0, 4, size=31)
-    whole = compare_outputs(a, b, labels)
-    parts = [compare_outputs(a[i : i + 7], b[i : i + 7], labels[i : i + 7]) for i in range(0, 31, 7)]
-    merged = reduce(ValidationStats.merge, parts, ValidationStats())
-    assert (merged.samples, merged.top1_agree, merged.fp32_correct, merged.int8_correct, merged.max_abs_error) == (
-        whole.samples,
-        whole.top1_agree,
-        whole.fp32_correct,
-        whole.int8_correct,
-        whole.max_abs_error,
-    )
-    assert np.isclose(merged.mean_cosine, whole.mean_cosine, rtol=1e-12)
+    rows = np.arange(31)
+    whole = compare_outputs(a, b, labels, rows)
+    for size in (1, 2, 7, 16):
+        parts = [compare_outputs(a[i : i + size], b[i : i + size], labels[i : i + size], rows[i : i + size])
+                 for i in range(0, 31, size)]  # fmt: skip
+        assert reduce(ValidationStats.merge, parts, ValidationStats()) == whole
+        assert reduce(ValidationStats.merge, reversed(parts), ValidationStats()) == whole
+    assert ValidationStats.from_json(whole.to_json()) == whole
+
+
+def test_a_nan_cosine_makes_the_mean_nan_in_any_merge():
+    fp32 = np.array([[1.0, 0.0], [np.inf, 1.0], [0.0, 1.0]], np.float32)  # an overflow: its cosine is NaN
+    int8 = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]], np.float32)
+    stats = compare_outputs(fp32, int8)
+    assert stats.nan_cosines == 1 and np.isnan(stats.mean_cosine)
+    assert np.isnan(compare_outputs(fp32[:1], int8[:1]).merge(compare_outputs(fp32[1:], int8[1:])).mean_cosine)
+    assert compare_outputs(fp32[::2], int8[::2]).mean_cosine == 1.0
+
+
+def test_statistics_of_an_older_version_with_a_float_cosine_sum_are_refused():
+    """Checkpoints and trials written before the sum was exact are computed again, not mixed in."""
+    data = compare_outputs(np.eye(3, dtype=np.float32), np.eye(3, dtype=np.float32)).to_json()
+    with pytest.raises(TypeError, match="cosine_sum must be an exact sum"):
+        ValidationStats.from_json({**data, "cosine_sum": 3.0})
 
 
 def test_without_labels_accuracy_is_none():
@@ -94,10 +109,15 @@ def test_the_gate_counts_non_finite_int8_outputs_only_where_fp32_is_finite(tmp_p
     from dask_quant.tasks.sessions import ModelRef
 
     def model(name, op):  # Log of |x| (-inf at 0, as FP32 says) or of |x| - 10 (NaN where FP32 is finite)
-        nodes = [helper.make_node("Abs", ["x"], ["a"]), helper.make_node(op, ["a", "ten"], ["b"]),
-                 helper.make_node("Log", ["b"], ["y"])]
+        nodes = [
+            helper.make_node("Abs", ["x"], ["a"]),
+            helper.make_node(op, ["a", "ten"], ["b"]),
+            helper.make_node("Log", ["b"], ["y"]),
+        ]
         graph = helper.make_graph(
-            nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2])],
+            nodes,
+            name,
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2])],
             [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])],
             initializer=[helper.make_tensor("ten", TensorProto.FLOAT, [], [10.0])],
         )
