@@ -139,10 +139,12 @@ def validation_graph(
     anchors: int = 0,
     outputs: tuple[str, ...] | None = None,
     checkpoints: Checkpoints | None = None,
+    fp32_known: list | None = None,
 ):
     """Per chunk, in chunk order, one ChunkValidation for each of `int8s` (the rows of each model's
     validation.parquet): `outputs` compared, the lead one first (None: the model's first output). A chunk's
-    task runs the FP32 model once for all of `int8s`.
+    task runs the FP32 model once for all of `int8s`, or not at all where `fp32_known` (per chunk, its FP32
+    outputs or a future of them) has them.
 
     With `anchors` > 0, the first `anchors` chunks are the nearest-neighbour reference set: their
     outputs are computed once, joined into one task every chunk task reads, and compared there
@@ -151,18 +153,18 @@ def validation_graph(
     kwargs = {"fp32": fp32, "int8s": tuple(int8s), "outputs": outputs}
     checked = {**kwargs, "checkpoints": checkpoints}  # the anchors' own chunks are compared from their outputs
     graph, chunk_keys, token = _chunk_tasks(chunks, validate_against, checked, ("list", anchors))
-    reference = None
+    reference, known = None, list(fp32_known) if fp32_known is not None else [None] * len(chunks)
     if anchors:
         run = partial(refusing, chunk_outputs, **kwargs)
         outputs = [(f"chunk_outputs-{token}", i) for i in range(anchors)]
-        graph.update((key, (run, chunk)) for key, chunk in zip(outputs, chunks, strict=False))
+        graph.update((key, (run, chunk, known[i])) for i, (key, chunk) in enumerate(zip(outputs, chunks, strict=False)))
         reference = f"join_anchors-{token}"
         graph[reference] = (join_anchors, outputs, chunks[0].start, chunks[anchors - 1].stop)
         compare = partial(refusing, compare_each, names=kwargs["outputs"])
         for key, chunk, output_key in zip(chunk_keys, chunks, outputs, strict=False):  # the anchors' own chunks
             graph[key] = (compare, chunk, output_key)
-    for key in chunk_keys:  # the chunk tasks' last argument: the anchors' reference sets (a key), or None
-        graph[key] = (*graph[key], reference)
+    for i, key in enumerate(chunk_keys):  # then the anchors' reference sets (a key, or None); FP32's outputs
+        graph[key] = (*graph[key], reference) if i < anchors else (*graph[key], reference, known[i])
     root = f"validation-{token}"
     graph[root] = (list, chunk_keys)
     return ChunkGraph(root, graph, chunk_keys)

@@ -63,6 +63,16 @@ def reference_chunk(chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, names: tupl
     return rows, run_in_slices(session_for(int8), names, feeds, feeding)
 
 
+def fp32_outputs(part) -> list[np.ndarray] | None:
+    """reference_chunk's FP32 outputs of its chunk (the lead one, then the others): what validation's
+    model_outputs computes there (the same run_in_slices of the same session over the same feeds); None
+    for a refused chunk."""
+    if isinstance(part, Refused):
+        return None
+    rows, _ = part
+    return [rows.fp32, *rows.others]
+
+
 def joined(parts: Sequence) -> tuple[ReferenceRows, list[np.ndarray]] | Refused:
     """reference_chunk's results of chunks in row order as one (or the first chunk's refusal)."""
     refused = [part for part in parts if isinstance(part, Refused)]

@@ -218,14 +218,26 @@ def compare_outputs(fp32, int8, labels=None, rows=None, anchors=None) -> Validat
 
 
 def chunk_outputs(
-    chunk: ChunkRef, fp32: ModelRef, int8s: tuple[ModelRef, ...], outputs: tuple[str, ...] | None = None
+    chunk: ChunkRef,
+    fp32_known: list[np.ndarray] | None = None,
+    *,
+    fp32: ModelRef,
+    int8s: tuple[ModelRef, ...],
+    outputs: tuple[str, ...] | None = None,
 ) -> tuple[list[np.ndarray], ...]:
     """`outputs` of the FP32 model and of each of `int8s` over a chunk (default graph optimisations, as
-    deployed), the FP32 model run once: per INT8 model, FP32 then INT8 of the first output (None: the model's
-    first output), then FP32 and INT8 of each other one."""
+    deployed), the FP32 model run once (not at all with `fp32_known`, see validate_against): per INT8 model,
+    FP32 then INT8 of the first output (None: the model's first output), then FP32 and INT8 of each other one."""
     feeds = read_feeds(chunk)
-    fp32_out = model_outputs(chunk, feeds, fp32, outputs)
+    fp32_out = _known(chunk, fp32_known, outputs) or model_outputs(chunk, feeds, fp32, outputs)
     return tuple(_paired(fp32_out, model_outputs(chunk, feeds, int8, outputs)) for int8 in int8s)
+
+
+def _known(chunk: ChunkRef, fp32_known: list[np.ndarray] | None, outputs: tuple[str, ...] | None) -> list | None:
+    """`fp32_known` when it holds one array of the chunk's rows per output asked for, else None (computed)."""
+    if fp32_known is None or len(fp32_known) != len(outputs or (None,)):
+        return None
+    return fp32_known if all(len(value) == chunk.rows for value in fp32_known) else None
 
 
 def model_outputs(chunk: ChunkRef, feeds: dict, model: ModelRef, outputs: tuple[str, ...] | None) -> list[np.ndarray]:
@@ -281,7 +293,9 @@ def compare_each(
 
 def validate_against(
     chunk: ChunkRef,
-    references,
+    references=None,
+    fp32_known: list[np.ndarray] | None = None,
+    *,
     fp32: ModelRef,
     int8s: tuple[ModelRef, ...],
     outputs: tuple[str, ...] | None = None,
@@ -289,9 +303,14 @@ def validate_against(
 ) -> tuple[ChunkValidation, ...]:
     """validate_chunk of each of `int8s`, with the anchors' reference sets given (one per model; None: no
     nearest-neighbour agreement), the FP32 model run at most once; with `checkpoints`, each model's kept on
-    disk (and with resume, read back) under a key of everything it depends on."""
+    disk (and with resume, read back) under a key of everything it depends on.
+
+    `fp32_known`: the FP32 model's `outputs` over this chunk as model_outputs computes them (the tune
+    search's reference pass has them): then the FP32 model does not run again."""
     feeds = functools.cache(lambda: read_feeds(chunk))
-    fp32_out = functools.cache(lambda: model_outputs(chunk, feeds(), fp32, outputs))
+    fp32_out = functools.cache(
+        lambda: _known(chunk, fp32_known, outputs) or model_outputs(chunk, feeds(), fp32, outputs)
+    )
 
     def compared(int8: ModelRef, reference) -> ChunkValidation:
         pairs = _paired(fp32_out(), model_outputs(chunk, feeds(), int8, outputs))
@@ -322,7 +341,8 @@ def validate_chunk(
     """
     references = None
     if anchors:
-        parts = [chunk_outputs(anchor, fp32, (int8,), outputs[:1] if outputs else None) for anchor in anchors]
+        lead = outputs[:1] if outputs else None
+        parts = [chunk_outputs(anchor, fp32=fp32, int8s=(int8,), outputs=lead) for anchor in anchors]
         references = join_anchors(parts, anchors[0].start, anchors[-1].stop)
-    (validation,) = validate_against(chunk, references, fp32, (int8,), outputs)
+    (validation,) = validate_against(chunk, references, fp32=fp32, int8s=(int8,), outputs=outputs)
     return validation

@@ -89,11 +89,14 @@ def validate_each(
     progress: Progress | None = None,
     per_layer: bool = True,
     checkpoints: Checkpoints | None = None,
+    fp32_known: list | None = None,
 ) -> list[Validation]:
     """Compare each of `models` (INT8 models of `prepared`, e.g. one per method) with `prepared`'s FP32 model
     on `prepared.val` over `client`'s workers. A pass's task compares one chunk for every model, the FP32 model
     run once (and its histograms counted once where the models' bins agree); each model's values are those
     it gets alone. Latency is measured in one task, the models taking turns, with one FP32 time for all.
+    `fp32_known`, per chunk (of `chunk_size` rows), the FP32 model's compared outputs there (or a future of
+    them) as the metric pass computes them: that pass then runs the INT8 models only.
 
     `client` is the caller's and is never closed here. Without validation data, empty Validations.
     `per_layer=False` skips the per-layer pass (layers.parquet is then empty). With `checkpoints`, every
@@ -130,7 +133,7 @@ def validate_each(
     )
     names = prepared.compared
     # One graph per pass for every model: a chunk's task runs the FP32 model once for all of them.
-    graph = validation_graph(chunks, prepared.model, tuple(int8s), anchors, names, checkpoints)
+    graph = validation_graph(chunks, prepared.model, tuple(int8s), anchors, names, checkpoints, fp32_known)
     (per_chunk,) = compute(client, [graph], "validation", progress)
     outputs_of = [[each[i] for each in per_chunk] for i in range(len(models))]
     errors_of = [None] * len(models)

@@ -44,6 +44,45 @@ def test_validation_graph_computes_the_anchors_once_and_shares_them(anchors, mon
     assert sum(c.stats.neighbour_queries for (c, _) in shared) == (300 if anchors else 0)
 
 
+@pytest.mark.parametrize("anchors", [0, 2])
+def test_fp32_outputs_the_reference_pass_has_are_not_computed_again(anchors, monkeypatch, tmp_path):
+    """tune's final validation takes the FP32 outputs its reference pass computed over the same chunks: the
+    FP32 model does not run, and every statistic is the one validation computes itself."""
+    import shutil
+
+    import dask
+
+    from dask_quant.pipeline import graph as graphs
+    from dask_quant.pipeline.builtin import CALIB, MODEL, builtin_path
+    from dask_quant.tasks import validate
+    from dask_quant.tasks.chunks import chunk_refs
+    from dask_quant.tasks.digest import sha256_file
+    from dask_quant.tasks.npy_io import NPY_MEMBER
+    from dask_quant.tasks.reference_rows import fp32_outputs, reference_chunk
+    from dask_quant.tasks.sessions import ModelRef
+
+    model, calib = builtin_path(MODEL), builtin_path(CALIB)
+    fp32 = ModelRef(str(model), sha256_file(model))
+    copy = tmp_path / "other.onnx"  # the model compared with FP32 (a copy: which of the two runs is what counts)
+    shutil.copyfile(model, copy)
+    int8 = ModelRef(str(copy), fp32.sha256)
+    chunks = chunk_refs(str(calib), (("input", NPY_MEMBER),), 300, 60, sha256=sha256_file(calib))
+    known = [fp32_outputs(reference_chunk(chunk, fp32, int8)) for chunk in chunks]
+    (computed,) = dask.compute(graphs.validation_graph(chunks, fp32, (int8,), anchors), scheduler="sync")
+    ran = []
+    original = validate.model_outputs
+    monkeypatch.setattr(validate, "model_outputs", lambda c, feeds, m, o: ran.append(m) or original(c, feeds, m, o))
+    graph = graphs.validation_graph(chunks, fp32, (int8,), anchors, fp32_known=known)
+    (reused,) = dask.compute(graph, scheduler="sync")
+    assert ran == [int8] * len(chunks)  # the INT8 model only
+    assert [c.stats for (c,) in reused] == [c.stats for (c,) in computed]
+    # Outputs that do not fit the chunk (another chunking's) are not taken: the FP32 model runs.
+    ran.clear()
+    short = [[value[:-1] for value in outputs] for outputs in known]
+    dask.compute(graphs.validation_graph(chunks, fp32, (int8,), anchors, fp32_known=short), scheduler="sync")
+    assert ran.count(fp32) == ran.count(int8) == len(chunks)
+
+
 @pytest.mark.parametrize(("rows", "chunk_size"), [(128, 64), (129, 64), (24, 64), (5000, 64), (3, 64), (128, 1)])
 def test_the_per_layer_pass_splits_a_small_set_into_enough_tasks_to_balance(rows, chunk_size):
     """A 128-row set in 64-row chunks made two long per-layer tasks the scheduler once put on one worker:
