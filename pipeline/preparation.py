@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -84,6 +85,28 @@ def _upgrade(proto, per_channel: bool, where: str) -> tuple[object, list[str]]:
 _WORKING_DIRECTORY = threading.Lock()
 
 
+def _quant_pre_process():
+    """ORT's quant_pre_process. Its package, onnxruntime.tools, imports torch whenever torch is installed
+    (1.2 s: a third of MiniLM's preparation) for a PyTorch export helper nothing here calls: that import is
+    skipped, by hiding torch from the package's one check while it loads."""
+    import importlib.util
+
+    if "onnxruntime.tools" not in sys.modules:
+        find_spec = importlib.util.find_spec
+
+        def torch_hidden(name, package=None):
+            return None if name == "torch" else find_spec(name, package)
+
+        importlib.util.find_spec = torch_hidden
+        try:
+            import onnxruntime.tools  # noqa: F401
+        finally:
+            importlib.util.find_spec = find_spec
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    return quant_pre_process
+
+
 def _pre_process(proto, skip_symbolic: bool, files: tuple[Path, Path] | None) -> tuple[object, list[str]]:
     """ORT's quant_pre_process on `proto`; the lines it logged at ERROR (a failed optimisation) are returned.
 
@@ -91,8 +114,8 @@ def _pre_process(proto, skip_symbolic: bool, files: tuple[Path, Path] | None) ->
     prepared from and to files with its weights in a data file: the result holds no weights then.
     """
     import onnx
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    quant_pre_process = _quant_pre_process()
     with (
         _WORKING_DIRECTORY,  # the working directory is the process's: one preparation moves it at a time
         tempfile.TemporaryDirectory(prefix="dask-quant-prepare-") as tmp,

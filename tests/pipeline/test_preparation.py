@@ -119,3 +119,20 @@ def test_a_full_disk_while_writing_the_prepared_model_is_one_line_and_leaves_not
     with pytest.raises(InputError, match=r"--out: cannot write the prepared model to .* \(No space left on device\)"):
         prepare(config)
     assert not (tmp_path / "out").exists()
+
+
+def test_preparation_does_not_import_torch(tmp_path):
+    """ORT's tools package imports torch (1.2 s) for an export helper preparation never calls."""
+    import subprocess
+    import sys
+
+    model, calib, _ = digits_paths()
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom dask_quant.pipeline.config import RunConfig\n"
+        "from dask_quant.pipeline.stages.prepare import prepare\n"
+        f"with prepare(RunConfig(model=Path({str(model)!r}), calib=Path({str(calib)!r}), out=Path({str(tmp_path)!r}))) "
+        "as prepared:\n    assert prepared.steps, prepared\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert done.stdout.strip() == "False"
