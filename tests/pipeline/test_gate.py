@@ -44,3 +44,18 @@ def test_an_int8_model_whose_outputs_are_not_finite(tmp_path):
     config = RunConfig(model=MODEL, calib=CALIB, prepare=False)
     with pytest.raises(InputError, match=r"outputs NaN or infinite values \('logits'\) on calibration rows 0..64"):
         check_quantized(config, prepare(config), _quantized(path, config))
+
+
+def test_the_fp32_model_runs_only_when_an_int8_output_is_not_finite(tmp_path, monkeypatch):
+    """A model whose outputs are all finite passes without the FP32 run (a run's gate costs one model's run)."""
+    from dask_quant.tasks import gate, sessions
+    from dask_quant.tasks.chunks import chunk_refs
+    from dask_quant.tasks.npy_io import NPY_MEMBER
+
+    model = sessions.ModelRef(str(MODEL), sha256_file(MODEL))
+    (chunk, *_) = chunk_refs(str(CALIB), (("input", NPY_MEMBER),), 40, 20, sha256=sha256_file(CALIB))
+    built = []
+    monkeypatch.setattr(gate, "session_for", lambda m: built.append(m) or sessions.session_for(m))
+    fp32 = sessions.ModelRef(str(tmp_path / "never-read.onnx"), "0" * 64)  # building it would fail
+    assert gate.int8_problems(chunk, fp32, (model,)) == (None,)
+    assert built == [model]
