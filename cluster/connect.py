@@ -53,6 +53,14 @@ def require_workers(client, timeout: float) -> None:
         raise InputError(msg) from None
 
 
+def on_each_worker(client, function, *args) -> list:
+    """One task of `function(*args)` on each worker process (not each thread), pinned there: for what a
+    process keeps for the tasks after it. Keep the futures while that matters (a released one may be
+    cancelled); nothing waits on them."""
+    addresses = client.scheduler_info(n_workers=-1)["workers"]
+    return [client.submit(function, *args, workers=[a], allow_other_workers=False, pure=False) for a in addresses]
+
+
 def scheduler_address(config: ClusterConfig) -> str | None:
     """The scheduler to connect to, or None for a LocalCluster (see ClusterConfig)."""
     if config.scheduler:

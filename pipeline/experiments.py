@@ -267,6 +267,12 @@ def variant_bytes(calibration: Calibration, quant: QuantConfig, reverted: tuple[
     return None if proto is None else proto.SerializeToString()
 
 
+def warm_up(calibration: Calibration, quant: QuantConfig) -> None:
+    """Make the full INT8 variant once in this worker process, so what it remembers of the source model and
+    of its weights' quantization is ready before the first experiment (MiniLM's took ~3 s instead of ~0.9)."""
+    variant_bytes(calibration, quant, ())
+
+
 def run_experiment(
     calibration: Calibration,
     quant: QuantConfig,

@@ -19,9 +19,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from dask_quant.cluster.connect import on_each_worker
 from dask_quant.pipeline import results, storage_options
 from dask_quant.pipeline.compute import TASK_RETRIES
 from dask_quant.pipeline.config import RunConfig, config_dict
+from dask_quant.pipeline.experiments import warm_up
 from dask_quant.pipeline.gate import start_checks
 from dask_quant.pipeline.groups import NODE, Group, int8_share, quantizer_groups, weighted_nodes
 from dask_quant.pipeline.job import (
@@ -242,6 +244,9 @@ def tune(
                     split_every=config.split_every, checkpoints=checkpoints, log=log, progress=bar,
                 )  # fmt: skip
                 lap("calibrate")
+                calibration_future = dask_client.scatter(calibration, broadcast=True)
+                # The workers ready themselves for the experiments while this process writes the full model.
+                warming = on_each_worker(dask_client, warm_up, calibration_future, config.quant)
                 full = quantize(calibration, config.quant, work.folder / "full.int8.onnx")
                 op_types = scheme_op_types(config.quant)
                 groups = quantizer_groups(
@@ -283,7 +288,6 @@ def tune(
                     f"target {target.describe()}{each}; ranking on the {len(ranking)} validation rows full INT8 gets "
                     "most wrong, " + (f"walking on {len(walk)} evenly spaced ones" if walk else "walking on every one")
                 )
-                calibration_future = dask_client.scatter(calibration, broadcast=True)
                 runner = ClusterRunner(
                     dask_client, calibration_future, config.quant, shared, prepared.compared, store, deadline, bar
                 )
@@ -301,6 +305,7 @@ def tune(
                     log=log,
                 )
                 lap("search")
+                del warming
                 log(
                     f"tune: {search.stopped}; {len(search.groups)} of {len(groups)} groups ({len(search.reverted)} "
                     "nodes) in FP32, "
