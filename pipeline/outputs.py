@@ -114,6 +114,7 @@ def validation_rows(chunks: list[ChunkValidation], outputs: tuple[str | None, ..
             "neighbour_agree": stats.neighbour_agree,
             "neighbour_queries": stats.neighbour_queries,
             "zero_pairs": stats.zero_pairs,
+            "non_finite": stats.non_finite,
         }
         for c in chunks
         for position, (output, stats) in enumerate(zip(outputs, (c.stats, *c.others), strict=True))
@@ -211,6 +212,7 @@ def _validation_schema():
             ("neighbour_agree", pa.int64()),
             ("neighbour_queries", pa.int64()),
             ("zero_pairs", pa.int64()),
+            ("non_finite", pa.int64()),  # elements inf or NaN under either model, left out of the two sums
         ]
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
 import shutil
@@ -28,7 +29,19 @@ WORK = ".work"  # OUT/.work: what a run needs while it lasts (chunk checkpoints,
 
 
 def write_json(data: dict, path: Path) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    """`data` as strict JSON (what every reader parses): a float that is NaN or infinite, a metric of outputs
+    that are not finite, is written as null."""
+    path.write_text(json.dumps(_finite(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def _finite(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 STEM_CHARS = 120  # a run id must stay a valid file name (255 bytes) whatever the model's file name

@@ -19,8 +19,12 @@ _BLOCK = 1 << 25
 
 
 def exact_sum(values: np.ndarray) -> int:
-    """The exact sum of finite float64 `values`, times 2**-BASE_EXPONENT."""
+    """The exact sum of finite float64 `values`, times 2**-BASE_EXPONENT; ValueError for inf or NaN, which
+    no integer holds (callers count those apart)."""
     flat = np.asarray(values, dtype=np.float64).reshape(-1)
+    if not np.isfinite(flat).all():
+        msg = f"exact_sum holds finite values only; {int(flat.size - np.isfinite(flat).sum())} are inf or NaN"
+        raise ValueError(msg)
     total = 0
     for start in range(0, flat.size, _BLOCK):
         total += _exact_block(flat[start : start + _BLOCK])

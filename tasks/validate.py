@@ -50,6 +50,7 @@ class ValidationStats:
     fp32_sum_range: tuple[float, float] = (math.inf, -math.inf)
     int8_sum_range: tuple[float, float] = (math.inf, -math.inf)
     nan_cosines: int = 0  # samples whose cosine is NaN (outputs not finite): the mean cosine is NaN then
+    non_finite: int = 0  # elements where FP32 or INT8 is inf or NaN, left out of squared_error and signal
 
     def merge(self, other: ValidationStats) -> ValidationStats:
         return ValidationStats(
@@ -58,9 +59,9 @@ class ValidationStats:
             self.fp32_correct + other.fp32_correct,
             self.int8_correct + other.int8_correct,
             self.top1_agree + other.top1_agree,
-            max(self.max_abs_error, other.max_abs_error),
+            _nan_max(self.max_abs_error, other.max_abs_error),
             self.cosine_sum + other.cosine_sum,
-            min(self.min_cosine, other.min_cosine),
+            _nan_min(self.min_cosine, other.min_cosine),
             self.elements + other.elements,
             self.squared_error + other.squared_error,
             self.signal + other.signal,
@@ -70,6 +71,7 @@ class ValidationStats:
             _span(self.fp32_sum_range, other.fp32_sum_range),
             _span(self.int8_sum_range, other.int8_sum_range),
             self.nan_cosines + other.nan_cosines,
+            self.non_finite + other.non_finite,
         )
 
     def to_json(self) -> dict:
@@ -110,7 +112,9 @@ class ValidationStats:
 
     @property
     def mse(self) -> float:
-        return to_float(self.squared_error) / self.elements if self.elements else float("nan")
+        """Over the elements both models give finite values for."""
+        finite = self.elements - self.non_finite
+        return to_float(self.squared_error) / finite if finite else float("nan")
 
     @property
     def sqnr_db(self) -> float:
@@ -150,8 +154,17 @@ class ChunkValidation:
         return cls(data["index"], data["start"], data["stop"], ValidationStats.from_json(data["stats"]), others)
 
 
+def _nan_max(a: float, b: float) -> float:
+    """max, NaN if either is (as numpy's over a whole batch): Python's max keeps whichever came first."""
+    return math.nan if math.isnan(a) or math.isnan(b) else max(a, b)
+
+
+def _nan_min(a: float, b: float) -> float:
+    return math.nan if math.isnan(a) or math.isnan(b) else min(a, b)
+
+
 def _span(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
-    return (min(a[0], b[0]), max(a[1], b[1]))
+    return (_nan_min(a[0], b[0]), _nan_max(a[1], b[1]))
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -193,8 +206,15 @@ def compare_outputs(fp32, int8, labels=None, rows=None, anchors=None) -> Validat
             "fix the labels, or pass --metric embedding/regression without labels"
         )
         raise InputError(msg)
-    cosines, zero_pairs = _cosines(a, b)
-    sums_a, sums_b = a.sum(axis=1), b.sum(axis=1)
+    # Inf and NaN outputs are counted below (a model may output -inf on purpose), not warned about.
+    with np.errstate(invalid="ignore", over="ignore"):
+        cosines, zero_pairs = _cosines(a, b)
+        sums_a, sums_b = a.sum(axis=1), b.sum(axis=1)
+        errors, signals = (a - b) ** 2, a * a
+        largest = float(np.abs(a - b).max()) if a.size else 0.0
+    # Exact sums hold finite values only: an element inf or NaN under either model is counted apart, as
+    # the per-layer pass does.
+    finite = np.isfinite(errors) & np.isfinite(signals)
     agree, queries = (0, 0) if anchors is None else _neighbour_agreement(a, b, rows, anchors)
     return ValidationStats(
         samples=len(a),
@@ -202,18 +222,19 @@ def compare_outputs(fp32, int8, labels=None, rows=None, anchors=None) -> Validat
         fp32_correct=0 if flat_labels is None else int((top_a == flat_labels).sum()),
         int8_correct=0 if flat_labels is None else int((top_b == flat_labels).sum()),
         top1_agree=int((top_a == top_b).sum()),
-        max_abs_error=float(np.abs(a - b).max()) if a.size else 0.0,
+        max_abs_error=largest,
         cosine_sum=exact_sum(cosines[~np.isnan(cosines)]),
         min_cosine=float(cosines.min()) if len(cosines) else 1.0,
         elements=a.size,
-        squared_error=exact_sum((a - b) ** 2),
-        signal=exact_sum(a * a),
+        squared_error=exact_sum(errors[finite]),
+        signal=exact_sum(signals[finite]),
         neighbour_agree=agree,
         neighbour_queries=queries,
         zero_pairs=zero_pairs,
         fp32_sum_range=(float(sums_a.min()), float(sums_a.max())) if len(a) else (math.inf, -math.inf),
         int8_sum_range=(float(sums_b.min()), float(sums_b.max())) if len(b) else (math.inf, -math.inf),
         nan_cosines=int(np.isnan(cosines).sum()),
+        non_finite=int(finite.size - np.count_nonzero(finite)),
     )
 
 

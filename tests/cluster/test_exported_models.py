@@ -369,7 +369,6 @@ def test_a_model_with_external_data_quantizes_as_quantize_static_does(prepare, t
     assert record["model"]["bytes"] == model.stat().st_size + (model.parent / "weights.bin").stat().st_size
 
 
-
 def test_a_changed_external_data_file_is_refused_by_the_worker(tmp_path):
     from dask_quant.tasks.digest import model_sha256
     from dask_quant.tasks.errors import ModelChangedError
@@ -468,3 +467,30 @@ def test_an_output_that_is_an_input_passed_through_is_one_line(tmp_path):
     onnx.save(proto, str(model))
     line = _refused(tmp_path / "runs", model, "--calib", CALIB)
     assert "output 'input' is the model input of that name, passed through" in line
+
+
+def test_an_output_with_minus_infinity_on_purpose_is_validated_and_published(tmp_path):
+    """Masked log-probabilities (-inf for a class ruled out): its values that are not finite are counted
+    apart from the exact sums, its undefined mean cosine is null in run.json (strict JSON), and the run
+    publishes instead of failing on them."""
+    import pyarrow.parquet as pq
+    from onnx import TensorProto, helper
+
+    mask = helper.make_tensor("mask", TensorProto.FLOAT, [1, 10], [0.0] * 9 + [-np.inf])
+    nodes = [
+        helper.make_node("LogSoftmax", ["logits"], ["logp"], axis=1),
+        helper.make_node("Constant", [], ["class_mask"], value=mask),
+        helper.make_node("Add", ["logp", "class_mask"], ["masked"]),
+    ]
+    value = helper.make_tensor_value_info("masked", TensorProto.FLOAT, ["batch", 10])
+    model = _with_output(tmp_path / "masked.onnx", nodes, value)
+    run_dir, _ = _published(tmp_path / "runs", model, "--calib", CALIB, "--val", VAL, "--op-types", "Conv,Gemm")
+    record = json.loads((run_dir / results.RUN_FILE).read_text())  # strict: NaN would not parse back as null
+    (other,) = record["other_outputs"]
+    assert other["output"] == "masked" and other["mean_cosine"] is None
+    assert record["summary"]["mean_cosine"] > 0.99  # the lead output, logits, is finite
+    rows = pq.read_table(run_dir / "validation.parquet").to_pandas()
+    masked = rows[rows.output == "masked"]
+    assert (masked.non_finite == masked.samples).all()  # one -inf per sample, under both models
+    assert (masked.squared_error >= 0).all() and (masked.signal > 0).all()
+    assert (rows[rows.lead].non_finite == 0).all()

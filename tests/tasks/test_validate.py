@@ -138,3 +138,27 @@ def test_the_gate_counts_non_finite_int8_outputs_only_where_fp32_is_finite(tmp_p
     both = int8_problems(chunk, fp32, (same, broken))
     assert both[0] is None and "outputs NaN or infinite values ('y')" in both[1]
     assert len(runs) == 3
+
+
+def test_values_an_output_gives_as_inf_or_nan_are_counted_apart_not_summed():
+    """A model may output -inf on purpose (masked log-probabilities): the exact sums hold the finite
+    elements, the others are counted, and merging pieces still gives the whole batch's statistics."""
+    fp32 = np.array([[1.0, -np.inf, 2.0], [3.0, 4.0, 0.5], [1.0, 1.0, 1.0]], np.float32)
+    int8 = np.array([[1.5, -np.inf, 2.0], [3.0, np.nan, 0.5], [1.0, 1.0, 1.25]], np.float32)
+    stats = compare_outputs(fp32, int8)
+    finite = np.isfinite(fp32) & np.isfinite(int8)
+    assert stats.non_finite == 2 and stats.elements == 9
+    assert stats.mse == float(np.mean((fp32[finite].astype(np.float64) - int8[finite]) ** 2))
+    noise = ((fp32[finite] - int8[finite]) ** 2).sum()
+    assert stats.sqnr_db == pytest.approx(10 * np.log10((fp32[finite] ** 2).sum() / noise))
+    assert np.isnan(stats.mean_cosine) and stats.nan_cosines == 1  # the -inf row (a NaN row has cosine 0)
+    parts = [compare_outputs(fp32[i : i + 1], int8[i : i + 1]) for i in range(3)]
+    for merged in (reduce(ValidationStats.merge, p, ValidationStats()) for p in (parts, parts[::-1])):
+        assert repr(merged) == repr(stats)  # NaN maxima and minima too, in any order
+
+
+def test_an_exact_sum_refuses_values_no_integer_holds():
+    from dask_quant.tasks.exact_sum import exact_sum
+
+    with pytest.raises(ValueError, match="finite values only; 1 are inf or NaN"):
+        exact_sum(np.array([1.0, np.inf]))
