@@ -158,18 +158,10 @@ class _FullInt8(NamedTuple):
     where: str
 
 
-class _Reference(NamedTuple):
-    """One pass of the FP32 and the full INT8 model over the validation chunks, on the cluster."""
-
-    every: object  # a future: every validation row with its FP32 outputs (ReferenceRows)
-    both: object  # a future: that and the full INT8 model's outputs
-    full_int8: _FullInt8
-    fp32_by_chunk: list  # futures: per chunk, its FP32 outputs (the final validation's FP32 side)
-
-
-def _reference(client, chunks, prepared, int8: ModelRef, target, bar: Progress) -> _Reference:
-    """The reference pass: both models over the chunks; the full INT8 model scored on each row on the
-    outputs `target` holds on."""
+def _reference(client, chunks, prepared, int8: ModelRef, target, bar: Progress) -> tuple[object, object, _FullInt8]:
+    """(every validation row with its FP32 outputs, as a future on the cluster; that and the full INT8
+    model's outputs, a future; the full INT8 model on them, each row's cosine on the outputs `target` holds
+    on): one pass of both models over the chunks."""
     from distributed import as_completed
 
     start = time.perf_counter()
@@ -184,9 +176,7 @@ def _reference(client, chunks, prepared, int8: ModelRef, target, bar: Progress) 
     if isinstance(scored, Refused):
         scored.raise_it()
     where = f"{len(parts)} chunks on {len(client.scheduler_info(n_workers=-1)['workers'])} workers"
-    fp32_by_chunk = [client.submit(fp32_outputs, part, pure=False) for part in parts]
-    full_int8 = _FullInt8(*scored, time.perf_counter() - start, where)
-    return _Reference(client.submit(first, both, pure=False), both, full_int8, fp32_by_chunk)
+    return client.submit(first, both, pure=False), both, _FullInt8(*scored, time.perf_counter() - start, where)
 
 
 def tune(
@@ -258,8 +248,7 @@ def tune(
                     raise InputError(msg)
                 chunks = dataset_chunks(prepared.val, config.chunk_size)
                 int8 = ModelRef(str(full.path), full.sha256)
-                reference = _reference(dask_client, chunks, prepared, int8, target, bar)
-                every, both, full_int8 = reference.every, reference.both, reference.full_int8
+                every, both, full_int8 = _reference(dask_client, chunks, prepared, int8, target, bar)
                 ranking = _ranking_rows(full_int8.cosines, tuning.ranking_samples)
                 walk = _walk_rows(prepared.val.rows, tuning)
                 shared = {ALL: every, RANKING: dask_client.submit(ReferenceRows.take, every, ranking, pure=False)}
@@ -326,7 +315,8 @@ def tune(
                     validation = validate(
                         prepared, quantized, dask_client, metric=config.metric, chunk_size=config.chunk_size,
                         split_every=config.split_every, log=log, progress=bar, per_layer=config.layers == "all",
-                        fp32_known=reference.fp32_by_chunk,  # the reference pass ran FP32 over these chunks
+                        # The reference pass ran the FP32 model over these very chunks.
+                        fp32_known=[dask_client.submit(fp32_outputs, every, c.start, c.stop) for c in chunks],
                     )  # fmt: skip
                 except DaskQuantError:
                     gate.verdict()

@@ -63,13 +63,11 @@ def reference_chunk(chunk: ChunkRef, fp32: ModelRef, int8: ModelRef, names: tupl
     return rows, run_in_slices(session_for(int8), names, feeds, feeding)
 
 
-def fp32_outputs(part) -> list[np.ndarray] | None:
-    """reference_chunk's FP32 outputs of its chunk (the lead one, then the others): what validation's
-    model_outputs computes there (the same run_in_slices of the same session over the same feeds); None
-    for a refused chunk."""
-    if isinstance(part, Refused):
-        return None
-    rows, _ = part
+def fp32_outputs(every: ReferenceRows, start: int, stop: int) -> list[np.ndarray]:
+    """The FP32 outputs (the lead one, then the others) of rows start..stop of `every` (joined from
+    reference_chunk's chunks): for the chunk of those rows, what validation's model_outputs computes (the
+    same run_in_slices of the same session over the same feeds)."""
+    rows = every.take(range(start, stop))
     return [rows.fp32, *rows.others]
 
 

@@ -61,7 +61,10 @@ def _trials(run_dir: Path):
 
 
 def _stats(samples: int = 1, cosine_sum: float = 0.0, **fields) -> ValidationStats:
-    """Statistics of `samples` whose cosines add up to `cosine_sum` (held exactly, as compare_outputs holds it)."""
+    """Statistics of `samples` whose cosines add up to `cosine_sum` (held exactly, as compare_outputs holds it;
+    NaN: the samples' cosines are NaN)."""
+    if np.isnan(cosine_sum):
+        return ValidationStats(samples=samples, nan_cosines=samples, **fields)
     return ValidationStats(samples=samples, cosine_sum=exact_sum(np.array([cosine_sum])), **fields)
 
 

@@ -58,7 +58,7 @@ def test_fp32_outputs_the_reference_pass_has_are_not_computed_again(anchors, mon
     from dask_quant.tasks.chunks import chunk_refs
     from dask_quant.tasks.digest import sha256_file
     from dask_quant.tasks.npy_io import NPY_MEMBER
-    from dask_quant.tasks.reference_rows import fp32_outputs, reference_chunk
+    from dask_quant.tasks.reference_rows import fp32_outputs, joined, reference_chunk
     from dask_quant.tasks.sessions import ModelRef
 
     model, calib = builtin_path(MODEL), builtin_path(CALIB)
@@ -67,7 +67,8 @@ def test_fp32_outputs_the_reference_pass_has_are_not_computed_again(anchors, mon
     shutil.copyfile(model, copy)
     int8 = ModelRef(str(copy), fp32.sha256)
     chunks = chunk_refs(str(calib), (("input", NPY_MEMBER),), 300, 60, sha256=sha256_file(calib))
-    known = [fp32_outputs(reference_chunk(chunk, fp32, int8)) for chunk in chunks]
+    every, _ = joined([reference_chunk(chunk, fp32, int8) for chunk in chunks])  # as tune's reference pass
+    known = [fp32_outputs(every, chunk.start, chunk.stop) for chunk in chunks]
     (computed,) = dask.compute(graphs.validation_graph(chunks, fp32, (int8,), anchors), scheduler="sync")
     ran = []
     original = validate.model_outputs
