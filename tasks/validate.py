@@ -210,8 +210,9 @@ def compare_outputs(fp32, int8, labels=None, rows=None, anchors=None) -> Validat
     with np.errstate(invalid="ignore", over="ignore"):
         cosines, zero_pairs = _cosines(a, b)
         sums_a, sums_b = a.sum(axis=1), b.sum(axis=1)
-        errors, signals = (a - b) ** 2, a * a
-        largest = float(np.abs(a - b).max()) if a.size else 0.0
+        diff = a - b
+        errors, signals = diff**2, a * a
+        largest = float(np.abs(diff).max()) if a.size else 0.0
     # Exact sums hold finite values only: an element inf or NaN under either model is counted apart, as
     # the per-layer pass does.
     finite = np.isfinite(errors) & np.isfinite(signals)
