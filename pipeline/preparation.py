@@ -178,7 +178,7 @@ def prepare_graph(proto, *, per_channel: bool, where: str, files: tuple[Path, Pa
             prepared, errors = _pre_process(proto, True, files)
         except Exception as again:
             steps.append(f"ORT's quant_pre_process failed ({_first_line(again)}); model kept as given")
-            return PreparedGraph(proto, tuple(steps))
+            return PreparedGraph(proto, (*steps, *_name_nodes(proto)))
         steps.append(f"symbolic shape inference failed ({reason}); ONNX shape inference only")
     if errors:
         steps.append(f"ORT graph optimisation not used ({errors[0].splitlines()[0]}); constants not folded")
@@ -189,4 +189,21 @@ def prepare_graph(proto, *, per_channel: bool, where: str, files: tuple[Path, Pa
             f"{before_nodes} -> {len(prepared.graph.node)} nodes"
         )
     steps.append("ONNX shape inference")
+    if files is None:  # a large model's prepared file is ORT's, already written
+        steps += _name_nodes(prepared)
     return PreparedGraph(prepared, tuple(steps), written=files is not None)
+
+
+def _name_nodes(proto) -> list[str]:
+    """Name each unnamed node after its first output (unique: an output has one writer), in place: ORT's
+    quantizer excludes nodes by name, so unnamed ones could only be reverted all together, and tune, the
+    report and --exclude-nodes would show them as an empty name. The step taken, if any."""
+    taken = {node.name for node in proto.graph.node}
+    unnamed = [node for node in proto.graph.node if not node.name]
+    for node in unnamed:
+        name = node.output[0] if node.output and node.output[0] not in taken else f"{node.op_type}_{len(taken)}"
+        while name in taken:
+            name = f"{name}_"
+        node.name = name
+        taken.add(name)
+    return [f"{len(unnamed)} unnamed nodes named after their outputs"] if unnamed else []

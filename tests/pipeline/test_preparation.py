@@ -136,3 +136,26 @@ def test_preparation_does_not_import_torch(tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
     assert done.stdout.strip() == "False"
+
+
+def test_unnamed_nodes_are_named_after_their_outputs(tmp_path):
+    """ORT's quantizer excludes nodes by name: two unnamed nodes were one group '' to tune, reverted together
+    and listed as an empty name."""
+    from onnx import helper
+
+    model, calib, _ = digits_paths()
+    proto = onnx.load(str(model))
+    logits = proto.graph.output[0].name
+    proto.graph.node.extend(
+        [
+            helper.make_node("Relu", [logits], ["positive"]),
+            helper.make_node("Neg", ["positive"], ["negative"], name=""),
+            helper.make_node("Abs", ["negative"], ["/0/Conv"]),  # its output is another node's name
+        ]
+    )
+    proto.graph.output[0].name = "/0/Conv"
+    graph = prepare_graph(proto, per_channel=True, where="m.onnx")
+    names = [node.name for node in graph.proto.graph.node]
+    assert all(names) and len(set(names)) == len(names)
+    assert {"positive", "negative"} <= set(names) and graph.steps[-1] == "3 unnamed nodes named after their outputs"
+    assert prepare_graph(graph.proto, per_channel=True, where="m.onnx").steps[-1] == "ONNX shape inference"
