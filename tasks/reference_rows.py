@@ -92,7 +92,8 @@ def joined(parts: Sequence) -> tuple[ReferenceRows, list[np.ndarray]] | Refused:
 
 def baseline(both, every_output: bool = False) -> tuple[tuple[ValidationStats, ...], np.ndarray] | Refused:
     """The statistics of the INT8 outputs against FP32's on every row (one per output), and each row's cosine
-    on the lead output, or its lowest over `every_output` (1 where both outputs are all zeros)."""
+    on the lead output, or its lowest over `every_output` (1 where both outputs are all zeros, -inf where a
+    row holds inf or NaN: the worst)."""
     if isinstance(both, Refused):
         return both
     every, outputs = both
@@ -103,6 +104,7 @@ def baseline(both, every_output: bool = False) -> tuple[tuple[ValidationStats, .
         row = np.ones(len(a))
         both_zero = (np.linalg.norm(a, axis=1) == 0) & (np.linalg.norm(b, axis=1) == 0)
         row[~both_zero] = _cosines(a, b)[0]
+        row[np.isnan(row)] = -np.inf  # a row without a cosine (inf or NaN outputs) is among the worst
         cosines = np.fmin(cosines, row)
     return every.compare(outputs), cosines
 

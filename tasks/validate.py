@@ -173,9 +173,14 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, int]:
-    """Cosine of each pair of rows in which either is non-zero, and how many pairs were both zero."""
-    both_zero = (np.linalg.norm(a, axis=1) == 0) & (np.linalg.norm(b, axis=1) == 0)
-    cosines = np.einsum("ij,ij->i", _unit_rows(a), _unit_rows(b))
+    """Cosine of each pair of rows in which either is non-zero, and how many pairs were both zero. A pair
+    holding inf or NaN has no cosine: NaN, whichever it holds (a NaN norm would otherwise give 0, an inf one
+    NaN)."""
+    norm_a, norm_b = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    both_zero = (norm_a == 0) & (norm_b == 0)
+    with np.errstate(invalid="ignore"):  # inf / inf: NaN, set below anyway
+        cosines = np.einsum("ij,ij->i", _unit_rows(a), _unit_rows(b))
+    cosines[~(np.isfinite(norm_a) & np.isfinite(norm_b))] = np.nan
     return cosines[~both_zero], int(both_zero.sum())
 
 

@@ -151,7 +151,7 @@ def test_values_an_output_gives_as_inf_or_nan_are_counted_apart_not_summed():
     assert stats.mse == float(np.mean((fp32[finite].astype(np.float64) - int8[finite]) ** 2))
     noise = ((fp32[finite] - int8[finite]) ** 2).sum()
     assert stats.sqnr_db == pytest.approx(10 * np.log10((fp32[finite] ** 2).sum() / noise))
-    assert np.isnan(stats.mean_cosine) and stats.nan_cosines == 1  # the -inf row (a NaN row has cosine 0)
+    assert np.isnan(stats.mean_cosine) and stats.nan_cosines == 2  # the -inf row and the NaN row alike
     parts = [compare_outputs(fp32[i : i + 1], int8[i : i + 1]) for i in range(3)]
     for merged in (reduce(ValidationStats.merge, p, ValidationStats()) for p in (parts, parts[::-1])):
         assert repr(merged) == repr(stats)  # NaN maxima and minima too, in any order
@@ -162,3 +162,22 @@ def test_an_exact_sum_refuses_values_no_integer_holds():
 
     with pytest.raises(ValueError, match="finite values only; 1 are inf or NaN"):
         exact_sum(np.array([1.0, np.inf]))
+
+
+def test_a_row_the_int8_model_makes_nan_or_inf_ranks_among_the_worst():
+    """The search's ranking rows are those with the lowest cosine under full INT8: a row whose INT8 output
+    went NaN or inf has no cosine and must be picked first, not look perfect (or middling)."""
+    from dask_quant.pipeline.tune import _ranking_rows
+    from dask_quant.tasks.feeding import Feeding
+    from dask_quant.tasks.reference_rows import ReferenceRows, baseline
+
+    rng = np.random.default_rng(0)
+    fp32 = rng.normal(size=(6, 4)).astype(np.float32)
+    int8 = fp32 + np.float32(0.01) * rng.normal(size=fp32.shape).astype(np.float32)
+    int8[4, 0], int8[3, 2] = np.nan, np.inf
+    int8[1] = -fp32[1]  # a finite but bad row: cosine -1
+    every = ReferenceRows(tuple(range(6)), {}, fp32, None, Feeding())
+    (stats,), cosines = baseline((every, [int8]))
+    assert stats.nan_cosines == 2 and np.isnan(stats.mean_cosine)
+    assert np.isneginf(cosines[[3, 4]]).all() and cosines[1] == pytest.approx(-1)
+    assert _ranking_rows(cosines, 3) == (1, 3, 4)
