@@ -81,7 +81,6 @@ class _Watchdog:
         self._thread.join(timeout=5)
 
 
-
 def compute(client, graphs: list[ChunkGraph], label: str, progress: Progress | None = None) -> list:
     """The values of `graphs`, computed together on `client` in one submission.
 

@@ -26,6 +26,7 @@ from dask_quant.pipeline.presets import preset_line
 from dask_quant.pipeline.progress import Progress
 from dask_quant.pipeline.qparams import QParam
 from dask_quant.pipeline.remote_out import RemoteOut
+from dask_quant.pipeline.selection import SUBGRAPHS_STAY_FP32
 from dask_quant.pipeline.smoothing import excluding_smoothing
 from dask_quant.pipeline.stages.calibrate import Calibration, calibrate
 from dask_quant.pipeline.stages.prepare import PREPARED_DIR, Prepared, prepare
@@ -301,6 +302,12 @@ def run_methods(
 def log_preparation(prepared: Prepared, log: Callable[[str], None]) -> None:
     if prepared.steps:
         log(f"prepared the model: {'; '.join(prepared.steps)}")
+    if prepared.in_control_flow:
+        owners = ", ".join(prepared.in_control_flow[:3])
+        log(
+            f"note: the operators inside {owners} stay FP32: {SUBGRAPHS_STAY_FP32}; export the model without "
+            "control flow to quantize them"
+        )
     for spec in (prepared.calib, prepared.val):
         if spec is not None and spec.compressed:
             log(

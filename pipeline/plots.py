@@ -10,7 +10,6 @@ _GOOD, _FAIR, _POOR = "#2e7d32", "#ef6c00", "#c62828"
 MAX_BARS = 40
 
 
-
 def literal(text: str) -> str:
     """`text` drawn as written: matplotlib reads $...$ as math (a tensor named 'a$b$c' would crash it)."""
     return text.replace("$", r"\$")

@@ -18,6 +18,7 @@ def data_record(spec: DatasetSpec | None, chunk_size: int) -> dict | None:
     chunks = len(dataset_chunks(spec, chunk_size))  # the one rule that splits rows into chunks
     return {"path": spec.path, "sha256": spec.sha256, "rows": spec.rows, "chunks": chunks, "labels": spec.labels}
 
+
 def summary_record(stats: ValidationStats | None, metric=None, output: str | None = None) -> dict | None:
     if stats is None:
         return None
@@ -38,6 +39,7 @@ def summary_record(stats: ValidationStats | None, metric=None, output: str | Non
         "collapsed": stats.collapsed,
     }
 
+
 def run_record(config: RunConfig, run_id: str, sections: dict) -> dict:
     """run.json: the config, package versions and creation time around the run's own sections."""
     return {
@@ -47,6 +49,7 @@ def run_record(config: RunConfig, run_id: str, sections: dict) -> dict:
         "versions": package_versions(),
         **sections,
     }
+
 
 def latency_record(latency) -> dict | None:
     if latency is None:
@@ -59,4 +62,3 @@ def latency_record(latency) -> dict | None:
         "int8_ms_per_sample": latency.int8_seconds_per_sample * 1e3,
         "speedup": latency.speedup,
     }
-

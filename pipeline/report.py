@@ -16,6 +16,7 @@ from dask_quant.pipeline.guard import collapse_reason
 from dask_quant.pipeline.methods import info
 from dask_quant.pipeline.metrics import headline_metrics, shown_metrics
 from dask_quant.pipeline.presets import PRESETS, Preset, weights_line
+from dask_quant.pipeline.selection import SUBGRAPHS_STAY_FP32
 from dask_quant.tasks.errors import InputError
 
 REPORT_FILE = "report.html"
@@ -134,6 +135,11 @@ def _config_table(run: dict) -> str:
         if not run["data"].get("val")
         else f"{run['data']['val']['path']} ({run['data']['val']['rows']} samples)",
         "preparation": "; ".join(run.get("preparation", {}).get("steps", [])) or "none (--no-prepare)",
+        **(
+            {"left in FP32": f"the operators inside {', '.join(owners)} ({SUBGRAPHS_STAY_FP32})"}
+            if (owners := run.get("preparation", {}).get("control_flow"))
+            else {}
+        ),
         **(
             {
                 "method": quant["method"] + _shared(run),

@@ -64,6 +64,11 @@ def tensors_to_calibrate(
     return tuple(sorted(selected.items()))
 
 
+# Why operators inside control flow stay FP32 (ORT's QDQ quantizer has no subgraph support; its QOperator
+# one enters them only when asked, which dask-quant does not).
+SUBGRAPHS_STAY_FP32 = "ONNX Runtime's quantizer does not enter the subgraphs of If, Loop and Scan"
+
+
 def subgraph_owners(proto, op_types: tuple[str, ...] = ()) -> list[str]:
     """Names of the control-flow nodes (If, Loop, Scan) whose subgraphs hold quantizable operators."""
     from onnx import AttributeProto

@@ -116,7 +116,6 @@ def smooth_model(proto, targets: list[SmoothTarget], maxima: ChannelMaxima, alph
     return model
 
 
-
 def smoothing_muls(proto) -> tuple[str, ...]:
     """The Mul nodes smooth_model inserted. They are never quantized: a QDQ pair on their input would
     quantize the activation with the very outliers smoothing moved out of it."""

@@ -68,7 +68,7 @@ def _table(rows: list[dict], folder: Path) -> str:
         report = Path(row["run_dir"] or "") / REPORT_FILE
         link = f'<a href="{_e(os.path.relpath(report, folder))}">report</a>' if row["run_dir"] else ""
         lines.append(
-            f'<tr{" class=alert" if is_alert(row) else ""}><td>{_e(row["model"])}</td><td>{_e(row["method"])}</td>'
+            f"<tr{' class=alert' if is_alert(row) else ''}><td>{_e(row['model'])}</td><td>{_e(row['method'])}</td>"
             f"<td{' class=bad' if is_alert(row) else ''}>{_e(status + note)}</td><td>{_e(row['lead'])}</td>"
             f"<td class=num>{_number(row['lead_value'])}</td>"
             f"<td class=num>{'' if change is None else f'{change:+.4f}'}</td>"

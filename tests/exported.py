@@ -215,6 +215,42 @@ def offset_model(path: Path) -> Path:
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 
+def with_if_head(source: Path, path: Path) -> Path:
+    """The digits CNN with its logits through an If: a MatMul head in each branch, picked by the sign of the
+    input's sum (as exporters write data-dependent heads). The CNN is quantizable, the heads stay FP32."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    proto = onnx.load(str(source))
+    graph = proto.graph
+    logits = graph.output[0].name
+    weight = np.random.default_rng(0).normal(size=(10, 10)).astype(np.float32)
+
+    def branch(name: str, sign: float):
+        return helper.make_graph(
+            [helper.make_node("MatMul", [logits, f"w_{name}"], [f"head_{name}"], name=f"{name}/MatMul")],
+            name,
+            [],
+            [helper.make_tensor_value_info(f"head_{name}", TensorProto.FLOAT, ["batch", 10])],
+            initializer=[numpy_helper.from_array(sign * weight, f"w_{name}")],
+        )
+
+    graph.node.extend(
+        [
+            helper.make_node("ReduceSum", [graph.input[0].name], ["total"], keepdims=0, name="total/ReduceSum"),
+            helper.make_node("Greater", ["total", "zero"], ["cond"], name="cond/Greater"),
+            helper.make_node(
+                "If", ["cond"], ["head"], name="head/If", then_branch=branch("then", 1.0),
+                else_branch=branch("else", -1.0),
+            ),
+        ]
+    )  # fmt: skip
+    graph.initializer.append(numpy_helper.from_array(np.zeros((), np.float32), "zero"))
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("head", TensorProto.FLOAT, ["batch", 10]))
+    return _save(proto, path)
+
+
 def argmax_first_model(source: Path, path: Path) -> Path:
     """The digits CNN with an int64 ArgMax as its first output and the logits second (as some exporters do)."""
     import onnx

@@ -45,7 +45,12 @@ from dask_quant.pipeline.model_files import (
 )
 from dask_quant.pipeline.preparation import prepare_graph
 from dask_quant.pipeline.results import FP32_FILE, WORK, check_writable
-from dask_quant.pipeline.selection import default_op_types, subgraph_owners, tensors_to_calibrate
+from dask_quant.pipeline.selection import (
+    SUBGRAPHS_STAY_FP32,
+    default_op_types,
+    subgraph_owners,
+    tensors_to_calibrate,
+)
 from dask_quant.tasks.chunks import ChunkRef, chunk_refs
 from dask_quant.tasks.digest import model_sha256
 from dask_quant.tasks.errors import InputError
@@ -78,6 +83,9 @@ class Prepared:
     others: tuple[str, ...] = ()  # the other outputs validation compares (each has its own metrics)
     row_bytes: int | None = None  # activations of one sample (pipeline.chunking), for --chunk-size auto
     models_url: str | None = None  # where workers read the models the client writes (--out at a URL), if anywhere
+    # Control-flow nodes (If, Loop, Scan) whose subgraphs hold operators of the op types: ONNX Runtime's
+    # quantizer does not enter subgraphs, so those operators stay FP32 (the run says so).
+    in_control_flow: tuple[str, ...] = ()
 
     @property
     def compared(self) -> tuple[str, ...] | None:
@@ -190,7 +198,10 @@ def _prepared(config: RunConfig, proto, source: ModelRef, folder: Path, staging:
     if config.prepare and (staging is None or written is not None):
         model = write_prepared(proto, folder, Path(config.model).stem, written)
     per_row = activation_bytes_per_row(proto)
-    return Prepared(proto, model, tensors, calib, val, source, steps, chunk_size, output, batch, tuple(others), per_row)
+    return Prepared(
+        proto, model, tensors, calib, val, source, steps, chunk_size, output, batch, tuple(others), per_row,
+        in_control_flow=tuple(subgraph_owners(proto, config.quant.op_types)),
+    )  # fmt: skip
 
 
 def write_prepared(proto, folder: Path, stem: str, written: Path | None = None) -> ModelRef:
@@ -243,8 +254,8 @@ def quantizable(proto, config: RunConfig) -> tuple[tuple[str, int], ...]:
     if owners:
         msg = (
             f"{config.model}: every quantizable operator is inside control flow ({', '.join(owners[:3])}), "
-            "whose subgraphs ONNX Runtime's quantizer leaves in FP32; export the model without If/Loop/Scan "
-            "(for example traced with fixed shapes)"
+            f"and {SUBGRAPHS_STAY_FP32}; export the model without If/Loop/Scan (for example traced with fixed "
+            "shapes)"
         )
         raise InputError(msg)
     op_types = ", ".join(config.quant.op_types) or "ORT's default list"
@@ -291,10 +302,7 @@ def _check_names(proto, config: RunConfig) -> None:
         example = ", ".join(sorted(nodes)[:3])
         names = ", ".join(map(repr, missing))
         prepared = " after preparation (--no-prepare keeps the graph as exported)" if config.prepare else ""
-        msg = (
-            f"--exclude-nodes: no node named {names} in {config.model}{prepared} "
-            f"(node names look like: {example})"
-        )
+        msg = f"--exclude-nodes: no node named {names} in {config.model}{prepared} (node names look like: {example})"
         raise InputError(msg)
     known = default_op_types()
     for option, ops in (("--op-types", config.quant.op_types), ("--fp32-outputs", config.quant.fp32_outputs)):

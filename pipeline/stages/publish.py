@@ -54,6 +54,7 @@ def write_run(
             "steps": list(prepared.steps),
             "file": results.FP32_FILE if prepared.prepared else None,
             "sha256": prepared.model.sha256 if prepared.prepared else None,
+            "control_flow": list(prepared.in_control_flow),  # their subgraphs' operators stay FP32
         },
         "int8_model": {"file": results.MODEL_FILE, "sha256": model_sha256(model), "bytes": model_bytes(model)},
         "data": {

@@ -24,6 +24,7 @@ from exported import (
     where_model,
     with_constant_weights,
     with_destroyed_layer,
+    with_if_head,
     with_opset,
 )
 from models import build_float16_model, digits_paths, load_arrays, with_fixed_batch
@@ -217,6 +218,20 @@ def test_collapse_without_a_guard_flag_warns_loudly(tmp_path):
 def test_where_model_where_the_quantizer_inserts_nothing_is_refused(tmp_path):
     line = _refused(tmp_path / "runs", where_model(tmp_path / "where.onnx"), "--calib", CALIB)
     assert "ONNX Runtime's quantizer inserted no quantization at all" in line
+
+
+def test_operators_inside_control_flow_are_named_as_left_in_fp32(tmp_path):
+    """ONNX Runtime's quantizer does not enter an If's branches: the run publishes the quantized CNN and says
+    which control-flow node keeps its MatMuls in FP32 (on stderr and in run.json)."""
+    model = with_if_head(MODEL, tmp_path / "if_head.onnx")
+    run_dir, done = _published(tmp_path / "runs", model, "--calib", CALIB, "--val", VAL)
+    assert "note: the operators inside If 'head/If' stay FP32" in done.stderr
+    record = json.loads((run_dir / results.RUN_FILE).read_text())
+    assert record["preparation"]["control_flow"] == ["If 'head/If'"]
+    assert _weights(run_dir) > 0  # the CNN's own weights are INT8
+    branches = [node for node in onnx.load(str(run_dir / results.MODEL_FILE)).graph.node if node.op_type == "If"]
+    assert [[n.op_type for n in a.g.node] for a in branches[0].attribute] == [["MatMul"], ["MatMul"]]
+    assert record["summary"]["mean_cosine"] > 0.999
 
 
 def test_control_flow_only_model_is_refused_before_any_data_check(tmp_path):

@@ -160,8 +160,8 @@ CASES = {
     ),
     "control flow only, found before the data": (
         lambda t: [str(if_only_model(t / "if.onnx")), "--calib", _npz(t, pixels=np.zeros((4, 1, 8, 8), np.float32))],
-        "every quantizable operator is inside control flow (If 'branch/If'), whose subgraphs ONNX Runtime's "
-        "quantizer leaves in FP32",
+        "every quantizable operator is inside control flow (If 'branch/If'), and ONNX Runtime's quantizer does "
+        "not enter the subgraphs of If, Loop and Scan",
     ),
     "scalar input without a value": (
         lambda t: [str(recurrent_model(t / "rnn.onnx")), "--calib", str(recurrent_data(t / "c.npz", 8, 1))],
