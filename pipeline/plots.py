@@ -67,19 +67,24 @@ def sensitivity_chart(
     import matplotlib.pyplot as plt
 
     shown = ranking[:MAX_BARS]
-    values = [row["metric"] for row in shown]
+    # A metric that cannot be measured (outputs not finite, or collapsed) is NaN, and null in run.json.
+    values = [np.nan if row["metric"] is None else row["metric"] for row in shown]
     fig, ax = plt.subplots(figsize=(9, 0.38 * len(shown) + 1.2))
     y = np.arange(len(shown))
     colours = [_POOR if row["group"] in reverted else "#607d8b" for row in shown]
     ax.barh(y, values, color=colours, height=0.7, label=f"{metric} with the group in FP32")
-    alone = [isolated.get(row["group"], np.nan) for row in shown]
+    alone = [np.nan if (v := isolated.get(row["group"])) is None else v for row in shown]
     if isolated:  # scored only with --isolated-errors
         ax.plot(alone, y, "o", color="#212121", markersize=4, label=f"{metric} with only the group quantized")
     ax.set_yticks(y, [literal(row["group"]) for row in shown], fontsize=9)
     ax.invert_yaxis()
     finite = [v for v in [*values, *alone] if np.isfinite(v)]
     low = min(finite) if finite else 0.0
-    ax.set_xlim(low - (1 - low) * 0.05 - 1e-6, 1 + (1 - low) * 0.02 + 1e-6)
+    left = low - (1 - low) * 0.05 - 1e-6
+    ax.set_xlim(left, 1 + (1 - low) * 0.02 + 1e-6)
+    for position, value in zip(y, values, strict=True):
+        if not np.isfinite(value):  # no bar: say why there is none
+            ax.text(left, position, " n/a (collapsed or not finite)", va="center", fontsize=8, color=_POOR)
     ax.set_xlabel(f"{metric} on the ranking rows, higher is better")
     # Metrics close to 1 differ in the fifth decimal: write them out, not as an offset in a corner.
     ax.ticklabel_format(axis="x", useOffset=False)

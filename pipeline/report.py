@@ -238,12 +238,17 @@ def _tune(run: dict) -> str:
         f"<h2>Tune</h2><p>Target <code>{_e(tune['target'])}</code>: {status} ({_e(tune['stopped'])}). "
         f"{len(taken)} of {tune['groups']} quantizer groups kept in FP32 ({_plural(len(tune['reverted']), 'node')}): "
         f"{reverted}. "
-        f"Metric{judged} on every validation row {tune['metric_before']:.5f} → {tune['metric_after']:.5f}; "
+        f"Metric{judged} on every validation row {_metric(tune['metric_before'])} → {_metric(tune['metric_after'])}; "
         f"{_precision(run)}: {_e(share) or '-'}. "
         f"{experiments['computed']} experiments run, {experiments['reused']} reused, "
         f"{_plural(tune['rounds'], 'ranking round')} on {tune['ranking_samples']} rows, "
         f"the walk on {tune.get('walk_samples', 'every')} (<code>trials.parquet</code>).</p>{chart}"
     )
+
+
+def _metric(value: float | None) -> str:
+    """A tune metric from run.json, where one that could not be measured (collapsed, not finite) is null."""
+    return "n/a (collapsed or not finite)" if value is None else f"{value:.5f}"
 
 
 def _plural(count: int, noun: str) -> str:

@@ -224,7 +224,7 @@ def greedy_search(
                 gains[group] = target.value(step) - target.value(current)
                 reverted, current, improved, taken, misses = prefix, step, True, (*taken, group), 0
                 size = f" ({len(members[group])} nodes)" if len(members[group]) > 1 else ""
-                log(f"reverted {group}{size}: {target.metric} {target.value(current):.5f} on {on()}")
+                log(f"reverted {group}{size}: {target.metric} {target.shown(current)} on {on()}")
                 if target.met(current):
                     # Met on the walk's rows: only every row decides (free when those are every row). The
                     # put-back's first models are scored with it, on the threads it would leave idle.
@@ -236,7 +236,7 @@ def greedy_search(
                         break
                     confirmed = (reverted, taken, everywhere)
                     if walk_rows != ALL:
-                        value = f"{target.value(everywhere):.5f}"
+                        value = target.shown(everywhere)
                         log(f"on every validation row: {target.metric} {value}")
                     if target.met(everywhere):
                         walk = False
@@ -351,5 +351,5 @@ def _put_back(
                 break
             taken.remove(step.group)
             current, misses = stats, 0
-            log(f"put back {step.group}: {target.metric} {target.value(current):.5f} on every validation row")
+            log(f"put back {step.group}: {target.metric} {target.shown(current)} on every validation row")
     return tuple(taken), without(()), current

@@ -58,9 +58,18 @@ class Target:
         return cls(match.group(1), bound)
 
     def value(self, stats: ValidationStats) -> float:
-        """The metric on `stats` (NaN when it cannot be measured there)."""
+        """The metric on `stats`: NaN when it cannot be measured there, or when the INT8 outputs collapsed
+        (the same for every sample while FP32's differ: an offset can keep their cosine near 1, and a
+        constant class scores its share of the labels), so no target holds on such a model and the search
+        ranks it worst."""
         value = METRICS[self.metric][0](stats)
-        return math.nan if value is None else float(value)
+        return math.nan if value is None or stats.collapsed else float(value)
+
+    def shown(self, stats: ValidationStats) -> str:
+        """The metric as the log shows it ("collapsed" where value() is NaN for that reason)."""
+        if stats.collapsed:
+            return "collapsed (the INT8 output is the same for every sample)"
+        return f"{self.value(stats):.5f}"
 
     @property
     def every_output(self) -> bool:

@@ -26,6 +26,7 @@ from dask_quant.pipeline.config import RunConfig, config_dict
 from dask_quant.pipeline.experiments import warm_up
 from dask_quant.pipeline.gate import start_checks
 from dask_quant.pipeline.groups import NODE, Group, int8_share, quantizer_groups, weighted_nodes
+from dask_quant.pipeline.guard import collapse_warning
 from dask_quant.pipeline.job import (
     Laps,
     RunResult,
@@ -298,7 +299,7 @@ def tune(
                 log(
                     f"tune: {search.stopped}; {len(search.groups)} of {len(groups)} groups ({len(search.reverted)} "
                     "nodes) in FP32, "
-                    f"{target.metric} {target.value(search.baseline):.5f} -> {target.value(search.final):.5f}"
+                    f"{target.metric} {target.shown(search.baseline)} -> {target.shown(search.final)}"
                 )
                 # The node groups are the quantized nodes (a shared group can also name an unquantized writer).
                 if {n for g in groups if g.kind == NODE for n in g.nodes} <= set(search.reverted):
@@ -353,6 +354,9 @@ def tune(
         final = run_dir.publish()
     work.discard()
     run = run_result(run_dir.run_id, final, config, calibration, quantized, validation, cluster, dashboard, lap.timings)
+    warning = collapse_warning(run)  # an output the target does not read, as run warns of it
+    if warning:
+        log(warning)
     return TuneResult(run, search, groups, store.computed, store.reused)
 
 

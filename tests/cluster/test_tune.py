@@ -103,9 +103,10 @@ def test_search_reverts_exactly_the_outlier_layer_for_any_workers_and_chunking(m
     assert record["walk_samples"] == 32 and set(trials[trials.phase == "step"]["rows"]) == {"walk"}
     assert list(trials[trials.phase == "confirm"]["rows"]) == ["all"]
     assert (trials["run_id"] == first.run.run_id).all()
-    # Its own error: the first layer alone quantized is what breaks the model.
+    # Its own error: the first layer alone quantized is what breaks the model (its input rounds to the same
+    # few steps for every sample, so the output is the same for every sample: collapsed, no metric).
     isolated = dict(first.search.isolated)
-    assert isolated["first"] < 0.5 < min(isolated["hidden1"], isolated["last"])
+    assert np.isnan(isolated["first"]) and min(isolated["hidden1"], isolated["last"]) > 0.5
     page = (first.run.run_dir / "report.html").read_text()
     assert 'alt="sensitivity of each quantizer group"' in page
     assert "1 of 3 quantizer groups kept in FP32 (1 node)" in page
@@ -155,8 +156,8 @@ def test_a_quantizer_three_nodes_share_is_reverted_as_one_group(mlp, tmp_path):
     assert search.baseline.mean_cosine < 0.5
     assert {g for g, _ in search.rankings[0]} == {"shift", "join", "all Add"}  # no MatMul in them: first
     every = dict(search.rankings[-1])  # then every group, as none of those helped
-    assert all(every[node] < TARGET.bound for node in ("shift", "left", "right", "join"))  # no node alone
-    assert every["all Add"] < TARGET.bound
+    # No node alone meets it (NaN where the output stays collapsed: never >=).
+    assert not any(every[group] >= TARGET.bound for group in ("shift", "left", "right", "join", "all Add"))
     record = json.loads((result.run.run_dir / results.RUN_FILE).read_text())["tune"]
     assert record["reverted_groups"] == ["s"]
     assert record["composite_groups"] == {
@@ -569,6 +570,37 @@ def test_a_cosine_target_is_judged_on_the_lowest_output_and_the_others_on_the_le
     assert cosine.judge([lead, broken, side]) is broken  # a NaN output is the worst: never met
     assert cosine.judge([lead, _stats(samples=2, cosine_sum=1.99)]) is lead  # the first of equals
     assert agreement.judge([lead, side]) is lead and agreement.met(lead)  # top-1 of the lead output's classes
+
+
+def test_no_target_holds_where_the_int8_output_collapsed():
+    """The same INT8 output for every sample while FP32's differ: an offset keeps the cosine near 1 and a
+    constant class scores its share of the labels, yet the model is useless; such statistics meet no target
+    and are judged worst."""
+    fields = {"fp32_sum_range": (-1.0, 2.0), "top1_agree": 2, "labelled": 2, "fp32_correct": 2, "int8_correct": 2}
+    collapsed = _stats(samples=2, cosine_sum=2.0, int8_sum_range=(5.0, 5.0), **fields)
+    healthy = _stats(samples=2, cosine_sum=1.98, int8_sum_range=(-1.0, 2.5), **fields)
+    for target in (Target("cosine", 0.99), Target("agreement", 0.9), Target("accuracy", None, 1.0)):
+        assert target.met(healthy) and not target.met(collapsed) and np.isnan(target.value(collapsed))
+        assert target.shown(collapsed).startswith("collapsed")
+    assert Target("cosine", 0.99).judge([healthy, collapsed]) is collapsed
+
+
+def test_a_model_whose_int8_output_collapses_is_not_published_as_meeting_the_target(tmp_path):
+    """out = x @ w + 1000 (tests/exported.py): full INT8 gives every sample the same output, at cosine
+    ~1.0. tune used to say "target met" and publish it; now the only model that meets it is FP32."""
+    from exported import offset_model
+
+    rng = np.random.default_rng(0)
+    calib, val = tmp_path / "c.npy", tmp_path / "v.npy"
+    np.save(calib, rng.normal(size=(64, 8)).astype(np.float32))
+    np.save(val, rng.normal(size=(32, 8)).astype(np.float32))
+    model, out = offset_model(tmp_path / "offset.onnx"), tmp_path / "runs"
+    result = dask_quant("tune", model, "--calib", calib, "--val", val, "--target", "cosine>=0.999", "--out", out,
+                        "--layers", "none", "--workers", "1")  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "cosine collapsed (the INT8 output is the same for every sample) -> 1.00000" in result.stderr
+    assert "held only with every quantized node in FP32" in result.stderr
+    assert not out.exists()  # nothing published, no work area left
 
 
 def test_cli_tune_refuses_bad_input_with_exit_2(mlp, tmp_path):
