@@ -34,10 +34,12 @@ def quality_failures(config: RunConfig, result: RunResult) -> list[str]:
     stats, failures = result.validation, []
     if stats is None or (config.min_cosine is None and config.max_drop is None):
         return failures
-    if stats.collapsed:
-        failures.append(collapse_reason(True, None))
-    collapsed = [name for name, _, other in result.other_outputs if other.collapsed]
-    failures += [f"output {name!r}: {collapse_reason(True, None)}" for name in collapsed]
+    broken = [(None, stats), *((name, other) for name, _, other in result.other_outputs)]
+    failures += [
+        f"output {name!r}: {what}" if name else what
+        for name, each in broken
+        if (what := collapse_reason(each.collapsed, None, each.int8_non_finite)) is not None
+    ]
     if config.min_cosine is not None and not stats.mean_cosine >= config.min_cosine:
         failures.append(f"mean cosine {stats.mean_cosine:.4f} is below --min-cosine {config.min_cosine}")
     if config.max_drop is not None and stats.fp32_accuracy is not None:
@@ -47,8 +49,10 @@ def quality_failures(config: RunConfig, result: RunResult) -> list[str]:
     return [f"{result.run_id}: {failure}{_worst_layers(result)}" for failure in failures]
 
 
-def collapse_reason(collapsed: bool, mean_cosine: float | None) -> str | None:
-    """Why the INT8 outputs look collapsed, or None (also read by the report, from run.json's summary)."""
+def collapse_reason(collapsed: bool, mean_cosine: float | None, int8_non_finite: int = 0) -> str | None:
+    """Why the INT8 outputs look broken, or None (also read by the report, from run.json's summary)."""
+    if int8_non_finite:
+        return f"the INT8 output is inf or NaN in {int8_non_finite} values where FP32's is finite"
     if collapsed:
         return "the INT8 output is the same for every sample while FP32's is not"
     if mean_cosine is not None and not math.isnan(mean_cosine) and mean_cosine < COLLAPSED_COSINE:
@@ -63,7 +67,8 @@ def collapse_warning(result: RunResult) -> str | None:
     found = [
         (name, what)
         for name, stats in compared
-        if stats is not None and (what := collapse_reason(stats.collapsed, stats.mean_cosine)) is not None
+        if stats is not None
+        and (what := collapse_reason(stats.collapsed, stats.mean_cosine, stats.int8_non_finite)) is not None
     ]
     if not found:
         return None

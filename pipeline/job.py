@@ -26,7 +26,7 @@ from dask_quant.pipeline.presets import preset_line
 from dask_quant.pipeline.progress import Progress
 from dask_quant.pipeline.qparams import QParam
 from dask_quant.pipeline.remote_out import RemoteOut
-from dask_quant.pipeline.selection import SUBGRAPHS_STAY_FP32
+from dask_quant.pipeline.selection import SUBGRAPHS_STAY_FP32, left_in_control_flow
 from dask_quant.pipeline.smoothing import excluding_smoothing
 from dask_quant.pipeline.stages.calibrate import Calibration, calibrate
 from dask_quant.pipeline.stages.prepare import PREPARED_DIR, Prepared, prepare
@@ -199,7 +199,7 @@ def run_methods(
             with client_scope(config, client) as dask_client:
                 lap("cluster_start")
                 cluster, dashboard = cluster_record(dask_client, log)
-                log_preparation(prepared, log)  # once the job is sure to run: bad input stays one line
+                log_preparation(prepared, log, quants)  # once the job is sure to run: bad input stays one line
                 for preset in dict.fromkeys(quant.preset for quant in quants if quant.preset is not None):
                     log(preset_line(preset))
                 config, prepared, chunking = decide_chunking(config, prepared, auto, dask_client, log)
@@ -299,14 +299,15 @@ def run_methods(
     return made_runs
 
 
-def log_preparation(prepared: Prepared, log: Callable[[str], None]) -> None:
+def log_preparation(prepared: Prepared, log: Callable[[str], None], quants: Sequence[QuantConfig] = ()) -> None:
+    """What preparation did, and what the job's quantizations (`quants`) will leave FP32 in control flow."""
     if prepared.steps:
         log(f"prepared the model: {'; '.join(prepared.steps)}")
-    if prepared.in_control_flow:
-        owners = ", ".join(prepared.in_control_flow[:3])
+    owners = tuple(dict.fromkeys(owner for quant in quants for owner in left_in_control_flow(prepared.proto, quant)))
+    if owners:
         log(
-            f"note: the operators inside {owners} stay FP32: {SUBGRAPHS_STAY_FP32}; export the model without "
-            "control flow to quantize them"
+            f"note: the MatMul, Conv and Gemm nodes inside {', '.join(owners[:3])} stay FP32: {SUBGRAPHS_STAY_FP32}; "
+            "export the model without control flow to quantize them"
         )
     for spec in (prepared.calib, prepared.val):
         if spec is not None and spec.compressed:

@@ -115,6 +115,7 @@ def validation_rows(chunks: list[ChunkValidation], outputs: tuple[str | None, ..
             "neighbour_queries": stats.neighbour_queries,
             "zero_pairs": stats.zero_pairs,
             "non_finite": stats.non_finite,
+            "int8_non_finite": stats.int8_non_finite,
         }
         for c in chunks
         for position, (output, stats) in enumerate(zip(outputs, (c.stats, *c.others), strict=True))
@@ -213,6 +214,7 @@ def _validation_schema():
             ("neighbour_queries", pa.int64()),
             ("zero_pairs", pa.int64()),
             ("non_finite", pa.int64()),  # elements inf or NaN under either model, left out of the two sums
+            ("int8_non_finite", pa.int64()),  # of those, inf or NaN under INT8 where FP32 is finite
         ]
     )
 

@@ -37,6 +37,7 @@ def summary_record(stats: ValidationStats | None, metric=None, output: str | Non
         "max_abs_error": stats.max_abs_error,
         "zero_pairs": stats.zero_pairs,
         "collapsed": stats.collapsed,
+        "int8_non_finite": stats.int8_non_finite,
     }
 
 

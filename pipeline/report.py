@@ -136,7 +136,7 @@ def _config_table(run: dict) -> str:
         else f"{run['data']['val']['path']} ({run['data']['val']['rows']} samples)",
         "preparation": "; ".join(run.get("preparation", {}).get("steps", [])) or "none (--no-prepare)",
         **(
-            {"left in FP32": f"the operators inside {', '.join(owners)} ({SUBGRAPHS_STAY_FP32})"}
+            {"left in FP32": f"the MatMul, Conv and Gemm nodes inside {', '.join(owners)} ({SUBGRAPHS_STAY_FP32})"}
             if (owners := run.get("preparation", {}).get("control_flow"))
             else {}
         ),
@@ -178,7 +178,12 @@ def _collapse(run: dict) -> str:
     reasons = [
         (f"output {summary['output']!r}: " if position else "") + reason
         for position, summary in enumerate(summaries)
-        if (reason := collapse_reason(bool(summary.get("collapsed")), summary.get("mean_cosine"))) is not None
+        if (
+            reason := collapse_reason(
+                bool(summary.get("collapsed")), summary.get("mean_cosine"), summary.get("int8_non_finite", 0)
+            )
+        )
+        is not None
     ]
     if not reasons:
         return ""

@@ -85,8 +85,18 @@ def _merit(target: Target, stats: ValidationStats, here: float, cost: int) -> tu
     """Sort key of a group in a ranking (first = most worth reverting): what reverting it gains on the
     ranking rows per weighted node it takes out of INT8, so a group of three MatMuls must gain three times
     what one MatMul gains to go first (a group without one counts as one); then the metric itself."""
-    gain = (target.value(stats) - here) / max(1, cost)
+    # From a model without a metric (broken: collapsed, not finite), a revert gains what it reaches.
+    gain = (target.value(stats) - (0.0 if math.isnan(here) else here)) / max(1, cost)
     return (math.inf if math.isnan(gain) else -gain, *(-v for v in _key(target, stats)))
+
+
+def _gain(target: Target, before: ValidationStats, after: ValidationStats) -> float:
+    """What a step of the walk gained: everything when it gave a model without a metric one, nothing when
+    the model still has none (the mean cosine let it through)."""
+    was, now = target.value(before), target.value(after)
+    if math.isnan(now):
+        return 0.0
+    return math.inf if math.isnan(was) else now - was
 
 
 def greedy_search(
@@ -221,7 +231,7 @@ def greedy_search(
                     pending[:0] = popped[popped.index(group) + 1 :]
                     walk = misses < patience
                     break
-                gains[group] = target.value(step) - target.value(current)
+                gains[group] = _gain(target, current, step)
                 reverted, current, improved, taken, misses = prefix, step, True, (*taken, group), 0
                 size = f" ({len(members[group])} nodes)" if len(members[group]) > 1 else ""
                 log(f"reverted {group}{size}: {target.metric} {target.shown(current)} on {on()}")
@@ -297,11 +307,7 @@ def _put_back_order(taken, gains, members, restore) -> tuple[list, list]:
             taken.remove(group)
     candidates = [g for g in taken if restore.intersection(members[g]) - _nodes(taken, members, {g})]
 
-    def gained(group) -> float:  # a revert that fixed a NaN metric gained everything: put back last
-        gain = gains.get(group, 0.0)
-        return math.inf if math.isnan(gain) else gain
-
-    return taken, sorted(candidates, key=lambda g: (gained(g), taken.index(g)))
+    return taken, sorted(candidates, key=lambda g: (gains.get(g, 0.0), taken.index(g)))
 
 
 def _first_put_backs(taken, gains, members, canonical, restore, count: int) -> list[Experiment]:

@@ -69,6 +69,19 @@ def tensors_to_calibrate(
 SUBGRAPHS_STAY_FP32 = "ONNX Runtime's quantizer does not enter the subgraphs of If, Loop and Scan"
 
 
+def left_in_control_flow(proto, quant) -> tuple[str, ...]:
+    """The control-flow nodes whose subgraphs hold a MatMul, Conv or Gemm that `quant` quantizes in the main
+    graph and leaves FP32 there (SUBGRAPHS_STAY_FP32). Weight-only RTN and HQQ come from ORT's
+    MatMulNBitsQuantizer, which does enter subgraphs; GPTQ's passes see the main graph only."""
+    from dask_quant.pipeline.config import Scheme, WeightAlgorithm
+    from dask_quant.pipeline.groups import WEIGHTED
+
+    if quant.scheme is Scheme.WEIGHT_ONLY and quant.algorithm is not WeightAlgorithm.GPTQ:
+        return ()
+    weighted = tuple(op for op in scheme_op_types(quant) if op in WEIGHTED)
+    return tuple(subgraph_owners(proto, weighted)) if weighted else ()
+
+
 def subgraph_owners(proto, op_types: tuple[str, ...] = ()) -> list[str]:
     """Names of the control-flow nodes (If, Loop, Scan) whose subgraphs hold quantizable operators."""
     from onnx import AttributeProto

@@ -7,6 +7,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dask_quant.pipeline.guard import collapse_reason
 from dask_quant.tasks.errors import InputError
 from dask_quant.tasks.validate import ValidationStats
 
@@ -16,6 +17,17 @@ METRICS = {
     "agreement": (lambda s: s.agreement, "top-1 agreement of INT8 with FP32"),
     "accuracy": (lambda s: s.int8_accuracy, "INT8 accuracy (needs labels)"),
 }
+
+
+def metric_value(metric: str, stats: ValidationStats) -> float:
+    """`metric` (a name in METRICS) on `stats`: NaN when it cannot be measured there, or when the INT8 model
+    is broken there: its output collapsed (the same for every sample while FP32's differ: an offset can keep
+    the cosine near 1, and a constant class scores its share of the labels) or inf/NaN where FP32's is
+    finite. So no tune target holds on such a model, the search ranks it worst, and the zoo sees a fall."""
+    value = METRICS[metric][0](stats)
+    return math.nan if value is None or stats.collapsed or stats.int8_non_finite else float(value)
+
+
 _FORM = re.compile(r"^\s*(\w+)\s*>=\s*([0-9.eE+-]+)\s*$")
 
 
@@ -58,18 +70,13 @@ class Target:
         return cls(match.group(1), bound)
 
     def value(self, stats: ValidationStats) -> float:
-        """The metric on `stats`: NaN when it cannot be measured there, or when the INT8 outputs collapsed
-        (the same for every sample while FP32's differ: an offset can keep their cosine near 1, and a
-        constant class scores its share of the labels), so no target holds on such a model and the search
-        ranks it worst."""
-        value = METRICS[self.metric][0](stats)
-        return math.nan if value is None or stats.collapsed else float(value)
+        """The metric on `stats` (metric_value: NaN where it cannot be measured or the model is broken)."""
+        return metric_value(self.metric, stats)
 
     def shown(self, stats: ValidationStats) -> str:
-        """The metric as the log shows it ("collapsed" where value() is NaN for that reason)."""
-        if stats.collapsed:
-            return "collapsed (the INT8 output is the same for every sample)"
-        return f"{self.value(stats):.5f}"
+        """The metric as the log shows it, saying why where value() is NaN for a broken model."""
+        reason = collapse_reason(stats.collapsed, None, stats.int8_non_finite)
+        return f"n/a ({reason})" if reason else f"{self.value(stats):.5f}"
 
     @property
     def every_output(self) -> bool:

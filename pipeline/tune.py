@@ -223,7 +223,7 @@ def tune(
             with client_scope(config, client) as dask_client:
                 lap("cluster_start")
                 cluster, dashboard = cluster_record(dask_client, log)
-                log_preparation(prepared, log)
+                log_preparation(prepared, log, [config.quant])
                 config, prepared, chunking = decide_chunking(config, prepared, auto, dask_client, log)
                 if config.smooth_quant is not None:
                     prepared = smooth(prepared, config, dask_client, log, bar)

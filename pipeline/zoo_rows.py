@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 
 from dask_quant.pipeline import zoo_compare, zoo_history, zoo_keys
-from dask_quant.pipeline.target import METRICS
+from dask_quant.pipeline.target import metric_value
 from dask_quant.pipeline.zoo_manifest import ZooModel
 
 
@@ -55,7 +55,7 @@ def rows(job, history: list[dict], zoo_run: str) -> Iterator[dict]:
 def _measured(result, lead: str) -> dict:
     """A RunResult's columns of the history."""
     stats = result.validation
-    value = METRICS[lead][0](stats) if stats is not None else None
+    value = metric_value(lead, stats) if stats is not None else None  # NaN where INT8 broke: a fall
     worst = result.layers[0] if result.layers else None
     return {
         "lead_value": _number(value),

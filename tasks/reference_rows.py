@@ -92,8 +92,8 @@ def joined(parts: Sequence) -> tuple[ReferenceRows, list[np.ndarray]] | Refused:
 
 def baseline(both, every_output: bool = False) -> tuple[tuple[ValidationStats, ...], np.ndarray] | Refused:
     """The statistics of the INT8 outputs against FP32's on every row (one per output), and each row's cosine
-    on the lead output, or its lowest over `every_output` (1 where both outputs are all zeros, -inf where a
-    row holds inf or NaN: the worst)."""
+    on the lead output, or its lowest over `every_output` (1 where both outputs are all zeros or FP32's is
+    not finite; -inf where INT8 alone gives inf or NaN)."""
     if isinstance(both, Refused):
         return both
     every, outputs = both
@@ -104,7 +104,10 @@ def baseline(both, every_output: bool = False) -> tuple[tuple[ValidationStats, .
         row = np.ones(len(a))
         both_zero = (np.linalg.norm(a, axis=1) == 0) & (np.linalg.norm(b, axis=1) == 0)
         row[~both_zero] = _cosines(a, b)[0]
-        row[np.isnan(row)] = -np.inf  # a row without a cosine (inf or NaN outputs) is among the worst
+        # A row without a cosine: the worst where INT8 made it inf or NaN, as good as any (1: no error to
+        # find) where FP32's is not finite itself (a mask's -inf on purpose).
+        undefined = np.isnan(row)
+        row[undefined] = np.where(np.isfinite(a).all(axis=1), -np.inf, 1.0)[undefined]
         cosines = np.fmin(cosines, row)
     return every.compare(outputs), cosines
 

@@ -45,12 +45,14 @@ class ValidationStats:
     neighbour_agree: int = 0  # queries whose nearest anchor is the same under both models
     neighbour_queries: int = 0
     zero_pairs: int = 0  # samples whose outputs are all zero under both models: no cosine, not counted as 1
-    # min and max over samples of each sample's output sum: equal for INT8 but not for FP32 means the INT8
-    # output no longer depends on the input (collapsed)
-    fp32_sum_range: tuple[float, float] = (math.inf, -math.inf)
-    int8_sum_range: tuple[float, float] = (math.inf, -math.inf)
+    # Whether every sample's output row is the same (row_identity): one row for INT8 and not for FP32 means
+    # the INT8 output no longer depends on the input (collapsed). Rows, not their sums: a classifier's
+    # softmax gives every confident sample one-hot INT8 rows of one sum, whichever class it picks.
+    fp32_row: str | None = None
+    int8_row: str | None = None
     nan_cosines: int = 0  # samples whose cosine is NaN (outputs not finite): the mean cosine is NaN then
     non_finite: int = 0  # elements where FP32 or INT8 is inf or NaN, left out of squared_error and signal
+    int8_non_finite: int = 0  # of those, elements where INT8 is inf or NaN and FP32 is finite: a broken model
 
     def merge(self, other: ValidationStats) -> ValidationStats:
         return ValidationStats(
@@ -68,10 +70,11 @@ class ValidationStats:
             self.neighbour_agree + other.neighbour_agree,
             self.neighbour_queries + other.neighbour_queries,
             self.zero_pairs + other.zero_pairs,
-            _span(self.fp32_sum_range, other.fp32_sum_range),
-            _span(self.int8_sum_range, other.int8_sum_range),
+            _same_row(self.fp32_row, other.fp32_row),
+            _same_row(self.int8_row, other.int8_row),
             self.nan_cosines + other.nan_cosines,
             self.non_finite + other.non_finite,
+            self.int8_non_finite + other.int8_non_finite,
         )
 
     def to_json(self) -> dict:
@@ -80,18 +83,16 @@ class ValidationStats:
     @classmethod
     def from_json(cls, data: dict) -> ValidationStats:
         """TypeError for what these fields cannot hold (a file written by an older version: a float sum)."""
-        ranges = {key: tuple(data[key]) for key in ("fp32_sum_range", "int8_sum_range")}
         for key in ("cosine_sum", "squared_error", "signal"):
             if type(data.get(key, 0)) is not int:
                 msg = f"{key} must be an exact sum (an integer), got {type(data[key]).__name__}"
                 raise TypeError(msg)
-        return cls(**{**data, **ranges})
+        return cls(**data)  # an older version's fields (sum ranges) are a TypeError: computed again
 
     @property
     def collapsed(self) -> bool:
         """INT8 outputs are the same for every sample while FP32's are not."""
-        fp32, int8 = self.fp32_sum_range, self.int8_sum_range
-        return self.samples > 1 and int8[0] == int8[1] and fp32[0] != fp32[1]
+        return self.samples > 1 and bool(self.int8_row) and self.fp32_row == DIFFERENT_ROWS
 
     @property
     def agreement(self) -> float:
@@ -163,8 +164,28 @@ def _nan_min(a: float, b: float) -> float:
     return math.nan if math.isnan(a) or math.isnan(b) else min(a, b)
 
 
-def _span(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
-    return (_nan_min(a[0], b[0]), _nan_max(a[1], b[1]))
+DIFFERENT_ROWS = ""  # row_identity of samples whose rows are not all the same
+
+
+def row_identity(rows: np.ndarray) -> str | None:
+    """Of samples' output rows (samples on axis 0): a digest of their one row when every row holds the same
+    values (-0.0 as 0.0, NaN as NaN), DIFFERENT_ROWS when they differ, None without rows."""
+    import hashlib
+
+    if not len(rows):
+        return None
+    first = rows[:1]
+    if not np.array_equal(rows, np.broadcast_to(first, rows.shape), equal_nan=True):
+        return DIFFERENT_ROWS
+    canonical = np.where(np.isnan(first), np.nan, first + 0) if first.dtype.kind == "f" else first
+    return hashlib.blake2b(np.ascontiguousarray(canonical).tobytes(), digest_size=16).hexdigest()
+
+
+def _same_row(a: str | None, b: str | None) -> str | None:
+    """row_identity of two sets of samples together, from each one's."""
+    if a is None or b is None:
+        return b if a is None else a
+    return a if a == b else DIFFERENT_ROWS
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -214,7 +235,6 @@ def compare_outputs(fp32, int8, labels=None, rows=None, anchors=None) -> Validat
     # Inf and NaN outputs are counted below (a model may output -inf on purpose), not warned about.
     with np.errstate(invalid="ignore", over="ignore"):
         cosines, zero_pairs = _cosines(a, b)
-        sums_a, sums_b = a.sum(axis=1), b.sum(axis=1)
         diff = a - b
         errors, signals = diff**2, a * a
         largest = float(np.abs(diff).max()) if a.size else 0.0
@@ -237,10 +257,11 @@ def compare_outputs(fp32, int8, labels=None, rows=None, anchors=None) -> Validat
         neighbour_agree=agree,
         neighbour_queries=queries,
         zero_pairs=zero_pairs,
-        fp32_sum_range=(float(sums_a.min()), float(sums_a.max())) if len(a) else (math.inf, -math.inf),
-        int8_sum_range=(float(sums_b.min()), float(sums_b.max())) if len(b) else (math.inf, -math.inf),
+        fp32_row=row_identity(fp32.reshape(len(fp32), -1)),
+        int8_row=row_identity(int8.reshape(len(int8), -1)),
         nan_cosines=int(np.isnan(cosines).sum()),
         non_finite=int(finite.size - np.count_nonzero(finite)),
+        int8_non_finite=int(np.count_nonzero(np.isfinite(a) & ~np.isfinite(b))),
     )
 
 

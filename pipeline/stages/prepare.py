@@ -83,9 +83,6 @@ class Prepared:
     others: tuple[str, ...] = ()  # the other outputs validation compares (each has its own metrics)
     row_bytes: int | None = None  # activations of one sample (pipeline.chunking), for --chunk-size auto
     models_url: str | None = None  # where workers read the models the client writes (--out at a URL), if anywhere
-    # Control-flow nodes (If, Loop, Scan) whose subgraphs hold operators of the op types: ONNX Runtime's
-    # quantizer does not enter subgraphs, so those operators stay FP32 (the run says so).
-    in_control_flow: tuple[str, ...] = ()
 
     @property
     def compared(self) -> tuple[str, ...] | None:
@@ -198,10 +195,7 @@ def _prepared(config: RunConfig, proto, source: ModelRef, folder: Path, staging:
     if config.prepare and (staging is None or written is not None):
         model = write_prepared(proto, folder, Path(config.model).stem, written)
     per_row = activation_bytes_per_row(proto)
-    return Prepared(
-        proto, model, tensors, calib, val, source, steps, chunk_size, output, batch, tuple(others), per_row,
-        in_control_flow=tuple(subgraph_owners(proto, config.quant.op_types)),
-    )  # fmt: skip
+    return Prepared(proto, model, tensors, calib, val, source, steps, chunk_size, output, batch, tuple(others), per_row)
 
 
 def write_prepared(proto, folder: Path, stem: str, written: Path | None = None) -> ModelRef:

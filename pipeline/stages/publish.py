@@ -15,6 +15,7 @@ from dask_quant.pipeline import outputs, records, results
 from dask_quant.pipeline.config import RunConfig
 from dask_quant.pipeline.model_files import files_of
 from dask_quant.pipeline.report import write_report
+from dask_quant.pipeline.selection import left_in_control_flow
 from dask_quant.pipeline.stages.prepare import Prepared
 from dask_quant.pipeline.stages.quantize import QuantizedModel, tensors_data, write_tensorrt_table
 from dask_quant.pipeline.stages.validate import Validation
@@ -54,7 +55,8 @@ def write_run(
             "steps": list(prepared.steps),
             "file": results.FP32_FILE if prepared.prepared else None,
             "sha256": prepared.model.sha256 if prepared.prepared else None,
-            "control_flow": list(prepared.in_control_flow),  # their subgraphs' operators stay FP32
+            # Control-flow nodes whose MatMul/Conv/Gemm this run's quantization left FP32.
+            "control_flow": list(left_in_control_flow(prepared.proto, quantized.quant)),
         },
         "int8_model": {"file": results.MODEL_FILE, "sha256": model_sha256(model), "bytes": model_bytes(model)},
         "data": {

@@ -34,7 +34,7 @@ from dask_quant.pipeline.target import Target
 from dask_quant.pipeline.tune import TuneConfig, tune
 from dask_quant.tasks.errors import InputError
 from dask_quant.tasks.exact_sum import exact_sum
-from dask_quant.tasks.validate import ValidationStats
+from dask_quant.tasks.validate import DIFFERENT_ROWS, ValidationStats
 
 TARGET = Target("cosine", 0.999)
 
@@ -576,12 +576,12 @@ def test_no_target_holds_where_the_int8_output_collapsed():
     """The same INT8 output for every sample while FP32's differ: an offset keeps the cosine near 1 and a
     constant class scores its share of the labels, yet the model is useless; such statistics meet no target
     and are judged worst."""
-    fields = {"fp32_sum_range": (-1.0, 2.0), "top1_agree": 2, "labelled": 2, "fp32_correct": 2, "int8_correct": 2}
-    collapsed = _stats(samples=2, cosine_sum=2.0, int8_sum_range=(5.0, 5.0), **fields)
-    healthy = _stats(samples=2, cosine_sum=1.98, int8_sum_range=(-1.0, 2.5), **fields)
+    fields = {"fp32_row": DIFFERENT_ROWS, "top1_agree": 2, "labelled": 2, "fp32_correct": 2, "int8_correct": 2}
+    collapsed = _stats(samples=2, cosine_sum=2.0, int8_row="one row", **fields)
+    healthy = _stats(samples=2, cosine_sum=1.98, int8_row=DIFFERENT_ROWS, **fields)
     for target in (Target("cosine", 0.99), Target("agreement", 0.9), Target("accuracy", None, 1.0)):
         assert target.met(healthy) and not target.met(collapsed) and np.isnan(target.value(collapsed))
-        assert target.shown(collapsed).startswith("collapsed")
+        assert target.shown(collapsed) == "n/a (the INT8 output is the same for every sample while FP32's is not)"
     assert Target("cosine", 0.99).judge([healthy, collapsed]) is collapsed
 
 
@@ -598,7 +598,7 @@ def test_a_model_whose_int8_output_collapses_is_not_published_as_meeting_the_tar
     result = dask_quant("tune", model, "--calib", calib, "--val", val, "--target", "cosine>=0.999", "--out", out,
                         "--layers", "none", "--workers", "1")  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
-    assert "cosine collapsed (the INT8 output is the same for every sample) -> 1.00000" in result.stderr
+    assert "cosine n/a (the INT8 output is the same for every sample while FP32's is not) -> 1.00000" in result.stderr
     assert "held only with every quantized node in FP32" in result.stderr
     assert not out.exists()  # nothing published, no work area left
 

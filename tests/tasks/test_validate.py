@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dask_quant.tasks.errors import InputError
-from dask_quant.tasks.validate import ValidationStats, compare_outputs
+from dask_quant.tasks.validate import DIFFERENT_ROWS, ValidationStats, compare_outputs
 
 
 def _oracle(a, b, labels):
@@ -88,6 +88,28 @@ def test_collapsed_int8_output_is_detected():
     assert compare_outputs(fp32, np.zeros_like(fp32)).collapsed
     assert compare_outputs(fp32, np.tile(fp32[:1], (6, 1))).collapsed
     assert not compare_outputs(fp32, fp32 * 0.9).collapsed
+    assert not compare_outputs(np.tile(fp32[:1], (6, 1)), np.zeros_like(fp32)).collapsed  # FP32 constant too
+
+
+def test_collapse_is_the_same_row_for_every_sample_in_any_pieces_not_the_same_sum():
+    """A confident softmax quantized to steps of 1/255 gives one-hot rows, all of one sum whichever class
+    each picks: not collapsed. The same row everywhere is, however the samples are split (-0.0 is 0.0)."""
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(8, 10)) * 8
+    probs = (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).astype(np.float32)
+    one_hot = np.eye(10, dtype=np.float32)[probs.argmax(axis=1)] * np.float32(255 / 255)
+    assert len(set(probs.argmax(axis=1))) > 1 and len(set(one_hot.sum(axis=1))) == 1
+    assert not compare_outputs(probs, one_hot).collapsed
+    same = np.tile(np.array([[0.5, 0.0, 2.0]], np.float32), (8, 1))
+    same[3, 1] = -0.0
+    varied = rng.normal(size=(8, 3)).astype(np.float32)
+    for cut in range(1, 8):
+        parts = [compare_outputs(varied[:cut], same[:cut]), compare_outputs(varied[cut:], same[cut:])]
+        assert parts[0].merge(parts[1]).collapsed and parts[1].merge(parts[0]).collapsed
+    other = same.copy()
+    other[7, 2] = 2.0001
+    merged = compare_outputs(varied[:4], other[:4]).merge(compare_outputs(varied[4:], other[4:]))
+    assert not merged.collapsed and merged.int8_row == DIFFERENT_ROWS
 
 
 def test_labels_outside_the_classes_are_refused_with_the_sample():
@@ -152,6 +174,7 @@ def test_values_an_output_gives_as_inf_or_nan_are_counted_apart_not_summed():
     noise = ((fp32[finite] - int8[finite]) ** 2).sum()
     assert stats.sqnr_db == pytest.approx(10 * np.log10((fp32[finite] ** 2).sum() / noise))
     assert np.isnan(stats.mean_cosine) and stats.nan_cosines == 2  # the -inf row and the NaN row alike
+    assert stats.int8_non_finite == 1  # the NaN INT8 gives where FP32 has 4.0 (the -inf is both models')
     parts = [compare_outputs(fp32[i : i + 1], int8[i : i + 1]) for i in range(3)]
     for merged in (reduce(ValidationStats.merge, p, ValidationStats()) for p in (parts, parts[::-1])):
         assert repr(merged) == repr(stats)  # NaN maxima and minima too, in any order
@@ -181,3 +204,8 @@ def test_a_row_the_int8_model_makes_nan_or_inf_ranks_among_the_worst():
     assert stats.nan_cosines == 2 and np.isnan(stats.mean_cosine)
     assert np.isneginf(cosines[[3, 4]]).all() and cosines[1] == pytest.approx(-1)
     assert _ranking_rows(cosines, 3) == (1, 3, 4)
+    # Where FP32 itself is not finite (a mask's -inf on purpose, kept by INT8), there is no error to find.
+    fp32[0, 1] = int8[0, 1] = -np.inf
+    every = ReferenceRows(tuple(range(6)), {}, fp32, None, Feeding())
+    _, cosines = baseline((every, [int8]))
+    assert cosines[0] == 1 and _ranking_rows(cosines, 3) == (1, 3, 4)
