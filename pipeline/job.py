@@ -26,7 +26,7 @@ from dask_quant.pipeline.presets import preset_line
 from dask_quant.pipeline.progress import Progress
 from dask_quant.pipeline.qparams import QParam
 from dask_quant.pipeline.remote_out import RemoteOut
-from dask_quant.pipeline.selection import SUBGRAPHS_STAY_FP32, left_in_control_flow
+from dask_quant.pipeline.selection import control_flow_note, left_in_control_flow
 from dask_quant.pipeline.smoothing import excluding_smoothing
 from dask_quant.pipeline.stages.calibrate import Calibration, calibrate
 from dask_quant.pipeline.stages.prepare import PREPARED_DIR, Prepared, prepare
@@ -305,10 +305,7 @@ def log_preparation(prepared: Prepared, log: Callable[[str], None], quants: Sequ
         log(f"prepared the model: {'; '.join(prepared.steps)}")
     owners = tuple(dict.fromkeys(owner for quant in quants for owner in left_in_control_flow(prepared.proto, quant)))
     if owners:
-        log(
-            f"note: the MatMul, Conv and Gemm nodes inside {', '.join(owners[:3])} stay FP32: {SUBGRAPHS_STAY_FP32}; "
-            "export the model without control flow to quantize them"
-        )
+        log(f"note: {control_flow_note(owners)}; export the model without control flow to quantize them")
     for spec in (prepared.calib, prepared.val):
         if spec is not None and spec.compressed:
             log(

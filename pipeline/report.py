@@ -16,7 +16,7 @@ from dask_quant.pipeline.guard import collapse_reason
 from dask_quant.pipeline.methods import info
 from dask_quant.pipeline.metrics import headline_metrics, shown_metrics
 from dask_quant.pipeline.presets import PRESETS, Preset, weights_line
-from dask_quant.pipeline.selection import SUBGRAPHS_STAY_FP32
+from dask_quant.pipeline.selection import control_flow_note
 from dask_quant.tasks.errors import InputError
 
 REPORT_FILE = "report.html"
@@ -136,7 +136,7 @@ def _config_table(run: dict) -> str:
         else f"{run['data']['val']['path']} ({run['data']['val']['rows']} samples)",
         "preparation": "; ".join(run.get("preparation", {}).get("steps", [])) or "none (--no-prepare)",
         **(
-            {"left in FP32": f"the MatMul, Conv and Gemm nodes inside {', '.join(owners)} ({SUBGRAPHS_STAY_FP32})"}
+            {"left in FP32": control_flow_note(owners)}
             if (owners := run.get("preparation", {}).get("control_flow"))
             else {}
         ),

@@ -85,8 +85,9 @@ def _merit(target: Target, stats: ValidationStats, here: float, cost: int) -> tu
     """Sort key of a group in a ranking (first = most worth reverting): what reverting it gains on the
     ranking rows per weighted node it takes out of INT8, so a group of three MatMuls must gain three times
     what one MatMul gains to go first (a group without one counts as one); then the metric itself."""
-    # From a model without a metric (broken: collapsed, not finite), a revert gains what it reaches.
-    gain = (target.value(stats) - (0.0 if math.isnan(here) else here)) / max(1, cost)
+    # From a model without a metric (broken: collapsed, not finite), a revert gains what it reaches above the
+    # metric's floor.
+    gain = (target.value(stats) - (target.floor if math.isnan(here) else here)) / max(1, cost)
     return (math.inf if math.isnan(gain) else -gain, *(-v for v in _key(target, stats)))
 
 

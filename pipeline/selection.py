@@ -9,6 +9,7 @@ tensors that only --exclude-nodes touch, which are never quantized).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import chain
 
 
@@ -67,6 +68,14 @@ def tensors_to_calibrate(
 # Why operators inside control flow stay FP32 (ORT's QDQ quantizer has no subgraph support; its QOperator
 # one enters them only when asked, which dask-quant does not).
 SUBGRAPHS_STAY_FP32 = "ONNX Runtime's quantizer does not enter the subgraphs of If, Loop and Scan"
+
+
+def control_flow_note(owners: Sequence[str]) -> str:
+    """What left_in_control_flow's `owners` mean, in one sentence (the run's note and the report's row)."""
+    from dask_quant.pipeline.groups import WEIGHTED
+
+    kinds = f"{', '.join(WEIGHTED[:-1])} and {WEIGHTED[-1]}"
+    return f"the {kinds} nodes inside {', '.join(owners[:3])} stay FP32: {SUBGRAPHS_STAY_FP32}"
 
 
 def left_in_control_flow(proto, quant) -> tuple[str, ...]:

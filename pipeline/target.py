@@ -19,13 +19,16 @@ METRICS = {
 }
 
 
-def metric_value(metric: str, stats: ValidationStats) -> float:
-    """`metric` (a name in METRICS) on `stats`: NaN when it cannot be measured there, or when the INT8 model
-    is broken there: its output collapsed (the same for every sample while FP32's differ: an offset can keep
-    the cosine near 1, and a constant class scores its share of the labels) or inf/NaN where FP32's is
-    finite. So no tune target holds on such a model, the search ranks it worst, and the zoo sees a fall."""
+def metric_value(metric: str, stats: ValidationStats) -> float | None:
+    """`metric` (a name in METRICS) on `stats`: None when it cannot be measured there (accuracy without
+    labels); NaN when the INT8 model is broken there: its output collapsed (the same for every sample while
+    FP32's differ: an offset can keep the cosine near 1, and a constant class scores its share of the labels)
+    or inf/NaN where FP32's is finite. So no tune target holds on such a model, the search ranks it worst,
+    and the zoo alerts."""
     value = METRICS[metric][0](stats)
-    return math.nan if value is None or stats.collapsed or stats.int8_non_finite else float(value)
+    if value is None:
+        return None
+    return math.nan if stats.collapsed or stats.int8_non_finite else float(value)
 
 
 _FORM = re.compile(r"^\s*(\w+)\s*>=\s*([0-9.eE+-]+)\s*$")
@@ -70,8 +73,14 @@ class Target:
         return cls(match.group(1), bound)
 
     def value(self, stats: ValidationStats) -> float:
-        """The metric on `stats` (metric_value: NaN where it cannot be measured or the model is broken)."""
-        return metric_value(self.metric, stats)
+        """The metric on `stats` (metric_value; NaN where it cannot be measured or the model is broken)."""
+        value = metric_value(self.metric, stats)
+        return math.nan if value is None else value
+
+    @property
+    def floor(self) -> float:
+        """The metric's lowest value: what a model without one (broken) counts as, for what a revert gains."""
+        return -1.0 if self.metric == "cosine" else 0.0
 
     def shown(self, stats: ValidationStats) -> str:
         """The metric as the log shows it, saying why where value() is NaN for a broken model."""

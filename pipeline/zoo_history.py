@@ -11,6 +11,7 @@ two at once cannot both append the same night's rows.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -82,10 +83,20 @@ def read_history(out: Path) -> list[dict]:
     return sorted(rows, key=lambda row: (row["created_utc"] or "", row[PARTITION]))
 
 
+def broken(row: dict) -> bool:
+    """Whether a history row's INT8 model was broken (its lead value NaN: pipeline.target.metric_value)."""
+    value = row.get("lead_value")
+    return value is not None and math.isnan(value)
+
+
 def last_good(history: list[dict], model: str, method: str, key: str | None = None) -> dict | None:
-    """The latest good row of (model, method) (with that key, if given) whose run directory still exists."""
+    """The latest good row of (model, method) whose run directory still exists: with `key`, the latest with
+    that key (to reuse: the same inputs give the same result, a broken one too, which alerts again); without,
+    the latest whose INT8 model was not broken (to compare with: a broken night is no baseline)."""
     for row in reversed(history):
         if row["model"] != model or row["method"] != method or row["status"] != "ok":
+            continue
+        if key is None and broken(row):
             continue
         if key is not None and row["key"] != key:
             continue

@@ -8,7 +8,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from dask_quant.pipeline import plots
+from dask_quant.pipeline import plots, zoo_rows
 from dask_quant.pipeline.report import _SCRIPT, _STYLE, REPORT_FILE, _e, _img, write_page
 from dask_quant.pipeline.zoo_history import history_dir, read_history
 from dask_quant.pipeline.zoo_rows import is_alert
@@ -63,7 +63,7 @@ def _table(rows: list[dict], folder: Path) -> str:
     lines = []
     for row in sorted(rows, key=lambda r: (r["model"], r["method"])):
         status = "error" if row["status"] != "ok" else "reused" if row["reused"] else "ok"
-        note = " · REGRESSION" if row["regression"] else " · NON-DETERMINISTIC" if row["nondeterministic"] else ""
+        note = f" · {zoo_rows.note(row)}" if zoo_rows.note(row) else ""
         change = row.get("lead_change")
         report = Path(row["run_dir"] or "") / REPORT_FILE
         link = f'<a href="{_e(os.path.relpath(report, folder))}">report</a>' if row["run_dir"] else ""
@@ -88,6 +88,9 @@ def _explanations(rows: list[dict]) -> str:
         what = f"<b>{_e(row['model'])} {_e(row['method'])}</b>: "
         if row["status"] != "ok":
             items.append(f"<li>{what}failed: {_e(row['error'])}</li>")
+            continue
+        if zoo_rows.note(row) == "BROKEN":
+            items.append(f"<li>{what}{_e(zoo_rows.BROKEN_WHY)}; see its report</li>")
             continue
         changed = json.loads(row.get("changed") or "[]")
         moved = json.loads(row.get("moved_tensors") or "[]")

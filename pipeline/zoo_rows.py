@@ -15,9 +15,25 @@ from dask_quant.pipeline.target import metric_value
 from dask_quant.pipeline.zoo_manifest import ZooModel
 
 
+def note(row: dict) -> str:
+    """What a row's alert is, in capitals ("" for none and for a failure, which has its error)."""
+    if row["status"] != "ok":
+        return ""
+    if row["regression"]:
+        return "REGRESSION"
+    if row["nondeterministic"]:
+        return "NON-DETERMINISTIC"
+    return "BROKEN" if zoo_history.broken(row) else ""
+
+
 def is_alert(row: dict) -> bool:
-    """A job that failed, regressed or was not deterministic: what makes `zoo run` exit 1."""
-    return row["status"] != "ok" or bool(row["regression"]) or bool(row["nondeterministic"])
+    """A job that failed, regressed, was not deterministic or made a broken INT8 model (a NaN lead value:
+    pipeline.target.metric_value), reused or not: what makes `zoo run` exit 1."""
+    broken = row["status"] == "ok" and zoo_history.broken(row)
+    return row["status"] != "ok" or broken or bool(row["regression"]) or bool(row["nondeterministic"])
+
+
+BROKEN_WHY = "its INT8 output collapsed or is inf/NaN where FP32's is finite (lead value NaN)"
 
 
 def rows(job, history: list[dict], zoo_run: str) -> Iterator[dict]:
@@ -134,12 +150,13 @@ def summary_lines(rows: list[dict] | tuple[dict, ...]) -> list[str]:
         status = "error" if row["status"] != "ok" else "reused" if row["reused"] else "ok"
         value = "" if row.get("lead_value") is None else f"{row['lead_value']:.4f}"
         change = "" if row.get("lead_change") is None else f"{row['lead_change']:+.4f}"
-        note = "REGRESSION" if row["regression"] else "NON-DETERMINISTIC" if row["nondeterministic"] else ""
         cells = f"{row['model']:<16} {row['method']:<11} {status:<10} {row['lead']:<10} {value:>8} {change:>9}"
-        lines.append(f"{cells}  {note}")
+        lines.append(f"{cells}  {note(row)}")
     for row in rows:
         if row["status"] != "ok":
             lines.append(f"{row['model']} {row['method']}: failed: {row['error']}")
+        elif note(row) == "BROKEN":
+            lines.append(f"{row['model']} {row['method']}: {BROKEN_WHY}; see {row['run_dir']}")
         elif row["regression"] or row["nondeterministic"]:
             changed = json.loads(row.get("changed") or "[]")
             moved = [m["tensor"] for m in json.loads(row.get("moved_tensors") or "[]")]

@@ -92,8 +92,8 @@ def joined(parts: Sequence) -> tuple[ReferenceRows, list[np.ndarray]] | Refused:
 
 def baseline(both, every_output: bool = False) -> tuple[tuple[ValidationStats, ...], np.ndarray] | Refused:
     """The statistics of the INT8 outputs against FP32's on every row (one per output), and each row's cosine
-    on the lead output, or its lowest over `every_output` (1 where both outputs are all zeros or FP32's is
-    not finite; -inf where INT8 alone gives inf or NaN)."""
+    on the lead output, or its lowest over `every_output` (1 where both outputs are all zeros or no cosine
+    can be had but for FP32's own inf; -inf where INT8 gives inf or NaN where FP32 is finite)."""
     if isinstance(both, Refused):
         return both
     every, outputs = both
@@ -104,10 +104,11 @@ def baseline(both, every_output: bool = False) -> tuple[tuple[ValidationStats, .
         row = np.ones(len(a))
         both_zero = (np.linalg.norm(a, axis=1) == 0) & (np.linalg.norm(b, axis=1) == 0)
         row[~both_zero] = _cosines(a, b)[0]
-        # A row without a cosine: the worst where INT8 made it inf or NaN, as good as any (1: no error to
-        # find) where FP32's is not finite itself (a mask's -inf on purpose).
+        # A row without a cosine: the worst where INT8 made a value inf or NaN that FP32 has finite, else as
+        # good as any (1: no error to find where FP32 has its own inf, a mask's -inf on purpose).
         undefined = np.isnan(row)
-        row[undefined] = np.where(np.isfinite(a).all(axis=1), -np.inf, 1.0)[undefined]
+        broke = (np.isfinite(a) & ~np.isfinite(b)).any(axis=1)
+        row[undefined] = np.where(broke, -np.inf, 1.0)[undefined]
         cosines = np.fmin(cosines, row)
     return every.compare(outputs), cosines
 

@@ -50,6 +50,8 @@ class ValidationStats:
     # softmax gives every confident sample one-hot INT8 rows of one sum, whichever class it picks.
     fp32_row: str | None = None
     int8_row: str | None = None
+    # The same for FP32's top-1 (row_identity of each sample's argmax): a collapse must lose a decision.
+    fp32_top: str | None = None
     nan_cosines: int = 0  # samples whose cosine is NaN (outputs not finite): the mean cosine is NaN then
     non_finite: int = 0  # elements where FP32 or INT8 is inf or NaN, left out of squared_error and signal
     int8_non_finite: int = 0  # of those, elements where INT8 is inf or NaN and FP32 is finite: a broken model
@@ -72,6 +74,7 @@ class ValidationStats:
             self.zero_pairs + other.zero_pairs,
             _same_row(self.fp32_row, other.fp32_row),
             _same_row(self.int8_row, other.int8_row),
+            _same_row(self.fp32_top, other.fp32_top),
             self.nan_cosines + other.nan_cosines,
             self.non_finite + other.non_finite,
             self.int8_non_finite + other.int8_non_finite,
@@ -91,8 +94,13 @@ class ValidationStats:
 
     @property
     def collapsed(self) -> bool:
-        """INT8 outputs are the same for every sample while FP32's are not."""
-        return self.samples > 1 and bool(self.int8_row) and self.fp32_row == DIFFERENT_ROWS
+        """INT8 outputs are the same for every sample while FP32's are not, and FP32's differ in what matters:
+        their top-1 (where a sample has more than one value). An offset can hold INT8's cosine near 1 while
+        every sample gets one output; but a classifier whose every sample is confidently one class has
+        one-hot INT8 rows, all the same, while FP32's probabilities differ in their last digits only."""
+        if self.samples < 2 or not self.int8_row or self.fp32_row != DIFFERENT_ROWS:
+            return False
+        return self.elements == self.samples or self.fp32_top == DIFFERENT_ROWS
 
     @property
     def agreement(self) -> float:
@@ -259,6 +267,7 @@ def compare_outputs(fp32, int8, labels=None, rows=None, anchors=None) -> Validat
         zero_pairs=zero_pairs,
         fp32_row=row_identity(fp32.reshape(len(fp32), -1)),
         int8_row=row_identity(int8.reshape(len(int8), -1)),
+        fp32_top=row_identity(top_a.reshape(-1, 1)),
         nan_cosines=int(np.isnan(cosines).sum()),
         non_finite=int(finite.size - np.count_nonzero(finite)),
         int8_non_finite=int(np.count_nonzero(np.isfinite(a) & ~np.isfinite(b))),

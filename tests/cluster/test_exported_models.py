@@ -225,14 +225,14 @@ def test_operators_inside_control_flow_are_named_as_left_in_fp32(tmp_path):
     which control-flow node keeps its MatMuls in FP32 (on stderr and in run.json)."""
     model = with_if_head(MODEL, tmp_path / "if_head.onnx")
     run_dir, done = _published(tmp_path / "runs", model, "--calib", CALIB, "--val", VAL)
-    assert "note: the MatMul, Conv and Gemm nodes inside If 'head/If' stay FP32" in done.stderr
+    assert "note: the Conv, ConvTranspose, Gemm and MatMul nodes inside If 'head/If' stay FP32" in done.stderr
     record = json.loads((run_dir / results.RUN_FILE).read_text())
     assert record["preparation"]["control_flow"] == ["If 'head/If'"]
     assert _weights(run_dir) > 0  # the CNN's own weights are INT8
     branches = [node for node in onnx.load(str(run_dir / results.MODEL_FILE)).graph.node if node.op_type == "If"]
     assert [[n.op_type for n in a.g.node] for a in branches[0].attribute] == [["MatMul"], ["MatMul"]]
     assert record["summary"]["mean_cosine"] > 0.999
-    assert "inside If &#x27;head/If&#x27; (ONNX Runtime" in (run_dir / "report.html").read_text()
+    assert "inside If &#x27;head/If&#x27; stay FP32: ONNX Runtime" in (run_dir / "report.html").read_text()
 
 
 def test_which_quantizations_leave_control_flow_in_fp32(tmp_path):

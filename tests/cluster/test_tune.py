@@ -576,7 +576,14 @@ def test_no_target_holds_where_the_int8_output_collapsed():
     """The same INT8 output for every sample while FP32's differ: an offset keeps the cosine near 1 and a
     constant class scores its share of the labels, yet the model is useless; such statistics meet no target
     and are judged worst."""
-    fields = {"fp32_row": DIFFERENT_ROWS, "top1_agree": 2, "labelled": 2, "fp32_correct": 2, "int8_correct": 2}
+    fields = {
+        "fp32_row": DIFFERENT_ROWS,
+        "fp32_top": DIFFERENT_ROWS,
+        "top1_agree": 2,
+        "labelled": 2,
+        "fp32_correct": 2,
+        "int8_correct": 2,
+    }
     collapsed = _stats(samples=2, cosine_sum=2.0, int8_row="one row", **fields)
     healthy = _stats(samples=2, cosine_sum=1.98, int8_row=DIFFERENT_ROWS, **fields)
     for target in (Target("cosine", 0.99), Target("agreement", 0.9), Target("accuracy", None, 1.0)):

@@ -106,6 +106,13 @@ def test_collapse_is_the_same_row_for_every_sample_in_any_pieces_not_the_same_su
     for cut in range(1, 8):
         parts = [compare_outputs(varied[:cut], same[:cut]), compare_outputs(varied[cut:], same[cut:])]
         assert parts[0].merge(parts[1]).collapsed and parts[1].merge(parts[0]).collapsed
+    # Every sample confidently one class: FP32's probabilities differ in their last digits, INT8's one-hot
+    # rows are all the same: no decision is lost.
+    sure = np.tile(np.array([[0.001, 0.998, 0.001]], np.float32), (8, 1))
+    sure[:, 1] += np.arange(8, dtype=np.float32) * np.float32(1e-4)
+    assert not compare_outputs(sure, np.tile(np.array([[0.0, 1.0, 0.0]], np.float32), (8, 1))).collapsed
+    scalar = varied[:, :1]  # one value per sample: FP32's differ, INT8's do not
+    assert compare_outputs(scalar, np.ones_like(scalar)).collapsed
     other = same.copy()
     other[7, 2] = 2.0001
     merged = compare_outputs(varied[:4], other[:4]).merge(compare_outputs(varied[4:], other[4:]))
@@ -209,3 +216,6 @@ def test_a_row_the_int8_model_makes_nan_or_inf_ranks_among_the_worst():
     every = ReferenceRows(tuple(range(6)), {}, fp32, None, Feeding())
     _, cosines = baseline((every, [int8]))
     assert cosines[0] == 1 and _ranking_rows(cosines, 3) == (1, 3, 4)
+    int8[0, 2] = np.nan  # and INT8 breaks another value of that row: the worst again
+    _, cosines = baseline((every, [int8]))
+    assert np.isneginf(cosines[0]) and _ranking_rows(cosines, 3) == (0, 3, 4)
