@@ -26,7 +26,7 @@ from dask_quant.pipeline.config import RunConfig, config_dict
 from dask_quant.pipeline.experiments import warm_up
 from dask_quant.pipeline.gate import start_checks
 from dask_quant.pipeline.groups import NODE, Group, int8_share, quantizer_groups, weighted_nodes
-from dask_quant.pipeline.guard import collapse_warning
+from dask_quant.pipeline.guard import collapse_reason, collapse_warning
 from dask_quant.pipeline.job import (
     Laps,
     RunResult,
@@ -303,9 +303,17 @@ def tune(
                 )
                 # The node groups are the quantized nodes (a shared group can also name an unquantized writer).
                 if {n for g in groups if g.kind == NODE for n in g.nodes} <= set(search.reverted):
+                    base = search.baseline
+                    broken = collapse_reason(base.collapsed, None, base.int8_non_finite)
+                    # A lower target cannot accept a broken model: say what broke instead.
+                    advice = (
+                        f"the fully quantized model is broken ({broken}), which no target accepts"
+                        if broken
+                        else "set a lower target"
+                    )
                     msg = (
                         f"tune: {target.describe()} {'held only' if search.met else 'was not reached even'} with "
-                        "every quantized node in FP32, so there is no INT8 model to publish; set a lower target"
+                        f"every quantized node in FP32, so there is no INT8 model to publish; {advice}"
                     )
                     raise DaskQuantError(msg)
                 quantized = quantize(calibration, config.quant, run_dir.tmp / results.MODEL_FILE, search.reverted)
