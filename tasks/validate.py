@@ -19,6 +19,7 @@ from dask_quant.tasks.checkpoint import Checkpoints, cached
 from dask_quant.tasks.chunks import ChunkRef, chunk_content, read_feeds, read_labels
 from dask_quant.tasks.errors import InputError, Refused
 from dask_quant.tasks.exact_sum import exact_sum, to_float
+from dask_quant.tasks.row_identity import DIFFERENT_ROWS, row_identity, same_row
 from dask_quant.tasks.sessions import ModelRef, run_in_slices, session_for
 
 
@@ -72,9 +73,9 @@ class ValidationStats:
             self.neighbour_agree + other.neighbour_agree,
             self.neighbour_queries + other.neighbour_queries,
             self.zero_pairs + other.zero_pairs,
-            _same_row(self.fp32_row, other.fp32_row),
-            _same_row(self.int8_row, other.int8_row),
-            _same_row(self.fp32_top, other.fp32_top),
+            same_row(self.fp32_row, other.fp32_row),
+            same_row(self.int8_row, other.int8_row),
+            same_row(self.fp32_top, other.fp32_top),
             self.nan_cosines + other.nan_cosines,
             self.non_finite + other.non_finite,
             self.int8_non_finite + other.int8_non_finite,
@@ -170,30 +171,6 @@ def _nan_max(a: float, b: float) -> float:
 
 def _nan_min(a: float, b: float) -> float:
     return math.nan if math.isnan(a) or math.isnan(b) else min(a, b)
-
-
-DIFFERENT_ROWS = ""  # row_identity of samples whose rows are not all the same
-
-
-def row_identity(rows: np.ndarray) -> str | None:
-    """Of samples' output rows (samples on axis 0): a digest of their one row when every row holds the same
-    values (-0.0 as 0.0, NaN as NaN), DIFFERENT_ROWS when they differ, None without rows."""
-    import hashlib
-
-    if not len(rows):
-        return None
-    first = rows[:1]
-    if not np.array_equal(rows, np.broadcast_to(first, rows.shape), equal_nan=True):
-        return DIFFERENT_ROWS
-    canonical = np.where(np.isnan(first), np.nan, first + 0) if first.dtype.kind == "f" else first
-    return hashlib.blake2b(np.ascontiguousarray(canonical).tobytes(), digest_size=16).hexdigest()
-
-
-def _same_row(a: str | None, b: str | None) -> str | None:
-    """row_identity of two sets of samples together, from each one's."""
-    if a is None or b is None:
-        return b if a is None else a
-    return a if a == b else DIFFERENT_ROWS
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:

@@ -34,7 +34,8 @@ from dask_quant.pipeline.target import Target
 from dask_quant.pipeline.tune import TuneConfig, tune
 from dask_quant.tasks.errors import InputError
 from dask_quant.tasks.exact_sum import exact_sum
-from dask_quant.tasks.validate import DIFFERENT_ROWS, ValidationStats
+from dask_quant.tasks.row_identity import DIFFERENT_ROWS
+from dask_quant.tasks.validate import ValidationStats
 
 TARGET = Target("cosine", 0.999)
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from dask_quant.tasks.errors import InputError
-from dask_quant.tasks.validate import DIFFERENT_ROWS, ValidationStats, compare_outputs
+from dask_quant.tasks.row_identity import DIFFERENT_ROWS
+from dask_quant.tasks.validate import ValidationStats, compare_outputs
 
 
 def _oracle(a, b, labels):
